@@ -1,0 +1,109 @@
+"""One settings object for the whole platform, built from the environment at the top of a command
+and passed down. Nothing here does I/O at import time.
+
+Layout (everything derives from ``home``, the folder holding ``feature_repo/`` and ``data/``)::
+
+    {home}/feature_repo/         Feast declarations (feature_store.yaml points at ../data/feast/)
+    {home}/data/raw/             events, listings, users, sellers (simulated or imported)
+    {home}/data/ground_truth/    the simulator's hidden utility (evaluation only, never a feature)
+    {home}/data/features/        batch feature tables, one parquet per feature view source
+    {home}/data/feast/           Feast registry and the embedded sqlite online store
+    {home}/artifacts/            training sets, models, reports, the local model registry
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from urllib.parse import urlparse
+
+from ranker.errors import RankerError
+
+ONLINE_STORES = ("sqlite", "redis")
+
+
+class ConfigError(RankerError, ValueError):
+    """A setting is missing or malformed; the message says which and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Platform settings. Build with :meth:`from_env`; override in tests with :meth:`with_`."""
+
+    home: Path
+    online_store: str = "sqlite"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    registry_uri: str = ""
+    feast_project: str = "fashion_ranking"
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.online_store not in ONLINE_STORES:
+            raise ConfigError(
+                f"RANKER_ONLINE_STORE={self.online_store!r} is not supported; use one of {', '.join(ONLINE_STORES)}"
+            )
+        if self.online_store == "redis":
+            parsed = urlparse(self.redis_url)
+            if parsed.scheme not in ("redis", "rediss") or not parsed.hostname:
+                raise ConfigError(
+                    f"REDIS_URL={self.redis_url!r} is not a redis URL; expected e.g. redis://127.0.0.1:6379/0"
+                )
+
+    @classmethod
+    def from_env(cls, env: dict | None = None) -> "Settings":
+        env = dict(os.environ if env is None else env)
+        home = Path(env.get("RANKER_HOME") or Path.cwd()).resolve()
+        return cls(
+            home=home,
+            online_store=env.get("RANKER_ONLINE_STORE", "sqlite").strip().lower() or "sqlite",
+            redis_url=env.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+            registry_uri=env.get("RANKER_REGISTRY_URI", ""),
+        )
+
+    def with_(self, **changes) -> "Settings":
+        return replace(self, **changes)
+
+    # Paths -----------------------------------------------------------------------------------
+    @property
+    def feature_repo(self) -> Path:
+        return self.home / "feature_repo"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.data_dir / "raw"
+
+    @property
+    def ground_truth_dir(self) -> Path:
+        return self.data_dir / "ground_truth"
+
+    @property
+    def features_dir(self) -> Path:
+        return self.data_dir / "features"
+
+    @property
+    def feast_dir(self) -> Path:
+        return self.data_dir / "feast"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.home / "artifacts"
+
+    @property
+    def redis_connection_string(self) -> str:
+        """REDIS_URL in the ``host:port,db=N,password=...,ssl=true`` form Feast's Redis store expects."""
+        parsed = urlparse(self.redis_url)
+        parts = [f"{parsed.hostname}:{parsed.port or 6379}"]
+        db = (parsed.path or "/0").lstrip("/") or "0"
+        parts.append(f"db={int(db)}")
+        if parsed.password:
+            parts.append(f"password={parsed.password}")
+        if parsed.username and parsed.username != "default":
+            parts.append(f"username={parsed.username}")
+        if parsed.scheme == "rediss":
+            parts.append("ssl=true")
+        return ",".join(parts)
