@@ -2,10 +2,82 @@
 
 from __future__ import annotations
 
+import json
+from datetime import datetime
+
 import click
+
+
+def _parse_end(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        ts = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO date/time such as 2026-11-25T00:00:00+00:00") from None
+    if ts.tzinfo is None:
+        raise click.BadParameter(f"{value!r} has no timezone; add +00:00 for UTC")
+    return ts
 
 
 def register(cli: click.Group) -> None:
     @cli.group()
     def features() -> None:
         """Build feature tables, register them with Feast and load the online store."""
+
+    @features.command("build")
+    @click.option("--memory-limit", default="4GB", show_default=True, help="DuckDB memory limit (spills to disk beyond it).")
+    @click.option("--threads", default=2, show_default=True, type=click.IntRange(1, 64), help="DuckDB threads.")
+    @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+    @click.pass_obj
+    def build(settings, memory_limit: str, threads: int, as_json: bool) -> None:
+        """Compute the daily feature snapshots from data/raw into data/features (replaces them)."""
+        from tqdm import tqdm
+
+        from ranker.features.build import TABLES, BuildOptions, build_features
+
+        with tqdm(total=len(TABLES), desc="features", unit="table", disable=as_json) as bar:
+            def step(name: str) -> None:
+                bar.set_description(name)
+                bar.update(0 if bar.n == 0 and name == TABLES[0] else 1)
+
+            summary = build_features(settings, options=BuildOptions(memory_limit=memory_limit, threads=threads), progress=step)
+            bar.update(bar.total - bar.n)
+        if as_json:
+            click.echo(json.dumps(summary, indent=2))
+            return
+        for name, info in summary["tables"].items():
+            click.echo(f"  {name:<22} {info['rows']:>10,} rows  {info['path']}")
+        click.echo(f"snapshots {summary['snapshots']['first']} .. {summary['snapshots']['last']}, {summary['seconds']} s")
+
+    @features.command("apply")
+    @click.pass_obj
+    def apply_cmd(settings) -> None:
+        """Register feature_repo/ with Feast (same as `cd feature_repo && feast apply`)."""
+        from ranker.features.store import apply
+
+        summary = apply(settings)
+        for kind, names in summary.items():
+            click.echo(f"  {kind:<24} {', '.join(names)}")
+
+    @features.command("materialize")
+    @click.option("--end", default=None, help="Load rows up to this time (ISO, with timezone). Default: now.")
+    @click.option("--full", is_flag=True, help="Reload everything, not only rows since the last run (after rebuilding history).")
+    @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+    @click.pass_obj
+    def materialize_cmd(settings, end: str | None, full: bool, as_json: bool) -> None:
+        """Load the latest feature values into the online store (sqlite, or Redis with
+        RANKER_ONLINE_STORE=redis). Incremental: safe to rerun."""
+        from tqdm import tqdm
+
+        from ranker.features.materialize import materialize
+
+        with tqdm(desc="materialize", unit="rows", disable=as_json) as bar:
+            summary = materialize(settings, end=_parse_end(end), full=full, progress=bar)
+        if as_json:
+            click.echo(json.dumps(summary, indent=2))
+            return
+        for name, info in summary["views"].items():
+            rate = f"{info['rows_per_s']:,} rows/s" if info.get("rows_per_s") else info.get("note", "")
+            click.echo(f"  {name:<20} {info['rows']:>9,} rows  {rate}")
+        click.echo(f"{summary['rows']:,} rows into {summary['online_store']} in {summary['seconds']} s")

@@ -1,0 +1,34 @@
+"""Feature services are the model contracts: training asks Feast for a service by name, the model
+card records it, and the scorer fetches the same service. Changing a model's inputs means a new
+versioned service (v2), never an edit of a service a model in production was trained on."""
+
+from feast import FeatureService
+from features.affinity import query_category_fv, user_category_fv
+from features.listing import item_stats_fv, listing_fv
+from features.seller import seller_stats_fv
+from features.user import user_stats_fv
+from on_demand import listing_request_features, query_listing_features, user_listing_features
+
+_user_numeric = [f.name for f in user_stats_fv.features if f.name != "user_size"]
+
+_shared = [
+    listing_fv[["price", "discount_pct", "condition_score"]],
+    item_stats_fv,
+    user_stats_fv[_user_numeric],
+    seller_stats_fv,
+    user_category_fv,
+    listing_request_features,
+    user_listing_features,
+]
+
+search_ranker_v1 = FeatureService(
+    name="search_ranker_v1",
+    features=[*_shared, query_category_fv, query_listing_features],
+    description="Inputs of the search ranker, version 1.",
+)
+
+recs_ranker_v1 = FeatureService(
+    name="recs_ranker_v1",
+    features=_shared,
+    description="Inputs of the recommendations ranker, version 1.",
+)

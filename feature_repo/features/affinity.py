@@ -1,0 +1,54 @@
+"""Compound-entity features: a user's taste for a category, a query's appetite for a category."""
+
+from datetime import timedelta
+
+from data_sources import query_category_source, user_category_source
+from entities import category, query, user
+from feast import FeatureView, Field
+from feast.types import Float32, Int64
+
+# Rows exist for pairs with engagement in the last 32 days (a zero row follows the last event out
+# of the 30-day window), so an absent pair means "no engagement": default 0.
+user_category_fv = FeatureView(
+    name="user_category_fv",
+    entities=[user, category],
+    ttl=timedelta(days=2),
+    source=user_category_source,
+    online=True,
+    description="A user's engagement with a category.",
+    schema=[
+        Field(name="uc_clicks_30d", dtype=Int64, description="User's clicks in the category, 30 days.", tags={"default": "0"}),
+        Field(name="uc_saves_30d", dtype=Int64, description="User's saves in the category, 30 days.", tags={"default": "0"}),
+        Field(
+            name="uc_purchases_30d",
+            dtype=Int64,
+            description="User's purchases in the category, 30 days.",
+            tags={"default": "0"},
+        ),
+        Field(
+            name="uc_click_share_30d",
+            dtype=Float32,
+            description="Share of the user's clicks that went to the category, 30 days.",
+            tags={"default": "0"},
+        ),
+    ],
+)
+
+query_category_fv = FeatureView(
+    name="query_category_fv",
+    entities=[query, category],
+    ttl=timedelta(days=2),
+    source=query_category_source,
+    online=True,
+    description="How searches for a query engage with a category.",
+    schema=[
+        Field(
+            name="qc_impressions_30d",
+            dtype=Int64,
+            description="Listings of the category shown for the query, 30 days.",
+            tags={"default": "0"},
+        ),
+        Field(name="qc_clicks_30d", dtype=Int64, description="Their clicks, 30 days.", tags={"default": "0"}),
+        Field(name="qc_ctr_30d", dtype=Float32, description="Their click-through rate, smoothed."),
+    ],
+)

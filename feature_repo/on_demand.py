@@ -1,0 +1,51 @@
+"""Request-time features, computed when a ranking is asked for (and, for training, at each
+impression's timestamp).
+
+The logic lives in `ranker.features.transforms`, shared with the scorer's fast path. Feast stores
+each function's source and re-executes it, so the bodies import what they use. (Feast 0.67 rejects
+descriptions on on-demand fields; the README's feature table documents them.)
+"""
+
+import pandas as pd
+from data_sources import request_time, search_request
+from feast import Field
+from feast.on_demand_feature_view import on_demand_feature_view
+from feast.types import Float32
+from features.listing import listing_fv
+from features.user import user_stats_fv
+
+
+# Freshness: second-hand listings sell fast, young ones need exposure.
+@on_demand_feature_view(
+    sources=[listing_fv[["listing_created_epoch"]], request_time],
+    schema=[Field(name="listing_age_hours", dtype=Float32)],
+    description="listing_age_hours: hours between the listing going live and the request.",
+)
+def listing_request_features(inputs: pd.DataFrame) -> pd.DataFrame:
+    from ranker.features import transforms
+
+    return transforms.listing_request_features(inputs)
+
+
+# How a listing fits this user: price habits and size.
+@on_demand_feature_view(
+    sources=[listing_fv[["price", "size"]], user_stats_fv[["user_median_click_price_30d", "user_size"]]],
+    schema=[Field(name="price_vs_user_median", dtype=Float32), Field(name="size_match", dtype=Float32)],
+    description="price_vs_user_median: price / the user's usual clicked price; size_match: 1 if in the user's size.",
+)
+def user_listing_features(inputs: pd.DataFrame) -> pd.DataFrame:
+    from ranker.features import transforms
+
+    return transforms.user_listing_features(inputs)
+
+
+# Text relevance of a listing to the search query.
+@on_demand_feature_view(
+    sources=[listing_fv[["title"]], search_request],
+    schema=[Field(name="query_title_match", dtype=Float32)],
+    description="query_title_match: share of the query's words found in the listing title.",
+)
+def query_listing_features(inputs: pd.DataFrame) -> pd.DataFrame:
+    from ranker.features import transforms
+
+    return transforms.query_listing_features(inputs)

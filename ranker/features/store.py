@@ -1,0 +1,152 @@
+"""Access to the Feast feature store, configured from :class:`ranker.config.Settings`.
+
+Everything in the platform reaches features through Feast by feature-service name; this module is
+the one place that turns settings into a ``FeatureStore`` (embedded sqlite, or Redis when
+``RANKER_ONLINE_STORE=redis``) and answers questions about services (ordered feature names,
+defaults for missing values).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ranker.config import Settings
+from ranker.errors import RankerError
+
+
+class FeatureRepoError(RankerError):
+    """The feature repository or its registry is missing or does not hold what was asked for."""
+
+
+@contextlib.contextmanager
+def in_feature_repo(repo: Path):
+    """Feast imports definition files as top-level modules from the repo folder and resolves
+    relative paths from the working directory: enter it for the duration, then restore."""
+    old_cwd = os.getcwd()
+    sys.path.insert(0, str(repo))
+    try:
+        os.chdir(repo)
+        yield
+    finally:
+        os.chdir(old_cwd)
+        with contextlib.suppress(ValueError):
+            sys.path.remove(str(repo))
+
+
+def repo_config(settings: Settings):
+    """Load ``feature_store.yaml`` (with ``${ENV}`` expansion, as Feast does) and apply the
+    online-store choice from the settings."""
+    import yaml
+    from feast.repo_config import RepoConfig
+    from pydantic import ValidationError
+
+    repo = settings.feature_repo
+    yaml_path = repo / "feature_store.yaml"
+    if not yaml_path.exists():
+        raise FeatureRepoError(f"{yaml_path} not found: RANKER_HOME must be the folder that holds feature_repo/")
+    raw = yaml.safe_load(os.path.expandvars(yaml_path.read_text()))
+    if settings.online_store == "redis":
+        raw["online_store"] = {"type": "redis", "connection_string": settings.redis_connection_string}
+    try:
+        config = RepoConfig(**raw)
+    except ValidationError as exc:
+        raise FeatureRepoError(f"{yaml_path} is invalid: {exc}") from None
+    config.repo_path = repo
+    return config
+
+
+def feature_store(settings: Settings):
+    """A ``FeatureStore`` for the repository under ``settings.home``."""
+    from feast import FeatureStore
+
+    config = repo_config(settings)
+    return FeatureStore(repo_path=str(settings.feature_repo), config=config)
+
+
+def apply(settings: Settings) -> dict:
+    """Register every definition in ``feature_repo/`` (the programmatic ``feast apply``) and create
+    the online tables. Returns counts of what the registry now holds."""
+    from feast.repo_operations import _get_repo_contents, apply_total_with_repo_instance
+
+    settings.feast_dir.mkdir(parents=True, exist_ok=True)
+    store = feature_store(settings)
+    log = io.StringIO()
+    with in_feature_repo(settings.feature_repo), contextlib.redirect_stdout(log):
+        try:
+            repo = _get_repo_contents(settings.feature_repo, store.config.project, store.config)
+            apply_total_with_repo_instance(
+                store, store.config.project, store.registry, repo, skip_source_validation=False
+            )
+        except SystemExit as exc:  # Feast exits on some invalid definitions
+            raise FeatureRepoError(f"feast apply failed: {log.getvalue().strip() or exc}") from None
+    store.refresh_registry()
+    return {
+        "entities": sorted(e.name for e in store.list_entities()),
+        "feature_views": sorted(v.name for v in store.list_feature_views()),
+        "on_demand_feature_views": sorted(v.name for v in store.list_on_demand_feature_views()),
+        "feature_services": sorted(s.name for s in store.list_feature_services()),
+    }
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """What a feature service asks for, in the order models see it."""
+
+    name: str
+    features: tuple[str, ...]  # short feature names, model column order
+    refs: tuple[str, ...]  # "view:feature" references, same order
+    defaults: dict  # feature -> value used when the store has nothing (NaN = leave missing)
+    entity_keys: tuple[str, ...]  # join keys the service needs
+    request_fields: tuple[str, ...]  # request-time inputs of on-demand views
+
+
+def service_spec(store, name: str) -> ServiceSpec:
+    """Describe the feature service ``name``; a clear error when it is not registered."""
+    from feast.errors import FeatureServiceNotFoundException
+
+    try:
+        service = store.get_feature_service(name)
+    except FeatureServiceNotFoundException:
+        known = ", ".join(sorted(s.name for s in store.list_feature_services())) or "none"
+        raise FeatureRepoError(
+            f"feature service {name!r} is not registered (known: {known}); run `ranker features apply`"
+        ) from None
+    features: list[str] = []
+    refs: list[str] = []
+    defaults: dict = {}
+    entity_keys: set[str] = set()
+    request_fields: set[str] = set()
+    views = {v.name: v for v in store.list_feature_views()}
+    odfvs = {v.name: v for v in store.list_on_demand_feature_views()}
+    for projection in service.feature_view_projections:
+        view_name = projection.name_to_use()
+        for field in projection.features:
+            if field.name in defaults:
+                raise FeatureRepoError(f"feature name {field.name!r} appears twice in service {name!r}")
+            features.append(field.name)
+            refs.append(f"{view_name}:{field.name}")
+            default = (field.tags or {}).get("default")
+            defaults[field.name] = float(default) if default is not None else math.nan
+        if projection.name in views:
+            entity_keys.update(c.name for c in views[projection.name].entity_columns)
+        elif projection.name in odfvs:
+            odfv = odfvs[projection.name]
+            for src in odfv.source_request_sources.values():
+                request_fields.update(f.name for f in src.schema)
+            for src_proj in odfv.source_feature_view_projections.values():
+                if src_proj.name in views:
+                    entity_keys.update(c.name for c in views[src_proj.name].entity_columns)
+    return ServiceSpec(
+        name=name,
+        features=tuple(features),
+        refs=tuple(refs),
+        defaults=defaults,
+        entity_keys=tuple(sorted(entity_keys)),
+        request_fields=tuple(sorted(request_fields)),
+    )
