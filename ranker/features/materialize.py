@@ -230,7 +230,7 @@ def _latest_rows(view, path: str, start: datetime | None, end: datetime) -> pa.T
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone='UTC'")
-        return con.execute(sql, params).to_arrow_table()
+        return con.sql(sql, params=params).to_arrow_table()
     finally:
         con.close()
 

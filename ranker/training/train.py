@@ -1,0 +1,247 @@
+"""LightGBM LambdaRank training with a time-based split and a model card.
+
+Split: requests are ordered by time; the first ``train_share`` of the time span trains, the next
+``valid_share`` drives early stopping on NDCG@10, the rest is the untouched test set. A request is
+never split across sets. Training is deterministic (fixed seed, ``deterministic=true``, fixed
+thread count, row-wise histograms), so the same inputs give a byte-identical ``model.txt``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ranker.config import Settings
+from ranker.errors import RankerError
+from ranker.training.dataset import SERVICES, load_dataset
+
+MODEL_NAMES = {"search": "search_ranker", "recs": "recs_ranker"}
+
+
+class TrainingError(RankerError):
+    """Training cannot run on this data or with these options."""
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    surface: str
+    seed: int = 42
+    num_threads: int = 2
+    train_share: float = 0.7
+    valid_share: float = 0.15
+    num_boost_round: int = 400
+    early_stopping_rounds: int = 40
+    position_debias: bool = False
+    params: dict = field(default_factory=dict)  # overrides of DEFAULT_PARAMS
+
+    def __post_init__(self) -> None:
+        if self.surface not in SERVICES:
+            raise TrainingError(f"unknown surface {self.surface!r}; use one of {', '.join(SERVICES)}")
+        if not (0 < self.train_share < 1 and 0 < self.valid_share < 1 and self.train_share + self.valid_share < 1):
+            raise TrainingError("train and validation shares must be in (0, 1) and sum to less than 1")
+
+
+DEFAULT_PARAMS = {
+    "objective": "lambdarank",
+    "metric": "ndcg",
+    "eval_at": [10],
+    "learning_rate": 0.05,
+    "num_leaves": 31,
+    "min_data_in_leaf": 50,
+    "feature_fraction": 0.9,
+    "lambdarank_truncation_level": 20,
+    "verbosity": -1,
+    "deterministic": True,
+    "force_row_wise": True,
+}
+
+
+@dataclass(frozen=True)
+class Split:
+    train_end: pd.Timestamp
+    valid_end: pd.Timestamp
+
+    def assign(self, request_ts: pd.Series) -> np.ndarray:
+        return np.where(request_ts < self.train_end, "train", np.where(request_ts < self.valid_end, "valid", "test"))
+
+    def to_dict(self) -> dict:
+        return {"train_end": self.train_end.isoformat(), "valid_end": self.valid_end.isoformat()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Split":
+        return cls(pd.Timestamp(d["train_end"]), pd.Timestamp(d["valid_end"]))
+
+
+def request_time(df: pd.DataFrame) -> pd.Series:
+    """Each row's request start time (a request's impressions share it)."""
+    return df.groupby("request_id", sort=False).event_timestamp.transform("min")
+
+
+def time_split(df: pd.DataFrame, options: TrainOptions) -> Split:
+    ts = request_time(df)
+    lo, hi = ts.min(), ts.max()
+    return Split(lo + (hi - lo) * options.train_share, lo + (hi - lo) * (options.train_share + options.valid_share))
+
+
+def _groups(part: pd.DataFrame) -> np.ndarray:
+    """Group sizes in row order (rows of a request are contiguous in the dataset)."""
+    ids = part.request_id.to_numpy()
+    change = np.flatnonzero(ids[1:] != ids[:-1]) + 1
+    bounds = np.concatenate([[0], change, [len(ids)]])
+    return np.diff(bounds)
+
+
+def _with_positive(part: pd.DataFrame) -> pd.DataFrame:
+    """Requests without any engagement give LambdaRank no gradient: drop them from fitting."""
+    has_pos = part.groupby("request_id", sort=False).label.transform("max") > 0
+    return part[has_pos]
+
+
+def _distribution(values: np.ndarray) -> dict:
+    """Quantile bins of one feature on the training split, for drift (PSI) later."""
+    finite = values[np.isfinite(values)]
+    summary = {"missing_rate": float(1 - len(finite) / max(len(values), 1))}
+    if len(finite):
+        edges = np.unique(np.quantile(finite, np.linspace(0, 1, 11)))
+        counts, _ = np.histogram(finite, bins=edges) if len(edges) > 1 else (np.array([len(finite)]), edges)
+        summary.update(
+            {
+                "mean": float(finite.mean()),
+                "std": float(finite.std()),
+                "min": float(finite.min()),
+                "max": float(finite.max()),
+                "bin_edges": [float(e) for e in edges],
+                "bin_fractions": [float(c) / len(finite) for c in counts],
+            }
+        )
+    return summary
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions() -> dict:
+    import feast
+    import lightgbm
+    import numpy
+    import pandas
+    import pyarrow
+
+    return {
+        "python": platform.python_version(),
+        "lightgbm": lightgbm.__version__,
+        "feast": feast.__version__,
+        "numpy": numpy.__version__,
+        "pandas": pandas.__version__,
+        "pyarrow": pyarrow.__version__,
+    }
+
+
+def fit(df: pd.DataFrame, features: list[str], options: TrainOptions, split: Split):
+    """Train on the split's train part with early stopping on its validation part."""
+    import lightgbm as lgb
+
+    parts = split.assign(request_time(df))
+    train = _with_positive(df[parts == "train"])
+    valid = _with_positive(df[parts == "valid"])
+    if train.empty or valid.empty:
+        raise TrainingError(
+            f"the time split left {len(train)} training and {len(valid)} validation rows with engagement; "
+            "build the training set over a longer window"
+        )
+    params = {**DEFAULT_PARAMS, **options.params, "seed": options.seed, "num_threads": options.num_threads}
+
+    def dataset(part, reference=None):
+        kwargs = {"position": part.position.to_numpy() - 1} if options.position_debias else {}
+        return lgb.Dataset(
+            part[features].to_numpy(dtype=np.float32),
+            label=part.label.to_numpy(),
+            group=_groups(part),
+            feature_name=list(features),
+            reference=reference,
+            free_raw_data=True,
+            **kwargs,
+        )
+
+    dtrain = dataset(train)
+    dvalid = dataset(valid, reference=dtrain)
+    booster = lgb.train(
+        params,
+        dtrain,
+        num_boost_round=options.num_boost_round,
+        valid_sets=[dvalid],
+        valid_names=["valid"],
+        callbacks=[lgb.early_stopping(options.early_stopping_rounds, verbose=False)],
+    )
+    return booster, params, {"train_rows": len(train), "valid_rows": len(valid)}
+
+
+def train_model(settings: Settings, options: TrainOptions, *, out_root: Path | None = None) -> Path:
+    """Train the surface's ranker from its training set; returns the model version folder."""
+    started = time.perf_counter()
+    df, manifest = load_dataset(settings, options.surface)
+    features = manifest["features"]
+    split = time_split(df, options)
+    booster, params, sizes = fit(df, features, options, split)
+    model_text = booster.model_to_string(num_iteration=booster.best_iteration)
+    sha = hashlib.sha256(model_text.encode()).hexdigest()
+    created = datetime.now(timezone.utc).replace(microsecond=0)
+    name = MODEL_NAMES[options.surface]
+    version = f"{created:%Y%m%dT%H%M%SZ}-{sha[:8]}"
+    out = (out_root or settings.artifacts_dir / "models") / name / version
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "model.txt").write_text(model_text)
+    parts = split.assign(request_time(df))
+    train_part = df[parts == "train"]
+    card = {
+        "name": name,
+        "version": version,
+        "created_at": created.isoformat(),
+        "surface": options.surface,
+        "feature_service": manifest["feature_service"],
+        "features": features,
+        "feature_defaults": manifest["feature_defaults"],
+        "training_window": manifest["window"],
+        "split": split.to_dict(),
+        "dataset": {
+            "path": manifest["path"],
+            "fingerprint": manifest["fingerprint"],
+            "rows": manifest["rows"],
+            "groups": manifest["groups"],
+            "attribution_hours": manifest["attribution_hours"],
+            "label": manifest["label"],
+            "rows_by_split": {k: int((parts == k).sum()) for k in ("train", "valid", "test")},
+            "groups_by_split": {k: int(df.request_id[parts == k].nunique()) for k in ("train", "valid", "test")},
+            "fitted_rows": sizes,
+        },
+        "params": params,
+        "options": {k: v for k, v in asdict(options).items() if k != "params"},
+        "best_iteration": int(booster.best_iteration),
+        "valid_ndcg@10": float(booster.best_score["valid"]["ndcg@10"]),
+        "feature_distributions": {f: _distribution(train_part[f].to_numpy(dtype=np.float64)) for f in features},
+        "feature_importance": dict(
+            zip(features, (float(v) for v in booster.feature_importance(importance_type="gain", iteration=booster.best_iteration)))
+        ),
+        "library_versions": _versions(),
+        "git_commit": _git_commit(),
+        "model_sha256": sha,
+        "training_seconds": round(time.perf_counter() - started, 2),
+        "metrics": {},
+    }
+    (out / "card.json").write_text(json.dumps(card, indent=2))
+    return out
