@@ -36,17 +36,9 @@ def cli(ctx: click.Context) -> None:
 
 
 def _register() -> None:
-    from pipelines import cmd_data, cmd_features
+    from pipelines import cmd_data, cmd_dataset, cmd_features, cmd_registry
 
-    for module in (cmd_data, cmd_features):
-        module.register(cli)
-    for optional in ("cmd_dataset", "cmd_train", "cmd_registry", "cmd_serve"):
-        try:
-            module = __import__(f"pipelines.{optional}", fromlist=["register"])
-        except ModuleNotFoundError as exc:
-            if exc.name != f"pipelines.{optional}":
-                raise
-            continue
+    for module in (cmd_data, cmd_features, cmd_dataset, cmd_registry):
         module.register(cli)
 
 
