@@ -184,7 +184,7 @@ def write_redis(client, *, project: str, view, table: pa.Table, ts_key_view: str
     encoded = [encode_values(table.column(f.name), str(f.dtype)) for f in fields]
     commands = []
     written = 0
-    conn = client.connection_pool.get_connection("HSET")
+    conn = client.connection_pool.get_connection()
     try:
         for i in np.flatnonzero(keep):
             args = [b"HSET", keys[i], ts_field, encode_timestamp(ts_us[i])]

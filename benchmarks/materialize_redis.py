@@ -1,0 +1,83 @@
+"""Materialization throughput into Redis: the platform's vectorised writer against Feast's own
+``online_write_batch`` for the same rows, in the same run, each into a fresh database of a private
+redis-server started here on a free loopback port.
+
+    RANKER_HOME=/path/with/built/features .venv/bin/python benchmarks/materialize_redis.py [--views item_stats_fv ...]
+
+Needs `ranker features build` and `ranker features apply` to have run in RANKER_HOME.
+Prints rows, seconds and rows/s per view for both writers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import warnings
+from datetime import datetime, timezone
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--views", nargs="*", default=["item_stats_fv", "listing_fv", "user_category_fv", "user_stats_fv"])
+    parser.add_argument("--feast-max-rows", type=int, default=100_000, help="Cap rows for Feast's slower writer.")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+
+    import redis
+    from feast.infra.online_stores.redis import _versioned_fv_name
+    from feast.utils import _convert_arrow_to_proto
+
+    from ranker.config import Settings
+    from ranker.features.materialize import _latest_rows, write_redis
+    from ranker.features.store import feature_store
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server is not installed")
+    port = _free_port()
+    workdir = tempfile.mkdtemp()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", workdir],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    for raw in proc.stdout:
+        if b"Ready to accept connections" in raw:
+            break
+    try:
+        base = Settings.from_env()
+        ours = base.with_(online_store="redis", redis_url=f"redis://127.0.0.1:{port}/1")
+        feasts = base.with_(online_store="redis", redis_url=f"redis://127.0.0.1:{port}/2")
+        end = datetime.now(timezone.utc)
+        print(f"{'view':<18} {'rows':>9} {'ours s':>8} {'ours rows/s':>12} {'feast rows':>10} {'feast s':>8} {'feast rows/s':>13} {'speed-up':>8}")
+        for name in args.views:
+            store = feature_store(ours)
+            view = store.get_feature_view(name)
+            table = _latest_rows(view, str((base.feature_repo / view.batch_source.path).resolve()), None, end)
+            client = redis.Redis.from_url(ours.redis_url)
+            t0 = time.perf_counter()
+            n = write_redis(client, project=store.project, view=view, table=table, ts_key_view=_versioned_fv_name(view, store.config))
+            ours_s = time.perf_counter() - t0
+            fstore = feature_store(feasts)
+            sub = table.slice(0, min(args.feast_max_rows, table.num_rows))
+            t0 = time.perf_counter()
+            rows = _convert_arrow_to_proto(sub, view, {c.name: c.dtype.to_value_type() for c in view.entity_columns})
+            fstore._get_provider().online_write_batch(fstore.config, view, rows, None)
+            feast_s = time.perf_counter() - t0
+            ours_rate, feast_rate = n / ours_s, sub.num_rows / feast_s
+            print(f"{name:<18} {n:>9,} {ours_s:>8.2f} {ours_rate:>12,.0f} {sub.num_rows:>10,} {feast_s:>8.2f} {feast_rate:>13,.0f} {ours_rate / feast_rate:>7.1f}x")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
