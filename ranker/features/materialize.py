@@ -164,28 +164,24 @@ def write_redis(client, *, project: str, view, table: pa.Table, ts_key_view: str
     ts_field = f"_ts:{ts_key_view}".encode()
     ts_us = table.column("event_timestamp").cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
 
-    # Never overwrite a newer row (Feast's rule: skip when stored >= new).
-    pipe = client.pipeline(transaction=False)
-    for key in keys:
-        pipe.hget(key, ts_field)
-    stored = pipe.execute()
-    keep = np.ones(len(keys), dtype=bool)
-    for i, raw in enumerate(stored):
-        if raw:
-            from google.protobuf.timestamp_pb2 import Timestamp
-
-            t = Timestamp()
-            t.ParseFromString(raw)
-            if t.seconds * 1_000_000 + t.nanos // 1000 >= ts_us[i]:
-                keep[i] = False
-
-    fields = [f for f in view.features]
-    names = [mmh3.hash(f"{ts_key_view}:{f.name}", signed=False).to_bytes(4, "little") for f in fields]
-    encoded = [encode_values(table.column(f.name), str(f.dtype)) for f in fields]
-    commands = []
-    written = 0
     conn = client.connection_pool.get_connection()
     try:
+        # Never overwrite a newer row (Feast's rule: skip when stored >= new). Raw pipelined HGETs:
+        # redis-py's per-command packing would cost more than Redis itself here.
+        stored = []
+        for lo in range(0, len(keys), 5000):
+            stored += _roundtrip(conn, [_resp([b"HGET", k, ts_field]) for k in keys[lo : lo + 5000]])
+        keep = np.ones(len(keys), dtype=bool)
+        for i, raw in enumerate(stored):
+            if raw:
+                seconds, nanos = _decode_timestamp(raw)
+                if seconds * 1_000_000 + nanos // 1000 >= ts_us[i]:
+                    keep[i] = False
+        fields = list(view.features)
+        names = [mmh3.hash(f"{ts_key_view}:{f.name}", signed=False).to_bytes(4, "little") for f in fields]
+        encoded = [encode_values(table.column(f.name), str(f.dtype)) for f in fields]
+        commands = []
+        written = 0
         for i in np.flatnonzero(keep):
             args = [b"HSET", keys[i], ts_field, encode_timestamp(ts_us[i])]
             for name, col in zip(names, encoded):
@@ -194,23 +190,39 @@ def write_redis(client, *, project: str, view, table: pa.Table, ts_key_view: str
             commands.append(_resp(args))
             written += 1
             if len(commands) >= 5000:
-                _flush(conn, commands)
+                _roundtrip(conn, commands)
                 commands = []
         if commands:
-            _flush(conn, commands)
+            _roundtrip(conn, commands)
+    except BaseException:
+        conn.disconnect()  # replies may be left unread: never hand this connection back dirty
+        raise
     finally:
         client.connection_pool.release(conn)
     return written
 
 
-def _flush(conn, commands: list[bytes]) -> None:
+def _roundtrip(conn, commands: list[bytes]) -> list:
+    """Send packed commands in one write and read every reply."""
     import redis
 
     conn.send_packed_command([b"".join(commands)], check_health=False)
+    replies = []
     for _ in commands:
         reply = conn.read_response()
         if isinstance(reply, redis.ResponseError):
             raise MaterializeError(f"Redis refused a write: {reply}")
+        replies.append(reply)
+    return replies
+
+
+def _decode_timestamp(raw: bytes) -> tuple[int, int]:
+    """(seconds, nanos) of a serialized google.protobuf.Timestamp."""
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    t = Timestamp()
+    t.ParseFromString(raw)
+    return t.seconds, t.nanos
 
 
 def _latest_rows(view, path: str, start: datetime | None, end: datetime) -> pa.Table:
