@@ -37,12 +37,11 @@ def register(cli: click.Group) -> None:
         from ranker.features.build import TABLES, BuildOptions, build_features
 
         with tqdm(total=len(TABLES), desc="features", unit="table", disable=as_json) as bar:
-            def step(name: str) -> None:
-                bar.set_description(name)
-                bar.update(0 if bar.n == 0 and name == TABLES[0] else 1)
+            def done(name: str) -> None:
+                bar.set_postfix_str(name)
+                bar.update(1)
 
-            summary = build_features(settings, options=BuildOptions(memory_limit=memory_limit, threads=threads), progress=step)
-            bar.update(bar.total - bar.n)
+            summary = build_features(settings, options=BuildOptions(memory_limit=memory_limit, threads=threads), progress=done)
         if as_json:
             click.echo(json.dumps(summary, indent=2))
             return

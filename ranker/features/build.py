@@ -250,7 +250,7 @@ def build_features(settings: Settings, *, options: BuildOptions | None = None, p
     Args:
         settings: where the raw data is and where the tables go.
         options: DuckDB memory limit and threads.
-        progress: optional callable(table_name) called before each table.
+        progress: optional callable(table_name) called after each table is written.
 
     Returns a summary: rows per table, snapshot range, seconds.
     """
@@ -269,8 +269,6 @@ def build_features(settings: Settings, *, options: BuildOptions | None = None, p
         )
         summary: dict = {"tables": {}}
         for name in TABLES:
-            if progress:
-                progress(name)
             sql = _SQL[name]
             if name == "listings":
                 sql = sql.format(attrs=", ".join(_LISTING_COLUMNS))
@@ -286,6 +284,8 @@ def build_features(settings: Settings, *, options: BuildOptions | None = None, p
             tmp.replace(path)
             (rows,) = con.execute(f"SELECT count(*) FROM read_parquet('{path}')").fetchall()[0]
             summary["tables"][name] = {"rows": int(rows), "path": str(path)}
+            if progress is not None:
+                progress(name)
         first, last = con.execute("SELECT min(snapshot_ts), max(snapshot_ts) FROM snapshots").fetchall()[0]
         summary["snapshots"] = {"first": str(first), "last": str(last)}
     finally:

@@ -25,6 +25,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ranker.errors import RankerError
+from ranker.training.metrics import paired_bootstrap_ci
 
 CHECK_FEATURE_SERVICE = "feature_service"
 CHECK_NDCG = "ndcg_vs_champion"
@@ -176,24 +177,6 @@ def evaluate_gate(evidence: GateEvidence, policy: GatePolicy | None = None) -> G
     return GateResult(checks=checks, policy=policy)
 
 
-def paired_bootstrap_ci(*, diff: np.ndarray, n_bootstrap: int, seed: int, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap CI of mean(diff), resampling requests (the pairing is kept by resampling
-    differences, not each model separately, which removes the shared per-request difficulty)."""
-    diff = np.asarray(diff, dtype=np.float64).ravel()
-    n = diff.size
-    rng = np.random.default_rng(seed)
-    means = np.empty(int(n_bootstrap), dtype=np.float64)
-    # Chunk the resampling so a large holdout (1e5 requests x 1000 draws) never needs 800 MB of indices.
-    rows_per_chunk = max(1, 4_000_000 // max(n, 1))
-    for start in range(0, int(n_bootstrap), rows_per_chunk):
-        stop = min(int(n_bootstrap), start + rows_per_chunk)
-        idx = rng.integers(0, n, size=(stop - start, n))
-        means[start:stop] = diff[idx].mean(axis=1)
-    alpha = (1.0 - level) / 2.0
-    low, high = np.quantile(means, [alpha, 1.0 - alpha])
-    return float(low), float(high)
-
-
 def _check_feature_service(evidence: GateEvidence) -> GateCheck:
     name = evidence.feature_service or "(card's feature service)"
     ok = bool(evidence.feature_service_exists)
@@ -216,7 +199,8 @@ def _check_ndcg(evidence: GateEvidence, policy: GatePolicy) -> GateCheck:
         )
     champion = evidence.champion_ndcg
     diff = challenger - champion
-    low, high = paired_bootstrap_ci(diff=diff, n_bootstrap=policy.n_bootstrap, seed=policy.seed)
+    ci = paired_bootstrap_ci(challenger, champion, n_boot=policy.n_bootstrap, seed=policy.seed)
+    low, high = ci["low"], ci["high"]
     ok = low >= policy.margin
     figures = {
         "challenger_mean": float(challenger.mean()),
