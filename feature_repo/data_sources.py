@@ -24,6 +24,9 @@ item_stats_source = FileSource(
 user_stats_source = FileSource(
     name="user_stats_source", path="../data/features/user_stats.parquet", timestamp_field="event_timestamp"
 )
+category_stats_source = FileSource(
+    name="category_stats_source", path="../data/features/category_stats.parquet", timestamp_field="event_timestamp"
+)
 seller_stats_source = FileSource(
     name="seller_stats_source", path="../data/features/seller_stats.parquet", timestamp_field="event_timestamp"
 )

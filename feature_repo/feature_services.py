@@ -4,6 +4,7 @@ versioned service (v2), never an edit of a service a model in production was tra
 
 from feast import FeatureService
 from features.affinity import query_category_fv, user_category_fv
+from features.category import category_stats_fv
 from features.listing import item_stats_fv, listing_fv
 from features.seller import seller_stats_fv
 from features.user import user_stats_fv
@@ -16,6 +17,7 @@ _shared = [
     item_stats_fv,
     user_stats_fv[_user_numeric],
     seller_stats_fv,
+    category_stats_fv,
     user_category_fv,
     listing_request_features,
     user_listing_features,

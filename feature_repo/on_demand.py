@@ -11,6 +11,7 @@ from data_sources import request_time, search_request
 from feast import Field
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float32
+from features.category import category_stats_fv
 from features.listing import listing_fv
 from features.user import user_stats_fv
 
@@ -29,9 +30,22 @@ def listing_request_features(inputs: pd.DataFrame) -> pd.DataFrame:
 
 # How a listing fits this user: price habits and size.
 @on_demand_feature_view(
-    sources=[listing_fv[["price", "size"]], user_stats_fv[["user_median_click_price_30d", "user_size"]]],
-    schema=[Field(name="price_vs_user_median", dtype=Float32), Field(name="size_match", dtype=Float32)],
-    description="price_vs_user_median: price / the user's usual clicked price; size_match: 1 if in the user's size.",
+    sources=[
+        listing_fv[["price", "size"]],
+        user_stats_fv[["user_median_click_price_30d", "user_price_index_30d", "user_size"]],
+        category_stats_fv[["category_median_price"]],
+    ],
+    schema=[
+        Field(name="price_vs_user_median", dtype=Float32),
+        Field(name="price_index", dtype=Float32),
+        Field(name="price_fit", dtype=Float32),
+        Field(name="size_match", dtype=Float32),
+    ],
+    description=(
+        "price_vs_user_median: price / the user's usual clicked price; price_index: price / the category's median; "
+        "price_fit: |log(price_index / the user's price index)| (0 = the user's usual level); "
+        "size_match: 1 if in the user's size."
+    ),
 )
 def user_listing_features(inputs: pd.DataFrame) -> pd.DataFrame:
     from ranker.features import transforms

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 
@@ -62,3 +64,20 @@ def register(cli: click.Group) -> None:
             f"{card['name']} {card['version']}: best iteration {card['best_iteration']}, "
             f"validation NDCG@10 {card['valid_ndcg@10']:.4f}, {card['training_seconds']} s\n{out}"
         )
+
+    @cli.command("evaluate")
+    @click.argument("model_dir", type=click.Path(path_type=Path, file_okay=False))
+    @click.option("--bootstrap", default=1000, show_default=True, type=click.IntRange(100), help="Bootstrap resamples for intervals.")
+    @click.option("--seed", default=0, show_default=True, type=click.IntRange(0), help="Seed of the random baseline and the bootstrap.")
+    @click.pass_obj
+    def evaluate(settings, model_dir: Path, bootstrap: int, seed: int) -> None:
+        """Compare MODEL_DIR with the random, popularity, logged and (on simulated data) oracle
+        rankings on its test requests; store the metrics in its card.json and write report.html."""
+        from ranker.training.evaluate import evaluate_model
+        from ranker.training.report import evaluation_table
+
+        evaluation = evaluate_model(settings, model_dir, n_boot=bootstrap, seed=seed)
+        click.echo(evaluation_table(evaluation))
+        failures = evaluation["metrics"]["quality_bar_failures"]
+        click.echo("quality bar: " + ("PASS (beats every baseline)" if not failures else "NOT MET: " + "; ".join(failures)))
+        click.echo(f"report: {Path(model_dir) / 'report.html'}")

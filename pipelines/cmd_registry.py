@@ -129,39 +129,36 @@ def register(cli: click.Group) -> None:
         predict_budget_ms: float,
     ) -> None:
         """Point stage --to at NAME VERSION after the gate compares it with the production model."""
-        from ranker.registry.gate import GateEvidence, evaluate_gate
-
-        if force and not (reason or "").strip():
-            raise RankerError("--force needs --reason: forced promotions are audited with a justification")
         policy = GatePolicy(margin=margin, slice_tolerance=slice_tolerance, predict_budget_ms=predict_budget_ms)
-        try:
-            # Lazy: evaluation pulls in pandas/Feast, and is owned by the training stage.
-            from ranker.training.evaluate import gate_evidence
-        except ImportError as exc:
-            raise RankerError(
-                f"cannot evaluate the promotion gate: ranker.training.evaluate.gate_evidence is unavailable ({exc})"
-            ) from None
-        reg = _registry(ctx)
-        challenger = reg.fetch(name, version=version)
-        champion = reg.fetch(name, stage="production") if reg.pointer(name, "production") else None
-        evidence = gate_evidence(
-            ctx.obj, challenger_dir=challenger.path, champion_dir=champion.path if champion else None
-        )
-        if not isinstance(evidence, GateEvidence):
-            raise RankerError(f"gate_evidence returned {type(evidence).__name__}, expected GateEvidence")
-        result = evaluate_gate(evidence, policy)
-        click.echo(f"challenger {name} {version} vs champion "
-                   f"{champion.version if champion else '(none)'} for {stage}")
-        click.echo(result.format())
-        if not result.passed and not force:
-            click.echo(f"error: not promoted: {result.summary()}", err=True)
-            ctx.exit(1)
-        change = reg.promote(name, version, stage=stage, gate=result, force=force, reason=reason)
-        if not change.changed:
-            click.echo(f"{name} {stage} already serves {version}; nothing changed")
-        else:
-            forced = " (FORCED, audited)" if force else ""
-            click.echo(f"{name} {stage}: {change.from_version or '(none)'} -> {change.to_version}{forced}")
+        _promote_through_gate(ctx, name, version, stage=stage, policy=policy, force=force, reason=reason)
+
+    @cli.command("deploy")
+    @click.option("--surface", type=click.Choice(["search", "recs"]), required=True, help="Which ranker.")
+    @click.option("--model-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+                  help="Model folder to publish first. Default: the newest under artifacts/models/NAME/.")
+    @click.option("--margin", type=float, default=defaults.margin, show_default=True,
+                  help="Lower 95% CI bound of NDCG@10 gain must reach this (negative = non-inferiority).")
+    @click.option("--slice-tolerance", type=float, default=defaults.slice_tolerance, show_default=True,
+                  help="Largest allowed NDCG@10 drop on any slice.")
+    @click.option("--predict-budget-ms", type=float, default=defaults.predict_budget_ms, show_default=True,
+                  help="Largest median predict time for 200 candidates.")
+    @click.pass_context
+    def deploy(ctx: click.Context, surface: str, model_dir: Path | None, margin: float, slice_tolerance: float,
+               predict_budget_ms: float) -> None:
+        """Publish the newest trained model of a surface, evaluate it against the production model on
+        the same recent holdout, and promote it to production only if the gate passes (exit 1 if not)."""
+        from ranker.training.train import MODEL_NAMES
+
+        name = MODEL_NAMES[surface]
+        if model_dir is None:
+            candidates = sorted((ctx.obj.artifacts_dir / "models" / name).glob("*/card.json"))
+            if not candidates:
+                raise RankerError(f"no trained {name} under {ctx.obj.artifacts_dir / 'models' / name}: run `ranker train --surface {surface}`")
+            model_dir = candidates[-1].parent
+        published = _registry(ctx).publish(model_dir)
+        click.echo(f"published {published.name} {published.version}" + ("" if published.created else " (already there)"))
+        policy = GatePolicy(margin=margin, slice_tolerance=slice_tolerance, predict_budget_ms=predict_budget_ms)
+        _promote_through_gate(ctx, name, published.version, stage="production", policy=policy, force=False, reason=None)
 
     @registry.command("rollback")
     @click.argument("name")
@@ -188,3 +185,32 @@ def register(cli: click.Group) -> None:
             gate_note = "" if not gate else (" gate=pass" if gate.get("passed") else f" gate=FAIL({','.join(gate.get('failed', []))})")
             click.echo(f"{e['when']} {e['action']:<8} {e.get('stage') or '-':<10} {e.get('from') or '-'} -> "
                        f"{e.get('to')} by {e['who']}{gate_note}" + (f" reason={e['reason']!r}" if e.get("reason") else ""))
+
+
+def _promote_through_gate(ctx: click.Context, name: str, version: str, *, stage: str, policy, force: bool,
+                          reason: str | None) -> None:
+    """Evaluate VERSION against the production model on the same holdout, then move the pointer."""
+    from ranker.registry.gate import evaluate_gate
+    from ranker.training.evaluate import gate_evidence
+
+    if force and not (reason or "").strip():
+        raise RankerError("--force needs --reason: forced promotions are audited with a justification")
+    reg = _registry(ctx)
+    challenger = reg.fetch(name, version=version)
+    champion = reg.fetch(name, stage="production") if reg.pointer(name, "production") else None
+    if champion is not None and stage == "production" and champion.model_sha256 == challenger.model_sha256:
+        click.echo(f"{name} production already serves this model ({champion.version}, same model.txt); nothing to do")
+        return
+    evidence = gate_evidence(ctx.obj, challenger_dir=challenger.path, champion_dir=champion.path if champion else None)
+    result = evaluate_gate(evidence, policy)
+    click.echo(f"challenger {name} {version} vs champion {champion.version if champion else '(none)'} for {stage}")
+    click.echo(result.format())
+    if not result.passed and not force:
+        click.echo(f"error: not promoted: {result.summary()}", err=True)
+        ctx.exit(1)
+    change = reg.promote(name, version, stage=stage, gate=result, force=force, reason=reason)
+    if not change.changed:
+        click.echo(f"{name} {stage} already serves {version}; nothing changed")
+    else:
+        forced = " (FORCED, audited)" if force else ""
+        click.echo(f"{name} {stage}: {change.from_version or '(none)'} -> {change.to_version}{forced}")

@@ -55,5 +55,10 @@ item_stats_fv = FeatureView(
             description="Click-through rate last 7 days, smoothed towards the marketplace CTR.",
         ),
         Field(name="item_save_rate_7d", dtype=Float32, description="Saves per impression last 7 days, smoothed."),
+        Field(
+            name="item_coec_7d",
+            dtype=Float32,
+            description="Clicks over expected clicks for the slots it was shown in, 7 days: appeal without position bias.",
+        ),
     ],
 )

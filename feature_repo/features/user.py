@@ -30,6 +30,11 @@ user_stats_fv = FeatureView(
             description="Median price of listings clicked in the last 30 days (the user's usual price).",
         ),
         Field(
+            name="user_price_index_30d",
+            dtype=Float32,
+            description="Median of clicked price / the category's median price, 30 days (1 = typical spender).",
+        ),
+        Field(
             name="user_hours_since_last_click",
             dtype=Float32,
             description="Hours from the last click to the snapshot (empty if none in 30 days).",

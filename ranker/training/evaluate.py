@@ -1,0 +1,314 @@
+"""Offline evaluation of a trained ranker against baselines on the same test requests.
+
+Rankers, each scoring every test impression:
+
+* ``model``: the LightGBM model (float32 features in the card's order).
+* ``random``: a seeded uniform score.
+* ``popularity``: the listing's engagement events (click, save, add_to_bag, purchase) in the
+  training window (before the split's ``train_end``).
+* ``logged``: the order the user actually saw (``-position``).
+* ``oracle`` (simulated data only): the hidden true utility.
+
+Metrics use graded click labels (NDCG@5/10/20, MRR, MAP, recall@10); on simulated data every
+ranker is also scored against the hidden utility. Slices: the surface, new vs returning users
+(no click in the 30 days before the request), requests with and without a query, and listings
+younger than 48 h (each request restricted to its young listings). The model's NDCG@10
+difference with each baseline gets a paired bootstrap 95% interval.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ranker.config import Settings
+from ranker.data import schema
+from ranker.errors import RankerError
+from ranker.training import metrics
+from ranker.training.dataset import load_dataset
+from ranker.training.train import Split, request_time
+
+BASELINES = ("random", "popularity", "logged", "oracle")
+YOUNG_LISTING_HOURS = 48.0
+SCORE_SAMPLE = 2000
+# The gate compares slices only where they hold enough requests for a drop to mean something.
+MIN_GATE_SLICE_REQUESTS = 200
+
+
+class EvaluationError(RankerError):
+    """A model cannot be evaluated as asked; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class ModelArtefact:
+    path: Path
+    card: dict
+
+    @property
+    def features(self) -> list[str]:
+        return list(self.card["features"])
+
+    def booster(self):
+        import lightgbm as lgb
+
+        text = (self.path / "model.txt").read_bytes()
+        actual = hashlib.sha256(text).hexdigest()
+        if actual != self.card.get("model_sha256"):
+            raise EvaluationError(
+                f"{self.path / 'model.txt'} does not match its card (sha256 {actual[:12]}..., card says "
+                f"{str(self.card.get('model_sha256'))[:12]}...): the model was changed after training"
+            )
+        return lgb.Booster(model_str=text.decode())
+
+
+def load_model(model_dir: Path) -> ModelArtefact:
+    model_dir = Path(model_dir)
+    card_path = model_dir / "card.json"
+    if not card_path.exists() or not (model_dir / "model.txt").exists():
+        raise EvaluationError(f"{model_dir} is not a model folder (needs model.txt and card.json): run `ranker train`")
+    try:
+        card = json.loads(card_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise EvaluationError(f"{card_path} is not valid JSON ({exc})") from None
+    return ModelArtefact(model_dir, card)
+
+
+def predict(model: ModelArtefact, frame: pd.DataFrame) -> np.ndarray:
+    missing = [f for f in model.features if f not in frame.columns]
+    if missing:
+        raise EvaluationError(
+            f"the evaluation data lacks {len(missing)} of the model's features ({', '.join(missing[:5])}...): "
+            f"build a training set with --feature-service {model.card.get('feature_service')}"
+        )
+    matrix = frame[model.features].to_numpy(dtype=np.float32)
+    return model.booster().predict(matrix, num_threads=2)
+
+
+def holdout_frame(settings: Settings, model: ModelArtefact) -> tuple[pd.DataFrame, dict]:
+    """The rows of the model's surface whose request started after the model's validation window."""
+    df, manifest = load_dataset(settings, model.card["surface"])
+    split = Split.from_dict(model.card["split"])
+    test = df[request_time(df) >= split.valid_end].reset_index(drop=True)
+    if test.empty:
+        raise EvaluationError(
+            f"no {model.card['surface']} requests after {split.valid_end}: the training set holds no test window"
+        )
+    return test, manifest
+
+
+def _popularity(settings: Settings, items: pd.Series, split: Split, window_start: str) -> np.ndarray:
+    import duckdb
+
+    path = settings.raw_dir / schema.EVENTS.file
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone='UTC'")
+        counts = con.execute(
+            f"""SELECT item_id, count(*) AS n FROM read_parquet('{path}')
+                WHERE event_type <> 'impression' AND timestamp >= $start AND timestamp < $end GROUP BY item_id""",
+            {"start": pd.Timestamp(window_start).to_pydatetime(), "end": split.train_end.to_pydatetime()},
+        ).df()
+    finally:
+        con.close()
+    return items.map(counts.set_index("item_id").n).fillna(0).to_numpy(dtype=np.float64)
+
+
+def _utility(settings: Settings, frame: pd.DataFrame) -> np.ndarray | None:
+    path = settings.ground_truth_dir / "utility.parquet"
+    if not path.exists():
+        return None
+    truth = pd.read_parquet(path, columns=["request_id", "item_id", "true_utility"])
+    merged = frame[["request_id", "item_id"]].merge(truth, on=["request_id", "item_id"], how="left")
+    values = merged.true_utility.to_numpy(dtype=np.float64)
+    return values if np.isfinite(values).all() else None
+
+
+def score_rankers(settings: Settings, model: ModelArtefact, frame: pd.DataFrame, *, seed: int = 0) -> dict:
+    """Scores of the model and every available baseline for each row of ``frame``."""
+    split = Split.from_dict(model.card["split"])
+    scores = {
+        "model": predict(model, frame),
+        "random": np.random.default_rng(seed).random(len(frame)),
+        "popularity": _popularity(settings, frame.item_id, split, model.card["training_window"]["start"]),
+        "logged": -frame.position.to_numpy(dtype=np.float64),
+    }
+    utility = _utility(settings, frame)
+    if utility is not None:
+        scores["oracle"] = utility
+    return scores
+
+
+def _slices(frame: pd.DataFrame, surface: str) -> dict[str, np.ndarray]:
+    """Row masks of the evaluation slices."""
+    new_user = frame.groupby("request_id", sort=False).user_clicks_30d.transform("max").fillna(0).to_numpy() == 0
+    has_query = frame["query"].astype(str).str.len().to_numpy() > 0
+    masks = {
+        f"surface={surface}": np.ones(len(frame), dtype=bool),
+        "new_user": new_user,
+        "returning_user": ~new_user,
+        "query": has_query,
+        "no_query": ~has_query,
+    }
+    if "listing_age_hours" in frame.columns:
+        masks["listing_age<48h"] = frame.listing_age_hours.to_numpy(dtype=np.float64) < YOUNG_LISTING_HOURS
+    return {k: v for k, v in masks.items() if v.any()}
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if x is not None and math.isfinite(x) else None
+
+
+def evaluate_frame(
+    frame: pd.DataFrame, scores: dict[str, np.ndarray], *, surface: str, n_boot: int = 1000, seed: int = 0
+) -> tuple[dict, dict[str, pd.DataFrame]]:
+    """Metrics of every ranker on ``frame``; returns the ``metrics`` dict and per-group tables."""
+    groups = metrics.encode_groups(frame.request_id.to_numpy())
+    labels = frame.label.to_numpy()
+    per_group = {name: metrics.per_group_metrics(groups, labels, s) for name, s in scores.items()}
+    out: dict = {"test": {name: metrics.mean_metrics(t) for name, t in per_group.items()}}
+    slices: dict = {}
+    for slice_name, mask in _slices(frame, surface).items():
+        sub = frame[mask]
+        sub_groups = metrics.encode_groups(sub.request_id.to_numpy())
+        slices[slice_name] = {}
+        for name, s in scores.items():
+            ndcg = metrics.per_group_metrics(sub_groups, sub.label.to_numpy(), s[mask], ks=(10,))["ndcg@10"]
+            ci = metrics.bootstrap_mean_ci(ndcg.to_numpy(), n_boot=n_boot, seed=seed)
+            slices[slice_name][name] = {
+                "ndcg@10": _finite(ci["mean"]),
+                "low": _finite(ci["low"]),
+                "high": _finite(ci["high"]),
+                "groups": int(ci["n"]),
+            }
+    out["slices"] = slices
+    out["ci"] = {}
+    for name in scores:
+        if name == "model":
+            continue
+        ci = metrics.paired_bootstrap_ci(
+            per_group["model"]["ndcg@10"], per_group[name]["ndcg@10"], n_boot=n_boot, seed=seed
+        )
+        out["ci"][f"model-vs-{name}"] = {"metric": "ndcg@10", **{k: _finite(v) if isinstance(v, float) else v for k, v in ci.items()}}
+    if "oracle" in scores:
+        utility = scores["oracle"]
+        out["true_utility"] = {
+            name: _finite(float(metrics.graded_ndcg_against_utility(groups, utility, s, k=10).mean()))
+            for name, s in scores.items()
+        }
+        out["oracle_fraction"] = _finite(metrics.oracle_fraction(out["true_utility"]))
+        if out["true_utility"].get("oracle"):
+            out["model_over_oracle"] = _finite(out["true_utility"]["model"] / out["true_utility"]["oracle"])
+    return out, per_group
+
+
+def quality_bar(evaluation_metrics: dict) -> list[str]:
+    """What keeps the model from beating every baseline (empty = it beats them all): on click
+    NDCG@10 with the bootstrap interval of the difference above zero, and on the true utility."""
+    problems = []
+    for name, ci in evaluation_metrics["ci"].items():
+        baseline = name.split("-vs-", 1)[1]
+        if baseline == "oracle":
+            continue
+        if not (ci.get("low") is not None and ci["low"] > 0):
+            problems.append(f"click NDCG@10 vs {baseline}: diff {ci.get('diff')} CI [{ci.get('low')}, {ci.get('high')}]")
+    truth = evaluation_metrics.get("true_utility") or {}
+    for name, value in truth.items():
+        if name not in ("model", "oracle") and value is not None and truth["model"] <= value:
+            problems.append(f"true-utility NDCG@10 vs {name}: {truth['model']:.4f} <= {value:.4f}")
+    return problems
+
+
+def evaluate_model(settings: Settings, model_dir: Path, *, n_boot: int = 1000, seed: int = 0, write: bool = True) -> dict:
+    """Evaluate a model folder on its test window; store the result in its card and write
+    ``report.html`` beside it. Returns the evaluation dict (see ``ranker.training.report``)."""
+    from ranker.training.report import write_report
+
+    model = load_model(model_dir)
+    frame, manifest = holdout_frame(settings, model)
+    scores = score_rankers(settings, model, frame, seed=seed)
+    result, per_group = evaluate_frame(frame, scores, surface=model.card["surface"], n_boot=n_boot, seed=seed)
+    rng = np.random.default_rng(seed)
+    sample = rng.choice(len(frame), size=min(SCORE_SAMPLE, len(frame)), replace=False)
+    evaluation = {
+        "model": {k: model.card.get(k) for k in ("name", "version", "feature_service")},
+        "metrics": result,
+        "feature_importance": model.card.get("feature_importance", {}),
+        "score_distributions": {name: [float(v) for v in s[sample]] for name, s in scores.items()},
+        "ndcg_curve": {
+            name: [_finite(v) for v in metrics.ndcg_curve(frame.request_id.to_numpy(), frame.label.to_numpy(), s)]
+            for name, s in scores.items()
+        },
+        "test_window": {
+            "rows": int(len(frame)),
+            "requests": int(frame.request_id.nunique()),
+            "dataset_fingerprint": manifest["fingerprint"],
+            "same_dataset_as_training": manifest["fingerprint"] == model.card["dataset"]["fingerprint"],
+        },
+    }
+    evaluation["metrics"]["quality_bar_failures"] = quality_bar(result)
+    if write:
+        card = dict(model.card)
+        card["metrics"] = evaluation["metrics"]
+        card["evaluation"] = {"test_window": evaluation["test_window"], "report": "report.html"}
+        (model.path / "card.json").write_text(json.dumps(card, indent=2, allow_nan=False, default=_json_default))
+        write_report(evaluation, path=model.path / "report.html", title=f"{card['name']} {card['version']}")
+    return evaluation
+
+
+def _json_default(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def gate_evidence(settings: Settings, *, challenger_dir: Path, champion_dir: Path | None):
+    """Evidence for the registry's promotion gate: both models scored on the challenger's test
+    requests (the most recent holdout), per request, in the same order."""
+    from ranker.features.store import FeatureRepoError, feature_store, service_spec
+    from ranker.registry.gate import GateEvidence, measure_predict_ms
+
+    challenger = load_model(challenger_dir)
+    frame, _ = holdout_frame(settings, challenger)
+    groups = metrics.encode_groups(frame.request_id.to_numpy())
+    labels = frame.label.to_numpy()
+    surface = challenger.card["surface"]
+
+    def per_request(model: ModelArtefact) -> tuple[np.ndarray, dict]:
+        scores = predict(model, frame)
+        ndcg = metrics.per_group_metrics(groups, labels, scores, ks=(10,))["ndcg@10"]
+        slices = {}
+        for name, mask in _slices(frame, surface).items():
+            sub_groups = metrics.encode_groups(frame.request_id.to_numpy()[mask])
+            values = metrics.per_group_metrics(sub_groups, labels[mask], scores[mask], ks=(10,))["ndcg@10"]
+            if np.isfinite(values).sum() >= MIN_GATE_SLICE_REQUESTS:
+                slices[name] = _finite(float(np.nanmean(values)))
+        return ndcg.to_numpy(dtype=np.float64), {k: v for k, v in slices.items() if v is not None}
+
+    challenger_ndcg, challenger_slices = per_request(challenger)
+    keep = np.isfinite(challenger_ndcg)
+    champion_ndcg = champion_slices = None
+    if champion_dir is not None:
+        champion = load_model(champion_dir)
+        champion_ndcg, champion_slices = per_request(champion)
+        keep &= np.isfinite(champion_ndcg)
+        champion_ndcg = champion_ndcg[keep]
+    try:
+        service_spec(feature_store(settings), challenger.card["feature_service"])
+        exists = True
+    except FeatureRepoError:
+        exists = False
+    return GateEvidence(
+        challenger_ndcg=challenger_ndcg[keep],
+        champion_ndcg=champion_ndcg,
+        challenger_slice_ndcg=challenger_slices,
+        champion_slice_ndcg=champion_slices,
+        feature_service_exists=exists,
+        predict_ms=measure_predict_ms(challenger.path / "model.txt"),
+        feature_service=challenger.card["feature_service"],
+    )
