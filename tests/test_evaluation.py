@@ -148,3 +148,47 @@ def test_quality_bar_on_the_default_demo_world(tmp_path_factory, surface):
     pricey["price_fit"] = np.abs(np.log(pricey.price_index / pricey.user_price_index_30d))
     moved = predict(model, pricey)
     assert (moved < base).mean() > 0.5 and (moved > base).mean() < 0.15
+
+
+def test_deploy_promotes_through_the_gate_and_refuses_a_worse_model(trained, monkeypatch, tmp_path):
+    """`ranker deploy`: first model goes to production, the same model again is left alone, and a
+    model trained on shuffled labels fails the gate (exit 1) and leaves production unchanged."""
+    import hashlib
+    import shutil
+
+    from click.testing import CliRunner
+
+    from pipelines.cli import _register, cli
+    from ranker.registry import Registry
+
+    settings, model_dir = trained
+    if "deploy" not in cli.commands:
+        _register()
+    monkeypatch.setenv("RANKER_HOME", str(settings.home))
+    monkeypatch.setenv("RANKER_REGISTRY_URI", f"file://{tmp_path / 'registry'}")
+    runner = CliRunner()
+    first = runner.invoke(cli, ["deploy", "--surface", "recs", "--model-dir", str(model_dir)])
+    assert first.exit_code == 0, first.output
+    registry = Registry.from_settings(settings.with_(registry_uri=f"file://{tmp_path / 'registry'}"))
+    champion = registry.resolve("recs_ranker", "production")
+    assert champion == json.loads((model_dir / "card.json").read_text())["version"]
+
+    again = runner.invoke(cli, ["deploy", "--surface", "recs", "--model-dir", str(model_dir)])
+    assert again.exit_code == 0 and "nothing to do" in again.output
+
+    # A worse challenger: the same card, a model fitted on shuffled labels.
+    df, manifest = load_dataset(settings, "recs")
+    options = TrainOptions(surface="recs")
+    shuffled = df.assign(label=np.random.default_rng(3).permutation(df.label.to_numpy()))
+    booster, _, _ = fit(shuffled, manifest["features"], options, time_split(df, options))
+    worse = tmp_path / "worse"
+    shutil.copytree(model_dir, worse)
+    text = booster.model_to_string()
+    (worse / "model.txt").write_text(text)
+    card = json.loads((worse / "card.json").read_text())
+    card.update(version=card["version"] + "-shuffled", model_sha256=hashlib.sha256(text.encode()).hexdigest())
+    (worse / "card.json").write_text(json.dumps(card))
+    result = runner.invoke(cli, ["deploy", "--surface", "recs", "--model-dir", str(worse)])
+    assert result.exit_code == 1, result.output
+    assert "ndcg_vs_champion" in result.output and "not promoted" in result.output
+    assert registry.resolve("recs_ranker", "production") == champion
