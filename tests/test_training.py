@@ -72,3 +72,15 @@ def test_bad_windows_and_services(world):
         build_dataset(world, DatasetOptions(surface="search", feature_service="search_ranker_v9"))
     with pytest.raises(DatasetError, match="not a date"):
         parse_utc("last tuesday", option="--start")
+
+
+def test_request_time_features_use_the_impression_time(search_set):
+    """listing_age_hours in the training set = impression time - listing creation (catches unit
+    mistakes in the request timestamp handed to Feast's on-demand views)."""
+    settings, _ = search_set
+    df, _ = load_dataset(settings, "search")
+    listings = pd.read_parquet(settings.raw_dir / "listings.parquet")[["item_id", "created_at"]]
+    merged = df[["item_id", "event_timestamp", "listing_age_hours"]].merge(listings, on="item_id")
+    expected = ((merged.event_timestamp - merged.created_at).dt.total_seconds() // 1) / 3600.0
+    assert (merged.listing_age_hours >= 0).all()
+    np.testing.assert_allclose(merged.listing_age_hours.to_numpy(float), expected.to_numpy(float), atol=1 / 3600 + 1e-3)
