@@ -36,9 +36,9 @@ def cli(ctx: click.Context) -> None:
 
 
 def _register() -> None:
-    from pipelines import cmd_data, cmd_dataset, cmd_features, cmd_registry
+    from pipelines import cmd_batch, cmd_data, cmd_dataset, cmd_features, cmd_registry, cmd_serve
 
-    for module in (cmd_data, cmd_features, cmd_dataset, cmd_registry):
+    for module in (cmd_data, cmd_features, cmd_dataset, cmd_registry, cmd_batch, cmd_serve):
         module.register(cli)
 
 

@@ -1,0 +1,516 @@
+"""The Flask scorer: ``create_app`` builds the app, its long-lived resources and its routes.
+
+Configuration comes in layers: :data:`DEFAULTS`, then the environment (:func:`config_from_env`),
+then ``test_config``. Platform settings (home, online store, Redis, registry) come from
+``Settings.from_env()`` unless passed in. The models, their feature paths, the thread pool of store
+calls and the metrics are created once here and kept on ``app.extensions["ranker"]`` (a :class:`Scorer`).
+
+Routes (one blueprint per concern):
+
+=====================  =====================================================================
+``POST /v1/rank``      rank candidate listings for a user (token required when RANKER_API_TOKEN is set)
+``GET /healthz``       the process is up
+``GET /readyz``        200 when every surface has a model and its online store answers, else 503
+``GET /metrics``       Prometheus text
+``GET /openapi.json``  the OpenAPI 3 document of these routes
+``POST /admin/reload`` reload production models from the registry now (always needs the token)
+=====================  =====================================================================
+
+Degraded mode: when the feature fetch fails (``OnlineStoreUnavailable``, any error) or misses its
+budget, the request is still answered within the budget, ``"degraded": true``: listings remembered as
+sold are removed, the rest are ordered by their last-known popularity (``item_clicks_7d`` from earlier
+successful fetches, 0 when never seen), ties in the caller's order; ``score`` is that popularity.
+"""
+
+from __future__ import annotations
+
+import gc
+import hmac
+import json
+import logging
+import os
+import time
+import uuid
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+from flask import Blueprint, Flask, Response, current_app, g, request
+from werkzeug.exceptions import HTTPException
+
+from api.metrics import Metrics
+from api.models import ItemMemory, ModelHolder, ServingModel
+from api.schemas import ApiError, RankRequest, error_body, finite_or_none, parse_json_body, parse_rank_request
+from ranker.config import ConfigError, Settings
+from ranker.training.train import MODEL_NAMES
+
+log = logging.getLogger("api")
+
+# Defaults of the scorer's own settings; every key can be set in the environment under the same name.
+DEFAULTS: dict[str, Any] = {
+    "RANKER_API_TOKEN": "",  # empty: /v1/rank is open and /admin/* refuses every call
+    "RANKER_MAX_CANDIDATES": 1000,
+    "RANKER_FEATURE_TIMEOUT_MS": 50.0,  # feature fetch budget; past it the request degrades
+    "RANKER_RELOAD_INTERVAL_S": 30.0,  # registry poll period; 0 = only POST /admin/reload
+    "RANKER_ITEM_CACHE_TTL_S": 0.0,  # item feature cache staleness bound; 0 = no cache
+    "RANKER_SURFACES": "search,recs",
+    "RANKER_FETCH_THREADS": 8,  # threads that run online-store calls under the budget, per process
+    "MAX_CONTENT_LENGTH": 1 << 20,  # request body limit in bytes (env: RANKER_MAX_BODY_BYTES)
+    # Sum /metrics over gunicorn workers (PROMETHEUS_MULTIPROC_DIR); set by api/gunicorn_conf.py.
+    "RANKER_METRICS_MULTIPROCESS": False,
+}
+_ENV_PARSERS: dict[str, tuple[str, type]] = {
+    "RANKER_API_TOKEN": ("RANKER_API_TOKEN", str),
+    "RANKER_MAX_CANDIDATES": ("RANKER_MAX_CANDIDATES", int),
+    "RANKER_FEATURE_TIMEOUT_MS": ("RANKER_FEATURE_TIMEOUT_MS", float),
+    "RANKER_RELOAD_INTERVAL_S": ("RANKER_RELOAD_INTERVAL_S", float),
+    "RANKER_ITEM_CACHE_TTL_S": ("RANKER_ITEM_CACHE_TTL_S", float),
+    "RANKER_SURFACES": ("RANKER_SURFACES", str),
+    "RANKER_FETCH_THREADS": ("RANKER_FETCH_THREADS", int),
+    "MAX_CONTENT_LENGTH": ("RANKER_MAX_BODY_BYTES", int),
+    "RANKER_METRICS_MULTIPROCESS": ("RANKER_METRICS_MULTIPROCESS", bool),
+}
+TOP_CONTRIBUTIONS = 5
+
+
+def config_from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The scorer settings present in ``env`` (default ``os.environ``), parsed; ConfigError names a bad one."""
+    env = os.environ if env is None else env
+    out: dict[str, Any] = {}
+    for key, (variable, kind) in _ENV_PARSERS.items():
+        raw = env.get(variable)
+        if raw is None or (kind is not str and not raw.strip()):
+            continue
+        try:
+            if kind is bool:
+                out[key] = _parse_bool(raw)
+            else:
+                out[key] = kind(raw.strip()) if kind is not str else raw.strip()
+        except ValueError:
+            raise ConfigError(f"{variable}={raw!r} is not a valid {kind.__name__}") from None
+    return out
+
+
+def _parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(raw)
+
+
+@dataclass(frozen=True)
+class ScorerConfig:
+    """The validated scorer settings (``app.config`` keys, typed)."""
+
+    token: str
+    max_candidates: int
+    feature_timeout_s: float
+    reload_interval_s: float
+    item_cache_ttl_s: float
+    surfaces: tuple[str, ...]
+    fetch_threads: int
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "ScorerConfig":
+        surfaces = config["RANKER_SURFACES"]
+        if isinstance(surfaces, str):
+            surfaces = tuple(s.strip() for s in surfaces.split(",") if s.strip())
+        surfaces = tuple(dict.fromkeys(surfaces))
+        unknown = [s for s in surfaces if s not in MODEL_NAMES]
+        if not surfaces or unknown:
+            raise ConfigError(
+                f"RANKER_SURFACES={','.join(surfaces)!r} must list one or more of {', '.join(MODEL_NAMES)}"
+            )
+        out = cls(
+            token=str(config.get("RANKER_API_TOKEN") or ""),
+            max_candidates=int(config["RANKER_MAX_CANDIDATES"]),
+            feature_timeout_s=float(config["RANKER_FEATURE_TIMEOUT_MS"]) / 1000.0,
+            reload_interval_s=float(config["RANKER_RELOAD_INTERVAL_S"]),
+            item_cache_ttl_s=float(config["RANKER_ITEM_CACHE_TTL_S"]),
+            surfaces=surfaces,
+            fetch_threads=int(config["RANKER_FETCH_THREADS"]),
+        )
+        checks = [
+            (out.max_candidates >= 1, "RANKER_MAX_CANDIDATES must be >= 1"),
+            (out.feature_timeout_s > 0, "RANKER_FEATURE_TIMEOUT_MS must be > 0"),
+            (out.reload_interval_s >= 0, "RANKER_RELOAD_INTERVAL_S must be >= 0 (0 disables polling)"),
+            (out.item_cache_ttl_s >= 0, "RANKER_ITEM_CACHE_TTL_S must be >= 0 (0 disables the cache)"),
+            (out.fetch_threads >= 1, "RANKER_FETCH_THREADS must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        return out
+
+
+@dataclass(frozen=True, eq=False)
+class Ranking:
+    """One request's outcome: the kept (not sold) items, their scores, the order to return them in."""
+
+    item_ids: list[str]
+    scores: np.ndarray
+    order: np.ndarray  # indices into item_ids/scores, best first, cut at the limit
+    matrix: np.ndarray | None  # features of item_ids (None when degraded)
+    removed_sold: int
+    degraded_reason: str | None
+
+
+class Scorer:
+    """The app's long-lived state: settings, models (with the store pool), item memory and metrics."""
+
+    def __init__(self, *, settings: Settings, config: ScorerConfig, models: ModelHolder, metrics: Metrics) -> None:
+        from ranker.serving.features import OnlineStoreUnavailable
+
+        self.settings = settings
+        self.config = config
+        self.models = models
+        self.metrics = metrics
+        self.memory = ItemMemory()
+        self.store_unavailable = OnlineStoreUnavailable
+        self._last_warning: dict[str, float] = {}
+
+    def _warn(self, key: str, message: str, *args: Any, exc_info: bool = False) -> None:
+        """Log a degradation at most every 10 s per kind: an outage must not flood the logs."""
+        now = time.monotonic()
+        if now - self._last_warning.get(key, -1e9) >= 10.0:
+            self._last_warning[key] = now
+            log.warning(message + " (repeats are logged every 10 s; see ranker_degraded_responses_total)",
+                        *args, exc_info=exc_info)
+
+    def fetch(self, model: ServingModel, req: RankRequest) -> tuple[Any, str | None]:
+        """(FeatureRows, None) or (None, reason) when the store failed or missed the budget.
+
+        The fetch runs on the pool so a hung store cannot hold the request past the budget; the
+        feature path's own timeout (the same budget) ends the stray call soon after.
+        """
+        future = self.models.pool.submit(
+            model.features.fetch, user_id=req.user_id, item_ids=list(req.items), query=req.query,
+            request_ts=req.request_ts,
+        )
+        try:
+            return future.result(timeout=self.config.feature_timeout_s), None
+        except FutureTimeout:
+            future.cancel()
+            self._warn(f"timeout:{req.surface}", "feature fetch for %s missed its %.0f ms budget; degraded answer",
+                       req.surface, self.config.feature_timeout_s * 1e3)
+            return None, "timeout"
+        except self.store_unavailable as exc:
+            self._warn(f"unavailable:{req.surface}", "online store unavailable for %s: %s; degraded answer",
+                       req.surface, exc)
+            return None, "store_unavailable"
+        except Exception:  # noqa: BLE001 - a broken feature path degrades the answer, it does not fail it
+            self._warn(f"error:{req.surface}", "feature fetch for %s failed; degraded answer", req.surface,
+                       exc_info=True)
+            return None, "error"
+
+    def score(self, model: ServingModel, req: RankRequest, rows: Any, degraded_reason: str | None) -> "Ranking":
+        """Drop sold listings, score the rest (the model on the fetched rows, or the fallback), order them.
+
+        With rows: scores are ``Booster.predict`` on the float32 matrix, and the rows' popularity and
+        sold flags are remembered for later degraded answers. Without: listings remembered as sold
+        are dropped and the rest scored by remembered popularity (0 when never seen).
+        """
+        metrics = self.metrics
+        item_ids = list(req.items)
+        matrix = None
+        if rows is not None:
+            metrics.sync_cache(req.surface, model.features)
+            sold = np.asarray(rows.sold, dtype=bool)
+            known = np.asarray(rows.known, dtype=bool)
+            matrix = np.asarray(rows.matrix, dtype=np.float32)
+            pop = model.popularity_index
+            self.memory.remember(item_ids, matrix[:, pop] if pop is not None else None, sold)
+            if not known.all():
+                metrics.unknown_items.labels(req.surface).inc(int((~known).sum()))
+        else:
+            metrics.degraded.labels(req.surface, degraded_reason).inc()
+            sold = self.memory.sold(item_ids)
+        keep = np.flatnonzero(~sold)
+        kept_ids = [item_ids[i] for i in keep]
+        if matrix is not None:
+            matrix = matrix[keep]
+            scores = model.predict(matrix) if len(keep) else np.empty(0)
+        else:
+            scores = np.nan_to_num(self.memory.popularity(kept_ids), nan=0.0)
+        # Highest score first; equal scores keep the caller's order (stable sort).
+        order = np.argsort(-scores, kind="stable")
+        if req.limit is not None:
+            order = order[: req.limit]
+        removed = len(item_ids) - len(keep)
+        if removed:
+            metrics.removed_sold.labels(req.surface).inc(removed)
+        return Ranking(item_ids=kept_ids, scores=scores, order=order, matrix=matrix, removed_sold=removed,
+                       degraded_reason=None if rows is not None else degraded_reason)
+
+    def close(self) -> None:
+        """Stop the poller, close feature paths and the store pool (tests and worker exit)."""
+        self.models.close()
+
+
+def create_app(test_config: Mapping[str, Any] | None = None, *, settings: Settings | None = None) -> Flask:
+    """Build the scorer.
+
+    Args:
+        test_config: overrides applied last (keys of :data:`DEFAULTS` or any Flask setting).
+        settings: platform settings; default ``Settings.from_env()``.
+
+    Loads the production model of every configured surface (a surface without one is reported by
+    /readyz and answers 503 ``no_model``) and starts the registry poller.
+    """
+    app = Flask(__name__, static_folder=None)
+    app.config.from_mapping(DEFAULTS)
+    app.config.update(config_from_env())
+    if test_config:
+        app.config.update(test_config)
+    app.json.sort_keys = False
+    config = ScorerConfig.from_config(app.config)
+    settings = settings or Settings.from_env()
+
+    metrics = Metrics(multiprocess=bool(app.config["RANKER_METRICS_MULTIPROCESS"]))
+    models = ModelHolder(
+        settings, surfaces=config.surfaces, feature_timeout_s=config.feature_timeout_s,
+        item_cache_ttl_s=config.item_cache_ttl_s, metrics=metrics, fetch_threads=config.fetch_threads,
+    )
+    scorer = Scorer(settings=settings, config=config, models=models, metrics=metrics)
+    app.extensions["ranker"] = scorer
+    for surface in config.surfaces:
+        metrics.init_surface(surface)
+    models.refresh()
+    models.start_polling(config.reload_interval_s)
+
+    app.register_blueprint(rank_bp)
+    app.register_blueprint(ops_bp)
+    app.register_blueprint(admin_bp)
+    app.register_error_handler(ApiError, _api_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected_error)
+    return app
+
+
+def freeze_heap() -> None:
+    """Collect once and move every start-up object to the permanent generation: later gen-2
+    collections skip them, which removed ~100 ms p99 spikes (see ARCHITECTURE.md)."""
+    gc.collect()
+    gc.freeze()
+
+
+def scorer() -> Scorer:
+    return current_app.extensions["ranker"]
+
+
+# ------------------------------------------------------------------------------------------ errors
+
+
+def _json(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    response = current_app.response_class(
+        json.dumps(body, separators=(",", ":"), allow_nan=False), status=status, mimetype="application/json"
+    )
+    for key, value in (headers or {}).items():
+        response.headers[key] = value
+    return response
+
+
+def _error(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> Response:
+    scorer().metrics.errors.labels(code).inc()
+    return _json(error_body(code, message), status, headers)
+
+
+def _api_error(exc: ApiError) -> Response:
+    return _error(exc.status, exc.code, exc.message, exc.headers)
+
+
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def _http_error(exc: HTTPException) -> Response:
+    status = exc.code or 500
+    code = _HTTP_CODES.get(status, (exc.name or "error").lower().replace(" ", "_"))
+    message = exc.description or exc.name
+    if status == 413:
+        limit = current_app.config.get("MAX_CONTENT_LENGTH")
+        message = f"the request body is larger than {limit} bytes (RANKER_MAX_BODY_BYTES)"
+    headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
+    return _error(status, code, message, headers)
+
+
+def _unexpected_error(exc: Exception) -> Response:
+    if isinstance(exc, HTTPException):  # pragma: no cover - Flask routes these to _http_error
+        return _http_error(exc)
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    return _error(500, "internal", "internal error; the scorer logged it")
+
+
+def _require_token(*, admin: bool) -> None:
+    expected = scorer().config.token
+    if not expected:
+        if admin:
+            raise ApiError(
+                403, "admin_disabled",
+                "admin routes are disabled: set RANKER_API_TOKEN on the scorer and send it as "
+                "'Authorization: Bearer <token>'",
+            )
+        return
+    scheme, _, supplied = request.headers.get("Authorization", "").partition(" ")
+    challenge = 'Bearer realm="ranker"'
+    if scheme.lower() != "bearer" or not supplied.strip():
+        raise ApiError(401, "unauthorized", "missing bearer token: send 'Authorization: Bearer <RANKER_API_TOKEN>'",
+                       headers={"WWW-Authenticate": challenge})
+    if not hmac.compare_digest(supplied.strip().encode("utf-8"), expected.encode("utf-8")):
+        raise ApiError(401, "unauthorized", "invalid bearer token",
+                       headers={"WWW-Authenticate": challenge + ', error="invalid_token"'})
+
+
+# ------------------------------------------------------------------------------------------ ranking
+
+rank_bp = Blueprint("rank", __name__)
+
+
+@rank_bp.before_request
+def _rank_start() -> None:
+    g.started = time.perf_counter()
+    g.surface = "invalid"
+    _require_token(admin=False)
+
+
+@rank_bp.after_request
+def _rank_done(response: Response) -> Response:
+    metrics = scorer().metrics
+    metrics.requests.labels(g.get("surface", "invalid"), str(response.status_code)).inc()
+    if "started" in g:
+        metrics.observe_stage(g.get("surface", "invalid"), "total", time.perf_counter() - g.started)
+    return response
+
+
+@rank_bp.post("/v1/rank")
+def rank() -> Response:
+    """Rank candidate listings; see the module docstring and /openapi.json for the contract."""
+    state = scorer()
+    metrics = state.metrics
+    if request.mimetype != "application/json":
+        raise ApiError(415, "unsupported_media_type",
+                       f"send the body as application/json (got {request.mimetype or 'no content type'})")
+    req = parse_rank_request(
+        parse_json_body(request.get_data(cache=False)),
+        surfaces=state.config.surfaces, max_candidates=state.config.max_candidates,
+    )
+    g.surface = req.surface
+    model = state.models.get(req.surface)  # read once: a concurrent reload cannot change it under us
+    if model is None:
+        raise ApiError(503, "no_model", f"no production model is loaded for surface {req.surface!r}: "
+                       f"{state.models.state(req.surface).error or 'promote one and POST /admin/reload'}")
+    t_parse = time.perf_counter()
+    metrics.observe_stage(req.surface, "parse", t_parse - g.started)
+    metrics.candidates.labels(req.surface).observe(len(req.items))
+
+    rows, degraded_reason = state.fetch(model, req)
+    t_fetch = time.perf_counter()
+    metrics.observe_stage(req.surface, "fetch", t_fetch - t_parse)
+
+    ranking = state.score(model, req, rows, degraded_reason)
+    t_predict = time.perf_counter()
+    metrics.observe_stage(req.surface, "predict", t_predict - t_fetch)
+
+    items = [
+        {"item_id": ranking.item_ids[i], "score": float(ranking.scores[i]), "rank": rank_}
+        for rank_, i in enumerate(ranking.order.tolist(), start=1)
+    ]
+    if req.explain:
+        _explain(items, model, ranking.matrix[ranking.order] if ranking.matrix is not None else None)
+    request_id = uuid.uuid4().hex
+    body: dict[str, Any] = {
+        "request_id": request_id,
+        "model": {"name": model.name, "version": model.version},
+        "items": items,
+        "removed_sold": ranking.removed_sold,
+        "duplicates_removed": req.duplicates,
+        "degraded": ranking.degraded_reason is not None,
+    }
+    if ranking.degraded_reason is not None:
+        body["degraded_reason"] = ranking.degraded_reason
+    response = _json(body, headers={"X-Request-ID": request_id})
+    metrics.observe_stage(req.surface, "serialise", time.perf_counter() - t_predict)
+    return response
+
+
+def _explain(items: list[dict], model: ServingModel, matrix: np.ndarray | None) -> None:
+    """Add each item's feature values and its top SHAP contributions (plus the rest and the bias, so
+    ``sum(top) + other + bias == score``). Degraded answers have neither: both are null."""
+    if matrix is None:
+        for item in items:
+            item["features"] = None
+            item["contributions"] = None
+        return
+    contrib = model.contributions(matrix) if len(items) else np.empty((0, len(model.feature_names) + 1))
+    names = model.feature_names
+    for item, values, row in zip(items, matrix.tolist(), contrib):
+        item["features"] = {name: finite_or_none(v) for name, v in zip(names, values)}
+        per_feature = row[:-1]
+        top = np.argsort(-np.abs(per_feature), kind="stable")[:TOP_CONTRIBUTIONS]
+        item["contributions"] = {
+            "bias": float(row[-1]),
+            "top": [{"feature": names[j], "value": float(per_feature[j])} for j in top.tolist()],
+            "other": float(per_feature.sum() - per_feature[top].sum()),
+        }
+
+
+# ------------------------------------------------------------------------------------------ operations
+
+ops_bp = Blueprint("ops", __name__)
+
+
+@ops_bp.get("/healthz")
+def healthz() -> Response:
+    """Liveness: the process answers."""
+    return _json({"status": "ok"})
+
+
+@ops_bp.get("/readyz")
+def readyz() -> Response:
+    """Readiness: every surface has a model and its online store answers a ping."""
+    ready, surfaces = scorer().models.readiness()
+    reasons = [f"{s}: {r}" for s, entry in surfaces.items() for r in entry["reasons"]]
+    body = {"ready": ready, "surfaces": surfaces}
+    if not ready:
+        body["reasons"] = reasons
+    return _json(body, 200 if ready else 503)
+
+
+@ops_bp.get("/metrics")
+def metrics_text() -> Response:
+    """Prometheus exposition text."""
+    data, content_type = scorer().metrics.render()
+    return Response(data, status=200, content_type=content_type)
+
+
+@ops_bp.get("/openapi.json")
+def openapi() -> Response:
+    """The OpenAPI 3 document of every route."""
+    from api.openapi import build_spec
+
+    return _json(build_spec(current_app))
+
+
+# ------------------------------------------------------------------------------------------ admin
+
+admin_bp = Blueprint("admin", __name__, url_prefix="/admin")
+
+
+@admin_bp.before_request
+def _admin_auth() -> None:
+    _require_token(admin=True)
+
+
+@admin_bp.post("/reload")
+def reload_models() -> Response:
+    """Load the registry's production versions now (retrying versions that failed before)."""
+    result = scorer().models.refresh(force=True)
+    return _json({"surfaces": result})

@@ -1,0 +1,81 @@
+"""Ranking latency for 50 / 200 / 1000 candidates on the Redis online store, three ways, in one run:
+
+* http      : POST /v1/rank to `ranker serve` (gunicorn, 1 worker) over loopback, end to end;
+* in-process: the same request through the Flask app in this process (no network);
+* anchor    : Feast SDK `get_online_features` for the same entities + LightGBM `Booster.predict`,
+              i.e. what a team would do without the platform's fast path.
+
+    make demo    # once: data, features and production models in RANKER_HOME
+    RANKER_HOME=$PWD .venv/bin/python benchmarks/rank_latency.py [--requests 300] [--surface search]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import time
+import warnings
+from urllib.parse import urlparse
+
+import _stack
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=300, help="Timed requests per size and path.")
+    parser.add_argument("--surface", choices=["search", "recs"], default="search")
+    parser.add_argument("--sizes", type=int, nargs="*", default=[50, 200, 1000])
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+
+    from api.app import create_app
+    from ranker.features.store import feature_store, service_spec
+    from ranker.registry import Registry
+    from ranker.serving.features import feast_reference
+    from ranker.training.train import MODEL_NAMES
+
+    with _stack.private_redis() as redis_url:
+        settings = _stack.redis_settings(redis_url)
+        model = Registry.from_settings(settings).fetch(MODEL_NAMES[args.surface], stage="production")
+        booster = model.booster()
+        store = feature_store(settings)
+        spec = service_spec(store, model.card["feature_service"])
+        app = create_app({"RANKER_RELOAD_INTERVAL_S": 0}, settings=settings)
+        client = app.test_client()
+        print(f"{args.surface} model {model.name} {model.version}, {len(spec.features)} features, Redis online store")
+        with _stack.gunicorn(settings, workers=1) as base:
+            url = urlparse(base)
+            conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+            for size in args.sizes:
+                bodies = _stack.request_bodies(settings, surface=args.surface, candidates=size, n=args.requests + 30, seed=size)
+                results = {}
+                for name in ("http", "in-process", "anchor"):
+                    samples, errors = [], 0
+                    for i, body in enumerate(bodies):
+                        payload = _stack.dumps(body)
+                        t0 = time.perf_counter()
+                        if name == "http":
+                            status, _ = _stack.post(conn, payload)
+                        elif name == "in-process":
+                            status = client.post("/v1/rank", data=payload, content_type="application/json").status_code
+                        else:
+                            rows = feast_reference(store, spec, user_id=body["user_id"], item_ids=body["items"],
+                                                   query=body.get("query"), request_ts=int(time.time()))
+                            booster.predict(rows.matrix, num_threads=1)
+                            status = 200
+                        elapsed = (time.perf_counter() - t0) * 1000
+                        if i >= 30:  # the first requests warm caches and connections
+                            samples.append(elapsed)
+                            errors += status != 200
+                    results[name] = samples
+                    rps = 1000 / (sum(samples) / len(samples))
+                    print(f"  {size:>5} candidates  {name:<10} {_stack.summary(samples)}  {rps:7.0f} req/s sequential  errors {errors}")
+                import numpy as np
+
+                speedup = np.percentile(results["anchor"], 50) / np.percentile(results["http"], 50)
+                print(f"  {size:>5} candidates  http p50 is {speedup:.1f}x faster than the Feast SDK anchor")
+        app.extensions["ranker"].close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""`ranker serve`: run the Flask scorer under gunicorn (production) or Flask's dev server (local).
+
+The app and its settings live in ``api/``; this command only prepares the process environment and
+starts the server.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import click
+
+
+def _clear_multiproc_dir(folder: Path) -> None:
+    # prometheus_client's files from an earlier run would be summed into this run's counters.
+    for stale in folder.glob("*.db"):
+        stale.unlink(missing_ok=True)
+
+
+def _run_gunicorn(*, host: str, port: int, workers: int, log_level: str) -> None:
+    runtime = Path(tempfile.mkdtemp(prefix="ranker-gunicorn-"))
+    try:
+        # gunicorn 27 reads XDG_RUNTIME_DIR when its config module is imported (control socket path):
+        # set it first, to a private folder, so nothing is written under ~/.gunicorn.
+        os.environ["XDG_RUNTIME_DIR"] = str(runtime)
+        multiproc = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if multiproc:
+            Path(multiproc).mkdir(parents=True, exist_ok=True)
+            _clear_multiproc_dir(Path(multiproc))
+        elif workers > 1:
+            # Without it each worker would report only its own counters on /metrics.
+            folder = runtime / "prometheus"
+            folder.mkdir()
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+
+        from gunicorn.app.base import BaseApplication
+
+        class ScorerServer(BaseApplication):
+            def load_config(self) -> None:
+                from api import gunicorn_conf
+
+                for key in dir(gunicorn_conf):
+                    if key in self.cfg.settings and key != "wsgi_app":
+                        self.cfg.set(key, getattr(gunicorn_conf, key))
+                self.cfg.set("bind", [f"{host}:{port}"])
+                self.cfg.set("workers", workers)
+                self.cfg.set("loglevel", log_level)
+                self.cfg.set("control_socket", str(runtime / "gunicorn.ctl"))
+                self.cfg.set("proc_name", "ranker-scorer")
+
+            def load(self):
+                from api.app import create_app
+
+                return create_app()
+
+        click.echo(f"scorer: http://{host}:{port} ({workers} gunicorn workers)", err=True)
+        ScorerServer().run()
+    finally:
+        shutil.rmtree(runtime, ignore_errors=True)
+
+
+def register(cli: click.Group) -> None:
+    @cli.command("serve")
+    @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0 for all).")
+    @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="TCP port.")
+    @click.option(
+        "--workers", default=2, show_default=True, type=click.IntRange(0, 256),
+        help="gunicorn worker processes; 0 runs Flask's threaded dev server (local use only).",
+    )
+    @click.option("--dev", is_flag=True, help="Flask's threaded dev server (same as --workers 0).")
+    @click.option(
+        "--log-level", default="info", show_default=True,
+        type=click.Choice(["debug", "info", "warning", "error"]), help="Server log level.",
+    )
+    @click.pass_context
+    def serve(ctx: click.Context, host: str, port: int, workers: int, dev: bool, log_level: str) -> None:
+        """Serve the ranking API: POST /v1/rank, /healthz, /readyz, /metrics, /openapi.json, POST /admin/reload.
+
+        Each worker loads the production model of every surface from the registry and polls it for
+        promotions. Scorer settings come from the environment: RANKER_API_TOKEN (bearer token; admin
+        routes need it), RANKER_MAX_CANDIDATES (1000), RANKER_FEATURE_TIMEOUT_MS (50),
+        RANKER_RELOAD_INTERVAL_S (30, 0 = no polling), RANKER_ITEM_CACHE_TTL_S (0),
+        RANKER_SURFACES (search,recs), RANKER_MAX_BODY_BYTES (1 MiB). With several workers,
+        PROMETHEUS_MULTIPROC_DIR (created when unset) lets /metrics add up every worker.
+        """
+        import logging
+
+        if dev or workers == 0:
+            from api.app import create_app, freeze_heap
+
+            logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+            app = create_app(settings=ctx.obj)
+            freeze_heap()
+            click.echo(f"scorer (dev server, not for production): http://{host}:{port}", err=True)
+            try:
+                app.run(host=host, port=port, threaded=True, use_reloader=False, debug=False)
+            finally:
+                app.extensions["ranker"].close()
+            return
+        _run_gunicorn(host=host, port=port, workers=workers, log_level=log_level)

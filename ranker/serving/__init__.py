@@ -1,0 +1,5 @@
+"""Serving-time code: the online feature path the scorer calls per request."""
+
+from ranker.serving.features import FeatureRows, OnlineFeatures, OnlineStoreUnavailable, feast_reference
+
+__all__ = ["FeatureRows", "OnlineFeatures", "OnlineStoreUnavailable", "feast_reference"]

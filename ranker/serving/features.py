@@ -1,0 +1,908 @@
+"""The scorer's online feature path: Feast's online store read directly, exactly equal to
+``FeatureStore.get_online_features`` for the same feature service.
+
+Feast's Python ``get_online_features`` costs ~25 ms for one user and 200 listings; almost all of it
+is Python bookkeeping around a few cheap store reads. :class:`OnlineFeatures` reads the same store
+layout without the SDK on the hot path:
+
+* **Redis** (``RANKER_ONLINE_STORE=redis``): one hash per entity key (Feast's serialized entity key
+  + project), fields ``murmur3("{view}:{feature}")`` holding serialized ``Value`` protobufs. One
+  redis-py connection pool (hiredis parser); per request at most two pipelined round trips of
+  ``HMGET`` for exactly the fields the service needs: round 1 the listings' hashes (``listing_fv``
+  and ``item_stats_fv`` share the item's hash) and the user's hash; round 2 the seller, category,
+  user x category and query x category hashes, keyed by the seller and category round 1 returned.
+  Socket timeouts are ``timeout_s``; any Redis error or timeout raises
+  :class:`OnlineStoreUnavailable`.
+* **sqlite** (the embedded default): Feast's ``{project}_{view}`` tables (``entity_key``,
+  ``feature_name``, ``value`` ...), one query per view and round for all the entity keys of the
+  request (the keys are joined from a ``VALUES`` list, so SQLite hands back each row's position),
+  one read-only connection per thread.
+
+Values are decoded from the ``Value`` protobuf bytes with numpy (float_val, double_val, int64_val,
+int32_val, bool_val; anything unusual goes through the protobuf parser), straight into float64
+columns, then defaults and the float32 cast are applied exactly as
+:func:`ranker.training.dataset.feature_matrix` does on Feast's output. On-demand features are
+computed by the same functions of :mod:`ranker.features.transforms` Feast's on-demand views call,
+on a DataFrame of the same inputs (numbers as float64 with NaN, strings as objects with None), so
+the matrix is bit-identical to ``feature_matrix(get_online_features(...).to_df(), spec)``
+(``tests/test_online_features.py`` checks it on random requests against both stores).
+
+Entity rows are those of :func:`feast_reference`: ``user_id``, ``item_id``, ``seller_id`` and
+``category`` of the listing (read from ``listing_fv``; empty strings for a listing the store does not
+know, so its seller, category and affinity features are missing and take their defaults) and, for a
+search service, ``query`` (= the search text, "" when absent). Feast 0.67's online read returns
+stored values regardless of the view's TTL; so does this path.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from operator import length_hint
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from google.protobuf.message import DecodeError
+
+from ranker.config import Settings
+from ranker.errors import RankerError
+from ranker.features import transforms
+from ranker.features.materialize import _string_entity_keys
+from ranker.features.store import FeatureRepoError, feature_store, repo_config, service_spec
+from ranker.training.dataset import feature_matrix
+
+LISTING_VIEW = "listing_fv"
+SOLD_FIELD = "is_sold"
+# Join keys the request gives directly, and those read from the listing (listing_fv field names).
+REQUEST_KEYS = ("user_id", "item_id", "query")
+LISTING_KEYS = ("seller_id", "category")
+ITEM_KEYS = ("item_id", *LISTING_KEYS)  # keys that vary with the listing: the item-level views
+SUPPORTED_REQUEST_FIELDS = ("request_ts", "query_text")
+NUMERIC_TYPES = ("Float32", "Float64", "Int64", "Int32", "Bool")
+
+# Tags of the Value protobuf oneof members (field number << 3 | wire type).
+_TAG_STRING, _TAG_INT32, _TAG_INT64, _TAG_DOUBLE, _TAG_FLOAT, _TAG_BOOL = 0x12, 0x18, 0x20, 0x29, 0x35, 0x38
+_NUMERIC_ONEOF = ("float_val", "double_val", "int64_val", "int32_val", "bool_val")
+_R4 = np.arange(1, 5)
+_R8 = np.arange(1, 9)
+_VARINT_POS = np.arange(10)
+_VARINT_SHIFT = (7 * _VARINT_POS).astype(np.uint64)
+
+
+class OnlineStoreUnavailable(RankerError):
+    """The online store is down, timed out, or returned something unreadable."""
+
+
+@dataclass(frozen=True)
+class FeatureRows:
+    """Features of one request's candidates, in the request's item order."""
+
+    matrix: np.ndarray  # float32 (len(item_ids), len(feature_names)), the service's order, defaults applied
+    known: np.ndarray  # bool per item: the listing exists in the online store (listing_fv)
+    sold: np.ndarray  # bool per item: listing_fv.is_sold == 1
+    feature_names: tuple[str, ...]
+
+
+# --- Value protobuf decoding ----------------------------------------------------------------------
+
+def _slow_number(raw: bytes) -> float:
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    value = Value()
+    value.ParseFromString(raw)
+    kind = value.WhichOneof("val")
+    if kind in _NUMERIC_ONEOF:
+        return float(getattr(value, kind))
+    if kind == "string_val":  # feature_matrix coerces strings with pd.to_numeric(errors="coerce")
+        return float(pd.to_numeric(pd.Series([value.string_val]), errors="coerce").iloc[0])
+    return math.nan
+
+
+def _slow_string(raw):
+    if not raw:
+        return None
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    value = Value()
+    value.ParseFromString(raw)
+    kind = value.WhichOneof("val")
+    return None if kind is None else getattr(value, kind)
+
+
+def _lengths_and_bytes(cells: list) -> tuple[np.ndarray, bytes]:
+    """Length of each cell (None counts as empty) and all cells concatenated, both at C speed."""
+    lens = np.fromiter(map(length_hint, cells), dtype=np.intp, count=len(cells))  # length_hint(None) == 0
+    return lens, b"".join(filter(None, cells))
+
+
+def decode_numbers(cells: list) -> np.ndarray:
+    """float64 values of serialized Feast ``Value`` messages; empty message or None -> NaN.
+
+    Vectorised over the concatenated bytes: float_val (tag 0x35 + 4 bytes), double_val (0x29 + 8),
+    int64/int32_val (0x20/0x18 + varint), bool_val (0x38 + 1); anything else is parsed by protobuf."""
+    m = len(cells)
+    lens, data = _lengths_and_bytes(cells)
+    out = np.full(m, np.nan)
+    buf = np.frombuffer(data, dtype=np.uint8)
+    if not buf.size:
+        return out
+    ends = np.cumsum(lens)
+    starts = ends - lens
+    nonempty = lens > 0
+    tag = np.zeros(m, dtype=np.uint8)
+    tag[nonempty] = buf[starts[nonempty]]
+    done = ~nonempty
+    sel = (tag == _TAG_FLOAT) & (lens == 5)
+    if sel.any():
+        out[sel] = np.ascontiguousarray(buf[starts[sel, None] + _R4]).view("<f4")[:, 0]
+        done |= sel
+    sel = (tag == _TAG_DOUBLE) & (lens == 9)
+    if sel.any():
+        out[sel] = np.ascontiguousarray(buf[starts[sel, None] + _R8]).view("<f8")[:, 0]
+        done |= sel
+    sel = ((tag == _TAG_INT64) | (tag == _TAG_INT32)) & (lens >= 2) & (lens <= 11)
+    if sel.any():
+        s, n = starts[sel], lens[sel] - 1
+        sel[sel] = buf[s + n] < 0x80  # the varint ends exactly at the end of the message
+        s, n = starts[sel], lens[sel] - 1
+        if (n == 1).all():
+            out[sel] = buf[s + 1]
+        else:
+            idx = np.minimum(s[:, None] + 1 + _VARINT_POS, buf.size - 1)
+            raw = np.where(_VARINT_POS < n[:, None], buf[idx], 0).astype(np.uint64)
+            value = np.bitwise_or.reduce((raw & np.uint64(0x7F)) << _VARINT_SHIFT, axis=1)
+            out[sel] = value.view(np.int64)
+        done |= sel
+    sel = (tag == _TAG_BOOL) & (lens == 2)
+    if sel.any():
+        b = buf[starts[sel] + 1]
+        ok = b < 2
+        sel[sel] = ok
+        out[sel] = b[ok]
+        done |= sel
+    if not done.all():
+        for i in np.flatnonzero(~done):
+            out[i] = _slow_number(cells[i])
+    return out
+
+
+def decode_strings(cells: list) -> list:
+    """Python values of serialized Feast ``Value`` messages holding strings; missing -> None.
+
+    The usual message (tag 0x12, one length byte, ASCII text) is sliced out of one decoded buffer;
+    anything else goes through the protobuf parser."""
+    m = len(cells)
+    out = [None] * m
+    if not m:
+        return out
+    lens, data = _lengths_and_bytes(cells)
+    if not data:
+        return out
+    buf = np.frombuffer(data, dtype=np.uint8)
+    ends = np.cumsum(lens)
+    starts = ends - lens
+    ok = lens >= 2
+    s = starts[ok]
+    ok[ok] = (buf[s] == _TAG_STRING) & (buf[s + 1] == lens[ok] - 2)
+    fast = np.flatnonzero(ok)
+    if data.isascii():  # byte offsets are character offsets
+        text = data.decode("ascii")
+        values = [text[a:b] for a, b in zip((starts[fast] + 2).tolist(), ends[fast].tolist())]
+    else:
+        values = [data[a:b].decode() for a, b in zip((starts[fast] + 2).tolist(), ends[fast].tolist())]
+    if len(fast) == m:
+        return values
+    for i, v in zip(fast.tolist(), values):
+        out[i] = v
+    for i in np.flatnonzero(~ok & (lens > 0)).tolist():
+        out[i] = _slow_string(cells[i])
+    return out
+
+
+# --- The plan: which fields of which hashes/tables the service needs -----------------------------
+
+@dataclass
+class _FieldSet:
+    """Fields read together from one entity's hash (Redis) or from its rows (sqlite)."""
+
+    n: int
+    hmget_head: bytes  # RESP header of HMGET with n fields
+    hmget_tail: bytes  # RESP of the n field names
+    sqlite_views: list  # (table, {feature_name: position})
+    _sql: dict
+
+    @classmethod
+    def build(cls, fields: list, redis_names: list, tables: dict) -> "_FieldSet":
+        tail = b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in redis_names)
+        by_view: dict = {}
+        for j, (view, name, _dtype) in enumerate(fields):
+            by_view.setdefault(view, {})[name] = j
+        return cls(
+            n=len(fields),
+            hmget_head=b"*%d\r\n$5\r\nHMGET\r\n" % (len(fields) + 2),
+            hmget_tail=tail,
+            sqlite_views=[(tables[v], names) for v, names in by_view.items()],
+            _sql={},
+        )
+
+    def sqlite_queries(self, n_keys: int) -> list[str]:
+        """One query per view: rows (position in the flat key x field grid, value)."""
+        sql = self._sql.get(n_keys)
+        if sql is None:
+            values = ",".join(f"({i},?)" for i in range(n_keys))
+            sql = []
+            for table, names in self.sqlite_views:
+                case = " ".join(f"WHEN {_sql_str(name)} THEN {j}" for name, j in names.items())
+                listed = ",".join(_sql_str(name) for name in names)
+                sql.append(
+                    f"WITH k(i, ek) AS (VALUES {values}) "
+                    f"SELECT k.i * {self.n} + CASE t.feature_name {case} END, t.value "
+                    f'FROM k JOIN "{table}" t ON t.entity_key = k.ek WHERE +t.feature_name IN ({listed})'
+                )
+            if len(self._sql) < 256:
+                self._sql[n_keys] = sql
+        return sql
+
+
+def _sql_str(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+@dataclass
+class _Group:
+    """Views sharing one entity key (so one Redis hash per entity)."""
+
+    join_keys: tuple[str, ...]  # sorted
+    varying: tuple[str, ...]  # keys that vary with the listing (item_id, seller_id, category)
+    cacheable: bool  # item-level: only keys that vary with the listing
+    derived: bool  # needs seller_id/category from listing_fv: second round
+    fields: list  # (view, name, dtype): numeric fields first, then strings
+    n_num: int
+    fieldset: _FieldSet
+    cache_num: slice = field(default_factory=lambda: slice(0, 0))  # where its numbers / strings sit in a cached item record
+    cache_str: slice = field(default_factory=lambda: slice(0, 0))
+
+
+class _Plan:
+    """Everything about the service that does not change between requests."""
+
+    def __init__(self, store, spec) -> None:
+        from feast.infra.online_stores.helpers import _mmh3, compute_table_id, compute_versioned_name
+
+        views = {v.name: v for v in store.list_feature_views()}
+        odfvs = {v.name: v for v in store.list_on_demand_feature_views()}
+        versioning = bool(getattr(store.config.registry, "enable_online_feature_view_versioning", False))
+        self.project = store.project
+        needed: dict[str, list[str]] = {}
+
+        def need(view: str, name: str) -> None:
+            if view not in views:
+                raise FeatureRepoError(f"feature view {view!r} is not registered")
+            names = needed.setdefault(view, [])
+            if name not in names:
+                names.append(name)
+
+        for name in (*LISTING_KEYS, SOLD_FIELD):
+            need(LISTING_VIEW, name)
+        self.odfvs: list = []  # (function, [(matrix column, output name)])
+        self.request_fields: set[str] = set()
+        odfv_inputs: list = []
+        for j, ref in enumerate(spec.refs):
+            view, name = ref.split(":", 1)
+            if view in views:
+                need(view, name)
+            elif view in odfvs:
+                odfv = odfvs[view]
+                entry = next((e for e in self.odfvs if e[2] == view), None)
+                if entry is None:
+                    fn = getattr(transforms, view, None) or odfv.feature_transformation.udf
+                    entry = (fn, [], view)
+                    self.odfvs.append(entry)
+                    for proj in odfv.source_feature_view_projections.values():
+                        for feat in proj.features:
+                            need(proj.name, feat.name)
+                            odfv_inputs.append((proj.name, feat.name))
+                    for src in odfv.source_request_sources.values():
+                        self.request_fields.update(f.name for f in src.schema)
+                entry[1].append((j, name))
+            else:
+                raise FeatureRepoError(f"{ref}: unknown view in service {spec.name!r}")
+        unsupported = self.request_fields - set(SUPPORTED_REQUEST_FIELDS)
+        if unsupported:
+            raise FeatureRepoError(f"request fields {sorted(unsupported)} are not supported by the serving path")
+
+        tables = {v: compute_table_id(self.project, views[v], versioning) for v in needed}
+        groups: dict[tuple, list] = {}
+        for view, names in needed.items():
+            keys = tuple(sorted(c.name for c in views[view].entity_columns))
+            bad = [k for k in keys if k not in REQUEST_KEYS + LISTING_KEYS]
+            if not keys or bad:
+                raise FeatureRepoError(f"{view}: join keys {list(keys)} are not supported by the serving path")
+            dtypes = {f.name: str(f.dtype) for f in views[view].features}
+            for name in names:
+                if name not in dtypes:
+                    raise FeatureRepoError(f"{view}:{name} is not a feature of {view}")
+                groups.setdefault(keys, []).append((view, name, dtypes[name]))
+        self.groups: list[_Group] = []
+        num_off = str_off = 0
+        for keys, fields in groups.items():
+            fields = [f for f in fields if f[2] in NUMERIC_TYPES] + [f for f in fields if f[2] not in NUMERIC_TYPES]
+            n_num = sum(f[2] in NUMERIC_TYPES for f in fields)
+            redis_names = [_mmh3(f"{compute_versioned_name(views[v], versioning)}:{n}") for v, n, _ in fields]
+            group = _Group(
+                join_keys=keys,
+                varying=tuple(k for k in keys if k in ITEM_KEYS),
+                cacheable=all(k in ITEM_KEYS for k in keys),
+                derived=any(k in LISTING_KEYS for k in keys),
+                fields=fields,
+                n_num=n_num,
+                fieldset=_FieldSet.build(fields, redis_names, tables),
+            )
+            if group.cacheable:
+                group.cache_num = slice(num_off, num_off + n_num)
+                group.cache_str = slice(str_off, str_off + len(fields) - n_num)
+                num_off, str_off = group.cache_num.stop, group.cache_str.stop
+            self.groups.append(group)
+        self.cache_width = (num_off, str_off)
+        # Where each needed field lands: (group index, "num"/"str", column in that group's block).
+        self.loc: dict = {}
+        for g, group in enumerate(self.groups):
+            for k, (view, name, dtype) in enumerate(group.fields):
+                self.loc[(view, name)] = (g, "num", k) if k < group.n_num else (g, "str", k - group.n_num)
+        item_keys = ("item_id",)
+        self.item_group = next((g for g, grp in enumerate(self.groups) if grp.join_keys == item_keys), None)
+        if self.item_group is None or (LISTING_VIEW, SOLD_FIELD) not in self.loc:
+            raise FeatureRepoError(f"{LISTING_VIEW} must be keyed by item_id alone")
+        self.sold_loc = self.loc[(LISTING_VIEW, SOLD_FIELD)][2]
+        self.key_loc = {k: self.loc[(LISTING_VIEW, k)][2] for k in LISTING_KEYS}
+        listing_fields = [f for f in self.groups[self.item_group].fields if f[0] == LISTING_VIEW and f[1] == SOLD_FIELD]
+        self.sold_fieldset = _FieldSet.build(
+            listing_fields,
+            [_mmh3(f"{compute_versioned_name(views[LISTING_VIEW], versioning)}:{SOLD_FIELD}")],
+            tables,
+        )
+        # Matrix columns filled straight from a group's numbers, per group; string-typed service
+        # features are coerced like feature_matrix does.
+        self.columns: list = []  # (group, matrix columns, group number columns)
+        self.string_columns: list = []  # (matrix column, group, string column)
+        per_group: dict = {}
+        for j, ref in enumerate(spec.refs):
+            view, name = ref.split(":", 1)
+            if view in views:
+                g, kind, k = self.loc[(view, name)]
+                if kind == "num":
+                    per_group.setdefault(g, ([], []))
+                    per_group[g][0].append(j)
+                    per_group[g][1].append(k)
+                else:
+                    self.string_columns.append((j, g, k))
+        self.columns = [(g, np.array(js), np.array(ks)) for g, (js, ks) in per_group.items()]
+        self.odfv_inputs = [(name, self.loc[(view, name)]) for view, name in dict.fromkeys(odfv_inputs)]
+        self.defaults = np.array([spec.defaults[f] for f in spec.features], dtype=np.float64)
+        self.has_default = ~np.isnan(self.defaults)
+        self.n_features = len(spec.features)
+
+
+# --- Store backends ------------------------------------------------------------------------------
+
+class _RedisBackend:
+    def __init__(self, url: str, timeout_s: float) -> None:
+        import redis
+
+        self._pool = redis.ConnectionPool.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=0
+        )
+        self.errors = (redis.RedisError, OSError)
+        parsed = url.split("@")[-1]
+        self.name = f"Redis at {parsed if '://' in parsed else 'redis://' + parsed}"
+
+    def read(self, reads: list) -> list:
+        """reads: (entity keys, fieldset); returns per read the flat (key x field) cells, None = missing."""
+        parts = []
+        count = 0
+        for keys, fs in reads:
+            head, tail = fs.hmget_head, fs.hmget_tail
+            for k in keys:
+                parts.append(b"%s$%d\r\n%s\r\n%s" % (head, len(k), k, tail))
+            count += len(keys)
+        if not count:
+            return [[] for _ in reads]
+        conn = self._pool.get_connection()
+        try:
+            conn.send_packed_command([b"".join(parts)], check_health=False)
+            read = conn.read_response
+            replies = [read() for _ in range(count)]
+        except BaseException:
+            conn.disconnect()  # replies may be left unread: never hand this connection back dirty
+            raise
+        finally:
+            self._pool.release(conn)
+        out = []
+        at = 0
+        for keys, _ in reads:
+            cells = []
+            for r in replies[at : at + len(keys)]:
+                cells += r
+            at += len(keys)
+            out.append(cells)
+        return out
+
+    def ping(self) -> bool:
+        try:
+            conn = self._pool.get_connection()
+            try:
+                conn.send_command("PING", check_health=False)
+                return conn.read_response() in (b"PONG", "PONG", True)
+            except BaseException:
+                conn.disconnect()
+                raise
+            finally:
+                self._pool.release(conn)
+        except self.errors:
+            return False
+
+    def close(self) -> None:
+        self._pool.disconnect()
+
+
+class _SqliteBackend:
+    MAX_KEYS = 10_000  # per statement (SQLite allows 32,766 parameters)
+
+    def __init__(self, path: Path, timeout_s: float, probe_table: str) -> None:
+        self.path = path
+        self.timeout_s = timeout_s
+        self.errors = (sqlite3.Error,)
+        self.name = f"sqlite online store {path}"
+        self._probe = probe_table
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._conns: list = []
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or self._local.pid != os.getpid():  # never use a connection across fork()
+            if not self.path.exists():
+                raise sqlite3.OperationalError(f"{self.path} does not exist: run `ranker features materialize`")
+            conn = sqlite3.connect(
+                f"{self.path.as_uri()}?mode=ro", uri=True, timeout=self.timeout_s, check_same_thread=False,
+                cached_statements=512,
+            )
+            self._local.conn = conn
+            self._local.pid = os.getpid()
+            with self._lock:
+                self._conns.append(conn)
+        return conn
+
+    def read(self, reads: list) -> list:
+        conn = self._conn()
+        out = []
+        for keys, fs in reads:
+            cells = np.full(len(keys) * fs.n, None, dtype=object)
+            for lo in range(0, len(keys), self.MAX_KEYS):
+                chunk = keys[lo : lo + self.MAX_KEYS]
+                for sql in fs.sqlite_queries(len(chunk)):
+                    rows = conn.execute(sql, chunk).fetchall()
+                    if rows:
+                        pos, values = zip(*rows)
+                        cells[np.fromiter(pos, dtype=np.intp, count=len(pos)) + lo * fs.n] = values
+            out.append(cells.tolist())
+        return out
+
+    def ping(self) -> bool:
+        try:
+            self._conn().execute(f'SELECT 1 FROM "{self._probe}" LIMIT 1').fetchall()
+            return True
+        except self.errors:
+            return False
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
+        self._local = threading.local()
+
+
+# --- The item cache ------------------------------------------------------------------------------
+
+class _ItemCache:
+    """LRU of item-level records by item id, each valid for ``ttl_s`` seconds after it was read."""
+
+    def __init__(self, ttl_s: float, size: int) -> None:
+        self.ttl_s = ttl_s
+        self.size = size
+        self._data: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_many(self, keys: list, now: float) -> list:
+        out = []
+        data = self._data
+        with self._lock:
+            for key in keys:
+                rec = data.get(key)
+                if rec is not None:
+                    if rec[0] > now:
+                        data.move_to_end(key)
+                    else:
+                        del data[key]
+                        rec = None
+                out.append(rec)
+        return out
+
+    def put_many(self, keys: list, records: list, now: float) -> None:
+        expires = now + self.ttl_s
+        data = self._data
+        with self._lock:
+            for key, (num, strs) in zip(keys, records):
+                data[key] = (expires, num, strs)
+                data.move_to_end(key)
+            while len(data) > self.size:
+                data.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+
+# --- The public class ----------------------------------------------------------------------------
+
+class OnlineFeatures:
+    """The feature rows of one request, read from Feast's online store without the Feast SDK.
+
+    Args:
+        settings: selects the repository (Feast registry) and the online store (sqlite or Redis).
+        service: the feature service (model contract), e.g. ``search_ranker_v1``.
+        timeout_s: socket connect/read timeout for Redis, lock wait for sqlite; a store that does not
+            answer in time raises :class:`OnlineStoreUnavailable` (per socket operation: a request
+            makes at most two round trips).
+        item_cache_ttl_s: 0 (default) = no cache. Otherwise the item-level values (``listing_fv``,
+            ``item_stats_fv``, the listing's seller and category features and the seller/category
+            keys) are kept in process per item id for this many seconds. **Staleness bound**: a
+            served item-level value is at most ``item_cache_ttl_s`` seconds older than the online
+            store's (so at most ttl + the materialization lag older than the source). The sold flag
+            is never cached: it is read from the store on every request (the listing's hash, one
+            field), so a sold listing is reported sold as soon as the store says so, and the
+            listing's existence (``known``) is read with it. User, user x category and query x
+            category values are never cached. Only listings the store knows are cached.
+        item_cache_size: most items kept (least recently used evicted first).
+
+    Thread-safe: one instance serves all threads of a process (one Redis connection pool, one
+    sqlite connection per thread).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        service: str,
+        timeout_s: float = 0.05,
+        item_cache_ttl_s: float = 0.0,
+        item_cache_size: int = 100_000,
+    ) -> None:
+        if timeout_s <= 0:
+            raise RankerError("timeout_s must be > 0")
+        if item_cache_ttl_s < 0 or item_cache_size < 0:
+            raise RankerError("item_cache_ttl_s and item_cache_size must be >= 0")
+        self.settings = settings
+        self.service = service
+        self.timeout_s = timeout_s
+        store = feature_store(settings)
+        self.spec = service_spec(store, service)
+        self.feature_names: tuple[str, ...] = tuple(self.spec.features)
+        self._plan = _Plan(store, self.spec)
+        self._project = self._plan.project.encode()
+        if settings.online_store == "redis":
+            self._backend = _RedisBackend(settings.redis_url, timeout_s)
+            self._key_suffix = self._project
+        else:
+            from feast.infra.online_stores.helpers import compute_table_id
+            from feast.infra.online_stores.sqlite import SqliteOnlineStore
+
+            config = repo_config(settings)
+            path = Path(SqliteOnlineStore._get_db_path(config))
+            probe = compute_table_id(self._plan.project, store.get_feature_view(LISTING_VIEW))
+            self._backend = _SqliteBackend(path, timeout_s, probe)
+            self._key_suffix = b""  # sqlite keys are the serialized entity key alone
+        self._cache = _ItemCache(item_cache_ttl_s, item_cache_size) if item_cache_ttl_s > 0 and item_cache_size > 0 else None
+        self.cache_hits = 0
+        self.cache_misses = 0
+        self._count_lock = threading.Lock()
+
+    # -- public API --------------------------------------------------------------------------------
+    def fetch(self, *, user_id: str, item_ids: Sequence[str], query: str | None, request_ts: int) -> FeatureRows:
+        """Feature rows for ``item_ids`` (any order, repeats allowed) as the service defines them.
+
+        Raises OnlineStoreUnavailable when the store is down, times out or is unreadable."""
+        try:
+            return self._fetch(str(user_id), list(map(str, item_ids)), query or "", int(request_ts))
+        except self._backend.errors as exc:
+            raise OnlineStoreUnavailable(f"{self._backend.name} is unavailable: {exc}") from exc
+        except (DecodeError, UnicodeDecodeError) as exc:
+            raise OnlineStoreUnavailable(f"{self._backend.name} returned an unreadable value: {exc}") from exc
+
+    def ping(self) -> bool:
+        """True when the store answers (for readiness probes); never raises."""
+        return self._backend.ping()
+
+    def close(self) -> None:
+        self._backend.close()
+        if self._cache is not None:
+            self._cache.clear()
+
+    def __enter__(self) -> "OnlineFeatures":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- the hot path --------------------------------------------------------------------------------
+    def _keys(self, group: _Group, columns: dict, rows) -> tuple[list, np.ndarray]:
+        """Unique entity keys of ``group`` for the given unique-item rows, and each row's entity."""
+        varying = group.varying
+        if not varying:
+            values = [[columns[k]] for k in group.join_keys]
+            return _string_entity_keys(list(group.join_keys), values, self._key_suffix), np.zeros(len(rows), np.intp)
+        if len(varying) == 1:
+            col = columns[varying[0]]
+            seen: dict = {}
+            idx = [seen.setdefault(col[i], len(seen)) for i in rows]
+            uniq = list(seen)
+        else:
+            seen = {}
+            idx = [seen.setdefault(tuple(columns[k][i] for k in varying), len(seen)) for i in rows]
+            uniq = list(seen)
+        m = len(uniq)
+        values = []
+        for k in group.join_keys:
+            if k in varying:
+                pos = varying.index(k)
+                values.append(uniq if len(varying) == 1 else [u[pos] for u in uniq])
+            else:
+                values.append([columns[k]] * m)
+        return _string_entity_keys(list(group.join_keys), values, self._key_suffix), np.asarray(idx, dtype=np.intp)
+
+    def _fetch(self, user_id: str, items: list, query: str, request_ts: int) -> FeatureRows:
+        plan = self._plan
+        n = len(items)
+        if n == 0:
+            empty = np.zeros(0, dtype=bool)
+            return FeatureRows(np.zeros((0, plan.n_features), np.float32), empty, empty.copy(), self.feature_names)
+        uniq = list(dict.fromkeys(items))
+        inv = None
+        if len(uniq) != n:
+            pos = {item: i for i, item in enumerate(uniq)}
+            inv = np.fromiter((pos[item] for item in items), dtype=np.intp, count=n)
+        u = len(uniq)
+        groups = plan.groups
+        item_g = groups[plan.item_group]
+
+        # Cache lookup (item-level values only; sold is always read live).
+        cache = self._cache
+        now = time.monotonic()
+        if cache is not None:
+            records = cache.get_many(uniq, now)
+            hits = [i for i, r in enumerate(records) if r is not None]
+            misses = [i for i, r in enumerate(records) if r is None]
+            with self._count_lock:
+                self.cache_hits += len(hits)
+                self.cache_misses += len(misses)
+        else:
+            records, hits, misses = None, [], list(range(u))
+
+        columns: dict = {"item_id": uniq, "user_id": user_id, "query": query}
+        num: list = [None] * len(groups)  # per group: (u, n_num) float64 at unique-item level
+        strs: list = [None] * len(groups)  # per group: (u, n_str) object
+        known = np.zeros(u, dtype=bool)
+        sold_val = np.full(u, np.nan)
+
+        # Cached item-level blocks for the hits.
+        if hits:
+            cnum = np.stack([records[i][1] for i in hits])
+            cstr = np.empty((len(hits), plan.cache_width[1]), dtype=object)
+            if plan.cache_width[1]:
+                cstr[:] = [records[i][2] for i in hits]
+            for g, group in enumerate(groups):
+                if group.cacheable:
+                    num[g] = np.empty((u, group.n_num))
+                    strs[g] = np.empty((u, len(group.fields) - group.n_num), dtype=object)
+                    num[g][hits] = cnum[:, group.cache_num]
+                    strs[g][hits] = cstr[:, group.cache_str]
+            istr = strs[plan.item_group]
+            for k, c in plan.key_loc.items():
+                col = [None] * u
+                for i, v in zip(hits, istr[hits, c].tolist()):
+                    col[i] = v or ""
+                columns[k] = col
+
+        # Round 1: the listings not cached, the request-keyed views (user), the live sold flag of the
+        # cached listings, and, when every listing is cached, the pair views too.
+        reads, todo = [], []
+        if misses:
+            keys, _ = self._keys(item_g, columns, misses)
+            reads.append((keys, item_g.fieldset))
+            todo.append(("items", plan.item_group, None))
+        if hits:
+            keys, _ = self._keys(item_g, columns, hits)
+            reads.append((keys, plan.sold_fieldset))
+            todo.append(("sold", plan.item_group, None))
+        for g, group in enumerate(groups):
+            if group.cacheable or (group.derived and misses):
+                continue
+            keys, idx = self._keys(group, columns, range(u))
+            reads.append((keys, group.fieldset))
+            todo.append(("group", g, idx))
+        self._absorb(self._backend.read(reads), todo, num, strs, u, misses, hits, known, sold_val)
+
+        if misses:
+            istr = strs[plan.item_group]
+            for k, c in plan.key_loc.items():
+                col = columns.get(k) or [None] * u
+                if k not in columns:
+                    columns[k] = col
+                for i, v in zip(misses, istr[misses, c].tolist()):
+                    col[i] = v or ""
+            # Round 2: seller and category views of the listings read in round 1, and the pair views.
+            reads, todo = [], []
+            for g, group in enumerate(groups):
+                if not group.derived:
+                    continue
+                if group.cacheable:
+                    keys, idx = self._keys(group, columns, misses)
+                    todo.append(("misses", g, idx))
+                else:
+                    keys, idx = self._keys(group, columns, range(u))
+                    todo.append(("group", g, idx))
+                reads.append((keys, group.fieldset))
+            if reads:
+                self._absorb(self._backend.read(reads), todo, num, strs, u, misses, hits, known, sold_val)
+            if cache is not None:
+                stored = [i for i in misses if known[i]]
+                if stored:
+                    cached_num = np.concatenate([num[g][stored] for g, grp in enumerate(groups) if grp.cacheable], axis=1)
+                    cached_str = np.concatenate([strs[g][stored] for g, grp in enumerate(groups) if grp.cacheable], axis=1)
+                    cache.put_many(
+                        [uniq[i] for i in stored],
+                        [(row.copy(), tuple(text)) for row, text in zip(cached_num, cached_str.tolist())],
+                        now,
+                    )
+
+        matrix = self._assemble(num, strs, u, query, request_ts)
+        sold = sold_val == 1
+        if inv is not None:
+            matrix, known, sold = matrix[inv], known[inv], sold[inv]
+        return FeatureRows(matrix=matrix, known=known, sold=sold, feature_names=self.feature_names)
+
+    def _absorb(self, results, todo, num, strs, u, misses, hits, known, sold_val) -> None:
+        """Decode one round's replies (all numbers in one pass, all strings in another) and place
+        them at unique-item level."""
+        plan = self._plan
+        num_cells: list = []
+        str_cells: list = []
+        shapes = []
+        for cells, (kind, g, idx) in zip(results, todo):
+            if kind == "sold":
+                # one field per cached listing: existence and sold flag, never cached
+                known[hits] = np.fromiter((c is not None for c in cells), dtype=bool, count=len(cells))
+                shapes.append((len(cells), 1, 0))
+                num_cells += cells
+                continue
+            group = plan.groups[g]
+            nf, n_num = group.fieldset.n, group.n_num
+            ents = len(cells) // nf
+            if kind == "items":
+                known[misses] = np.fromiter(
+                    (c is not None for c in cells[plan.sold_loc :: nf]), dtype=bool, count=ents
+                )
+            grid = np.empty(len(cells), dtype=object)
+            grid[:] = cells  # None = field or hash missing, b"" = null value: both decode as missing
+            grid = grid.reshape(ents, nf)
+            num_cells += grid[:, :n_num].ravel().tolist()
+            if nf > n_num:
+                str_cells += grid[:, n_num:].ravel().tolist()
+            shapes.append((ents, n_num, nf - n_num))
+        numbers = decode_numbers(num_cells)
+        texts = np.empty(len(str_cells), dtype=object)
+        if str_cells:
+            texts[:] = decode_strings(str_cells)
+        at_num = at_str = 0
+        for (kind, g, idx), (ents, n_num, n_str) in zip(todo, shapes):
+            values = numbers[at_num : at_num + ents * n_num].reshape(ents, n_num)
+            text = texts[at_str : at_str + ents * n_str].reshape(ents, n_str)
+            at_num += ents * n_num
+            at_str += ents * n_str
+            if kind == "sold":
+                sold_val[hits] = values[:, 0]
+            elif kind == "items":
+                if num[g] is None:
+                    num[g] = np.empty((u, n_num))
+                    strs[g] = np.empty((u, n_str), dtype=object)
+                num[g][misses] = values
+                strs[g][misses] = text
+                sold_val[misses] = values[:, plan.sold_loc]
+            elif kind == "misses":
+                if num[g] is None:
+                    num[g] = np.empty((u, n_num))
+                    strs[g] = np.empty((u, n_str), dtype=object)
+                num[g][misses] = values[idx]
+                strs[g][misses] = text[idx]
+            else:
+                num[g] = values[idx]
+                strs[g] = text[idx]
+
+    def _assemble(self, num, strs, u: int, query: str, request_ts: int) -> np.ndarray:
+        plan = self._plan
+        m = np.empty((u, plan.n_features), dtype=np.float64)
+        for g, js, ks in plan.columns:
+            m[:, js] = num[g][:, ks]
+        for j, g, k in plan.string_columns:
+            m[:, j] = pd.to_numeric(pd.Series(strs[g][:, k]), errors="coerce").to_numpy(np.float64, na_value=np.nan)
+        if plan.odfvs:
+            inputs: dict = {}
+            for name, (g, kind, k) in plan.odfv_inputs:
+                inputs[name] = num[g][:, k] if kind == "num" else strs[g][:, k]
+            if "request_ts" in plan.request_fields:
+                inputs["request_ts"] = np.full(u, request_ts, dtype=np.int64)
+            if "query_text" in plan.request_fields:
+                col = np.empty(u, dtype=object)
+                col[:] = query
+                inputs["query_text"] = col
+            frame = pd.DataFrame(inputs, copy=False)
+            for fn, outputs, _name in plan.odfvs:
+                out = fn(frame)
+                for j, name in outputs:
+                    col = out[name]
+                    if col.dtype.kind == "f":  # what pd.to_numeric would return, without its overhead
+                        m[:, j] = col.to_numpy(np.float64)
+                    else:
+                        m[:, j] = pd.to_numeric(col, errors="coerce").to_numpy(np.float64, na_value=np.nan)
+        if plan.has_default.any():
+            m = np.where(np.isnan(m) & plan.has_default, plan.defaults, m)
+        return m.astype(np.float32)
+
+
+# --- The Feast SDK anchor -------------------------------------------------------------------------
+
+def feast_reference(store, spec, *, user_id: str, item_ids: Sequence[str], query: str | None, request_ts: int) -> FeatureRows:
+    """The same rows through the Feast SDK: ``listing_fv`` lookups for seller and category, then
+    ``get_online_features(features=<the service>)`` on the entity rows and ``feature_matrix``.
+    The anchor of the exactness tests and the benchmark (slow: ~25 ms for 200 items)."""
+    items = [str(i) for i in item_ids]
+    n = len(items)
+    names = tuple(spec.features)
+    if n == 0:
+        empty = np.zeros(0, dtype=bool)
+        return FeatureRows(np.zeros((0, len(names)), np.float32), empty, empty.copy(), names)
+    q = query or ""
+    lookup = store.get_online_features(
+        features=[f"{LISTING_VIEW}:{k}" for k in (*LISTING_KEYS, SOLD_FIELD)], entity_rows={"item_id": items}
+    ).to_dict()
+    is_sold = lookup[SOLD_FIELD]
+    rows: dict = {"item_id": items}
+    for key in spec.entity_keys:
+        if key in LISTING_KEYS:
+            rows[key] = [v if isinstance(v, str) else "" for v in lookup[key]]
+        elif key == "user_id":
+            rows[key] = [str(user_id)] * n
+        elif key == "query":
+            rows[key] = [q] * n
+    if "request_ts" in spec.request_fields:
+        rows["request_ts"] = [int(request_ts)] * n
+    if "query_text" in spec.request_fields:
+        rows["query_text"] = [q] * n
+    frame = store.get_online_features(features=store.get_feature_service(spec.name), entity_rows=rows).to_df()
+    return FeatureRows(
+        matrix=feature_matrix(frame, spec),
+        known=np.array([v is not None for v in is_sold], dtype=bool),
+        sold=np.array([v == 1 for v in is_sold], dtype=bool),
+        feature_names=names,
+    )

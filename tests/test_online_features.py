@@ -1,0 +1,405 @@
+"""The serving feature path (ranker.serving.features) against Feast's own get_online_features.
+
+The core property: for random requests (users with and without history, unknown users, live, sold
+and unknown listings, repeats, search with and without a query, recs), OnlineFeatures.fetch gives
+the same float32 matrix bit for bit as feast_reference (Feast SDK + feature_matrix), on the
+embedded sqlite store and on Redis, and known/sold match the online store's listing rows.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from datetime import datetime, timezone
+
+import numpy as np
+import pandas as pd
+import pytest
+
+SERVICES = ("search_ranker_v1", "recs_ranker_v1")
+REQUESTS_PER_SERVICE = 20  # per store: 40 random requests compared with Feast
+
+
+# --- helpers -----------------------------------------------------------------------------------------
+
+def _assert_bit_identical(got: np.ndarray, want: np.ndarray, msg: str = "") -> None:
+    assert got.dtype == np.float32 and want.dtype == np.float32, msg
+    assert got.shape == want.shape, msg
+    np.testing.assert_array_equal(got, want, err_msg=msg)  # NaN == NaN
+    both = ~np.isnan(want)
+    np.testing.assert_array_equal(got[both].view(np.uint32), want[both].view(np.uint32), err_msg=msg)  # 0.0 vs -0.0
+
+
+class _Universe:
+    """What the online store holds, read from the feature tables (latest row per entity)."""
+
+    def __init__(self, settings, end: datetime) -> None:
+        def latest(name: str, keys: list[str]) -> pd.DataFrame:
+            df = pd.read_parquet(settings.features_dir / f"{name}.parquet")
+            df = df[df.event_timestamp <= end]
+            return df.sort_values("event_timestamp").groupby(keys, as_index=False).tail(1)
+
+        listings = latest("listings", ["item_id"]).set_index("item_id")
+        self.listing_sold = listings.is_sold.astype(int).to_dict()
+        self.live = sorted(listings.index[listings.is_sold == 0])
+        self.sold = sorted(listings.index[listings.is_sold == 1])
+        users = latest("user_stats", ["user_id"])
+        self.users_active = sorted(users.user_id[users.user_clicks_30d > 0])
+        self.users_idle = sorted(users.user_id[users.user_clicks_30d == 0])
+        self.queries = sorted(latest("query_category_stats", ["query", "category"])["query"].unique())
+        assert self.live and self.sold and self.users_active and self.users_idle and self.queries
+
+    def request(self, rng: np.random.Generator, service: str) -> dict:
+        n = int(rng.choice([1, 3, 17, 60, 150]))
+        items = list(rng.choice(self.live, size=n))  # with replacement: repeats happen
+        items += list(rng.choice(self.sold, size=int(rng.integers(0, 4))))
+        items += [f"i-unknown-{k}" for k in range(int(rng.integers(0, 3)))]
+        items = [str(i) for i in rng.permutation(np.array(items, dtype=object))]
+        kind = rng.random()
+        user = (
+            str(rng.choice(self.users_active)) if kind < 0.6
+            else str(rng.choice(self.users_idle)) if kind < 0.85
+            else "u-unknown"
+        )
+        if service.startswith("search"):
+            r = rng.random()
+            query = str(rng.choice(self.queries)) if r < 0.7 else "velvet unicorn boots" if r < 0.85 else rng.choice(["", None])
+        else:
+            query = None
+        now = int(datetime.now(timezone.utc).timestamp())
+        return dict(user_id=user, item_ids=items, query=query, request_ts=now - int(rng.integers(0, 90 * 86400)))
+
+
+def _compare_random_requests(settings, seed: int) -> int:
+    from ranker.features.store import feature_store, service_spec
+    from ranker.serving.features import OnlineFeatures, feast_reference
+
+    store = feature_store(settings)
+    universe = _Universe(settings, datetime.now(timezone.utc))
+    rng = np.random.default_rng(seed)
+    compared = 0
+    seen_sold = seen_unknown = 0
+    for service in SERVICES:
+        spec = service_spec(store, service)
+        online = OnlineFeatures(settings, service=service, timeout_s=5.0)
+        try:
+            assert online.feature_names == spec.features
+            for r in range(REQUESTS_PER_SERVICE):
+                req = universe.request(rng, service)
+                got = online.fetch(**req)
+                want = feast_reference(store, spec, **req)
+                msg = f"{service} request {r}: {req['user_id']}, {len(req['item_ids'])} items, query={req['query']!r}"
+                _assert_bit_identical(got.matrix, want.matrix, msg)
+                assert got.feature_names == want.feature_names == spec.features
+                truth_known = np.array([i in universe.listing_sold for i in req["item_ids"]])
+                truth_sold = np.array([universe.listing_sold.get(i) == 1 for i in req["item_ids"]])
+                np.testing.assert_array_equal(got.known, truth_known, err_msg=msg)
+                np.testing.assert_array_equal(got.sold, truth_sold, err_msg=msg)
+                np.testing.assert_array_equal(want.known, truth_known, err_msg=msg)
+                np.testing.assert_array_equal(want.sold, truth_sold, err_msg=msg)
+                seen_sold += int(got.sold.sum())
+                seen_unknown += int((~got.known).sum())
+                compared += 1
+        finally:
+            online.close()
+    assert seen_sold > 0 and seen_unknown > 0, "the random requests must include sold and unknown listings"
+    return compared
+
+
+@pytest.fixture(scope="module")
+def sqlite_world(world):
+    from ranker.features.materialize import materialize
+
+    materialize(world, full=True)  # harmless if another test already did
+    return world
+
+
+@pytest.fixture(scope="module")
+def redis_world(world, redis_server):
+    import redis as redis_py
+
+    from ranker.features.materialize import materialize
+
+    settings = world.with_(online_store="redis", redis_url=f"{redis_server}/5")
+    redis_py.Redis.from_url(settings.redis_url).flushdb()  # private server, our database
+    materialize(settings, full=True)
+    return settings
+
+
+# --- exactness ---------------------------------------------------------------------------------------
+
+def test_fetch_equals_feast_on_random_requests_sqlite(sqlite_world):
+    assert _compare_random_requests(sqlite_world, seed=20261125) == 2 * REQUESTS_PER_SERVICE
+
+
+@pytest.mark.redis
+def test_fetch_equals_feast_on_random_requests_redis(redis_world):
+    assert _compare_random_requests(redis_world, seed=20261126) == 2 * REQUESTS_PER_SERVICE
+
+
+@pytest.mark.redis
+def test_redis_and_sqlite_paths_agree(sqlite_world, redis_world):
+    from ranker.serving.features import OnlineFeatures
+
+    universe = _Universe(sqlite_world, datetime.now(timezone.utc))
+    rng = np.random.default_rng(3)
+    with OnlineFeatures(sqlite_world, service="search_ranker_v1") as a, OnlineFeatures(redis_world, service="search_ranker_v1") as b:
+        for _ in range(5):
+            req = universe.request(rng, "search_ranker_v1")
+            x, y = a.fetch(**req), b.fetch(**req)
+            _assert_bit_identical(x.matrix, y.matrix)
+            np.testing.assert_array_equal(x.known, y.known)
+            np.testing.assert_array_equal(x.sold, y.sold)
+
+
+def test_rows_follow_the_request_order_and_repeats(sqlite_world):
+    from ranker.serving.features import OnlineFeatures
+
+    universe = _Universe(sqlite_world, datetime.now(timezone.utc))
+    items = universe.live[:5]
+    with OnlineFeatures(sqlite_world, service="recs_ranker_v1") as online:
+        req = dict(user_id=universe.users_active[0], query=None, request_ts=1_790_000_000)
+        forward = online.fetch(item_ids=items, **req)
+        backward = online.fetch(item_ids=items[::-1] + [items[0]], **req)
+        _assert_bit_identical(backward.matrix[:5], forward.matrix[::-1])
+        _assert_bit_identical(backward.matrix[5:], forward.matrix[:1])
+        empty = online.fetch(item_ids=[], **req)
+        assert empty.matrix.shape == (0, len(online.feature_names)) and empty.matrix.dtype == np.float32
+        assert empty.known.shape == empty.sold.shape == (0,)
+
+
+@pytest.mark.parametrize("store", ["sqlite_world", pytest.param("redis_world", marks=pytest.mark.redis)])
+def test_concurrent_fetches_are_consistent(store, request):
+    from ranker.serving.features import OnlineFeatures
+
+    settings = request.getfixturevalue(store)
+    universe = _Universe(settings, datetime.now(timezone.utc))
+    rng = np.random.default_rng(9)
+    requests = [universe.request(rng, "search_ranker_v1") for _ in range(8)]
+    with OnlineFeatures(settings, service="search_ranker_v1") as plain:
+        expected = [plain.fetch(**r).matrix for r in requests]
+    with OnlineFeatures(settings, service="search_ranker_v1", item_cache_ttl_s=60) as online:
+        errors = []
+
+        def worker(k: int) -> None:
+            try:
+                for i in range(len(requests)):
+                    j = (i + k) % len(requests)
+                    _assert_bit_identical(online.fetch(**requests[j]).matrix, expected[j])
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors[0]
+        assert online.cache_hits > 0 and online.cache_misses > 0  # mixed hits and misses were exercised
+
+
+# --- the item cache ------------------------------------------------------------------------------------
+
+def _cache_roundtrip(settings) -> None:
+    from ranker.serving.features import OnlineFeatures
+
+    universe = _Universe(settings, datetime.now(timezone.utc))
+    rng = np.random.default_rng(5)
+    for service in SERVICES:
+        req = universe.request(rng, service)
+        req["item_ids"] = req["item_ids"] + ["i-unknown-x"]
+        unique = list(dict.fromkeys(req["item_ids"]))
+        n_known = sum(i in universe.listing_sold for i in unique)
+        with OnlineFeatures(settings, service=service) as plain, OnlineFeatures(
+            settings, service=service, item_cache_ttl_s=60
+        ) as cached:
+            want = plain.fetch(**req)
+            first = cached.fetch(**req)
+            assert (cached.cache_hits, cached.cache_misses) == (0, len(unique))
+            second = cached.fetch(**req)
+            assert cached.cache_hits == n_known, "every known listing is served from the cache"
+            assert cached.cache_misses == len(unique) + len(unique) - n_known, "unknown listings are never cached"
+            for got in (first, second):
+                _assert_bit_identical(got.matrix, want.matrix, service)
+                np.testing.assert_array_equal(got.known, want.known)
+                np.testing.assert_array_equal(got.sold, want.sold)
+            # Another user and query over the same (cached) listings: user and pair features are live.
+            other = dict(req, user_id=universe.users_active[-1], query="velvet unicorn boots" if req["query"] else None)
+            _assert_bit_identical(cached.fetch(**other).matrix, plain.fetch(**other).matrix, service)
+            assert plain.cache_hits == plain.cache_misses == 0
+
+
+def test_item_cache_returns_the_same_rows_sqlite(sqlite_world):
+    _cache_roundtrip(sqlite_world)
+
+
+@pytest.mark.redis
+def test_item_cache_returns_the_same_rows_redis(redis_world):
+    _cache_roundtrip(redis_world)
+
+
+def test_item_cache_expires_and_is_bounded(sqlite_world):
+    from ranker.serving.features import OnlineFeatures
+
+    universe = _Universe(sqlite_world, datetime.now(timezone.utc))
+    items = universe.live[:30]
+    req = dict(user_id=universe.users_active[0], item_ids=items, query=None, request_ts=1_790_000_000)
+    with OnlineFeatures(sqlite_world, service="recs_ranker_v1", item_cache_ttl_s=0.2, item_cache_size=10) as online:
+        online.fetch(**req)
+        assert len(online._cache._data) == 10, "the LRU keeps at most item_cache_size listings"
+        online.fetch(**dict(req, item_ids=items[-10:]))
+        assert online.cache_hits == 10
+        time.sleep(0.25)
+        online.fetch(**dict(req, item_ids=items[-10:]))
+        assert online.cache_hits == 10, "entries older than the TTL are read again"
+
+
+@pytest.mark.redis
+def test_sold_flag_is_never_served_from_the_cache(redis_world):
+    import redis as redis_py
+    from feast.infra.online_stores.helpers import _mmh3
+
+    from ranker.features.materialize import _string_entity_keys
+    from ranker.serving.features import OnlineFeatures
+
+    universe = _Universe(redis_world, datetime.now(timezone.utc))
+    item = universe.live[7]
+    client = redis_py.Redis.from_url(redis_world.redis_url)
+    key = _string_entity_keys(["item_id"], [[item]], b"fashion_ranking")[0]
+    field = _mmh3("listing_fv:is_sold")
+    before = client.hget(key, field)
+    assert before == b"\x20\x00"  # int64_val = 0
+    req = dict(user_id=universe.users_active[0], item_ids=[item], query=None, request_ts=1_790_000_000)
+    with OnlineFeatures(redis_world, service="recs_ranker_v1", item_cache_ttl_s=600) as online:
+        assert not online.fetch(**req).sold[0]
+        try:
+            client.hset(key, field, b"\x20\x01")  # the listing sells (as a push would write it)
+            row = online.fetch(**req)
+            assert online.cache_hits == 1 and row.sold[0] and row.known[0]
+        finally:
+            client.hset(key, field, before)
+
+
+# --- failures ------------------------------------------------------------------------------------------
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again when the block ends: nothing listens there
+
+
+def test_redis_down_raises_store_unavailable_quickly(world):
+    from ranker.serving.features import OnlineFeatures, OnlineStoreUnavailable
+
+    settings = world.with_(online_store="redis", redis_url=f"redis://127.0.0.1:{_closed_port()}/0")
+    online = OnlineFeatures(settings, service="search_ranker_v1", timeout_s=0.05)  # no connection at start-up
+    assert online.ping() is False
+    t0 = time.perf_counter()
+    with pytest.raises(OnlineStoreUnavailable, match="Redis at"):
+        online.fetch(user_id="u1", item_ids=["i1", "i2"], query="red dress", request_ts=1_790_000_000)
+    assert time.perf_counter() - t0 < 0.5
+    online.close()
+
+
+def test_redis_that_does_not_answer_times_out(world):
+    """A server that accepts connections but never replies: the read times out after timeout_s."""
+    from ranker.serving.features import OnlineFeatures, OnlineStoreUnavailable
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    accepted = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        port = listener.getsockname()[1]
+        settings = world.with_(online_store="redis", redis_url=f"redis://127.0.0.1:{port}/0")
+        online = OnlineFeatures(settings, service="recs_ranker_v1", timeout_s=0.1)
+        t0 = time.perf_counter()
+        with pytest.raises(OnlineStoreUnavailable):
+            online.fetch(user_id="u1", item_ids=["i1"], query=None, request_ts=1_790_000_000)
+        elapsed = time.perf_counter() - t0
+        assert 0.09 <= elapsed < 1.0, elapsed
+        assert online.ping() is False
+        online.close()
+    finally:
+        stop.set()
+        thread.join()
+        for conn in accepted:
+            conn.close()
+        listener.close()
+
+
+def test_missing_sqlite_store_raises_store_unavailable(world, tmp_path):
+    import shutil
+
+    from ranker.serving.features import OnlineFeatures, OnlineStoreUnavailable
+
+    home = tmp_path / "home"
+    shutil.copytree(world.feature_repo, home / "feature_repo")
+    (home / "data" / "feast").mkdir(parents=True)
+    shutil.copy(world.feast_dir / "registry.db", home / "data" / "feast" / "registry.db")
+    online = OnlineFeatures(world.with_(home=home), service="recs_ranker_v1")
+    assert online.ping() is False
+    with pytest.raises(OnlineStoreUnavailable, match="materialize"):
+        online.fetch(user_id="u1", item_ids=["i1"], query=None, request_ts=1_790_000_000)
+
+
+def test_unknown_service_is_a_clear_error(world):
+    from ranker.features.store import FeatureRepoError
+    from ranker.serving.features import OnlineFeatures
+
+    with pytest.raises(FeatureRepoError, match="search_ranker_v9"):
+        OnlineFeatures(world, service="search_ranker_v9")
+
+
+# --- Value decoding ------------------------------------------------------------------------------------
+
+def test_value_decoding_matches_protobuf():
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    from ranker.serving.features import decode_numbers, decode_strings
+
+    rng = np.random.default_rng(1)
+    values = []
+    for _ in range(2000):
+        kind = rng.integers(0, 8)
+        if kind == 0:
+            values.append(Value(float_val=float(np.float32(rng.normal() * 10.0 ** rng.integers(-5, 8)))))
+        elif kind == 1:
+            values.append(Value(double_val=float(rng.normal() * 1e12)))
+        elif kind == 2:
+            values.append(Value(int64_val=int(rng.integers(-(2**63), 2**63 - 1))))
+        elif kind == 3:
+            values.append(Value(int64_val=int(rng.integers(0, 300))))
+        elif kind == 4:
+            values.append(Value(int32_val=int(rng.integers(-(2**31), 2**31 - 1))))
+        elif kind == 5:
+            values.append(Value(bool_val=bool(rng.integers(0, 2))))
+        elif kind == 6:
+            values.append(Value())
+        else:
+            values.append(Value(float_val=0.0))
+    cells = [v.SerializeToString() for v in values]
+    got = decode_numbers(cells)
+    for v, g in zip(values, got):
+        kind = v.WhichOneof("val")
+        want = np.nan if kind is None else float(getattr(v, kind))
+        np.testing.assert_equal(g, want)
+    words = ["", "dresses", "s00001", "größe M", "x" * 200, None]
+    cells = [b"" if w is None else Value(string_val=w).SerializeToString() for w in words]
+    assert decode_strings(cells) == words
+    # a number stored as a string is coerced like feature_matrix does (pd.to_numeric)
+    coerced = decode_numbers([Value(string_val="12.5").SerializeToString(), Value(string_val="abc").SerializeToString()])
+    np.testing.assert_equal(coerced, [12.5, np.nan])
