@@ -140,7 +140,7 @@ def test_historical_matches_merge_asof_reference(world):
             on="event_timestamp",
             by=keys,
             direction="backward",
-            tolerance=None if name in ttl else pd.Timedelta(days=2),
+            tolerance=None if name in ttl else pd.Timedelta(days=1),
         )
         ref = ref.sort_values(["event_timestamp", "user_id", "item_id"]).reset_index(drop=True)
         for col in cols:

@@ -12,7 +12,7 @@ from feast.types import Float32, Int64
 user_category_fv = FeatureView(
     name="user_category_fv",
     entities=[user, category],
-    ttl=timedelta(days=2),
+    ttl=timedelta(days=1),
     source=user_category_source,
     online=True,
     description="A user's engagement with a category.",
@@ -37,7 +37,7 @@ user_category_fv = FeatureView(
 query_category_fv = FeatureView(
     name="query_category_fv",
     entities=[query, category],
-    ttl=timedelta(days=2),
+    ttl=timedelta(days=1),
     source=query_category_source,
     online=True,
     description="How searches for a query engage with a category.",

@@ -11,7 +11,7 @@ from feast.types import Float32, Int64
 category_stats_fv = FeatureView(
     name="category_stats_fv",
     entities=[category],
-    ttl=timedelta(days=2),
+    ttl=timedelta(days=1),
     source=category_stats_source,
     online=True,
     description="Price level and engagement of a category.",

@@ -10,7 +10,7 @@ from feast.types import Float32, Int64
 seller_stats_fv = FeatureView(
     name="seller_stats_fv",
     entities=[seller],
-    ttl=timedelta(days=2),
+    ttl=timedelta(days=1),
     source=seller_stats_source,
     online=True,
     description="A seller's sales and stock.",

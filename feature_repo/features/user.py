@@ -11,7 +11,7 @@ from feast.types import Float32, Int64, String
 user_stats_fv = FeatureView(
     name="user_stats_fv",
     entities=[user],
-    ttl=timedelta(days=2),
+    ttl=timedelta(days=1),
     source=user_stats_source,
     online=True,
     description="A buyer's recent activity and price habits.",

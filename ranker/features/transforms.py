@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 SECONDS_PER_HOUR = 3600.0
 
@@ -24,6 +26,48 @@ def _num(series: pd.Series) -> np.ndarray:
 
 def _text(series: pd.Series) -> list:
     return [v if isinstance(v, str) else None for v in series.tolist()]
+
+
+def _text_codes(*columns: pd.Series) -> tuple[list[np.ndarray], list[str]]:
+    """Factorise text columns jointly, without a Python step per row: per column, int64 codes into
+    one list of distinct strings, and -1 where the value is not a string (None, NaN, pd.NA, a
+    number...), exactly the values :func:`_text` turns into None. Equal strings share a code."""
+    ids: dict[str, int] = {}
+    out = []
+    for column in columns:
+        codes, uniques = _factorize_text(column)
+        lut = np.array([ids.setdefault(u, len(ids)) if isinstance(u, str) else -1 for u in uniques] + [-1], dtype=np.int64)
+        out.append(lut[codes])  # code -1 picks the trailing -1
+    return out, list(ids)
+
+
+def _factorize_text(column: pd.Series) -> tuple[np.ndarray, list]:
+    """(codes, distinct values): -1 for missing values; distinct values that are not strings are
+    left for the caller to reject. Arrow does the hashing when the column is (or converts cleanly
+    to) strings and nulls; anything else goes through pandas."""
+    try:
+        arr = pa.array(column, from_pandas=True)
+    except (pa.ArrowException, TypeError, ValueError, UnicodeError):
+        arr = None
+    if arr is not None and pa.types.is_null(arr.type):
+        return np.full(len(column), -1, dtype=np.int64), []
+    if arr is not None and (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        chunks = arr.chunks if isinstance(arr, pa.ChunkedArray) else [arr]
+        encoded = [pc.dictionary_encode(c) for c in chunks]
+        if not encoded:
+            return np.zeros(0, dtype=np.int64), []
+        first = encoded[0].dictionary
+        if all(e.dictionary.equals(first) for e in encoded[1:]):
+            codes = [e.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64) for e in encoded]
+            return np.concatenate(codes), first.to_pylist()
+        pieces, uniques = [], []
+        for e in encoded:  # a dictionary per chunk: offset each chunk's codes
+            idx = e.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+            pieces.append(np.where(idx >= 0, idx + len(uniques), -1))
+            uniques.extend(e.dictionary.to_pylist())
+        return np.concatenate(pieces), uniques
+    codes, uniques = pd.factorize(column)
+    return np.asarray(codes, dtype=np.int64), list(uniques)
 
 
 def listing_request_features(inputs: pd.DataFrame) -> pd.DataFrame:
@@ -50,10 +94,7 @@ def user_listing_features(inputs: pd.DataFrame) -> pd.DataFrame:
         index = np.where(category_median > 0, price / category_median, np.nan)
         user_index = _num(inputs["user_price_index_30d"])
         fit = np.where((user_index > 0) & (index > 0), np.abs(np.log(index / user_index)), np.nan)
-    match = [
-        np.nan if s is None else 1.0 if s == "one size" else np.nan if u is None else float(s == u)
-        for s, u in zip(_text(inputs["size"]), _text(inputs["user_size"]))
-    ]
+    match = _size_match(inputs["size"], inputs["user_size"])
     return pd.DataFrame(
         {
             "price_vs_user_median": ratio.astype(np.float32),
@@ -64,14 +105,45 @@ def user_listing_features(inputs: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def _size_match(size: pd.Series, user_size: pd.Series) -> np.ndarray:
+    """Per row: NaN without the listing's size, 1.0 for "one size", NaN without the user's size,
+    else 1.0 if they are equal, 0.0 if not (float64)."""
+    (s, u), strings = _text_codes(size, user_size)
+    one_size = np.array([v == "one size" for v in strings] + [False], dtype=bool)
+    equal = (s == u).astype(np.float64)
+    return np.where(s < 0, np.nan, np.where(one_size[s], 1.0, np.where(u < 0, np.nan, equal)))
+
+
 def query_listing_features(inputs: pd.DataFrame) -> pd.DataFrame:
     """query_title_match: share of the query's words found in the listing title (empty without a
     query or a known listing)."""
-    scores = []
-    for q, t in zip(_text(inputs["query_text"]), _text(inputs["title"])):
-        words = set(q.split()) if q else set()
-        if not words or t is None:
-            scores.append(np.nan)
-        else:
-            scores.append(len(words.intersection(t.split())) / len(words))
-    return pd.DataFrame({"query_title_match": np.asarray(scores, dtype=np.float64).astype(np.float32)})
+    return pd.DataFrame({"query_title_match": _query_title_match(inputs["query_text"], inputs["title"]).astype(np.float32)})
+
+
+def _query_title_match(query: pd.Series, title: pd.Series) -> np.ndarray:
+    """len(set(q.split()) & set(t.split())) / len(set(q.split())) per row (float64), NaN without a
+    query (or one with no words) or without a title. Words are split in Python (str.split), once
+    per distinct query and title; the per-row counting is vectorised."""
+    n = len(query)
+    (q,), queries = _text_codes(query)
+    (t,), titles = _text_codes(title)
+    vocab: dict[str, int] = {}
+    q_words = [sorted({vocab.setdefault(w, len(vocab)) for w in set(v.split())}) for v in queries]
+    q_len = np.array([len(w) for w in q_words] + [0], dtype=np.int64)  # index -1: no query
+    q_ptr = np.concatenate([[0], np.cumsum(q_len[:-1])]).astype(np.int64)
+    q_ids = np.fromiter((i for w in q_words for i in w), dtype=np.int64, count=int(q_len[:-1].sum()))
+    # For each distinct title, the ids of the query words it contains (other words never count).
+    n_vocab = max(len(vocab), 1)
+    keys = [c * n_vocab + vocab[w] for c, v in enumerate(titles) for w in set(v.split()) if w in vocab]
+    title_keys = pd.Index(np.array(keys, dtype=np.int64))  # distinct by construction
+    rows = np.flatnonzero((q_len[q] > 0) & (t >= 0))
+    reps = q_len[q[rows]]
+    row_of = np.repeat(rows, reps)
+    start = np.repeat(q_ptr[q[rows]] - (np.cumsum(reps) - reps), reps)
+    word = q_ids[start + np.arange(len(row_of))] if len(row_of) else np.zeros(0, dtype=np.int64)
+    wanted = t[row_of] * n_vocab + word
+    found = (title_keys.get_indexer(wanted) >= 0).astype(np.float64)
+    hits = np.bincount(row_of, weights=found, minlength=n)
+    scores = np.full(n, np.nan)
+    scores[rows] = hits[rows] / q_len[q[rows]]
+    return scores

@@ -1,0 +1,275 @@
+"""The fast training-set path changes nothing but speed: vectorised request-time transforms are bit
+for bit the per-row originals (on messy inputs: None, NaN, pd.NA, numbers, bytes, odd whitespace,
+every string dtype), and the Arrow-based build writes exactly the rows of the original pandas
+algorithm (Feast ``to_df`` per chunk, rows put back in order, ``feature_matrix``), with a
+fingerprint that is a pure function of those rows."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from ranker.features import transforms
+from ranker.features.store import feature_store, in_feature_repo, service_spec
+from ranker.training import dataset as ds
+
+
+# -- the per-row reference implementations the vectorised code replaced --------------------------
+def _ref_text(series):
+    return [v if isinstance(v, str) else None for v in series.tolist()]
+
+
+def _ref_size_match(size, user_size):
+    match = [
+        np.nan if s is None else 1.0 if s == "one size" else np.nan if u is None else float(s == u)
+        for s, u in zip(_ref_text(size), _ref_text(user_size))
+    ]
+    return np.asarray(match, dtype=np.float64).astype(np.float32)
+
+
+def _ref_query_title_match(query_text, title):
+    scores = []
+    for q, t in zip(_ref_text(query_text), _ref_text(title)):
+        words = set(q.split()) if q else set()
+        if not words or t is None:
+            scores.append(np.nan)
+        else:
+            scores.append(len(words.intersection(t.split())) / len(words))
+    return np.asarray(scores, dtype=np.float64).astype(np.float32)
+
+
+def _bits(a) -> list:
+    a = np.asarray(a)
+    assert a.dtype == np.float32
+    return a.view(np.uint32).tolist()
+
+
+WORDS = ["red", "silk", "dress", "zara", "boots", "one", "size", "M", "m", "é", "日本", "a", "\u00a0", "x\ty", "\x1c"]
+ODD = [None, np.nan, pd.NA, "", " ", "  \t ", "one size", "One Size", "M", "m", 3, 2.5, b"M", True]
+
+
+def _texts(rng, n, max_words, odd_share=0.15, allow_odd_types=True):
+    out = []
+    for _ in range(n):
+        if rng.random() < odd_share:
+            v = ODD[rng.integers(len(ODD))]
+            if not allow_odd_types and not (v is None or isinstance(v, str)):
+                v = None
+            out.append(v)
+        else:
+            out.append(" ".join(rng.choice(WORDS, rng.integers(0, max_words + 1))))
+    return out
+
+
+def _as_dtype(values, kind):
+    """The same values as the column types Feast and the scorer hand over."""
+    if kind == "object":
+        return pd.Series(values, dtype=object)
+    clean = [v if isinstance(v, str) else None for v in values]
+    if kind == "str":  # pandas' Arrow-backed str (what the fast path gets from to_pandas)
+        return pd.Series(clean, dtype=pd.StringDtype("pyarrow", na_value=np.nan))
+    if kind == "string":
+        return pd.Series(clean, dtype="string")
+    if kind == "arrow":
+        return pd.Series(clean, dtype=pd.ArrowDtype(pa.string()))
+    if kind == "chunked":  # several Arrow chunks
+        half = len(clean) // 2
+        parts = [pd.Series(clean[:half], dtype=pd.StringDtype("pyarrow", na_value=np.nan)),
+                 pd.Series(clean[half:], dtype=pd.StringDtype("pyarrow", na_value=np.nan))]
+        return pd.concat(parts, ignore_index=True)
+    raise AssertionError(kind)
+
+
+KINDS = ["object", "str", "string", "arrow", "chunked"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_size_match_bit_identical(kind, seed):
+    rng = np.random.default_rng(seed)
+    n = 3000
+    size = _as_dtype(_texts(rng, n, 2), kind)
+    user = _as_dtype(_texts(rng, n, 2), kind)
+    want = _ref_size_match(size, user)
+    got = transforms._size_match(size, user).astype(np.float32)
+    assert _bits(got) == _bits(want)
+    # and through the public transform (whatever other inputs it reads are given as missing)
+    frame = pd.DataFrame({"size": size, "user_size": user, "price": rng.uniform(1, 100, n)})
+    for _ in range(20):
+        try:
+            out = transforms.user_listing_features(frame)
+            break
+        except KeyError as missing:
+            frame[missing.args[0]] = np.nan
+    assert _bits(out["size_match"].to_numpy()) == _bits(want)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_query_title_match_bit_identical(kind, seed):
+    rng = np.random.default_rng(seed)
+    n = 4000
+    query = _as_dtype(_texts(rng, n, 4), kind)
+    title = _as_dtype(_texts(rng, n, 9), kind)
+    out = transforms.query_listing_features(pd.DataFrame({"query_text": query, "title": title}))
+    assert list(out.columns) == ["query_title_match"]
+    assert _bits(out["query_title_match"].to_numpy()) == _bits(_ref_query_title_match(query, title))
+
+
+def test_transforms_on_edge_inputs():
+    empty = pd.Series([], dtype=object)
+    out = transforms.query_listing_features(pd.DataFrame({"query_text": empty, "title": empty}))
+    assert len(out) == 0 and out["query_title_match"].dtype == np.float32
+    assert transforms._size_match(empty, empty).shape == (0,)
+    nothing = pd.Series([None, None], dtype=object)
+    assert np.isnan(transforms.query_listing_features(pd.DataFrame({"query_text": nothing, "title": nothing})).query_title_match).all()
+    floats = pd.Series([np.nan, np.nan])  # an all-missing column arrives as float64 offline
+    assert np.isnan(transforms._size_match(floats, floats)).all()
+    # repeated words count once; a title word matching several query words counts for each
+    q = pd.Series(["red red dress", "a b c", "x", "\ud800 red"], dtype=object)  # a lone surrogate too
+    t = pd.Series(["red", "c b a a", "", "red \ud800"], dtype=object)
+    got = transforms.query_listing_features(pd.DataFrame({"query_text": q, "title": t})).query_title_match
+    assert _bits(got.to_numpy()) == _bits(_ref_query_title_match(q, t))
+
+
+def test_row_hashes_equal_pandas_hashes():
+    rng = np.random.default_rng(4)
+    n = 2000
+    frame = pd.DataFrame(
+        {
+            "request_id": pd.Series([f"r{i // 7}" for i in range(n)], dtype=object),
+            "event_timestamp": pd.to_datetime(rng.integers(1.79e15, 1.80e15, n), unit="us", utc=True),
+            "user_id": pd.Series(rng.choice(["u1", "u2", None, "ü"], n), dtype=object),
+            "position": rng.integers(1, 30, n).astype("int32"),
+            "f": np.where(rng.random(n) < 0.2, np.nan, rng.random(n)).astype(np.float32),
+        }
+    )
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    want = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+    assert (ds._row_hashes(table) == want).all()
+    assert (ds._row_hashes(pa.concat_tables([table.slice(0, 500), table.slice(500)])) == want).all()
+
+
+def _reference_build(settings, options):
+    """The original algorithm: labelled impressions in pandas, chunks on request boundaries,
+    Feast ``to_df`` per chunk, rows put back in order with ``_row``, ``feature_matrix``."""
+    store = feature_store(settings)
+    spec = service_spec(store, options.service)
+    service = store.get_feature_service(options.service)
+    rows = ds.labelled_impressions(settings, options)
+    first = rows.groupby("request_id", sort=False).event_timestamp.transform("min")
+    rows = rows.assign(_req_ts=first).sort_values(["_req_ts", "request_id", "position"], kind="stable")
+    rows = rows.drop(columns="_req_ts").reset_index(drop=True)
+    frames = []
+    for lo, hi in ds._chunk_bounds(rows.request_id.to_numpy(), options.chunk_rows):
+        chunk = rows.iloc[lo:hi].reset_index(drop=True)
+        ts = pd.to_datetime(chunk.event_timestamp, utc=True)
+        entity = pd.DataFrame(
+            {
+                "user_id": chunk.user_id.astype(object),
+                "item_id": chunk.item_id.astype(object),
+                "seller_id": chunk.seller_id.astype(object).where(chunk.seller_id.notna(), ""),
+                "category": chunk.category.astype(object).where(chunk.category.notna(), ""),
+                "event_timestamp": ts,
+                "request_ts": ts.dt.as_unit("us").astype("int64") // 10**6,
+                "query": chunk["query"].astype(object).values,
+                "query_text": chunk["query"].astype(object).values,
+                "_row": np.arange(len(chunk)),
+            }
+        )
+        with in_feature_repo(settings.feature_repo):
+            feats = store.get_historical_features(entity_df=entity, features=service).to_df()
+        feats = feats.sort_values("_row").reset_index(drop=True)
+        matrix = ds.feature_matrix(feats, spec)
+        out = pd.DataFrame(
+            {
+                "request_id": chunk.request_id.astype(str).values,
+                "event_timestamp": ts.values,
+                "user_id": chunk.user_id.astype(str).values,
+                "item_id": chunk.item_id.astype(str).values,
+                "position": chunk.position.astype("int32").values,
+                "query": chunk["query"].astype(str).values,
+                "label": chunk.label.astype("int32").values,
+            }
+        )
+        out["event_timestamp"] = pd.to_datetime(out.event_timestamp, utc=True)
+        for j, name in enumerate(spec.features):
+            out[name] = matrix[:, j]
+        frames.append(out)
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_fast_build_equals_the_original_algorithm(world):
+    options = ds.DatasetOptions(surface="search", chunk_rows=9_000)
+    infer_string = pd.get_option("future.infer_string")
+    manifest = ds.build_dataset(world, options)
+    assert pd.get_option("future.infer_string") == infer_string, "a pandas option leaked out of the build"
+    got, m = ds.load_dataset(world, "search")
+    want = _reference_build(world, options)
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
+    hashes = pd.util.hash_pandas_object(got, index=False).to_numpy()
+    assert manifest["fingerprint"] == m["fingerprint"] == hashlib.sha256(hashes.tobytes()).hexdigest()
+    assert manifest["rows"] == len(want) and manifest["groups"] == want.request_id.nunique()
+    assert manifest["positives"] == int((want.label > 0).sum())
+    assert manifest["label_counts"] == {str(k): int(v) for k, v in want.label.value_counts().sort_index().items()}
+    assert manifest["window"]["start"] == want.event_timestamp.min().isoformat()
+    # request time is unix seconds: a listing is never older than the request that showed it
+    age = got.listing_age_hours.dropna()
+    assert len(age) > 0 and (age >= 0).all() and (age < 24 * 400).all()
+
+
+def _reference_rows(settings, options):
+    rows = ds.labelled_impressions(settings, options)
+    first = rows.groupby("request_id", sort=False).event_timestamp.transform("min")
+    rows = rows.assign(_req_ts=first).sort_values(["_req_ts", "request_id", "position"], kind="stable")
+    return rows.drop(columns="_req_ts").reset_index(drop=True)
+
+
+@pytest.mark.parametrize("surface", ["search", "recs"])
+def test_labelled_table_equals_labelled_impressions(tmp_path, surface):
+    """Same rows and order as the grouped query, on awkward data: exact duplicate impressions (one
+    row, as GROUP BY ALL gives), a listing that is missing, null queries, engagement on the window
+    edges and from the other surface, requests whose rows are not all at one time."""
+    from ranker.data import schema
+    from tests.conftest import make_home
+
+    home = make_home(tmp_path / "labels")
+    t0 = pd.Timestamp("2026-10-01T12:00:00", tz="UTC")
+    listings = pd.DataFrame({
+        "item_id": ["i1", "i2", "i3", "i4"], "seller_id": ["s1", "s1", "s2", "s3"], "title": "red dress",
+        "category": ["dresses", "dresses", "shoes", "bags"], "brand": "zara", "size": "M", "condition": "good",
+        "colour": "red", "price": 10.0, "original_price": 20.0, "created_at": t0 - pd.Timedelta(days=1), "sold_at": pd.NaT,
+    })
+    rows = []
+
+    def ev(kind, seconds, request, item, position, surface="search", query="red dress", user="u1"):
+        rows.append(dict(event_id=f"e{len(rows)}", event_type=kind, timestamp=t0 + pd.Timedelta(seconds=seconds),
+                         user_id=user, item_id=item, surface=surface, request_id=request, position=position, query=query))
+
+    for r, (start, surf) in enumerate([(50, "search"), (0, "search"), (0, "recs"), (20, "search"), (20, "recs")]):
+        q = None if surf == "recs" else "red dress"
+        for p, item in enumerate(["i3", "i1", "i9", "i2"], start=1):  # i9 has no listing
+            ev("impression", start + (p % 2), f"r{r}", item, p, surf, q, user=f"u{r % 2}")
+    ev("impression", 51, "r0", "i3", 1, user="u0")  # exact duplicate of r0's first impression (another event id)
+    ev("impression", 50, "r0", "i3", 1)  # same slot, another user and time: a row of its own
+    ev("impression", 1, "r1", "i4", 5)
+    ev("impression", 1, "r1", "i4", 5)  # duplicate again
+    ev("click", 3600 + 50, "r0", "i3", 1)  # exactly on the 1 h edge: counts
+    ev("purchase", 3602, "r1", "i1", 2)  # past the edge of r1's i1 (shown at t=0): ignored
+    ev("save", 30, "r1", "i1", 2)
+    ev("add_to_bag", 30, "r2", "i3", 1, "recs", None)
+    ev("click", 25, "r2", "i3", 1, "search")  # other surface, same request: counts (as before)
+    ev("click", 1, "r3", "i3", 1)  # at the impression time of i3 in r3 (t=21): not after it
+    ev("purchase", 40, "r4", "i2", 4, "recs", None)
+    schema.write_table(home.raw_dir, schema.LISTINGS, listings)
+    schema.write_table(home.raw_dir, schema.EVENTS, pd.DataFrame(rows))
+    options = ds.DatasetOptions(surface=surface, attribution_hours=1.0)
+    want = _reference_rows(home, options)
+    got = ds._labelled_table(home, options).to_pandas()
+    assert len(got) < sum(1 for r in rows if r["event_type"] == "impression" and r["surface"] == surface) or surface == "recs"
+    pd.testing.assert_frame_equal(got, want.astype(got.dtypes.to_dict()), check_exact=True)
+    assert got.label.max() > 0
