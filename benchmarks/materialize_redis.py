@@ -11,19 +11,11 @@ Prints rows, seconds and rows/s per view for both writers.
 from __future__ import annotations
 
 import argparse
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
 import warnings
 from datetime import datetime, timezone
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+import _stack
 
 
 def main() -> None:
@@ -41,20 +33,11 @@ def main() -> None:
     from ranker.features.materialize import _latest_rows, write_redis
     from ranker.features.store import feature_store
 
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not installed")
-    port = _free_port()
-    workdir = tempfile.mkdtemp()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", workdir],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    for raw in proc.stdout:
-        if b"Ready to accept connections" in raw:
-            break
-    try:
+    with _stack.private_redis() as redis_url:
+        server = redis_url.rsplit("/", 1)[0]
         base = Settings.from_env()
-        ours = base.with_(online_store="redis", redis_url=f"redis://127.0.0.1:{port}/1")
-        feasts = base.with_(online_store="redis", redis_url=f"redis://127.0.0.1:{port}/2")
+        ours = base.with_(online_store="redis", redis_url=f"{server}/1")
+        feasts = base.with_(online_store="redis", redis_url=f"{server}/2")
         end = datetime.now(timezone.utc)
         print(f"{'view':<18} {'rows':>9} {'ours s':>8} {'ours rows/s':>12} {'feast rows':>10} {'feast s':>8} {'feast rows/s':>13} {'speed-up':>8}")
         for name in args.views:
@@ -73,10 +56,6 @@ def main() -> None:
             feast_s = time.perf_counter() - t0
             ours_rate, feast_rate = n / ours_s, sub.num_rows / feast_s
             print(f"{name:<18} {n:>9,} {ours_s:>8.2f} {ours_rate:>12,.0f} {sub.num_rows:>10,} {feast_s:>8.2f} {feast_rate:>13,.0f} {ours_rate / feast_rate:>7.1f}x")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -46,8 +46,14 @@ def test_labels_at_attribution_window_edges(tmp_path):
     ])
     schema.write_table(home.raw_dir, schema.LISTINGS, listings)
     schema.write_table(home.raw_dir, schema.EVENTS, events)
-    rows = labelled_impressions(home, DatasetOptions(surface="search", attribution_hours=1.0)).set_index("item_id")
+    options = DatasetOptions(surface="search", attribution_hours=1.0)
+    rows = labelled_impressions(home, options).set_index("item_id")
     assert rows.label.to_dict() == {"i1": 1, "i2": 1, "i3": 0, "i4": 3}
+    # The build's own (faster) labelling gives the same labels.
+    from ranker.training.dataset import _labelled_table
+
+    built = _labelled_table(home, options).to_pandas().set_index("item_id")
+    assert built.label.to_dict() == {"i1": 1, "i2": 1, "i3": 0, "i4": 3}
 
 
 @pytest.fixture(scope="module")

@@ -76,7 +76,10 @@ def dataset_dir(settings: Settings, surface: str) -> Path:
 
 
 def labelled_impressions(settings: Settings, options: DatasetOptions) -> pd.DataFrame:
-    """Impressions of the surface in the window with their graded label and entity keys."""
+    """Impressions of the surface in the window with their graded label and entity keys.
+
+    The readable reference definition of the labels; the build uses :func:`_labelled_table`, which
+    tests prove gives the same rows."""
     import duckdb
 
     events = settings.raw_dir / schema.EVENTS.file
