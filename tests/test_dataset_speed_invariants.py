@@ -87,9 +87,20 @@ def _as_dtype(values, kind):
 KINDS = ["object", "str", "string", "arrow", "chunked"]
 
 
+@pytest.fixture(params=["dict", "arrow"])
+def factorizer(request, monkeypatch):
+    """Both ways of factorising text: a dict for short columns (the scorer's requests) and Arrow
+    for long ones (training sets) must give the same features."""
+    if request.param == "arrow":
+        monkeypatch.setattr(transforms, "SMALL_COLUMN", -1)
+    else:
+        monkeypatch.setattr(transforms, "SMALL_COLUMN", 10**9)
+    return request.param
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("seed", [0, 1])
-def test_size_match_bit_identical(kind, seed):
+def test_size_match_bit_identical(kind, seed, factorizer):
     rng = np.random.default_rng(seed)
     n = 3000
     size = _as_dtype(_texts(rng, n, 2), kind)
@@ -110,7 +121,7 @@ def test_size_match_bit_identical(kind, seed):
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_query_title_match_bit_identical(kind, seed):
+def test_query_title_match_bit_identical(kind, seed, factorizer):
     rng = np.random.default_rng(seed)
     n = 4000
     query = _as_dtype(_texts(rng, n, 4), kind)
@@ -118,6 +129,32 @@ def test_query_title_match_bit_identical(kind, seed):
     out = transforms.query_listing_features(pd.DataFrame({"query_text": query, "title": title}))
     assert list(out.columns) == ["query_title_match"]
     assert _bits(out["query_title_match"].to_numpy()) == _bits(_ref_query_title_match(query, title))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_transforms_take_a_dict_of_arrays_and_lists(seed):
+    """The scorer's hot path hands the transforms a dict (float64 arrays, lists of str/None) and
+    gets a dict back: the values must be those of the DataFrame call, bit for bit."""
+    rng = np.random.default_rng(seed)
+    n = 300
+    def nums(missing=0.2):
+        x = rng.uniform(0, 200, n)
+        x[rng.random(n) < missing] = np.nan
+        return x
+    cols = {
+        "request_ts": np.full(n, 1_790_000_000.0), "listing_created_epoch": 1_789_000_000.0 + nums() * 1000,
+        "price": nums(), "user_median_click_price_30d": nums(0.5), "category_median_price": nums(),
+        "user_price_index_30d": nums(0.5) / 100, "size": _texts(rng, n, 2), "user_size": [None if rng.random() < 0.3 else "m"] * n,
+        "query_text": [" ".join(rng.choice(WORDS, 2))] * n, "title": _texts(rng, n, 9),
+    }
+    frame = pd.DataFrame({k: (pd.Series(v, dtype=object) if isinstance(v, list) else v) for k, v in cols.items()})
+    for fn in (transforms.listing_request_features, transforms.user_listing_features, transforms.query_listing_features):
+        want = fn(frame)
+        got = fn(dict(cols))
+        assert isinstance(got, dict) and list(got) == list(want.columns)
+        for name in want.columns:
+            assert got[name].dtype == np.float32
+            assert _bits(got[name]) == _bits(want[name].to_numpy()), (fn.__name__, name)
 
 
 def test_transforms_on_edge_inputs():

@@ -8,6 +8,10 @@ DataFrame with the named input columns and returns a DataFrame with the output c
 Inputs may arrive as float64 with NaN (offline) or as Python objects with None (online); every
 function normalises first and computes in float64, then returns float32, so both paths round the
 same way.
+
+``inputs`` is a DataFrame (Feast) or any mapping of column name to array or list (the scorer's hot
+path passes a dict of float64 arrays and lists of str/None, and skips pandas altogether); the
+result is a DataFrame for a DataFrame and a dict of float32 arrays otherwise, with the same values.
 """
 
 from __future__ import annotations
@@ -18,17 +22,27 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 SECONDS_PER_HOUR = 3600.0
+# Text columns up to this length are factorised with a dict in Python (cheaper than Arrow's setup
+# for a request's few hundred rows); longer ones by Arrow. Both give the same codes.
+SMALL_COLUMN = 4096
 
 
-def _num(series: pd.Series) -> np.ndarray:
+def _num(series) -> np.ndarray:
+    if isinstance(series, np.ndarray) and series.dtype == np.float64:
+        return series
     return pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _output(inputs, columns: dict) -> "pd.DataFrame | dict":
+    """The result in the caller's form: a DataFrame for a DataFrame, else the dict itself."""
+    return pd.DataFrame(columns) if isinstance(inputs, pd.DataFrame) else columns
 
 
 def _text(series: pd.Series) -> list:
     return [v if isinstance(v, str) else None for v in series.tolist()]
 
 
-def _text_codes(*columns: pd.Series) -> tuple[list[np.ndarray], list[str]]:
+def _text_codes(*columns) -> tuple[list[np.ndarray], list[str]]:
     """Factorise text columns jointly, without a Python step per row: per column, int64 codes into
     one list of distinct strings, and -1 where the value is not a string (None, NaN, pd.NA, a
     number...), exactly the values :func:`_text` turns into None. Equal strings share a code."""
@@ -41,10 +55,20 @@ def _text_codes(*columns: pd.Series) -> tuple[list[np.ndarray], list[str]]:
     return out, list(ids)
 
 
-def _factorize_text(column: pd.Series) -> tuple[np.ndarray, list]:
+def _factorize_text(column) -> tuple[np.ndarray, list]:
     """(codes, distinct values): -1 for missing values; distinct values that are not strings are
-    left for the caller to reject. Arrow does the hashing when the column is (or converts cleanly
-    to) strings and nulls; anything else goes through pandas."""
+    left for the caller to reject. Short columns are hashed by a dict (non-strings get -1 right
+    away); otherwise Arrow does the hashing when the column is (or converts cleanly to) strings and
+    nulls, and anything else goes through pandas."""
+    if len(column) <= SMALL_COLUMN:
+        values = column.tolist() if hasattr(column, "tolist") else list(column)
+        seen: dict = {}
+        codes = [seen.setdefault(v, len(seen)) if isinstance(v, str) else -1 for v in values]
+        return np.array(codes, dtype=np.int64), list(seen)
+    return _factorize_text_general(column)
+
+
+def _factorize_text_general(column) -> tuple[np.ndarray, list]:
     try:
         arr = pa.array(column, from_pandas=True)
     except (pa.ArrowException, TypeError, ValueError, UnicodeError):
@@ -66,17 +90,17 @@ def _factorize_text(column: pd.Series) -> tuple[np.ndarray, list]:
             pieces.append(np.where(idx >= 0, idx + len(uniques), -1))
             uniques.extend(e.dictionary.to_pylist())
         return np.concatenate(pieces), uniques
-    codes, uniques = pd.factorize(column)
+    codes, uniques = pd.factorize(np.asarray(column, dtype=object) if isinstance(column, list) else column)
     return np.asarray(codes, dtype=np.int64), list(uniques)
 
 
-def listing_request_features(inputs: pd.DataFrame) -> pd.DataFrame:
+def listing_request_features(inputs):
     """listing_age_hours: hours between the listing going live and the request (empty if unknown)."""
     age = (_num(inputs["request_ts"]) - _num(inputs["listing_created_epoch"])) / SECONDS_PER_HOUR
-    return pd.DataFrame({"listing_age_hours": age.astype(np.float32)})
+    return _output(inputs, {"listing_age_hours": age.astype(np.float32)})
 
 
-def user_listing_features(inputs: pd.DataFrame) -> pd.DataFrame:
+def user_listing_features(inputs):
     """How a listing fits this user.
 
     price_vs_user_median: price / the user's median clicked price (empty without history);
@@ -95,7 +119,8 @@ def user_listing_features(inputs: pd.DataFrame) -> pd.DataFrame:
         user_index = _num(inputs["user_price_index_30d"])
         fit = np.where((user_index > 0) & (index > 0), np.abs(np.log(index / user_index)), np.nan)
     match = _size_match(inputs["size"], inputs["user_size"])
-    return pd.DataFrame(
+    return _output(
+        inputs,
         {
             "price_vs_user_median": ratio.astype(np.float32),
             "price_index": index.astype(np.float32),
@@ -105,7 +130,7 @@ def user_listing_features(inputs: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def _size_match(size: pd.Series, user_size: pd.Series) -> np.ndarray:
+def _size_match(size, user_size) -> np.ndarray:
     """Per row: NaN without the listing's size, 1.0 for "one size", NaN without the user's size,
     else 1.0 if they are equal, 0.0 if not (float64)."""
     (s, u), strings = _text_codes(size, user_size)
@@ -114,13 +139,13 @@ def _size_match(size: pd.Series, user_size: pd.Series) -> np.ndarray:
     return np.where(s < 0, np.nan, np.where(one_size[s], 1.0, np.where(u < 0, np.nan, equal)))
 
 
-def query_listing_features(inputs: pd.DataFrame) -> pd.DataFrame:
+def query_listing_features(inputs):
     """query_title_match: share of the query's words found in the listing title (empty without a
     query or a known listing)."""
-    return pd.DataFrame({"query_title_match": _query_title_match(inputs["query_text"], inputs["title"]).astype(np.float32)})
+    return _output(inputs, {"query_title_match": _query_title_match(inputs["query_text"], inputs["title"]).astype(np.float32)})
 
 
-def _query_title_match(query: pd.Series, title: pd.Series) -> np.ndarray:
+def _query_title_match(query, title) -> np.ndarray:
     """len(set(q.split()) & set(t.split())) / len(set(q.split())) per row (float64), NaN without a
     query (or one with no words) or without a title. Words are split in Python (str.split), once
     per distinct query and title; the per-row counting is vectorised."""

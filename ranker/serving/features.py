@@ -74,6 +74,7 @@ _R4 = np.arange(1, 5)
 _R8 = np.arange(1, 9)
 _VARINT_POS = np.arange(10)
 _VARINT_SHIFT = (7 * _VARINT_POS).astype(np.uint64)
+KEY_MEMO_SIZE = 100_000  # serialized entity keys remembered per view group and process
 
 
 class OnlineStoreUnavailable(RankerError):
@@ -213,6 +214,7 @@ class _FieldSet:
     """Fields read together from one entity's hash (Redis) or from its rows (sqlite)."""
 
     n: int
+    n_num: int  # the first n_num fields are numeric, the rest strings
     hmget_head: bytes  # RESP header of HMGET with n fields
     hmget_tail: bytes  # RESP of the n field names
     sqlite_views: list  # (table, {feature_name: position})
@@ -224,8 +226,12 @@ class _FieldSet:
         by_view: dict = {}
         for j, (view, name, _dtype) in enumerate(fields):
             by_view.setdefault(view, {})[name] = j
+        n_num = sum(dtype in NUMERIC_TYPES for _v, _n, dtype in fields)
+        if any(dtype not in NUMERIC_TYPES for _v, _n, dtype in fields[:n_num]):
+            raise FeatureRepoError("a field set lists its numeric fields first")
         return cls(
             n=len(fields),
+            n_num=n_num,
             hmget_head=b"*%d\r\n$5\r\nHMGET\r\n" % (len(fields) + 2),
             hmget_tail=tail,
             sqlite_views=[(tables[v], names) for v, names in by_view.items()],
@@ -394,8 +400,11 @@ class _Plan:
 
 class _RedisBackend:
     def __init__(self, url: str, timeout_s: float) -> None:
+        import hiredis
         import redis
 
+        self._redis = redis
+        self._hiredis = hiredis
         self._pool = redis.ConnectionPool.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=0
         )
@@ -404,7 +413,11 @@ class _RedisBackend:
         self.name = f"Redis at {parsed if '://' in parsed else 'redis://' + parsed}"
 
     def read(self, reads: list) -> list:
-        """reads: (entity keys, fieldset); returns per read the flat (key x field) cells, None = missing."""
+        """reads: (entity keys, fieldset); returns per read ``(numbers, strings)``: the flat
+        (key x field) cells of the fieldset's numeric fields and of its string fields, None = missing.
+
+        All HMGETs go out in one write; the replies are parsed by hiredis straight off the socket
+        (one C call per reply, none of redis-py's per-reply bookkeeping)."""
         parts = []
         count = 0
         for keys, fs in reads:
@@ -413,12 +426,10 @@ class _RedisBackend:
                 parts.append(b"%s$%d\r\n%s\r\n%s" % (head, len(k), k, tail))
             count += len(keys)
         if not count:
-            return [[] for _ in reads]
+            return [([], []) for _ in reads]
         conn = self._pool.get_connection()
         try:
-            conn.send_packed_command([b"".join(parts)], check_health=False)
-            read = conn.read_response
-            replies = [read() for _ in range(count)]
+            replies = self._roundtrip(conn, b"".join(parts), count)
         except BaseException:
             conn.disconnect()  # replies may be left unread: never hand this connection back dirty
             raise
@@ -426,13 +437,44 @@ class _RedisBackend:
             self._pool.release(conn)
         out = []
         at = 0
-        for keys, _ in reads:
-            cells = []
-            for r in replies[at : at + len(keys)]:
-                cells += r
+        for keys, fs in reads:
+            nums: list = []
+            strs: list = []
+            n_num = fs.n_num
+            if n_num == fs.n:
+                for r in replies[at : at + len(keys)]:
+                    nums += r
+            else:
+                for r in replies[at : at + len(keys)]:
+                    nums += r[:n_num]
+                    strs += r[n_num:]
             at += len(keys)
-            out.append(cells)
+            out.append((nums, strs))
         return out
+
+    def _roundtrip(self, conn, payload: bytes, count: int) -> list:
+        sock = conn._sock
+        if sock is None:
+            raise self._redis.ConnectionError("not connected")
+        sock.sendall(payload)
+        reader = self._hiredis.Reader()
+        buf = bytearray(1 << 16)
+        replies: list = []
+        gets = reader.gets
+        while len(replies) < count:
+            reply = gets()
+            if reply is False:
+                n = sock.recv_into(buf)
+                if not n:
+                    raise self._redis.ConnectionError("connection closed by server")
+                reader.feed(buf, 0, n)
+                continue
+            if isinstance(reply, Exception):
+                raise self._redis.ResponseError(str(reply))
+            if reply.__class__ is not list:
+                raise self._redis.ResponseError(f"unexpected reply to HMGET: {reply!r}")
+            replies.append(reply)
+        return replies
 
     def ping(self) -> bool:
         try:
@@ -492,7 +534,8 @@ class _SqliteBackend:
                     if rows:
                         pos, values = zip(*rows)
                         cells[np.fromiter(pos, dtype=np.intp, count=len(pos)) + lo * fs.n] = values
-            out.append(cells.tolist())
+            grid = cells.reshape(len(keys), fs.n)
+            out.append((grid[:, : fs.n_num].ravel().tolist(), grid[:, fs.n_num :].ravel().tolist()))
         return out
 
     def ping(self) -> bool:
@@ -616,6 +659,7 @@ class OnlineFeatures:
         self._cache = _ItemCache(item_cache_ttl_s, item_cache_size) if item_cache_ttl_s > 0 and item_cache_size > 0 else None
         self.cache_hits = 0
         self.cache_misses = 0
+        self._key_memo: dict = {id(g): {} for g in self._plan.groups}
         self._count_lock = threading.Lock()
 
     # -- public API --------------------------------------------------------------------------------
@@ -647,29 +691,48 @@ class OnlineFeatures:
 
     # -- the hot path --------------------------------------------------------------------------------
     def _keys(self, group: _Group, columns: dict, rows) -> tuple[list, np.ndarray]:
-        """Unique entity keys of ``group`` for the given unique-item rows, and each row's entity."""
-        varying = group.varying
+        """Unique entity keys of ``group`` for the given unique-item rows, and each row's entity.
+
+        Serialized keys are remembered per group in a plain dict (emptied when it would pass
+        ``KEY_MEMO_SIZE`` entries): a key depends on its join-key values alone."""
+        join_keys, varying = group.join_keys, group.varying
         if not varying:
-            values = [[columns[k]] for k in group.join_keys]
-            return _string_entity_keys(list(group.join_keys), values, self._key_suffix), np.zeros(len(rows), np.intp)
-        if len(varying) == 1:
-            col = columns[varying[0]]
-            seen: dict = {}
-            idx = [seen.setdefault(col[i], len(seen)) for i in rows]
-            uniq = list(seen)
+            uniq = [tuple(columns[k] for k in join_keys)]
+            idx = np.zeros(len(rows), np.intp)
         else:
-            seen = {}
-            idx = [seen.setdefault(tuple(columns[k][i] for k in varying), len(seen)) for i in rows]
-            uniq = list(seen)
-        m = len(uniq)
-        values = []
-        for k in group.join_keys:
-            if k in varying:
-                pos = varying.index(k)
-                values.append(uniq if len(varying) == 1 else [u[pos] for u in uniq])
+            if varying == ("item_id",):  # the rows are unique items already
+                col = columns["item_id"]
+                idx = np.arange(len(rows), dtype=np.intp)
+                uniq = col if isinstance(rows, range) and len(rows) == len(col) else [col[i] for i in rows]
+                if len(join_keys) > 1:
+                    uniq = [(v,) for v in uniq]
+            elif len(varying) == 1:
+                col = columns[varying[0]]
+                seen: dict = {}
+                idx = np.asarray([seen.setdefault(col[i], len(seen)) for i in rows], dtype=np.intp)
+                uniq = [(v,) for v in seen] if len(join_keys) > 1 else list(seen)
             else:
-                values.append([columns[k]] * m)
-        return _string_entity_keys(list(group.join_keys), values, self._key_suffix), np.asarray(idx, dtype=np.intp)
+                seen = {}
+                idx = np.asarray([seen.setdefault(tuple(columns[k][i] for k in varying), len(seen)) for i in rows], dtype=np.intp)
+                uniq = list(seen)
+            if len(varying) < len(join_keys):  # e.g. user x category: put the request's keys in
+                pos = {k: varying.index(k) for k in varying}
+                uniq = [tuple(u[pos[k]] if k in pos else columns[k] for k in join_keys) for u in uniq]
+        # uniq: the join-key values in join_keys order, a tuple (or the bare value for one item key)
+        memo = self._key_memo[id(group)]
+        keys = [memo.get(u) for u in uniq]
+        if None in keys:
+            todo = [i for i, k in enumerate(keys) if k is None]
+            if len(join_keys) == 1 and varying:
+                values = [[uniq[i] for i in todo]]
+            else:
+                values = [[uniq[i][c] for i in todo] for c in range(len(join_keys))]
+            made = _string_entity_keys(list(join_keys), values, self._key_suffix)
+            if len(memo) + len(made) > KEY_MEMO_SIZE:
+                memo.clear()
+            for i, k in zip(todo, made):
+                keys[i] = memo[uniq[i]] = k
+        return keys, idx
 
     def _fetch(self, user_id: str, items: list, query: str, request_ts: int) -> FeatureRows:
         plan = self._plan
@@ -784,32 +847,29 @@ class OnlineFeatures:
 
     def _absorb(self, results, todo, num, strs, u, misses, hits, known, sold_val) -> None:
         """Decode one round's replies (all numbers in one pass, all strings in another) and place
-        them at unique-item level."""
+        them at unique-item level. ``results``: per read, its (numeric cells, string cells)."""
         plan = self._plan
         num_cells: list = []
         str_cells: list = []
         shapes = []
-        for cells, (kind, g, idx) in zip(results, todo):
+        for (nums, texts), (kind, g, idx) in zip(results, todo):
             if kind == "sold":
                 # one field per cached listing: existence and sold flag, never cached
-                known[hits] = np.fromiter((c is not None for c in cells), dtype=bool, count=len(cells))
-                shapes.append((len(cells), 1, 0))
-                num_cells += cells
+                known[hits] = np.fromiter((c is not None for c in nums), dtype=bool, count=len(nums))
+                shapes.append((len(nums), 1, 0))
+                num_cells += nums
                 continue
             group = plan.groups[g]
-            nf, n_num = group.fieldset.n, group.n_num
-            ents = len(cells) // nf
+            n_num, n_str = group.n_num, group.fieldset.n - group.n_num
+            ents = len(nums) // n_num if n_num else len(texts) // n_str
             if kind == "items":
+                # None = field or hash missing, b"" = null value: both decode as missing
                 known[misses] = np.fromiter(
-                    (c is not None for c in cells[plan.sold_loc :: nf]), dtype=bool, count=ents
+                    (c is not None for c in nums[plan.sold_loc :: n_num]), dtype=bool, count=ents
                 )
-            grid = np.empty(len(cells), dtype=object)
-            grid[:] = cells  # None = field or hash missing, b"" = null value: both decode as missing
-            grid = grid.reshape(ents, nf)
-            num_cells += grid[:, :n_num].ravel().tolist()
-            if nf > n_num:
-                str_cells += grid[:, n_num:].ravel().tolist()
-            shapes.append((ents, n_num, nf - n_num))
+            num_cells += nums
+            str_cells += texts
+            shapes.append((ents, n_num, n_str))
         numbers = decode_numbers(num_cells)
         texts = np.empty(len(str_cells), dtype=object)
         if str_cells:
@@ -851,20 +911,25 @@ class OnlineFeatures:
             for name, (g, kind, k) in plan.odfv_inputs:
                 inputs[name] = num[g][:, k] if kind == "num" else strs[g][:, k]
             if "request_ts" in plan.request_fields:
-                inputs["request_ts"] = np.full(u, request_ts, dtype=np.int64)
+                inputs["request_ts"] = np.full(u, float(request_ts))  # float64, as _num makes of int64
             if "query_text" in plan.request_fields:
                 col = np.empty(u, dtype=object)
                 col[:] = query
                 inputs["query_text"] = col
-            frame = pd.DataFrame(inputs, copy=False)
+            frame = None
             for fn, outputs, _name in plan.odfvs:
-                out = fn(frame)
+                if fn.__module__ == transforms.__name__:  # ours take a dict of arrays and lists: no pandas
+                    out = fn({k: (v.tolist() if v.dtype == object else v) for k, v in inputs.items()})
+                else:  # a user-defined on-demand view: the DataFrame Feast would pass
+                    if frame is None:
+                        frame = pd.DataFrame(inputs, copy=False)
+                    out = fn(frame)
                 for j, name in outputs:
-                    col = out[name]
+                    col = np.asarray(out[name])
                     if col.dtype.kind == "f":  # what pd.to_numeric would return, without its overhead
-                        m[:, j] = col.to_numpy(np.float64)
+                        m[:, j] = col
                     else:
-                        m[:, j] = pd.to_numeric(col, errors="coerce").to_numpy(np.float64, na_value=np.nan)
+                        m[:, j] = pd.to_numeric(pd.Series(col), errors="coerce").to_numpy(np.float64, na_value=np.nan)
         if plan.has_default.any():
             m = np.where(np.isnan(m) & plan.has_default, plan.defaults, m)
         return m.astype(np.float32)
