@@ -5,6 +5,7 @@ versioned service (v2), never an edit of a service a model in production was tra
 from feast import FeatureService
 from features.affinity import query_category_fv, user_category_fv
 from features.category import category_stats_fv
+from features.generic import generic_item_stats_fv, generic_user_category_fv, generic_user_stats_fv
 from features.listing import item_stats_fv, listing_fv
 from features.seller import seller_stats_fv
 from features.user import user_stats_fv
@@ -33,4 +34,13 @@ recs_ranker_v1 = FeatureService(
     name="recs_ranker_v1",
     features=_shared,
     description="Inputs of the recommendations ranker, version 1.",
+)
+
+# Works on any imported log (only user_id, item_id, timestamp are needed): interaction counts,
+# recency and trend of the listing and the user, category taste where listings have categories,
+# and the listing's age (time since it went live, or since its first event in the log).
+generic_ranker_v1 = FeatureService(
+    name="generic_ranker_v1",
+    features=[generic_item_stats_fv, generic_user_stats_fv, generic_user_category_fv, listing_request_features],
+    description="Inputs of a ranker trained on an imported log, version 1.",
 )

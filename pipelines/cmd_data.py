@@ -1,6 +1,8 @@
-"""`ranker data ...`: produce the raw tables (simulate, later import)."""
+"""`ranker data ...`: produce the raw tables (simulate, or import an external log)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import click
 
@@ -52,6 +54,45 @@ def register(cli: click.Group) -> None:
         )
         summary = run(config, raw_dir=settings.raw_dir, ground_truth_dir=settings.ground_truth_dir)
         click.echo(_describe(summary))
+
+
+    @data.command("import")
+    @click.option("--format", "fmt", type=click.Choice(["events", "interactions", "open-bandit"]), required=True,
+                  help="events: our schema (impressions + engagement); interactions: user_id, item_id, timestamp "
+                  "[, event_type, value, session_id, query]; open-bandit: the Open Bandit Dataset folder.")
+    @click.argument("path", type=click.Path(path_type=Path))
+    @click.option("--items", type=click.Path(path_type=Path, dir_okay=False), default=None,
+                  help="Listing attributes: item_id plus any of category, brand, price, created_at, sold_at, ...")
+    @click.option("--users", type=click.Path(path_type=Path, dir_okay=False), default=None,
+                  help="User profiles: user_id [, signup_at, size].")
+    @click.option("--strict", is_flag=True, help="Fail (write nothing) if any row is rejected.")
+    @click.option("--min-value", type=float, default=None,
+                  help="interactions: reject (and count) rows whose value (e.g. a rating) is below this.")
+    @click.option("--sold-on-purchase", is_flag=True,
+                  help="A purchase sells the listing (unique second-hand items): sets its sold_at.")
+    @click.option("--campaign", type=click.Choice(["all", "men", "women"]), default="all", show_default=True,
+                  help="open-bandit: which campaign.")
+    @click.option("--policies", default="random,bts", show_default=True,
+                  help="open-bandit: logging policies to import, comma-separated.")
+    @click.option("--sample-rows", type=click.IntRange(min=1), default=None,
+                  help="open-bandit: seeded sample of rows per policy file (fast trials).")
+    @click.pass_obj
+    def import_cmd(settings, fmt, path, items, users, strict, min_value, sold_on_purchase, campaign, policies,
+                   sample_rows) -> None:
+        """Import an external log at PATH into data/raw/ (events, listings, users, sellers).
+
+        Every rejected row is counted per reason (missing value, unparsable timestamp, duplicate,
+        unknown id, ...); --strict fails on any. Rerunning replaces the raw tables. Use a separate
+        RANKER_HOME (with its own copy of feature_repo/) to keep another dataset's data apart.
+        """
+        from ranker.data.importers import ImportOptions, describe, import_log
+
+        options = ImportOptions(
+            fmt=fmt, path=path, items=items, users=users, strict=strict, min_value=min_value,
+            sold_on_purchase=sold_on_purchase, campaign=campaign,
+            policies=tuple(p.strip() for p in policies.split(",") if p.strip()), sample_rows=sample_rows,
+        )
+        click.echo(describe(import_log(settings, options)))
 
 
 def _describe(summary: dict) -> str:

@@ -21,8 +21,13 @@ def register(cli: click.Group) -> None:
     @click.option("--feature-service", default=None, help="Override the surface's feature service (e.g. search_ranker_v2).")
     @click.option("--chunk-rows", default=1_000_000, show_default=True, type=click.IntRange(1000),
                   help="Entity rows sent to Feast per call (bounds memory: ~5 GB peak at 1M).")
+    @click.option("--negatives", default=0, show_default=True, type=click.IntRange(0),
+                  help="Implicit feedback: each engagement event becomes a group with this many negatives sampled "
+                  "from the listings available at that moment (0 = the logged impressions).")
+    @click.option("--negatives-seed", default=0, show_default=True, type=click.IntRange(0), help="Seed of the sampling.")
     @click.pass_obj
-    def build(settings, surface, start, end, attribution_hours, feature_service, chunk_rows) -> None:
+    def build(settings, surface, start, end, attribution_hours, feature_service, chunk_rows, negatives,
+              negatives_seed) -> None:
         """Label impressions (purchase 4 > add_to_bag 3 > save 2 > click 1 > shown 0) and fetch
         their features from Feast at impression time; writes artifacts/datasets/SURFACE/."""
         from tqdm import tqdm
@@ -36,6 +41,8 @@ def register(cli: click.Group) -> None:
             attribution_hours=attribution_hours,
             feature_service=feature_service,
             chunk_rows=chunk_rows,
+            negatives=negatives,
+            negatives_seed=negatives_seed,
         )
         with tqdm(desc=f"dataset {surface}", unit="rows") as bar:
             manifest = build_dataset(settings, options, progress=bar)
@@ -81,3 +88,7 @@ def register(cli: click.Group) -> None:
         failures = evaluation["metrics"]["quality_bar_failures"]
         click.echo("quality bar: " + ("PASS (beats every baseline)" if not failures else "NOT MET: " + "; ".join(failures)))
         click.echo(f"report: {Path(model_dir) / 'report.html'}")
+        if (settings.raw_dir / "propensities.parquet").exists():  # a log with logging propensities
+            from ranker.training.ips import evaluate_ips, ips_table
+
+            click.echo(ips_table(evaluate_ips(settings, Path(model_dir), n_boot=bootstrap, seed=seed)))

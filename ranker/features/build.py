@@ -32,6 +32,11 @@ COEC_PRIOR_CLICKS = 2.0
 PAIR_RETENTION_DAYS = 32
 
 TABLES = ("listings", "item_stats", "user_stats", "category_stats", "seller_stats", "user_category_stats", "query_category_stats")
+# Generic tables (feature service generic_ranker_v1): built from any log, imported or simulated.
+# "Interactions" are all non-impression events; sparse rows (entities with an interaction in the
+# last PAIR_RETENTION_DAYS days), so an absent entity means "no interactions": counts default to 0.
+GENERIC_TABLES = ("generic_item_stats", "generic_user_stats", "generic_user_category_stats")
+TABLES = TABLES + GENERIC_TABLES
 
 
 class FeatureBuildError(RankerError):
@@ -272,6 +277,87 @@ _SQL = {
         FROM win LEFT JOIN prior p USING (snapshot_ts)
     """,
 }
+
+_SQL.update({
+    "generic_item_stats": """
+        WITH daily AS (
+            SELECT item_id, day,
+                   count(*) FILTER (WHERE event_type <> 'impression') AS act,
+                   count(*) FILTER (WHERE event_type = 'impression') AS shown,
+                   max(timestamp) FILTER (WHERE event_type <> 'impression') AS last_act
+            FROM ev GROUP BY ALL),
+        win AS (
+            SELECT d.item_id, s.snapshot_ts,
+                   sum(act) FILTER (WHERE d.day >= s.snapshot_ts - INTERVAL 1 DAY) AS act_1d,
+                   sum(act) FILTER (WHERE d.day >= s.snapshot_ts - INTERVAL 7 DAY) AS act_7d,
+                   sum(act) FILTER (WHERE d.day >= s.snapshot_ts - INTERVAL 30 DAY) AS act_30d,
+                   sum(shown) FILTER (WHERE d.day >= s.snapshot_ts - INTERVAL 30 DAY) AS shown_30d,
+                   max(last_act) AS last_act
+            FROM daily d JOIN snapshots s
+              ON d.day < s.snapshot_ts AND d.day >= s.snapshot_ts - INTERVAL {retention} DAY
+            GROUP BY ALL HAVING sum(act) > 0),
+        users AS (
+            SELECT e.item_id, s.snapshot_ts, count(DISTINCT e.user_id) AS n
+            FROM ev e JOIN snapshots s ON e.day < s.snapshot_ts AND e.day >= s.snapshot_ts - INTERVAL 30 DAY
+            WHERE e.event_type <> 'impression' GROUP BY ALL),
+        prior AS (SELECT snapshot_ts, sum(act_30d) / nullif(sum(shown_30d), 0) AS rate FROM win GROUP BY ALL)
+        SELECT item_id, snapshot_ts AS event_timestamp,
+               coalesce(act_1d, 0)::BIGINT AS item_interactions_1d,
+               coalesce(act_7d, 0)::BIGINT AS item_interactions_7d,
+               coalesce(act_30d, 0)::BIGINT AS item_interactions_30d,
+               coalesce(users.n, 0)::BIGINT AS item_interaction_users_30d,
+               ((coalesce(act_1d, 0) + 1.0) / (coalesce(act_7d, 0) / 7.0 + 1.0))::FLOAT AS item_interaction_trend,
+               ((epoch(snapshot_ts) - epoch(last_act)) / 3600.0)::FLOAT AS item_hours_since_last_interaction,
+               coalesce(shown_30d, 0)::BIGINT AS item_shown_30d,
+               ((coalesce(act_30d, 0) + {w} * p.rate) / (coalesce(shown_30d, 0) + {w}))::FLOAT AS item_interaction_rate_30d
+        FROM win LEFT JOIN users USING (item_id, snapshot_ts) LEFT JOIN prior p USING (snapshot_ts)
+    """,
+    "generic_user_stats": """
+        WITH daily AS (
+            SELECT user_id, day,
+                   count(*) FILTER (WHERE event_type <> 'impression') AS act,
+                   count(*) FILTER (WHERE event_type = 'impression') AS shown,
+                   max(timestamp) FILTER (WHERE event_type <> 'impression') AS last_act
+            FROM ev GROUP BY ALL),
+        win AS (
+            SELECT d.user_id, s.snapshot_ts,
+                   sum(act) FILTER (WHERE d.day >= s.snapshot_ts - INTERVAL 7 DAY) AS act_7d,
+                   sum(act) FILTER (WHERE d.day >= s.snapshot_ts - INTERVAL 30 DAY) AS act_30d,
+                   sum(shown) FILTER (WHERE d.day >= s.snapshot_ts - INTERVAL 30 DAY) AS shown_30d,
+                   max(last_act) AS last_act
+            FROM daily d JOIN snapshots s
+              ON d.day < s.snapshot_ts AND d.day >= s.snapshot_ts - INTERVAL {retention} DAY
+            GROUP BY ALL HAVING sum(act) > 0),
+        items AS (
+            SELECT e.user_id, s.snapshot_ts, count(DISTINCT e.item_id) AS n
+            FROM ev e JOIN snapshots s ON e.day < s.snapshot_ts AND e.day >= s.snapshot_ts - INTERVAL 30 DAY
+            WHERE e.event_type <> 'impression' GROUP BY ALL)
+        SELECT user_id, snapshot_ts AS event_timestamp,
+               coalesce(act_7d, 0)::BIGINT AS user_interactions_7d,
+               coalesce(act_30d, 0)::BIGINT AS user_interactions_30d,
+               coalesce(items.n, 0)::BIGINT AS user_interaction_items_30d,
+               ((epoch(snapshot_ts) - epoch(last_act)) / 3600.0)::FLOAT AS user_hours_since_last_interaction,
+               coalesce(shown_30d, 0)::BIGINT AS user_shown_30d
+        FROM win LEFT JOIN items USING (user_id, snapshot_ts)
+    """,
+    "generic_user_category_stats": """
+        WITH daily AS (
+            SELECT user_id, category, day, count(*) AS act
+            FROM ev WHERE event_type <> 'impression' AND category IS NOT NULL AND category <> 'unknown'
+            GROUP BY ALL),
+        win AS (
+            SELECT d.user_id, d.category, s.snapshot_ts,
+                   sum(act) FILTER (WHERE d.day >= s.snapshot_ts - INTERVAL 30 DAY) AS act
+            FROM daily d JOIN snapshots s
+              ON d.day < s.snapshot_ts AND d.day >= s.snapshot_ts - INTERVAL {retention} DAY
+            GROUP BY ALL),
+        tot AS (SELECT user_id, snapshot_ts, sum(act) AS user_act FROM win GROUP BY ALL)
+        SELECT user_id, category, snapshot_ts AS event_timestamp,
+               coalesce(act, 0)::BIGINT AS uc_interactions_30d,
+               coalesce(coalesce(act, 0) / nullif(user_act, 0), 0)::FLOAT AS uc_interaction_share_30d
+        FROM win JOIN tot USING (user_id, snapshot_ts)
+    """,
+})
 
 _LISTING_ATTRS = """seller_id, category, brand, size, title,
        price::FLOAT AS price,

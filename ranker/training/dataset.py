@@ -57,6 +57,10 @@ class DatasetOptions:
     feature_service: str | None = None  # default: SERVICES[surface]
     chunk_rows: int = 1_000_000
     duckdb_memory_limit: str = "3GB"
+    # > 0: implicit feedback, each engagement event is a group with this many sampled negatives
+    # (ranker.training.negatives) instead of the logged impressions; 0 = the logged impressions.
+    negatives: int = 0
+    negatives_seed: int = 0
 
     def __post_init__(self) -> None:
         if self.surface not in SERVICES:
@@ -130,6 +134,10 @@ def _labelled_table(settings: Settings, options: DatasetOptions) -> pa.Table:
     the others join that small result. :func:`labelled_impressions` groups by all its columns, so
     exact duplicate impressions collapse into one row; here they are sorted next to each other
     (every column is a sort key) and dropped, which gives the same rows."""
+    if options.negatives:
+        from ranker.training.negatives import sampled_groups
+
+        return sampled_groups(settings, options)
     import duckdb
 
     events = settings.raw_dir / schema.EVENTS.file
@@ -439,6 +447,11 @@ def build_dataset(settings: Settings, options: DatasetOptions, *, progress=None,
         "seconds": round(time.perf_counter() - started, 2),
         "options": {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in asdict(options).items()},
     }
+    if options.negatives:
+        from ranker.training.negatives import describe
+
+        manifest["sampled_groups"] = describe(options)
+        manifest["label"] = manifest["sampled_groups"]["label"]
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
     tick("finish", t)
     return manifest

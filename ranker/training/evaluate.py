@@ -136,8 +136,9 @@ def score_rankers(settings: Settings, model: ModelArtefact, frame: pd.DataFrame,
         "model": predict(model, frame),
         "random": np.random.default_rng(seed).random(len(frame)),
         "popularity": _popularity(settings, frame.item_id, split, model.card["training_window"]["start"]),
-        "logged": -frame.position.to_numpy(dtype=np.float64),
     }
+    if (frame.position.to_numpy() > 0).any():  # sampled groups (position 0) have no logged order
+        scores["logged"] = -frame.position.to_numpy(dtype=np.float64)
     utility = _utility(settings, frame)
     if utility is not None:
         scores["oracle"] = utility
@@ -146,15 +147,14 @@ def score_rankers(settings: Settings, model: ModelArtefact, frame: pd.DataFrame,
 
 def _slices(frame: pd.DataFrame, surface: str) -> dict[str, np.ndarray]:
     """Row masks of the evaluation slices."""
-    new_user = frame.groupby("request_id", sort=False).user_clicks_30d.transform("max").fillna(0).to_numpy() == 0
     has_query = frame["query"].astype(str).str.len().to_numpy() > 0
-    masks = {
-        f"surface={surface}": np.ones(len(frame), dtype=bool),
-        "new_user": new_user,
-        "returning_user": ~new_user,
-        "query": has_query,
-        "no_query": ~has_query,
-    }
+    masks = {f"surface={surface}": np.ones(len(frame), dtype=bool)}
+    # the generic service (imported logs) counts interactions instead of clicks
+    activity = next((c for c in ("user_clicks_30d", "user_interactions_30d") if c in frame.columns), None)
+    if activity is not None:
+        new_user = frame.groupby("request_id", sort=False)[activity].transform("max").fillna(0).to_numpy() == 0
+        masks.update({"new_user": new_user, "returning_user": ~new_user})
+    masks.update({"query": has_query, "no_query": ~has_query})
     if "listing_age_hours" in frame.columns:
         masks["listing_age<48h"] = frame.listing_age_hours.to_numpy(dtype=np.float64) < YOUNG_LISTING_HOURS
     return {k: v for k, v in masks.items() if v.any()}

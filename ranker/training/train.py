@@ -228,6 +228,8 @@ def train_model(settings: Settings, options: TrainOptions, *, out_root: Path | N
             "groups": manifest["groups"],
             "attribution_hours": manifest["attribution_hours"],
             "label": manifest["label"],
+            # implicit feedback: groups are sampled negatives around each engagement, not logged lists
+            "sampled_groups": manifest.get("sampled_groups"),
             "rows_by_split": {k: int((parts == k).sum()) for k in ("train", "valid", "test")},
             "groups_by_split": {k: int(df.request_id[parts == k].nunique()) for k in ("train", "valid", "test")},
             "fitted_rows": sizes,

@@ -1,0 +1,425 @@
+"""Import external interaction logs into the canonical raw tables (``ranker.data.schema``), so
+every pipeline after it (features, Feast, training sets, training, evaluation, scorer) runs on
+them unchanged.
+
+Formats:
+
+* ``events``: our own schema, impressions with positions and later engagement (``event_id`` may be
+  absent: it is then derived from the row).
+* ``interactions``: the minimal form most apps export, ``user_id, item_id, timestamp`` plus
+  optional ``event_type`` (default ``click``; synonyms such as view, like, cart, order are
+  mapped), ``value`` (e.g. a rating, see ``min_value``), ``session_id`` and ``query``. There are
+  no impressions: train on sampled groups (``ranker dataset build --negatives K``).
+* ``open-bandit``: the real ZOZOTOWN logs, see :mod:`ranker.data.open_bandit`.
+
+Validation never drops a row silently: every rejected row is counted under its reason (missing
+value, unparsable timestamp, duplicate, unknown id, ...) and the report says so; ``strict`` turns
+any rejection into an error. Missing required *columns* are always an error. Listings, users and
+sellers come from optional ``items``/``users`` files; anything absent is derived from the log
+(a listing goes live at its first event, a user signs up at theirs) and text attributes the log
+does not have are ``"unknown"`` (prices 0), which the generic feature service does not use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ranker.config import Settings
+from ranker.data import schema
+from ranker.errors import RankerError
+
+FORMATS = ("events", "interactions", "open-bandit")
+UNKNOWN = "unknown"
+# Engagement names found in app exports, mapped to the canonical event types.
+EVENT_SYNONYMS = {
+    "click": "click", "view": "click", "detail_view": "click", "pageview": "click", "page_view": "click",
+    "interaction": "click", "play": "click", "rating": "click", "rate": "click",
+    "save": "save", "like": "save", "favorite": "save", "favourite": "save", "wishlist": "save", "bookmark": "save",
+    "add_to_bag": "add_to_bag", "add_to_cart": "add_to_bag", "addtocart": "add_to_bag", "cart": "add_to_bag",
+    "purchase": "purchase", "buy": "purchase", "order": "purchase", "transaction": "purchase", "checkout": "purchase",
+}
+INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp")
+OPTIONAL_INTERACTION_COLUMNS = ("event_type", "value", "session_id", "query")
+EVENT_REQUIRED = ("event_type", "timestamp", "user_id", "item_id", "surface", "request_id", "position")
+MANIFEST = "import_manifest.json"
+
+
+class LogImportError(RankerError, ValueError):
+    """The file cannot be imported as asked; the message names the file, column or reason."""
+
+
+@dataclass
+class Rejections:
+    """Rows rejected per reason, in the order reasons were first seen."""
+
+    counts: dict = field(default_factory=dict)
+
+    def reject(self, df: pd.DataFrame, mask, reason: str) -> pd.DataFrame:
+        mask = np.asarray(mask, dtype=bool)
+        n = int(mask.sum())
+        if n:
+            self.counts[reason] = self.counts.get(reason, 0) + n
+        return df[~mask]
+
+    @property
+    def total(self) -> int:
+        return int(sum(self.counts.values()))
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    fmt: str
+    path: Path
+    items: Path | None = None  # optional listing attributes (item_id + any listings column)
+    users: Path | None = None  # optional user profiles (user_id [, signup_at, size])
+    strict: bool = False  # fail on any rejected row
+    min_value: float | None = None  # interactions: rows with value below this are rejected (counted)
+    sold_on_purchase: bool = False  # a purchase sells the listing (unique second-hand items)
+    # open-bandit only
+    campaign: str = "all"
+    policies: tuple[str, ...] = ("random", "bts")
+    sample_rows: int | None = None  # per policy file, seeded, for fast tests
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.fmt not in FORMATS:
+            raise LogImportError(f"unknown format {self.fmt!r}; use one of {', '.join(FORMATS)}")
+
+
+def read_any(path: Path, *, what: str = "log") -> pd.DataFrame:
+    """Read CSV, TSV, JSON lines or parquet (by extension) with every column as text, so nothing
+    is coerced before validation."""
+    path = Path(path)
+    if not path.exists():
+        raise LogImportError(f"{what} file {path} not found")
+    if path.is_dir():
+        raise LogImportError(f"{what} {path} is a folder; give a .csv, .tsv, .jsonl or .parquet file")
+    suffix = "".join(path.suffixes[-2:]).lower()
+    try:
+        if suffix.endswith(".parquet"):
+            df = pd.read_parquet(path)
+            return df.astype({c: "object" for c in df.columns if df[c].dtype != object})
+        if suffix.endswith((".jsonl", ".ndjson", ".json")):
+            return pd.read_json(path, lines=True, dtype=False)
+        sep = "\t" if suffix.endswith((".tsv", ".tsv.gz")) else ","
+        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""])
+    except (ValueError, OSError) as exc:
+        raise LogImportError(f"{what} file {path} is not readable as {suffix or 'csv'}: {exc}") from None
+    except Exception as exc:  # pyarrow / parser errors of several types
+        raise LogImportError(f"{what} file {path} is not readable: {exc.__class__.__name__}: {exc}") from None
+
+
+def _require_columns(df: pd.DataFrame, needed, path: Path, fmt: str) -> None:
+    missing = [c for c in needed if c not in df.columns]
+    if missing:
+        raise LogImportError(
+            f"{path}: missing column(s) {', '.join(missing)} for the {fmt} format "
+            f"(found: {', '.join(map(str, df.columns)) or 'none'})"
+        )
+
+
+def _text(s: pd.Series) -> pd.Series:
+    """Strings with surrounding blanks removed; empty and null become NA."""
+    out = s.astype("string").str.strip()
+    return out.mask(out == "")
+
+
+def parse_timestamps(s: pd.Series) -> pd.Series:
+    """UTC timestamps from ISO text (naive = UTC) or unix epochs (s, ms or us by magnitude);
+    unparsable values become NaT."""
+    text = _text(s)
+    numeric = pd.to_numeric(text, errors="coerce")
+    out = pd.Series(pd.NaT, index=s.index, dtype=schema.TS)
+    is_num = numeric.notna()
+    if is_num.any():
+        v = numeric[is_num].astype("float64")
+        unit_div = np.where(v.abs() > 1e14, 1e6, np.where(v.abs() > 1e11, 1e3, 1.0))
+        out[is_num] = pd.to_datetime((v / unit_div * 1e6).round().astype("int64"), unit="us", utc=True).astype(schema.TS)
+    rest = ~is_num & text.notna()
+    if rest.any():
+        parsed = pd.to_datetime(text[rest], utc=True, errors="coerce", format="mixed")
+        out[rest] = parsed.astype(schema.TS)
+    return out
+
+
+def _event_ids(df: pd.DataFrame, cols: list[str]) -> pd.Series:
+    """Stable ids from the row's content (rerunning the import gives the same ids)."""
+    if df.empty:
+        return pd.Series([], index=df.index, dtype="string")
+    key = df[cols].astype(str).agg("\x1f".join, axis=1)
+    return key.map(lambda k: "ev" + hashlib.sha1(k.encode()).hexdigest()[:16]).astype("string")
+
+
+def _check_required(df: pd.DataFrame, cols, rej: Rejections) -> pd.DataFrame:
+    for c in cols:
+        df = rej.reject(df, df[c].isna().to_numpy(), f"missing {c}")
+    return df
+
+
+def _read_items(path: Path | None, rej: Rejections) -> pd.DataFrame | None:
+    if path is None:
+        return None
+    items = read_any(path, what="items")
+    _require_columns(items, ["item_id"], path, "items")
+    items = items.copy()
+    items["item_id"] = _text(items.item_id)
+    items = rej.reject(items, items.item_id.isna(), "items: missing item_id")
+    items = rej.reject(items, items.item_id.duplicated(keep="first"), "items: duplicate item_id")
+    for c in ("created_at", "sold_at"):
+        if c in items.columns:
+            raw = _text(items[c])
+            parsed = parse_timestamps(items[c])
+            items = rej.reject(items, (raw.notna() & parsed.isna()).to_numpy(), f"items: unparsable {c}")
+            items[c] = parsed[items.index]
+    for c in ("price", "original_price"):
+        if c in items.columns:
+            raw = _text(items[c])
+            num = pd.to_numeric(raw, errors="coerce")
+            items = rej.reject(items, (raw.notna() & num.isna()).to_numpy(), f"items: unparsable {c}")
+            items[c] = num[items.index]
+    return items
+
+
+def _read_users(path: Path | None, rej: Rejections) -> pd.DataFrame | None:
+    if path is None:
+        return None
+    users = read_any(path, what="users")
+    _require_columns(users, ["user_id"], path, "users")
+    users = users.copy()
+    users["user_id"] = _text(users.user_id)
+    users = rej.reject(users, users.user_id.isna(), "users: missing user_id")
+    users = rej.reject(users, users.user_id.duplicated(keep="first"), "users: duplicate user_id")
+    if "signup_at" in users.columns:
+        raw = _text(users.signup_at)
+        parsed = parse_timestamps(users.signup_at)
+        users = rej.reject(users, (raw.notna() & parsed.isna()).to_numpy(), "users: unparsable signup_at")
+        users["signup_at"] = parsed[users.index]
+    return users
+
+
+def _check_known_ids(ev: pd.DataFrame, items, users, rej: Rejections) -> pd.DataFrame:
+    if items is not None:
+        ev = rej.reject(ev, ~ev.item_id.isin(items.item_id).to_numpy(), "unknown item_id")
+        created = ev.item_id.map(items.set_index("item_id").created_at) if "created_at" in items.columns else None
+        if created is not None:
+            ev = rej.reject(ev, (created.notna() & (ev.timestamp < created)).to_numpy(), "before the listing's created_at")
+    if users is not None:
+        ev = rej.reject(ev, ~ev.user_id.isin(users.user_id).to_numpy(), "unknown user_id")
+    return ev
+
+
+def interactions_to_events(raw: pd.DataFrame, options: ImportOptions, rej: Rejections) -> pd.DataFrame:
+    """Validate an interactions log and map it to canonical events (no impressions)."""
+    _require_columns(raw, INTERACTION_COLUMNS, options.path, "interactions")
+    df = pd.DataFrame(index=raw.index)
+    for c in ("user_id", "item_id"):
+        df[c] = _text(raw[c])
+    ts_text = _text(raw.timestamp)
+    df["timestamp"] = parse_timestamps(raw.timestamp)
+    if "event_type" in raw.columns:
+        et = _text(raw.event_type).str.lower().str.replace(r"[\s-]+", "_", regex=True)
+        df["event_type"] = et.map(EVENT_SYNONYMS).astype("string")
+        df["_et_raw"] = et
+    else:
+        df["event_type"] = pd.Series("click", index=raw.index, dtype="string")
+        df["_et_raw"] = df.event_type
+    df["query"] = _text(raw["query"]).str.lower().str.split().str.join(" ") if "query" in raw.columns else pd.NA
+    df["session_id"] = _text(raw["session_id"]) if "session_id" in raw.columns else pd.NA
+    df = _check_required(df, ["user_id", "item_id"], rej)
+    df = rej.reject(df, ts_text[df.index].isna().to_numpy(), "missing timestamp")
+    df = rej.reject(df, df.timestamp.isna().to_numpy(), "unparsable timestamp")
+    df = rej.reject(df, (df._et_raw.notna() & df.event_type.isna()).to_numpy(), "unknown event_type")
+    df = rej.reject(df, df.event_type.isna().to_numpy(), "missing event_type")
+    if "value" in raw.columns:
+        raw_value = _text(raw.value)[df.index]
+        value = pd.to_numeric(raw_value, errors="coerce")
+        df = rej.reject(df, (raw_value.notna() & value.isna()).to_numpy(), "unparsable value")
+        if options.min_value is not None:
+            value = value[df.index]
+            df = rej.reject(df, (value.isna() | (value < options.min_value)).to_numpy(),
+                            f"value below --min-value {options.min_value:g}")
+    df = rej.reject(df, df.duplicated(["user_id", "item_id", "timestamp", "event_type"]).to_numpy(), "duplicate")
+    df["surface"] = np.where(df["query"].notna(), "search", "recs")
+    # No logged list: each interaction is its own request unless the log names a session.
+    own = "u:" + df.user_id.astype(str) + ":" + (df.timestamp.astype("int64") // 1000).astype(str)
+    df["request_id"] = df.session_id.fillna(own).astype("string")
+    df["position"] = 0  # 0 = not from a logged, positioned list
+    df["event_id"] = _event_ids(df, ["user_id", "item_id", "timestamp", "event_type"])
+    return df
+
+
+def events_to_events(raw: pd.DataFrame, options: ImportOptions, rej: Rejections) -> pd.DataFrame:
+    """Validate a log in our own events schema."""
+    _require_columns(raw, EVENT_REQUIRED, options.path, "events")
+    df = pd.DataFrame(index=raw.index)
+    for c in ("user_id", "item_id", "request_id"):
+        df[c] = _text(raw[c])
+    df["event_type"] = _text(raw.event_type).str.lower()
+    df["surface"] = _text(raw.surface).str.lower()
+    df["query"] = _text(raw["query"]).str.lower().str.split().str.join(" ") if "query" in raw.columns else pd.NA
+    ts_text = _text(raw.timestamp)
+    df["timestamp"] = parse_timestamps(raw.timestamp)
+    pos_text = _text(raw.position)
+    pos = pd.to_numeric(pos_text, errors="coerce")
+    df["event_id"] = _text(raw.event_id) if "event_id" in raw.columns else pd.NA
+    df = _check_required(df, ["event_type", "user_id", "item_id", "surface", "request_id"], rej)
+    df = rej.reject(df, ts_text[df.index].isna().to_numpy(), "missing timestamp")
+    df = rej.reject(df, df.timestamp.isna().to_numpy(), "unparsable timestamp")
+    df = rej.reject(df, ~df.event_type.isin(schema.EVENT_TYPES).to_numpy(), "unknown event_type")
+    df = rej.reject(df, ~df.surface.isin(schema.SURFACES).to_numpy(), "unknown surface")
+    pos = pos[df.index]
+    df = rej.reject(df, (pos.isna() | (pos < 1) | (pos != pos.round())).to_numpy(), "position not a positive integer")
+    df["position"] = pos[df.index].astype("int64")
+    if df.event_id.notna().any():
+        df = rej.reject(df, df.event_id.notna().to_numpy() & df.event_id.duplicated(keep="first").to_numpy(),
+                        "duplicate event_id")
+    content = ["event_type", "timestamp", "user_id", "item_id", "surface", "request_id", "position"]
+    df = rej.reject(df, df.duplicated(content).to_numpy(), "duplicate")
+    # Engagement belongs to a shown item: it needs an earlier impression of the same (request, item).
+    imp = df[df.event_type == "impression"].groupby(["request_id", "item_id"]).timestamp.min()
+    first_shown = pd.Series(
+        imp.reindex(pd.MultiIndex.from_frame(df[["request_id", "item_id"]])).to_numpy(), index=df.index
+    )
+    orphan = (df.event_type != "impression") & (first_shown.isna() | (df.timestamp <= first_shown))
+    df = rej.reject(df, orphan.to_numpy(), "engagement without an earlier impression of the same (request, item)")
+    missing_id = df.event_id.isna()
+    if missing_id.any():
+        df.loc[missing_id, "event_id"] = _event_ids(df[missing_id], content)
+    return df
+
+
+def derive_tables(events: pd.DataFrame, items: pd.DataFrame | None, users: pd.DataFrame | None, *,
+                  sold_on_purchase: bool = False) -> dict[str, pd.DataFrame]:
+    """Listings, users and sellers for the imported events: from the given files where present,
+    else derived from the log (first event = listing creation / signup)."""
+    first_item = events.groupby("item_id").timestamp.min()
+    ids = pd.Index(first_item.index)
+    if items is not None:
+        ids = ids.union(pd.Index(items.item_id.dropna()))
+    lst = pd.DataFrame({"item_id": ids.astype(str)})
+    given = items.set_index("item_id") if items is not None else pd.DataFrame(index=pd.Index([], name="item_id"))
+
+    def given_col(col: str) -> pd.Series:
+        if col in given.columns:
+            return lst.item_id.map(given[col])
+        return pd.Series(pd.NA, index=lst.index, dtype="object")
+
+    for col in ("seller_id", "category", "brand", "size", "condition", "colour"):
+        lst[col] = given_col(col).astype("string").fillna(UNKNOWN)
+    lst["title"] = given_col("title").astype("string").fillna("")
+    lst["price"] = pd.to_numeric(given_col("price"), errors="coerce").astype("float64").fillna(0.0)
+    lst["original_price"] = pd.to_numeric(given_col("original_price"), errors="coerce").astype("float64").fillna(lst.price)
+    created = pd.to_datetime(given_col("created_at"), utc=True)
+    lst["created_at"] = created.fillna(lst.item_id.map(first_item))
+    sold = pd.to_datetime(given_col("sold_at"), utc=True)
+    if sold_on_purchase:
+        bought = events[events.event_type == "purchase"].groupby("item_id").timestamp.min()
+        sold = sold.fillna(lst.item_id.map(bought))
+    lst["sold_at"] = sold
+    lst = lst[lst.created_at.notna()]  # a listing from the items file with neither created_at nor events
+    first_user = events.groupby("user_id").timestamp.min()
+    uids = pd.Index(first_user.index)
+    if users is not None:
+        uids = uids.union(pd.Index(users.user_id.dropna()))
+    usr = pd.DataFrame({"user_id": uids.astype(str)})
+    ug = users.set_index("user_id") if users is not None else pd.DataFrame(index=pd.Index([], name="user_id"))
+    signup = usr.user_id.map(ug.signup_at) if "signup_at" in ug.columns else pd.Series(pd.NaT, index=usr.index)
+    usr["signup_at"] = pd.to_datetime(signup, utc=True).fillna(usr.user_id.map(first_user))
+    usr["size"] = usr.user_id.map(ug["size"]).astype("string") if "size" in ug.columns else pd.NA
+    usr = usr[usr.signup_at.notna()]
+    sellers = lst.groupby("seller_id", as_index=False).created_at.min().rename(columns={"created_at": "joined_at"})
+    return {"listings": lst, "users": usr, "sellers": sellers}
+
+
+def import_log(settings: Settings, options: ImportOptions, *, extra_tables: dict | None = None) -> dict:
+    """Import ``options.path`` into ``settings.raw_dir``; returns the report (also written to
+    ``data/raw/import_manifest.json``). Rerunning replaces the raw tables whole."""
+    started = time.perf_counter()
+    rej = Rejections()
+    items = _read_items(options.items, rej)
+    users = _read_users(options.users, rej)
+    if options.fmt == "open-bandit":
+        from ranker.data.open_bandit import read_open_bandit
+
+        raw_rows, events, items, extra = read_open_bandit(options, rej)
+        extra_tables = {**(extra_tables or {}), **extra}
+    else:
+        raw = read_any(options.path)
+        raw_rows = len(raw)
+        convert = interactions_to_events if options.fmt == "interactions" else events_to_events
+        events = convert(raw, options, rej)
+        events = _check_known_ids(events, items, users, rej)
+    report = {
+        "format": options.fmt,
+        "source": str(Path(options.path).resolve()),
+        "rows_read": int(raw_rows),
+        "rows_imported": int(len(events) if options.fmt != "open-bandit" else (events.event_type == "impression").sum()),
+        "rejected": dict(rej.counts),
+        "rejected_total": rej.total,
+    }
+    if options.strict and rej.total:
+        reasons = ", ".join(f"{k}: {v}" for k, v in rej.counts.items())
+        raise LogImportError(f"--strict: {rej.total} row(s) rejected ({reasons}); nothing was written")
+    if events.empty:
+        raise LogImportError(f"{options.path}: no valid rows to import (rejected: {rej.counts or 'none'})")
+    events = events.sort_values(["timestamp", "request_id", "position", "event_id"], kind="stable")
+    tables = derive_tables(events, items, users, sold_on_purchase=options.sold_on_purchase)
+    raw_dir = settings.raw_dir
+    schema.write_table(raw_dir, schema.EVENTS, events)
+    schema.write_table(raw_dir, schema.LISTINGS, tables["listings"])
+    schema.write_table(raw_dir, schema.USERS, tables["users"])
+    schema.write_table(raw_dir, schema.SELLERS, tables["sellers"])
+    # A side table of an earlier import (e.g. Open Bandit propensities) does not describe this log.
+    from ranker.data.open_bandit import PROPENSITIES
+
+    stale = raw_dir / f"{PROPENSITIES}.parquet"
+    if PROPENSITIES not in (extra_tables or {}) and stale.exists():
+        stale.unlink()
+    for name, frame in (extra_tables or {}).items():
+        tmp = raw_dir / f".{name}.parquet.tmp"
+        frame.to_parquet(tmp, index=False)
+        tmp.replace(raw_dir / f"{name}.parquet")
+    counts = events.event_type.value_counts()
+    report.update(
+        {
+            "events": {k: int(counts.get(k, 0)) for k in schema.EVENT_TYPES},
+            "surfaces": {k: int(v) for k, v in events.surface.value_counts().items()},
+            "has_impressions": bool(counts.get("impression", 0) > 0),
+            "listings": int(len(tables["listings"])),
+            "users": int(len(tables["users"])),
+            "sellers": int(len(tables["sellers"])),
+            "item_attributes": sorted(c for c in (items.columns if items is not None else []) if c != "item_id"),
+            "window": {"first": events.timestamp.min().isoformat(), "last": events.timestamp.max().isoformat()},
+            "extra_tables": sorted(extra_tables or {}),
+            "raw_dir": str(raw_dir),
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+    )
+    (raw_dir / MANIFEST).write_text(json.dumps(report, indent=2))
+    return report
+
+
+def describe(report: dict) -> str:
+    """One paragraph for the CLI."""
+    rejected = ", ".join(f"{k}: {v:,}" for k, v in report["rejected"].items()) or "none"
+    ev = ", ".join(f"{v:,} {k}" for k, v in report["events"].items() if v)
+    hint = (
+        "" if report["has_impressions"]
+        else " No impressions in this log: build training sets with `ranker dataset build --negatives K "
+        "--feature-service generic_ranker_v1`."
+    )
+    return (
+        f"Imported {report['rows_imported']:,} of {report['rows_read']:,} rows ({report['format']}) "
+        f"from {report['source']}: {ev}; {report['listings']:,} listings, {report['users']:,} users, "
+        f"{report['sellers']:,} sellers; {report['window']['first']} .. {report['window']['last']}.\n"
+        f"Rejected {report['rejected_total']:,} row(s): {rejected}.\n"
+        f"Wrote {report['raw_dir']}/ (events, listings, users, sellers"
+        + "".join(f", {t}" for t in report["extra_tables"]) + f", {MANIFEST}) in {report['seconds']} s." + hint
+    )

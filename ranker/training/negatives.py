@@ -1,0 +1,167 @@
+"""Sampled training groups for implicit feedback (logs without impressions, or whose logged lists
+are too short to rank, such as Open Bandit's one-slot rounds).
+
+Every positive (an engagement event of the surface in the window) becomes a group: the positive
+itself, labelled with its grade (click 1 .. purchase 4), and ``ratio`` negatives labelled 0,
+drawn uniformly without replacement from the listings that were *available at that moment*:
+created strictly before the event and not sold at or before it (a listing the user could have
+been shown). The positive's own listing is never a negative; other listings the user engaged with
+may be (sampled negatives are "not chosen this time", not "disliked"). Draws are seeded: the same
+log, ratio and seed give the same groups. All rows of a group carry the positive's timestamp, so
+Feast fetches every candidate's features as they were at that moment.
+
+The result has the columns and order of the impression-based labelling in
+``ranker.training.dataset`` (position is 0: the rows were not shown in a logged list).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from ranker.config import Settings
+from ranker.data import schema
+from ranker.errors import RankerError
+
+
+class SamplingError(RankerError):
+    """Sampled groups cannot be built as asked."""
+
+
+def positives(settings: Settings, options) -> pd.DataFrame:
+    """Engagement events of the surface in the window, one row per (user, item, time), best grade."""
+    import duckdb
+
+    events = settings.raw_dir / schema.EVENTS.file
+    if not events.exists():
+        raise SamplingError(f"{events} not found: run `ranker data import` (or simulate) first")
+    grade = " ".join(f"WHEN '{k}' THEN {v}" for k, v in schema.EVENT_GRADE.items())
+    where = ["event_type <> 'impression'", "surface = $surface"]
+    params: dict = {"surface": options.surface}
+    if options.start:
+        where.append("timestamp >= $start")
+        params["start"] = options.start
+    if options.end:
+        where.append("timestamp < $end")
+        params["end"] = options.end
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone='UTC'")
+        df = con.execute(
+            f"""SELECT min(event_id) AS event_id, timestamp, user_id, item_id, coalesce(query, '') AS query,
+                       max(CASE event_type {grade} END)::INTEGER AS label
+                FROM read_parquet('{events}') WHERE {' AND '.join(where)}
+                GROUP BY timestamp, user_id, item_id, coalesce(query, '')
+                ORDER BY timestamp, user_id, item_id, query""",
+            params,
+        ).df()
+    finally:
+        con.close()
+    df["timestamp"] = pd.to_datetime(df.timestamp, utc=True)
+    return df
+
+
+def sample_negatives(pos: pd.DataFrame, listings: pd.DataFrame, *, ratio: int, seed: int) -> pd.DataFrame:
+    """For each positive row, up to ``ratio`` listings available at its timestamp (created
+    before, not yet sold, not the positive's own); returns (group, item_id) pairs.
+
+    Rejection sampling over the listings created before the positive (a prefix of the listings
+    sorted by creation), vectorised over all positives; the rare positives left short (few
+    listings live) are completed exactly from their full available set."""
+    if ratio < 1:
+        raise SamplingError(f"--negatives must be >= 1 (got {ratio})")
+    rng = np.random.default_rng(seed)
+    lst = listings.sort_values(["created_at", "item_id"], kind="stable").reset_index(drop=True)
+    created = lst.created_at.astype("int64").to_numpy()
+    sold = lst.sold_at.astype("int64").to_numpy()
+    sold = np.where(lst.sold_at.isna().to_numpy(), np.iinfo(np.int64).max, sold)
+    item_index = pd.Series(np.arange(len(lst)), index=lst.item_id.astype(str))
+    ts = pos.timestamp.astype("int64").to_numpy()
+    own = item_index.reindex(pos.item_id.astype(str)).fillna(-1).astype(np.int64).to_numpy()
+    n_created = np.searchsorted(created, ts, side="left")  # listings with created_at < ts
+    n = len(pos)
+    draws = max(4 * ratio, ratio + 8)
+    cand = (rng.random((n, draws)) * n_created[:, None]).astype(np.int64)
+    ok = (n_created[:, None] > 0) & (sold[cand] > ts[:, None]) & (cand != own[:, None])
+    # keep the first occurrence of each candidate per row
+    order = np.argsort(cand, axis=1, kind="stable")
+    sorted_cand = np.take_along_axis(cand, order, axis=1)
+    dup_sorted = np.zeros_like(ok)
+    dup_sorted[:, 1:] = sorted_cand[:, 1:] == sorted_cand[:, :-1]
+    dup = np.zeros_like(ok)
+    np.put_along_axis(dup, order, dup_sorted, axis=1)
+    ok &= ~dup
+    rank = np.cumsum(ok, axis=1)
+    take = ok & (rank <= ratio)
+    rows, cols = np.nonzero(take)
+    group, chosen = rows, cand[rows, cols]
+    short = np.flatnonzero(take.sum(axis=1) < ratio)
+    extra_g, extra_i = [], []
+    for r in short:
+        avail = np.flatnonzero((np.arange(n_created[r]) != own[r]) & (sold[: n_created[r]] > ts[r]))
+        have = cand[r, take[r]]
+        rest = np.setdiff1d(avail, have, assume_unique=False)
+        need = min(ratio - len(have), len(rest))
+        if need > 0:
+            extra_g.append(np.full(need, r))
+            extra_i.append(rng.choice(rest, size=need, replace=False))
+    if extra_g:
+        group = np.concatenate([group, *extra_g])
+        chosen = np.concatenate([chosen, *extra_i])
+    return pd.DataFrame({"group": group, "item_id": lst.item_id.to_numpy()[chosen].astype(str)})
+
+
+def sampled_groups(settings: Settings, options) -> pa.Table:
+    """The training rows of sampled groups, in the column order and row order the dataset build
+    expects (groups by time, then id; positive first)."""
+    ratio = int(getattr(options, "negatives", 0))
+    seed = int(getattr(options, "negatives_seed", 0))
+    pos = positives(settings, options)
+    if pos.empty:
+        raise SamplingError(
+            f"no {options.surface} engagement events between {options.start or 'the first event'} and "
+            f"{options.end or 'the last event'}: nothing to sample groups around"
+        )
+    listings = schema.read_table(settings.raw_dir, schema.LISTINGS)
+    neg = sample_negatives(pos, listings, ratio=ratio, seed=seed)
+    request_id = ("sg:" + pos.event_id.astype(str)).to_numpy()
+    pos_rows = pd.DataFrame(
+        {"group": np.arange(len(pos)), "item_id": pos.item_id.astype(str).to_numpy(), "label": pos.label.to_numpy(), "_neg": 0}
+    )
+    neg_rows = neg.assign(label=0, _neg=1)
+    rows = pd.concat([pos_rows, neg_rows], ignore_index=True).sort_values(["group", "_neg", "item_id"], kind="stable")
+    g = rows.group.to_numpy()
+    attrs = listings.set_index("item_id")[["seller_id", "category"]]
+    out = pd.DataFrame(
+        {
+            "request_id": request_id[g],
+            "event_timestamp": pos.timestamp.to_numpy()[g],
+            "user_id": pos.user_id.astype(str).to_numpy()[g],
+            "item_id": rows.item_id.to_numpy(),
+            "position": np.zeros(len(rows), dtype=np.int32),
+            "query": pos["query"].astype(str).to_numpy()[g],
+            "seller_id": rows.item_id.map(attrs.seller_id).to_numpy(),
+            "category": rows.item_id.map(attrs.category).to_numpy(),
+            "label": rows.label.to_numpy().astype(np.int32),
+        }
+    )
+    out["event_timestamp"] = pd.to_datetime(out.event_timestamp, utc=True)
+    out = out.sort_values(["event_timestamp", "request_id"], kind="stable").reset_index(drop=True)
+    return pa.Table.from_pandas(out, preserve_index=False)
+
+
+def describe(options) -> dict:
+    """What the dataset manifest and the model card say about sampled groups."""
+    return {
+        "sampled": True,
+        "negatives_per_positive": int(options.negatives),
+        "seed": int(options.negatives_seed),
+        "label": "the positive's grade (best engagement of that user, listing and moment: "
+        + ", ".join(f"{k}={v}" for k, v in sorted(schema.EVENT_GRADE.items(), key=lambda kv: kv[1]) if v > 0)
+        + "); sampled negatives 0",
+        "how": "each engagement event is a group: the positive (its grade) plus negatives drawn uniformly "
+        "without replacement from listings available at that moment (created before, not yet sold); "
+        "the groups were not shown to anyone, so position is 0 and no logged order exists",
+    }
+
