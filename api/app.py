@@ -16,6 +16,15 @@ Routes (one blueprint per concern):
 ``POST /admin/reload`` reload production models from the registry now (always needs the token)
 =====================  =====================================================================
 
+A/B: ``RANKER_VARIANTS`` / ``RANKER_VARIANTS_FILE`` give each surface its variants (a stage or a
+version each, with a traffic weight; :mod:`ranker.monitoring.abtest`); a user is assigned by a salted
+hash of ``user_id`` (``RANKER_AB_SALT``) and stays in one variant. The response carries ``"variant"``.
+
+Served-feature log: a ``RANKER_SERVED_LOG_SAMPLE`` share of requests is handed, after the answer is
+computed, to a bounded queue (``put_nowait``: never waits, a full queue drops and counts in
+``ranker_served_log_dropped_total``); a background thread writes rotated parquet files under
+``RANKER_SERVED_LOG_URI`` (:mod:`ranker.monitoring.servedlog`). Logging never fails a request.
+
 Degraded mode: when the feature fetch fails (``OnlineStoreUnavailable``, any error) or misses its
 budget, the request is still answered within the budget, ``"degraded": true``: listings remembered as
 sold are removed, the rest are ordered by their last-known popularity (``item_clicks_7d`` from earlier
@@ -43,6 +52,8 @@ from api.metrics import Metrics
 from api.models import ItemMemory, ModelHolder, ServingModel
 from api.schemas import ApiError, RankRequest, error_body, finite_or_none, parse_json_body, parse_rank_request
 from ranker.config import ConfigError, Settings
+from ranker.errors import RankerError
+from ranker.monitoring.abtest import load_variants
 from ranker.training.train import MODEL_NAMES
 
 log = logging.getLogger("api")
@@ -59,6 +70,16 @@ DEFAULTS: dict[str, Any] = {
     "MAX_CONTENT_LENGTH": 1 << 20,  # request body limit in bytes (env: RANKER_MAX_BODY_BYTES)
     # Sum /metrics over gunicorn workers (PROMETHEUS_MULTIPROC_DIR); set by api/gunicorn_conf.py.
     "RANKER_METRICS_MULTIPROCESS": False,
+    # A/B variants per surface (JSON text or a mapping; or a JSON file) and the assignment salt.
+    "RANKER_VARIANTS": "",
+    "RANKER_VARIANTS_FILE": "",
+    "RANKER_AB_SALT": "",
+    # Served-feature log: where (empty = {home}/data/served_log, file:///..., s3://...), how much.
+    "RANKER_SERVED_LOG_URI": "",
+    "RANKER_SERVED_LOG_SAMPLE": 0.1,
+    "RANKER_SERVED_LOG_QUEUE": 2000,
+    "RANKER_SERVED_LOG_ROTATE_ROWS": 50_000,
+    "RANKER_SERVED_LOG_ROTATE_S": 60.0,
 }
 _ENV_PARSERS: dict[str, tuple[str, type]] = {
     "RANKER_API_TOKEN": ("RANKER_API_TOKEN", str),
@@ -70,6 +91,14 @@ _ENV_PARSERS: dict[str, tuple[str, type]] = {
     "RANKER_FETCH_THREADS": ("RANKER_FETCH_THREADS", int),
     "MAX_CONTENT_LENGTH": ("RANKER_MAX_BODY_BYTES", int),
     "RANKER_METRICS_MULTIPROCESS": ("RANKER_METRICS_MULTIPROCESS", bool),
+    "RANKER_VARIANTS": ("RANKER_VARIANTS", str),
+    "RANKER_VARIANTS_FILE": ("RANKER_VARIANTS_FILE", str),
+    "RANKER_AB_SALT": ("RANKER_AB_SALT", str),
+    "RANKER_SERVED_LOG_URI": ("RANKER_SERVED_LOG_URI", str),
+    "RANKER_SERVED_LOG_SAMPLE": ("RANKER_SERVED_LOG_SAMPLE", float),
+    "RANKER_SERVED_LOG_QUEUE": ("RANKER_SERVED_LOG_QUEUE", int),
+    "RANKER_SERVED_LOG_ROTATE_ROWS": ("RANKER_SERVED_LOG_ROTATE_ROWS", int),
+    "RANKER_SERVED_LOG_ROTATE_S": ("RANKER_SERVED_LOG_ROTATE_S", float),
 }
 TOP_CONTRIBUTIONS = 5
 
@@ -112,6 +141,8 @@ class ScorerConfig:
     item_cache_ttl_s: float
     surfaces: tuple[str, ...]
     fetch_threads: int
+    experiments: dict = None  # surface -> ranker.monitoring.abtest.Experiment
+    served_log: Any = None  # ranker.monitoring.servedlog.ServedLogConfig
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "ScorerConfig":
@@ -132,6 +163,11 @@ class ScorerConfig:
             item_cache_ttl_s=float(config["RANKER_ITEM_CACHE_TTL_S"]),
             surfaces=surfaces,
             fetch_threads=int(config["RANKER_FETCH_THREADS"]),
+            experiments=load_variants(
+                config.get("RANKER_VARIANTS") or "", str(config.get("RANKER_VARIANTS_FILE") or ""),
+                surfaces=surfaces, salt=str(config.get("RANKER_AB_SALT") or ""),
+            ),
+            served_log=_served_log_config(config),
         )
         checks = [
             (out.max_candidates >= 1, "RANKER_MAX_CANDIDATES must be >= 1"),
@@ -144,6 +180,21 @@ class ScorerConfig:
             if not ok:
                 raise ConfigError(message)
         return out
+
+
+def _served_log_config(config: Mapping[str, Any]) -> Any:
+    from ranker.monitoring.servedlog import ServedLogConfig
+
+    try:
+        return ServedLogConfig(
+            uri=str(config.get("RANKER_SERVED_LOG_URI") or ""),
+            sample_rate=float(config.get("RANKER_SERVED_LOG_SAMPLE", 0.0)),
+            queue_size=int(config.get("RANKER_SERVED_LOG_QUEUE", 2000)),
+            rotate_rows=int(config.get("RANKER_SERVED_LOG_ROTATE_ROWS", 50_000)),
+            rotate_seconds=float(config.get("RANKER_SERVED_LOG_ROTATE_S", 60.0)),
+        )
+    except RankerError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 @dataclass(frozen=True, eq=False)
@@ -161,13 +212,15 @@ class Ranking:
 class Scorer:
     """The app's long-lived state: settings, models (with the store pool), item memory and metrics."""
 
-    def __init__(self, *, settings: Settings, config: ScorerConfig, models: ModelHolder, metrics: Metrics) -> None:
+    def __init__(self, *, settings: Settings, config: ScorerConfig, models: ModelHolder, metrics: Metrics,
+                 served_log: Any = None) -> None:
         from ranker.serving.features import OnlineStoreUnavailable
 
         self.settings = settings
         self.config = config
         self.models = models
         self.metrics = metrics
+        self.served_log = served_log  # ranker.monitoring.servedlog.ServedLogWriter or None (off)
         self.memory = ItemMemory()
         self.store_unavailable = OnlineStoreUnavailable
         self._last_warning: dict[str, float] = {}
@@ -245,17 +298,61 @@ class Scorer:
         return Ranking(item_ids=kept_ids, scores=scores, order=order, matrix=matrix, removed_sold=removed,
                        degraded_reason=None if rows is not None else degraded_reason)
 
+    def model_for(self, req: RankRequest) -> tuple[ServingModel | None, str]:
+        """(model, variant name) for the request: the user's A/B variant; when that variant has no
+        model loaded (e.g. an empty staging stage) the control serves and is reported."""
+        experiment = self.config.experiments[req.surface]
+        variant = experiment.assign(req.user_id).name
+        model = self.models.get(req.surface, variant)
+        if model is None and variant != experiment.variants[0].name:
+            self._warn(f"variant:{req.surface}:{variant}", "variant %s of %s has no model; the control serves",
+                       variant, req.surface)
+            variant = experiment.variants[0].name
+            model = self.models.get(req.surface)
+        return model, variant
+
+    def log_served(self, *, request_id: str, req: RankRequest, model: ServingModel, variant: str,
+                   ranking: "Ranking") -> None:
+        """Hand the answer to the served-feature log (sampled). Cheap and never raises: the record
+        holds the arrays this request already owns (the kept rows' matrix is a fresh copy made by
+        the indexing in :meth:`score`) and the queue never waits."""
+        writer = self.served_log
+        try:
+            if writer is None or not writer.sample():
+                return
+            from ranker.monitoring.servedlog import ServedRecord
+
+            ranks = np.zeros(len(ranking.item_ids), dtype=np.int32)
+            ranks[ranking.order] = np.arange(1, len(ranking.order) + 1, dtype=np.int32)
+            record = ServedRecord(
+                request_id=request_id, request_ts=float(req.request_ts), logged_at=time.time(),
+                surface=req.surface, user_id=req.user_id, query=req.query, model_name=model.name,
+                model_version=model.version, variant=variant, feature_service=model.feature_service,
+                feature_names=model.feature_names, degraded=ranking.degraded_reason is not None,
+                item_ids=ranking.item_ids, scores=ranking.scores, ranks=ranks, matrix=ranking.matrix,
+            )
+            if writer.submit(record):
+                self.metrics.served_log_requests.inc()
+        except Exception:  # noqa: BLE001 - logging must never fail a request
+            self.metrics.served_log_dropped.labels("error").inc()
+            self._warn("served_log", "served-feature log record failed; dropped", exc_info=True)
+
     def close(self) -> None:
-        """Stop the poller, close feature paths and the store pool (tests and worker exit)."""
+        """Stop the poller, close feature paths and the store pool, flush the served log."""
         self.models.close()
+        if self.served_log is not None:
+            self.served_log.close()
 
 
-def create_app(test_config: Mapping[str, Any] | None = None, *, settings: Settings | None = None) -> Flask:
+def create_app(test_config: Mapping[str, Any] | None = None, *, settings: Settings | None = None,
+               features_factory: Any = None) -> Flask:
     """Build the scorer.
 
     Args:
         test_config: overrides applied last (keys of :data:`DEFAULTS` or any Flask setting).
         settings: platform settings; default ``Settings.from_env()``.
+        features_factory: builds the feature path of a service (default ``OnlineFeatures``); tests
+            use it to wrap the real path (e.g. to inject a serving-side transformation bug).
 
     Loads the production model of every configured surface (a surface without one is reported by
     /readyz and answers 503 ``no_model``) and starts the registry poller.
@@ -273,8 +370,15 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, settings: Settin
     models = ModelHolder(
         settings, surfaces=config.surfaces, feature_timeout_s=config.feature_timeout_s,
         item_cache_ttl_s=config.item_cache_ttl_s, metrics=metrics, fetch_threads=config.fetch_threads,
+        experiments=config.experiments, features_factory=features_factory,
     )
-    scorer = Scorer(settings=settings, config=config, models=models, metrics=metrics)
+    served_log = None
+    if config.served_log.sample_rate > 0:
+        from ranker.monitoring.servedlog import ServedLogWriter, log_store
+
+        served_log = ServedLogWriter(log_store(settings, config.served_log.uri), config.served_log,
+                                     on_event=metrics.served_log_event)
+    scorer = Scorer(settings=settings, config=config, models=models, metrics=metrics, served_log=served_log)
     app.extensions["ranker"] = scorer
     for surface in config.surfaces:
         metrics.init_surface(surface)
@@ -403,7 +507,7 @@ def rank() -> Response:
         surfaces=state.config.surfaces, max_candidates=state.config.max_candidates,
     )
     g.surface = req.surface
-    model = state.models.get(req.surface)  # read once: a concurrent reload cannot change it under us
+    model, variant = state.model_for(req)  # read once: a concurrent reload cannot change it under us
     if model is None:
         raise ApiError(503, "no_model", f"no production model is loaded for surface {req.surface!r}: "
                        f"{state.models.state(req.surface).error or 'promote one and POST /admin/reload'}")
@@ -429,6 +533,7 @@ def rank() -> Response:
     body: dict[str, Any] = {
         "request_id": request_id,
         "model": {"name": model.name, "version": model.version},
+        "variant": variant,
         "items": items,
         "removed_sold": ranking.removed_sold,
         "duplicates_removed": req.duplicates,
@@ -437,6 +542,8 @@ def rank() -> Response:
     if ranking.degraded_reason is not None:
         body["degraded_reason"] = ranking.degraded_reason
     response = _json(body, headers={"X-Request-ID": request_id})
+    metrics.variant_requests.labels(req.surface, variant).inc()
+    state.log_served(request_id=request_id, req=req, model=model, variant=variant, ranking=ranking)
     metrics.observe_stage(req.surface, "serialise", time.perf_counter() - t_predict)
     return response
 

@@ -97,6 +97,38 @@ class Metrics:
             "ranker_model_loads", "Model load attempts by surface and result (loaded, failed).",
             ["surface", "result"], registry=r,
         )
+        # A/B and the served-feature log (ranker.monitoring).
+        self.variant_requests = Counter(
+            "ranker_variant_requests", "Ranking requests answered by each A/B variant.", ["surface", "variant"],
+            registry=r,
+        )
+        self.variant_info = Gauge(
+            "ranker_variant_model_info", "1 for the model version an A/B variant serves.",
+            ["surface", "variant", "version"], registry=r, multiprocess_mode="livemax",
+        )
+        self.model_created = Gauge(
+            "ranker_model_created_timestamp_seconds", "When the served model version was trained (unix s).",
+            ["surface", "variant"], registry=r, multiprocess_mode="livemin",
+        )
+        self.registry_check = Gauge(
+            "ranker_model_last_check_timestamp_seconds",
+            "Last time the scorer checked the registry for promotions (unix s; the oldest worker).",
+            ["surface"], registry=r, multiprocess_mode="livemin",
+        )
+        self.served_log_rows = Counter(
+            "ranker_served_log_rows", "(request, item) rows written to the served-feature log.", registry=r,
+        )
+        self.served_log_requests = Counter(
+            "ranker_served_log_requests", "Requests sampled and queued for the served-feature log.", registry=r,
+        )
+        self.served_log_files = Counter(
+            "ranker_served_log_files", "Parquet files written by the served-feature log.", registry=r,
+        )
+        self.served_log_dropped = Counter(
+            "ranker_served_log_dropped",
+            "Served-log records dropped: queue_full (requests), write_error (rows), error (requests).",
+            ["reason"], registry=r,
+        )
         self._cache_seen: dict[int, tuple[int, int]] = {}
         self._cache_lock = threading.Lock()
 
@@ -105,6 +137,37 @@ class Metrics:
         for counter in (self.cache_hits, self.cache_misses, self.removed_sold, self.unknown_items):
             counter.labels(surface)
         self.model_loaded.labels(surface).set(0)
+        for reason in ("queue_full", "write_error", "error"):
+            self.served_log_dropped.labels(reason)
+        # 0 until the registry has answered for every variant: a scorer that never resolves its
+        # models trips RankerModelNotReloaded instead of exposing nothing.
+        self.registry_check.labels(surface).set(0)
+
+    def served_log_event(self, kind: str, n: int) -> None:
+        """Callback of :class:`ranker.monitoring.servedlog.ServedLogWriter` (its thread)."""
+        if kind == "written":
+            self.served_log_rows.inc(n)
+        elif kind == "file":
+            self.served_log_files.inc(n)
+        elif kind.startswith("dropped_"):
+            self.served_log_dropped.labels(kind[len("dropped_"):]).inc(n)
+
+    def registry_checked(self, surface: str, at: float) -> None:
+        """The registry answered for every variant of ``surface`` (unix s): the stale-reload alert's clock."""
+        self.registry_check.labels(surface).set(at)
+
+    def variant_swapped(self, surface: str, variant: str, old_version: str | None, new_version: str,
+                        *, created_at: str | None = None) -> None:
+        if old_version is not None and old_version != new_version:
+            self.variant_info.labels(surface, variant, old_version).set(0)
+        self.variant_info.labels(surface, variant, new_version).set(1)
+        if created_at:
+            from datetime import datetime
+
+            try:
+                self.model_created.labels(surface, variant).set(datetime.fromisoformat(created_at).timestamp())
+            except ValueError:
+                pass
 
     def observe_stage(self, surface: str, stage: str, seconds: float) -> None:
         self.stage_seconds.labels(surface, stage).observe(seconds)

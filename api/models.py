@@ -9,6 +9,10 @@ in-flight request finishes on the object it started with; the replaced feature p
 a grace period, not under a running request. A version that fails to load is logged, counted
 (``ranker_model_loads_total{result="failed"}``) and skipped; the current model keeps serving.
 
+A/B: a surface can have several variants (:mod:`ranker.monitoring.abtest`), each naming a stage or
+a version; the holder keeps one model per (surface, variant), and variants that resolve to the same
+version share one :class:`ServingModel`. ``get(surface)`` is the first (control) variant.
+
 :class:`ItemMemory` is the degraded-mode source: the last-known popularity (``item_clicks_7d``) and
 sold status of listings, remembered from successful feature fetches. It costs no start-up I/O and
 bounds its memory with two generations of dictionaries.
@@ -27,6 +31,7 @@ import numpy as np
 
 from ranker.config import Settings
 from ranker.errors import RankerError
+from ranker.monitoring.abtest import Experiment, default_experiment
 from ranker.training.train import MODEL_NAMES
 
 POPULARITY_FEATURE = "item_clicks_7d"
@@ -122,6 +127,7 @@ class SurfaceState:
     error: str | None = None
     failed_version: str | None = None
     checked_at: float | None = None
+    resolved_at: float | None = None  # last time the registry answered for this surface/variant
 
 
 def _default_features_factory(settings: Settings, *, service: str, timeout_s: float, item_cache_ttl_s: float) -> Any:
@@ -160,6 +166,7 @@ class ModelHolder:
         features_factory: Callable[..., Any] | None = None,
         retire_grace_s: float = 30.0,
         fetch_threads: int = 8,
+        experiments: dict[str, Experiment] | None = None,
     ) -> None:
         unknown = [s for s in surfaces if s not in MODEL_NAMES]
         if unknown:
@@ -176,8 +183,15 @@ class ModelHolder:
         self.registry = registry
         self.features_factory = features_factory or _default_features_factory
         self.retire_grace_s = float(retire_grace_s)
-        self._models: dict[str, ServingModel] = {}
+        experiments = dict(experiments or {})
+        self.experiments = {s: experiments.get(s) or default_experiment(s) for s in self.surfaces}
+        self._models: dict[str, ServingModel] = {}  # surface -> the control (first) variant's model
+        self._variant_models: dict[tuple[str, str], ServingModel] = {}
         self._state = {s: SurfaceState(name=MODEL_NAMES[s]) for s in self.surfaces}
+        self._variant_state = {
+            (s, v.name): (self._state[s] if i == 0 else SurfaceState(name=MODEL_NAMES[s]))
+            for s in self.surfaces for i, v in enumerate(self.experiments[s].variants)
+        }
         self._refresh_lock = threading.Lock()
         self._retired: list[tuple[float, Any]] = []
         self._stop = threading.Event()
@@ -186,12 +200,15 @@ class ModelHolder:
 
     # ------------------------------------------------------------------------------------- reading
 
-    def get(self, surface: str) -> ServingModel | None:
-        """The model serving ``surface`` now (one reference read: safe against a concurrent swap)."""
-        return self._models.get(surface)
+    def get(self, surface: str, variant: str | None = None) -> ServingModel | None:
+        """The model serving ``surface`` (its ``variant``; default the control) now: one reference
+        read, safe against a concurrent swap."""
+        if variant is None:
+            return self._models.get(surface)
+        return self._variant_models.get((surface, variant))
 
-    def state(self, surface: str) -> SurfaceState:
-        return self._state[surface]
+    def state(self, surface: str, variant: str | None = None) -> SurfaceState:
+        return self._state[surface] if variant is None else self._variant_state[(surface, variant)]
 
     def ping(self, model: ServingModel, *, timeout_s: float) -> bool:
         """Does the model's online store answer within ``timeout_s``? Never raises."""
@@ -221,6 +238,15 @@ class ModelHolder:
                     reasons.append(f"the online store does not answer for {model.feature_service}")
                 if state.error:
                     entry["last_reload_error"] = state.error
+            variants = self.experiments[surface].variants
+            if len(variants) > 1:
+                entry["variants"] = {}
+                for v in variants:
+                    vm = self.get(surface, v.name)
+                    entry["variants"][v.name] = {"model": v.model, "weight": v.weight,
+                                                 "version": vm.version if vm else None}
+                    if vm is None:
+                        reasons.append(f"variant {v.name} ({v.model}) has no model loaded")
             entry["reasons"] = reasons
             ready = ready and not reasons
             detail[surface] = entry
@@ -237,28 +263,45 @@ class ModelHolder:
         """
         with self._refresh_lock:
             self._close_retired(time.monotonic())
-            return {surface: self._refresh_surface(surface, force=force) for surface in self.surfaces}
+            out = {}
+            for surface in self.surfaces:
+                variants = self.experiments[surface].variants
+                results = {v.name: self._refresh_surface(surface, v.name, v.model, force=force) for v in variants}
+                out[surface] = dict(results[variants[0].name])
+                if len(variants) > 1:
+                    out[surface]["variants"] = results
+                resolved = [self._variant_state[(surface, v.name)].resolved_at for v in variants]
+                if self.metrics is not None and all(t is not None for t in resolved):
+                    self.metrics.registry_checked(surface, min(resolved))
+            return out
 
-    def _refresh_surface(self, surface: str, *, force: bool) -> dict[str, Any]:
-        state = self._state[surface]
+    def _refresh_surface(self, surface: str, variant: str, ref: str, *, force: bool) -> dict[str, Any]:
+        key = (surface, variant)
+        state = self._variant_state[key]
         state.checked_at = time.time()
-        current = self._models.get(surface)
+        current = self._variant_models.get(key)
         out: dict[str, Any] = {"model": state.name, "previous": current.version if current else None}
         try:
-            version = self.registry.resolve(state.name, STAGE)
+            if ref in ("production", "staging"):
+                version = self.registry.resolve(state.name, ref)
+            else:
+                version = ref
+                self.registry.version_info(state.name, version)  # exists and is complete, or RankerError
+            state.resolved_at = time.time()
         except RankerError as exc:
-            # No production pointer (or the registry is unreachable): keep whatever serves now.
+            # No pointer for the stage (or the registry is unreachable): keep whatever serves now.
             state.error = str(exc)
             status = "failed" if current is not None else "no_model"
-            log.warning("%s: cannot resolve %s %s: %s", surface, state.name, STAGE, exc)
+            log.warning("%s/%s: cannot resolve %s %s: %s", surface, variant, state.name, ref, exc)
             return {**out, "status": status, "version": current.version if current else None, "error": str(exc)}
         if current is not None and current.version == version:
             state.error = None
             return {**out, "status": "unchanged", "version": version}
         if not force and state.failed_version == version:
             return {**out, "status": "failed", "version": current.version if current else None, "error": state.error}
+        shared = next((m for m in self._variant_models.values() if m.surface == surface and m.version == version), None)
         try:
-            model = self._build(surface, state.name, version)
+            model = shared if shared is not None else self._build(surface, state.name, version)
         except Exception as exc:  # noqa: BLE001 - any failure to build must leave the current model serving
             message = str(exc) if isinstance(exc, RankerError) else f"{type(exc).__name__}: {exc}"
             state.error = f"{state.name} {version} not loaded: {message}"
@@ -268,15 +311,23 @@ class ModelHolder:
                 self.metrics.model_loads.labels(surface, "failed").inc()
             return {**out, "status": "failed", "version": current.version if current else None, "error": state.error}
         # The swap: one reference replaced; readers see the old or the new dict, never a mix.
-        self._models = {**self._models, surface: model}
+        self._variant_models = {**self._variant_models, key: model}
+        if variant == self.experiments[surface].variants[0].name:
+            self._models = {**self._models, surface: model}
         state.error = None
         state.failed_version = None
-        if current is not None:
+        still_used = current is not None and any(m is current for m in self._variant_models.values())
+        if current is not None and not still_used:
             self._retired.append((time.monotonic() + self.retire_grace_s, current.features))
         if self.metrics is not None:
-            self.metrics.model_loads.labels(surface, "loaded").inc()
-            self.metrics.model_swapped(surface, state.name, current.version if current else None, version)
-        log.info("%s: serving %s %s (was %s)", surface, state.name, version, current.version if current else None)
+            if shared is None:
+                self.metrics.model_loads.labels(surface, "loaded").inc()
+            old = current.version if current is not None and not still_used else None
+            self.metrics.model_swapped(surface, state.name, old, version)
+            self.metrics.variant_swapped(surface, variant, current.version if current else None, version,
+                                         created_at=model.card.get("created_at"))
+        log.info("%s/%s: serving %s %s (was %s)", surface, variant, state.name, version,
+                 current.version if current else None)
         return {**out, "status": "loaded", "version": version}
 
     def _build(self, surface: str, name: str, version: str) -> ServingModel:
@@ -367,8 +418,8 @@ class ModelHolder:
             for _, features in self._retired:
                 self._release(features)
             self._retired.clear()
-            models, self._models = self._models, {}
-            for model in models.values():
+            models, self._variant_models, self._models = self._variant_models, {}, {}
+            for model in {id(m): m for m in models.values()}.values():
                 self._release(model.features)
 
     def _close_retired(self, now: float) -> None:

@@ -80,10 +80,12 @@ _SCHEMAS: dict[str, Any] = {
     },
     "RankResponse": {
         "type": "object",
-        "required": ["request_id", "model", "items", "removed_sold", "degraded"],
+        "required": ["request_id", "model", "variant", "items", "removed_sold", "degraded"],
         "properties": {
             "request_id": {"type": "string", "description": "uuid4 hex, also in the X-Request-ID header"},
             "model": {"type": "object", "properties": {"name": {"type": "string"}, "version": {"type": "string"}}},
+            "variant": {"type": "string", "description": "A/B variant the user is assigned to (RANKER_VARIANTS; "
+                        "salted hash of user_id); 'control' when the surface has no experiment"},
             "items": {"type": "array", "items": {"$ref": "#/components/schemas/RankedItem"}},
             "removed_sold": {"type": "integer", "description": "candidates removed because the listing is sold"},
             "duplicates_removed": {"type": "integer", "description": "repeated candidate ids dropped"},

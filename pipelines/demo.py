@@ -139,13 +139,92 @@ def _serve_and_rank(port: int = 8642) -> None:
         server.wait(timeout=30)
 
 
+def _monitoring_summary(port: int = 8643, requests: int = 800) -> None:
+    """Monitoring: an A/B on search (production vs a deliberately no-skill model in staging) served
+    by a scorer that logs every request; the simulator acts as the live marketplace; then skew,
+    drift and online metrics per variant, summarised (full output: the `ranker monitor` commands)."""
+    import json
+    import os
+    import signal
+    import urllib.error
+    import urllib.request
+    from datetime import datetime, timezone
+
+    from ranker.config import Settings
+    from ranker.monitoring.live import train_no_skill_model
+    from ranker.registry import Registry
+
+    warnings.filterwarnings("ignore")
+    settings = Settings.from_env()
+    since = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    print("\n== Monitoring ==")
+    print("training a no-skill search model (labels shuffled within requests) for the A/B treatment ...", flush=True)
+    folder = train_no_skill_model(settings, "search", seed=1)
+    card = json.loads((folder / "card.json").read_text())
+    registry = Registry.from_settings(settings)
+    registry.publish(folder)
+    registry.promote(card["name"], card["version"], stage="staging", gate=None, force=True, reason="demo A/B treatment")
+    variants = {"search": [{"name": "control", "model": "production", "weight": 0.5},
+                           {"name": "treatment", "model": "staging", "weight": 0.5}]}
+    env = {**os.environ, "RANKER_SERVED_LOG_SAMPLE": "1", "RANKER_SERVED_LOG_ROTATE_S": "2",
+           "RANKER_VARIANTS": json.dumps(variants), "RANKER_RELOAD_INTERVAL_S": "0"}
+    print(f"$ RANKER_VARIANTS='{json.dumps(variants)}' RANKER_SERVED_LOG_SAMPLE=1 ranker serve --port {port} --workers 2",
+          flush=True)
+    server = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--port", str(port), "--workers", "2",
+                               "--log-level", "warning"], env=env, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # bounded readiness poll
+            try:
+                with urllib.request.urlopen(f"{base}/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                sys.exit("demo stopped: the A/B scorer did not become ready")
+            time.sleep(0.5)
+        _run("monitor", "live", "--url", base, "--requests", str(requests), "--limit", "20", "--seed", "1")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # workers flush the served log on exit
+        server.wait(timeout=30)
+    from pipelines.cmd_monitor import run_drift, run_online, run_skew
+
+    window = dict(since=since, until=None, surface=None, log_uri="")
+    skew = run_skew(settings, threshold=0.01, rtol=1e-5, atol=1e-6, max_rows=20_000, **window)
+    worst = skew["features"][0]
+    verdict = "ok" if skew["ok"] else f"SKEW in {len(skew['failed'])} features ({', '.join(skew['failed'][:5])} ...)"
+    print(f"skew    {skew['rows']:,} served rows recomputed with Feast get_historical_features: {verdict} "
+          f"(worst {worst['feature']} {worst['mismatch_rate']:.2%} mismatches)")
+    drift = run_drift(settings, threshold=0.25, score_threshold=0.25, min_rows=200, **window)
+    for m in drift["models"]:
+        top = ", ".join(f"{f['feature']} {f['psi']:.2f}" for f in m["features"][:3])
+        score = "-" if m["score_psi"] is None else f"{m['score_psi']:.3f}"
+        n_drift = sum(f["psi"] > drift["threshold"] for f in m["features"])
+        print(f"drift   {m['model_name']} {m['version']}: score PSI {score}; {n_drift} features PSI > "
+              f"{drift['threshold']} (top: {top})")
+    online, _ = run_online(settings, events=(), k=10, **window)
+    for g in online["groups"]:
+        ctr, buy = g["ctr@10"], g["purchase"]
+        print(f"online  {g['surface']:<6} {g['variant']:<9} {g['model_version']}: {g['requests']} requests, "
+              f"CTR@10 {ctr['mean']:.4f} [{ctr['low']:.4f}, {ctr['high']:.4f}], purchase rate {buy['mean']:.3f}")
+    for c in online["comparisons"]:
+        r = c["ctr@10"]
+        verdict = f"{r['better']} is better, decided after {r['requests_needed']} requests" if r["better"] \
+            else "no significant difference yet"
+        print(f"A/B     {c['surface']}: CTR@10 {c['treatment']} - {c['control']} = {r['diff']:+.4f} "
+              f"[{r['low']:+.4f}, {r['high']:+.4f}] -> {verdict}")
+    print(f"details: ranker monitor skew|drift|online --since {since}; ranker monitor report --since {since}")
+
+
 def main() -> None:
     started = time.perf_counter()
     # Simulate the 21 days that ended last midnight (UTC): the scorer's "now" comes right after the
     # data and the last daily snapshot, as in production.
     from datetime import datetime, timedelta, timezone
 
-    start = (datetime.now(timezone.utc).date() - timedelta(days=22)).isoformat()
+    start = (datetime.now(timezone.utc).date() - timedelta(days=21)).isoformat()
     _run("data", "simulate", "--start", start)
     _run("features", "build")
     _run("features", "apply")
@@ -160,6 +239,7 @@ def main() -> None:
             print(f"(the gate kept the current {surface} production model)")
     _summary()
     _serve_and_rank()
+    _monitoring_summary()
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s")
 
 

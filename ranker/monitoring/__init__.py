@@ -1,0 +1,14 @@
+"""Monitoring: the scorer's served-feature log and what is computed from it.
+
+=================  ==============================================================================
+``servedlog``      the log record, the non-blocking background writer (bounded queue, rotated
+                   parquet files in a local folder or S3) and the reader
+``skew``           training/serving skew: logged vectors against Feast ``get_historical_features``
+``drift``          population stability index per feature (card bins vs the served window) and of scores
+``online``         online metrics per surface, model version and variant joined from the event log
+``live``           the simulator as a live environment: engagement drawn for rankings the scorer served
+``abtest``         deterministic salted-hash assignment of users to model variants
+``export``         the monitors' figures as Prometheus metrics (textfile or Pushgateway)
+``report``         one HTML page of all of it
+=================  ==============================================================================
+"""
