@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test serve clean
+.PHONY: install demo test serve clean example-open-bandit promtool stack
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,22 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m pipelines.demo
 
-test: $(STAMP)
+test: $(STAMP) promtool
 	$(BIN)/python -m pytest -q
+
+# promtool (alert rule unit tests) ships in Debian's prometheus package; installed when missing and
+# possible (root + apt-get), otherwise those tests skip and say why. Only the promtool binary is used.
+promtool:
+	@command -v promtool >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 || \
+	   (apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1)) && \
+	  echo "installed promtool (Debian package prometheus)"; } || echo "promtool unavailable: alert rule tests will skip"
+
+example-open-bandit: $(STAMP)  # real ZOZOTOWN logs: import -> features -> train -> evaluate (IPS); own home
+	$(BIN)/python -m pipelines.example_open_bandit --home artifacts/open_bandit
+
+stack: $(STAMP)  # redis-server + S3 server (moto) + gunicorn scorer on loopback: infra/docker-compose.yml without containers
+	$(BIN)/python -m infra.stack up --workers $${WORKERS:-2} $${PORT:+--port $$PORT}
 
 serve: $(STAMP)
 	$(BIN)/ranker serve --port $${PORT:-8000} --workers $${WORKERS:-2}

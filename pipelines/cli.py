@@ -37,8 +37,10 @@ def cli(ctx: click.Context) -> None:
 
 def _register() -> None:
     from pipelines import cmd_batch, cmd_data, cmd_dataset, cmd_features, cmd_registry, cmd_serve
+    from pipelines import cmd_pipeline
+    from pipelines import cmd_monitor
 
-    for module in (cmd_data, cmd_features, cmd_dataset, cmd_registry, cmd_batch, cmd_serve):
+    for module in (cmd_data, cmd_features, cmd_dataset, cmd_registry, cmd_batch, cmd_serve, cmd_pipeline, cmd_monitor):
         module.register(cli)
 
 

@@ -36,6 +36,8 @@ class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     registry_uri: str = ""
     feast_project: str = "fashion_ranking"
+    # Feast registry: empty = the file in data/feast/; a postgresql:// URL = Feast's shared SQL registry.
+    feast_registry: str = ""
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -59,6 +61,7 @@ class Settings:
             online_store=env.get("RANKER_ONLINE_STORE", "sqlite").strip().lower() or "sqlite",
             redis_url=env.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
             registry_uri=env.get("RANKER_REGISTRY_URI", ""),
+            feast_registry=env.get("RANKER_FEAST_REGISTRY", "").strip(),
         )
 
     def with_(self, **changes) -> "Settings":

@@ -84,3 +84,49 @@ def test_request_time_features_use_the_impression_time(search_set):
     expected = ((merged.event_timestamp - merged.created_at).dt.total_seconds() // 1) / 3600.0
     assert (merged.listing_age_hours >= 0).all()
     np.testing.assert_allclose(merged.listing_age_hours.to_numpy(float), expected.to_numpy(float), atol=1 / 3600 + 1e-3)
+
+
+def test_time_bounded_offline_store_returns_exactly_feasts_rows(world):
+    """The dataset builder's offline store filters each source to [min ts - ttl, max ts] before
+    Feast's point-in-time join; on a chunk from the middle of the data (older and newer snapshots
+    both exist) and on all rows, the result must equal Feast's own DuckDB store row for row."""
+    from feast import FeatureStore
+
+    from ranker.features.offline import TYPE
+    from ranker.features.store import feature_store, in_feature_repo, repo_config, service_spec
+    from ranker.training.dataset import _entity_frame, _labelled_table
+
+    ours = feature_store(world)
+    assert ours.config.offline_store.type == TYPE
+    from feast.infra.offline_stores.duckdb import DuckDBOfflineStoreConfig
+
+    config = repo_config(world)
+    config._offline_store = DuckDBOfflineStoreConfig()  # Feast's own store, otherwise the same config
+    plain = FeatureStore(repo_path=str(world.feature_repo), config=config)
+    assert plain.config.offline_store.type == "duckdb"
+    rows = _labelled_table(world, DatasetOptions(surface="search"))
+    ts = rows.column("event_timestamp").to_numpy()
+    lo, hi = np.quantile(ts.astype("int64"), [0.45, 0.55]).astype("datetime64[us]")
+    import pyarrow.compute as pc
+
+    middle = rows.filter(pc.and_(pc.greater_equal(rows.column("event_timestamp"), pa_ts(lo)),
+                                 pc.less_equal(rows.column("event_timestamp"), pa_ts(hi))))
+    assert 0 < middle.num_rows < rows.num_rows
+    for service_name in ("search_ranker_v1", "recs_ranker_v1"):
+        spec = service_spec(ours, service_name)
+        for chunk in (middle, rows):
+            entity_df = _entity_frame(chunk, spec)
+            with in_feature_repo(world.feature_repo):
+                got = ours.get_historical_features(entity_df=entity_df, features=ours.get_feature_service(service_name)).to_df()
+                want = plain.get_historical_features(entity_df=entity_df, features=plain.get_feature_service(service_name)).to_df()
+            got = got.sort_values("_row").reset_index(drop=True)
+            want = want.sort_values("_row").reset_index(drop=True)
+            assert list(got.columns) == list(want.columns)
+            assert got[list(spec.features)].notna().to_numpy().sum() > 0
+            pd.testing.assert_frame_equal(got, want, check_exact=True)
+
+
+def pa_ts(value):
+    import pyarrow as pa
+
+    return pa.scalar(value.astype("datetime64[us]").item(), type=pa.timestamp("us", tz="UTC"))

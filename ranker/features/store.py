@@ -53,6 +53,13 @@ def repo_config(settings: Settings):
     raw = yaml.safe_load(os.path.expandvars(yaml_path.read_text()))
     if settings.online_store == "redis":
         raw["online_store"] = {"type": "redis", "connection_string": settings.redis_connection_string}
+    offline = raw.get("offline_store") or {}
+    if isinstance(offline, dict) and offline.get("type", "dask") == "duckdb":
+        from ranker.features.offline import TYPE
+
+        raw["offline_store"] = {**offline, "type": TYPE}  # the same store, joins bounded in time
+    if settings.feast_registry:
+        raw["registry"] = sql_registry_config(settings.feast_registry, raw.get("registry") or {})
     try:
         config = RepoConfig(**raw)
     except ValidationError as exc:
@@ -61,12 +68,63 @@ def repo_config(settings: Settings):
     return config
 
 
+SQL_REGISTRY_SCHEMES = ("postgresql", "postgresql+psycopg")
+
+
+def sql_registry_config(url: str, file_registry: dict) -> dict:
+    """Feast's SQL registry on PostgreSQL (``RANKER_FEAST_REGISTRY``), shared by every scorer and job.
+
+    Keeps the file registry's ``cache_ttl_seconds`` (how long a process trusts its in-memory copy of
+    the registry) and uses ``cache_mode: sync``; the scorer never reads the registry per request (it
+    reads the feature layout once per model load), so a refresh never lands on a ranking request.
+    ``pool_pre_ping`` replaces connections PostgreSQL closed while idle instead of failing on them.
+    """
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    if parsed.scheme not in SQL_REGISTRY_SCHEMES or not parsed.hostname or not parsed.path.strip("/"):
+        raise FeatureRepoError(
+            f"RANKER_FEAST_REGISTRY={_redact(url)!r} is not a PostgreSQL URL; expected "
+            "postgresql://USER@HOST:5432/DATABASE (empty = the file registry in data/feast/)"
+        )
+    path = "postgresql+psycopg://" + url.split("://", 1)[1]  # psycopg 3, which feast 0.67 standardises on
+    return {
+        "registry_type": "sql",
+        "path": path,
+        "cache_ttl_seconds": int(file_registry.get("cache_ttl_seconds", 60)),
+        "cache_mode": "sync",
+        "sqlalchemy_config_kwargs": {"echo": False, "pool_pre_ping": True},
+    }
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    if parsed.password:
+        return url.replace(f":{parsed.password}@", ":***@", 1)
+    return url
+
+
 def feature_store(settings: Settings):
     """A ``FeatureStore`` for the repository under ``settings.home``."""
     from feast import FeatureStore
 
     config = repo_config(settings)
-    return FeatureStore(repo_path=str(settings.feature_repo), config=config)
+    if not settings.feast_registry:
+        return FeatureStore(repo_path=str(settings.feature_repo), config=config)
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        store = FeatureStore(repo_path=str(settings.feature_repo), config=config)
+        store.registry  # noqa: B018 - connect now (Feast connects lazily), so an outage fails here, in one line
+        return store
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise FeatureRepoError(
+            f"the Feast SQL registry {_redact(settings.feast_registry)} is unreachable: {reason}"
+        ) from None
 
 
 def apply(settings: Settings) -> dict:
