@@ -62,6 +62,8 @@ def _factorize_text(column) -> tuple[np.ndarray, list]:
     nulls, and anything else goes through pandas."""
     if len(column) <= SMALL_COLUMN:
         values = column.tolist() if hasattr(column, "tolist") else list(column)
+        if values and isinstance(values[0], str) and len(set(map(id, values))) == 1:
+            return np.zeros(len(values), dtype=np.int64), [values[0]]  # one object (a request's user or query)
         seen: dict = {}
         codes = [seen.setdefault(v, len(seen)) if isinstance(v, str) else -1 for v in values]
         return np.array(codes, dtype=np.int64), list(seen)
