@@ -1,6 +1,7 @@
 """Point-in-time training-set build: `build_dataset` (chunked Feast calls, streamed output) against
 an anchor measured in the same run, a single unchunked Feast `get_historical_features(...).to_df()`
-on a sample of the same impressions (the first 1M, in time order) with the same feature service.
+on a sample of the same impressions (the first 1M, in time order) with the same feature service,
+through Feast's own DuckDB offline store (the build uses `ranker.features.offline`, same rows).
 
     .venv/bin/python benchmarks/dataset_build.py                   # scale 2: ~0.5M search rows, ~2 minutes
     .venv/bin/python benchmarks/dataset_build.py --scale 4         # ~1.0M search rows
@@ -57,7 +58,12 @@ else:
     import pandas as pd
     from ranker.features.store import feature_store, in_feature_repo, service_spec
     from ranker.training.dataset import _entity_frame, _labelled_table
-    store = feature_store(settings)
+    from feast import FeatureStore
+    from feast.infra.offline_stores.duckdb import DuckDBOfflineStoreConfig
+    from ranker.features.store import repo_config
+    config = repo_config(settings)
+    config._offline_store = DuckDBOfflineStoreConfig()  # the anchor is Feast's own DuckDB join
+    store = FeatureStore(repo_path=str(settings.feature_repo), config=config)
     spec = service_spec(store, options.service)
     rows = _labelled_table(settings, options)
     sample = rows.slice(0, min(anchor_rows, rows.num_rows))  # a contiguous stretch of time, as a chunk

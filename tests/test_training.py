@@ -86,10 +86,11 @@ def test_request_time_features_use_the_impression_time(search_set):
     np.testing.assert_allclose(merged.listing_age_hours.to_numpy(float), expected.to_numpy(float), atol=1 / 3600 + 1e-3)
 
 
-def test_time_bounded_offline_store_returns_exactly_feasts_rows(world):
-    """The dataset builder's offline store filters each source to [min ts - ttl, max ts] before
-    Feast's point-in-time join; on a chunk from the middle of the data (older and newer snapshots
-    both exist) and on all rows, the result must equal Feast's own DuckDB store row for row."""
+def test_asof_offline_store_returns_exactly_feasts_rows(world):
+    """The dataset builder's offline store (time-bounded sources, one ASOF join per view) must
+    return exactly what Feast's own DuckDB store returns: on a chunk from the middle of the data
+    (older and newer snapshots both exist), on all rows, on rows past every TTL and on unknown
+    entities, for both services, row for row and column for column."""
     from feast import FeatureStore
 
     from ranker.features.offline import TYPE
@@ -107,14 +108,24 @@ def test_time_bounded_offline_store_returns_exactly_feasts_rows(world):
     rows = _labelled_table(world, DatasetOptions(surface="search"))
     ts = rows.column("event_timestamp").to_numpy()
     lo, hi = np.quantile(ts.astype("int64"), [0.45, 0.55]).astype("datetime64[us]")
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     middle = rows.filter(pc.and_(pc.greater_equal(rows.column("event_timestamp"), pa_ts(lo)),
                                  pc.less_equal(rows.column("event_timestamp"), pa_ts(hi))))
     assert 0 < middle.num_rows < rows.num_rows
+    # Impressions 3 days after the last snapshot: every TTL'd view's latest row is too old (empty
+    # features), listing_fv (no TTL) still answers; and unknown users and listings.
+    tail = rows.slice(rows.num_rows - 3000, 3000)
+    late = tail.set_column(tail.schema.get_field_index("event_timestamp"), "event_timestamp",
+                           pc.add(tail.column("event_timestamp"), pa.scalar(3 * 86_400_000_000, pa.duration("us"))))
+    strangers = tail.set_column(tail.schema.get_field_index("user_id"), "user_id", pa.array(["nobody"] * 3000))
+    strangers = strangers.set_column(strangers.schema.get_field_index("item_id"), "item_id",
+                                     pa.array([f"new{i % 7}" for i in range(3000)]))
     for service_name in ("search_ranker_v1", "recs_ranker_v1"):
         spec = service_spec(ours, service_name)
-        for chunk in (middle, rows):
+        # (middle + late: the call spans more than a TTL, so the TTL itself must cut the late rows)
+        for chunk in (middle, rows, late, pa.concat_tables([middle, late]), strangers):
             entity_df = _entity_frame(chunk, spec)
             with in_feature_repo(world.feature_repo):
                 got = ours.get_historical_features(entity_df=entity_df, features=ours.get_feature_service(service_name)).to_df()
@@ -122,7 +133,10 @@ def test_time_bounded_offline_store_returns_exactly_feasts_rows(world):
             got = got.sort_values("_row").reset_index(drop=True)
             want = want.sort_values("_row").reset_index(drop=True)
             assert list(got.columns) == list(want.columns)
-            assert got[list(spec.features)].notna().to_numpy().sum() > 0
+            if chunk is late:
+                assert got["user_clicks_30d"].isna().all() and got["price"].notna().any()
+            elif chunk is not strangers:
+                assert got[list(spec.features)].notna().to_numpy().sum() > 0
             pd.testing.assert_frame_equal(got, want, check_exact=True)
 
 

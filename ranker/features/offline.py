@@ -1,21 +1,28 @@
-"""Feast's DuckDB offline store with the point-in-time join bounded in time.
+"""Feast's DuckDB offline store with a faster point-in-time join that returns the same rows.
 
-Feast's DuckDB store (ibis) joins every entity row with every row of each feature view's source
-that has the same keys, then keeps the latest one not after the row's timestamp and within the
-view's TTL. The source is read whole for every call, so a training set streamed through Feast in
-time-ordered chunks pays for all snapshots of all days in every chunk.
+Feast's DuckDB store (ibis) gives every entity row a string id (its join keys and timestamp
+concatenated), inner-joins each view's whole source on the keys, keeps the latest snapshot not
+after the row and inside the TTL with a window function, and left-joins the survivors back on the
+string id, once per view. For a training set of millions of impressions that is most of the build.
 
-:class:`TimeBoundedDuckDBOfflineStore` is the same store with one difference: before the join, each
-source is filtered to the rows that can match an entity row of the call at all, i.e. timestamps in
-``[min(entity ts) - ttl, max(entity ts)]`` (no lower bound for a view without TTL). A row outside that
-window fails the join's own predicates (``feature ts <= entity ts`` and ``feature ts + ttl >= entity
-ts``) for every entity row, so the result is exactly Feast's; ``tests/test_training.py`` compares the
-two on a built training set. Everything else (reading, ODFVs, created-timestamp tie breaks) is
-Feast's code.
+:class:`AsofDuckDBOfflineStore` answers the same question the way DuckDB is built for:
+
+* each source is first cut to ``[min(entity ts) - ttl, max(entity ts)]`` (no lower bound without a
+  TTL): a row outside it fails the join's own predicates for every entity row of the call;
+* one ``ASOF LEFT JOIN`` per view on the join keys and ``entity ts >= feature ts`` picks the latest
+  snapshot not after the row, which is Feast's pick; it is kept only if ``feature ts + ttl >= entity
+  ts`` (Feast's TTL predicate: if the latest snapshot is too old, every older one is too);
+* sources with a created-timestamp column are first reduced to the newest created row per (keys,
+  timestamp), Feast's tie-break.
+
+Reading the sources (Feast's own reader), the UTC casts, the output columns and their order, the
+on-demand views (Feast's ``RetrievalJob`` runs them) are Feast's. When the entity rows are a SQL
+query or ``filter_by_created_timestamp`` is asked for, the call goes to Feast's own join unchanged.
+``tests/test_training.py`` checks that both stores return identical frames.
 
 ``ranker`` selects it through :func:`ranker.features.store.repo_config` when
 ``feature_store.yaml`` says ``offline_store: type: duckdb``; the plain Feast CLI keeps Feast's store
-and gets the same rows, only slower for long time ranges.
+and gets the same rows, only slower.
 """
 
 from __future__ import annotations
@@ -23,7 +30,9 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import List, Union
 
+import numpy as np
 import pandas as pd
+from feast.infra.offline_stores import offline_utils
 from feast.infra.offline_stores.duckdb import (
     DuckDBOfflineStore,
     DuckDBOfflineStoreConfig,
@@ -31,17 +40,26 @@ from feast.infra.offline_stores.duckdb import (
     _validate_lance_feature_views,
     _write_data_source,
 )
-from feast.infra.offline_stores.ibis import _get_entity_df_event_timestamp_range, get_historical_features_ibis
-from feast.infra.offline_stores import offline_utils
+from feast.infra.offline_stores.ibis import (
+    IbisRetrievalJob,
+    _get_entity_df_event_timestamp_range,
+    _get_entity_schema,
+    _to_utc,
+)
+from feast.infra.offline_stores.offline_store import RetrievalMetadata
+from feast.on_demand_feature_view import OnDemandFeatureView
 
-TYPE = "ranker.features.offline.TimeBoundedDuckDBOfflineStore"
+TYPE = "ranker.features.offline.AsofDuckDBOfflineStore"
+_TS = "__ranker_feature_ts"
+_RID = "__ranker_row"
+_RID_RIGHT = "__ranker_row_found"
 
 
-class TimeBoundedDuckDBOfflineStoreConfig(DuckDBOfflineStoreConfig):
+class AsofDuckDBOfflineStoreConfig(DuckDBOfflineStoreConfig):
     type: str = TYPE
 
 
-class TimeBoundedDuckDBOfflineStore(DuckDBOfflineStore):
+class AsofDuckDBOfflineStore(DuckDBOfflineStore):
     @staticmethod
     def get_historical_features(
         config,
@@ -53,51 +71,101 @@ class TimeBoundedDuckDBOfflineStore(DuckDBOfflineStore):
         full_feature_names: bool = False,
         filter_by_created_timestamp: bool = False,
     ):
-        if not isinstance(entity_df, pd.DataFrame):  # a SQL entity query: no range to bound by
+        if not isinstance(entity_df, pd.DataFrame) or filter_by_created_timestamp:
             return DuckDBOfflineStore.get_historical_features(
                 config, feature_views, feature_refs, entity_df, registry, project,
                 full_feature_names=full_feature_names, filter_by_created_timestamp=filter_by_created_timestamp,
             )
         _validate_lance_feature_views(feature_views)
-        ts_col = offline_utils.infer_event_timestamp_from_entity_df(dict(zip(entity_df.columns, entity_df.dtypes)))
-        lo, hi = _get_entity_df_event_timestamp_range(entity_df, ts_col)
-        lo, hi = pd.Timestamp(lo), pd.Timestamp(hi)
-        lo = lo.tz_localize("UTC") if lo.tzinfo is None else lo.tz_convert("UTC")
-        hi = hi.tz_localize("UTC") if hi.tzinfo is None else hi.tz_convert("UTC")
-        # Per source: the widest TTL among the views reading it (None: some view has no TTL).
-        ttls: dict = {}
-        for view in feature_views:
-            source = view.batch_source
-            ttl = view.ttl if view.ttl and view.ttl > timedelta(0) else None
-            key = id(source)
-            ttls[key] = None if (key in ttls and ttls[key] is None) or ttl is None else max(ttl, ttls.get(key) or ttl)
+        return _asof_historical_features(config, feature_views, feature_refs, entity_df, registry, project,
+                                         full_feature_names)
 
-        def bounded_reader(data_source, repo_path: str):
-            import ibis
-            import ibis.expr.datatypes as dt
 
-            table = _read_data_source(data_source, repo_path)
-            field = data_source.timestamp_field
-            if id(data_source) not in ttls or not field or field not in table.columns:
-                return table
-            ts = table[field].cast(dt.Timestamp(timezone="UTC"))
-            keep = ts <= ibis.literal(hi.to_pydatetime(), type=dt.Timestamp(timezone="UTC"))
-            ttl = ttls[id(data_source)]
-            if ttl is not None:
-                keep &= ts >= ibis.literal((lo - ttl).to_pydatetime(), type=dt.Timestamp(timezone="UTC"))
-            return table.filter(keep)
+def _utc(value) -> pd.Timestamp:
+    ts = pd.Timestamp(value)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
-        return get_historical_features_ibis(
-            config=config,
-            feature_views=feature_views,
-            feature_refs=feature_refs,
-            entity_df=entity_df,
-            registry=registry,
-            project=project,
-            full_feature_names=full_feature_names,
-            data_source_reader=bounded_reader,
-            data_source_writer=_write_data_source,
-            staging_location=config.offline_store.staging_location,
-            staging_location_endpoint_override=config.offline_store.staging_location_endpoint_override,
-            filter_by_created_timestamp=filter_by_created_timestamp,
+
+def _asof_historical_features(config, feature_views, feature_refs, entity_df, registry, project, full_feature_names):
+    import ibis
+    import ibis.expr.datatypes as dt
+
+    utc = dt.Timestamp(timezone="UTC")
+    # The same preparation of the entity rows as Feast's get_historical_features_ibis.
+    entity_schema = _get_entity_schema(entity_df=entity_df)
+    ts_col = offline_utils.infer_event_timestamp_from_entity_df(entity_schema=entity_schema)
+    timestamp_range = _get_entity_df_event_timestamp_range(entity_df, ts_col)
+    entity_df = _to_utc(entity_df, ts_col)
+    lo, hi = _utc(timestamp_range[0]), _utc(timestamp_range[1])
+    entity_columns = list(entity_df.columns)
+    # Each view is joined on a narrow copy of the entity rows (row id, keys, timestamp) and its
+    # features are attached by the integer row id: the ASOF joins never sort the wide rows.
+    entities = ibis.memtable(entity_df.assign(**{_RID: np.arange(len(entity_df), dtype=np.int64)}))
+    acc = entities
+    all_feature_cols: list[str] = []
+
+    for view in feature_views:
+        if view.batch_source is None:
+            raise ValueError(f"Feature view '{view.name}' has no batch_source and cannot be queried.")
+        source = view.batch_source
+        table = _read_data_source(source, str(config.repo_path))
+        for old_name, new_name in source.field_mapping.items():
+            if old_name in table.columns:
+                table = table.rename({new_name: old_name})
+        ts_field, created = source.timestamp_field, source.created_timestamp_column
+        table = table.mutate(**{c: table[c].cast(utc) for c in (ts_field, created) if c})
+        prefix = view.projection.name_to_use()
+        refs = [ref.split(":")[1] for ref in feature_refs if ref.startswith(f"{prefix}:")]
+        base = view.projection.name_alias or view.name
+        if full_feature_names:
+            table = table.rename({f"{base}__{f}": f for f in refs})
+            refs = [f"{base}__{f}" for f in refs]
+        join_key_map = view.projection.join_key_map or {e.name: e.name for e in view.entity_columns}
+        ttl = view.ttl if view.ttl and view.ttl > timedelta(0) else None
+
+        keep = table[ts_field] <= ibis.literal(hi.to_pydatetime(), type=utc)
+        if ttl is not None:
+            keep &= table[ts_field] >= ibis.literal((lo - ttl).to_pydatetime(), type=utc)
+        table = table.filter(keep)
+        if created:  # Feast's tie-break between rows of the same keys and timestamp
+            window = ibis.window(group_by=[*join_key_map, ts_field], order_by=[ibis.desc(table[created])])
+            table = table.mutate(__rn=ibis.row_number().over(window))
+            table = table.filter(table["__rn"] == 0)
+        # Rename the keys so they never collide with the entity columns.
+        right = table.select(
+            **{f"__key_{i}": table[k] for i, k in enumerate(join_key_map)},
+            **{_TS: table[ts_field]},
+            **{f: table[f] for f in refs},
         )
+        left = entities.select(_RID, ts_col, *dict.fromkeys(join_key_map.values()))
+        predicates = [left[entity_key] == right[f"__key_{i}"] for i, entity_key in enumerate(join_key_map.values())]
+        joined = left.asof_join(right, on=left[ts_col] >= right[_TS], predicates=predicates)
+        if ttl is not None:
+            fresh = joined[_TS] + ibis.literal(ttl) >= joined[ts_col]
+            values = {f: fresh.ifelse(joined[f], ibis.null(joined[f].type())) for f in refs}
+        else:
+            values = {f: joined[f] for f in refs}
+        found = joined.select(**{_RID_RIGHT: joined[_RID]}, **values)
+        acc = acc.left_join(found, acc[_RID] == found[_RID_RIGHT]).drop(_RID_RIGHT)
+        all_feature_cols.extend(refs)
+
+    acc = acc.select(*entity_columns, *all_feature_cols)
+
+    odfvs = OnDemandFeatureView.get_requested_odfvs(feature_refs, project, registry)
+    for odfv in (v for v in odfvs if v.mode == "substrait"):
+        acc = odfv.transform_ibis(acc, full_feature_names)
+    return IbisRetrievalJob(
+        acc,
+        [v for v in odfvs if v.mode != "substrait"],
+        full_feature_names,
+        metadata=RetrievalMetadata(
+            features=feature_refs,
+            keys=list(set(entity_df.columns) - {ts_col}),
+            min_event_timestamp=timestamp_range[0],
+            max_event_timestamp=timestamp_range[1],
+        ),
+        data_source_writer=_write_data_source,
+        staging_location=config.offline_store.staging_location,
+        staging_location_endpoint_override=config.offline_store.staging_location_endpoint_override,
+        repo_path=str(config.repo_path),
+    )

@@ -55,8 +55,8 @@ class DatasetOptions:
     end: datetime | None = None  # impressions before (UTC); default: after the last event
     attribution_hours: float = 24.0
     feature_service: str | None = None  # default: SERVICES[surface]
-    chunk_rows: int = 1_000_000
-    duckdb_memory_limit: str = "3GB"
+    chunk_rows: int = 750_000
+    duckdb_memory_limit: str = "2GB"
     # > 0: implicit feedback, each engagement event is a group with this many sampled negatives
     # (ranker.training.negatives) instead of the logged impressions; 0 = the logged impressions.
     negatives: int = 0
