@@ -139,7 +139,7 @@ def _serve_and_rank(port: int = 8642) -> None:
         server.wait(timeout=30)
 
 
-def _monitoring_summary(port: int = 8643, requests: int = 800) -> None:
+def _monitoring_summary(port: int = 8643, requests: int = 2000) -> None:
     """Monitoring: an A/B on search (production vs a deliberately no-skill model in staging) served
     by a scorer that logs every request; the simulator acts as the live marketplace; then skew,
     drift and online metrics per variant, summarised (full output: the `ranker monitor` commands)."""

@@ -22,13 +22,15 @@ lowered to 20 because the log holds ~80 clicks.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import warnings
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "open_bandit"
+# ../shared/data/open_bandit beside the repo, or $RANKER_SHARED_DATA/open_bandit
+DEFAULT_DATA = Path(os.environ.get("RANKER_SHARED_DATA") or REPO_ROOT.parent / "shared" / "data") / "open_bandit"
 
 
 def prepare_home(home: Path) -> None:

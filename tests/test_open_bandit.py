@@ -4,6 +4,7 @@ the example end to end on the real ZOZOTOWN sample in ../shared/data/open_bandit
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,8 @@ import pytest
 from ranker.training.ips import estimate, weights
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
+# The shared data folder beside the repo, or RANKER_SHARED_DATA (e.g. for a clone elsewhere).
+SHARED = Path(os.environ.get("RANKER_SHARED_DATA") or REPO.parent / "shared" / "data")
 OPEN_BANDIT = SHARED / "open_bandit"
 
 
