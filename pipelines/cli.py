@@ -6,15 +6,11 @@ Each stage registers its commands from its own module (pipelines/cmd_*.py) so st
 from __future__ import annotations
 
 import sys
-import warnings
 
 import click
 
 from ranker.config import Settings
 from ranker.errors import RankerError
-
-# Library deprecation notices (ibis calls a DuckDB method DuckDB 2 deprecates) are not the user's to act on.
-warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ibis(\.|$)")
 
 
 class RankerGroup(click.Group):

@@ -27,6 +27,8 @@ and gets the same rows, only slower.
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from datetime import timedelta
 from typing import List, Union
 
@@ -55,6 +57,23 @@ _RID = "__ranker_row"
 _RID_RIGHT = "__ranker_row_found"
 
 
+@contextlib.contextmanager
+def _quiet():
+    """ibis 12 calls a DuckDB method that DuckDB 2 deprecates: a notice users cannot act on (and that
+    Feast's own ``simplefilter("once")`` lets through), silenced where it arises."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"fetch_arrow_table\(\) is deprecated", category=DeprecationWarning)
+        yield
+
+
+class _RetrievalJob(IbisRetrievalJob):
+    """Feast's job, run with :func:`_quiet`."""
+
+    def _to_arrow_internal(self, timeout=None):
+        with _quiet():
+            return super()._to_arrow_internal(timeout=timeout)
+
+
 class AsofDuckDBOfflineStoreConfig(DuckDBOfflineStoreConfig):
     type: str = TYPE
 
@@ -77,8 +96,9 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
                 full_feature_names=full_feature_names, filter_by_created_timestamp=filter_by_created_timestamp,
             )
         _validate_lance_feature_views(feature_views)
-        return _asof_historical_features(config, feature_views, feature_refs, entity_df, registry, project,
-                                         full_feature_names)
+        with _quiet():
+            return _asof_historical_features(config, feature_views, feature_refs, entity_df, registry, project,
+                                             full_feature_names)
 
 
 def _utc(value) -> pd.Timestamp:
@@ -154,7 +174,7 @@ def _asof_historical_features(config, feature_views, feature_refs, entity_df, re
     odfvs = OnDemandFeatureView.get_requested_odfvs(feature_refs, project, registry)
     for odfv in (v for v in odfvs if v.mode == "substrait"):
         acc = odfv.transform_ibis(acc, full_feature_names)
-    return IbisRetrievalJob(
+    return _RetrievalJob(
         acc,
         [v for v in odfvs if v.mode != "substrait"],
         full_feature_names,
