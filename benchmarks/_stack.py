@@ -8,14 +8,9 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -84,28 +79,13 @@ def request_bodies(settings, *, surface: str, candidates: int, n: int, seed: int
 @contextlib.contextmanager
 def gunicorn(settings, *, workers: int, extra_env: dict | None = None):
     """Run `ranker serve` against the given settings; yield its base URL once /readyz answers."""
+    from pipelines.cmd_serve import serving
+
     port = free_port()
     env = {**os.environ, "RANKER_HOME": str(settings.home), "RANKER_ONLINE_STORE": settings.online_store,
            "REDIS_URL": settings.redis_url, "RANKER_RELOAD_INTERVAL_S": "0", **(extra_env or {})}
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--port", str(port), "--workers", str(workers),
-                             "--log-level", "warning"], env=env, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:  # bounded readiness poll over HTTP
-            try:
-                with urllib.request.urlopen(f"{base}/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("the scorer did not become ready")
-            time.sleep(0.25)
+    with serving(port=port, workers=workers, env=env, log_level="warning", ready_timeout_s=180) as base:
         yield base
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
 
 
 def post(conn, body: bytes) -> tuple[int, bytes]:

@@ -205,6 +205,7 @@ def register(cli: click.Group) -> None:
         """One HTML page: drift per feature, skew table, online metrics per variant over time."""
         from ranker.errors import RankerError
         from ranker.monitoring import report as html_report
+        from ranker.training.report import write_html
         from ranker.monitoring.online import timeline
 
         kw = dict(since=since, until=until, surface=None, log_uri=log_uri)
@@ -220,7 +221,7 @@ def register(cli: click.Group) -> None:
         except RankerError as exc:
             notes.append(f"online metrics: {exc}")
         notes.append(f"served-log window: since {since}" + (f" until {until}" if until else ""))
-        path = html_report.write(out or settings.artifacts_dir / "monitoring" / "report.html",
-                                 html_report.render(title="Ranking monitoring report", drift=drift, skew=skew,
-                                                    online=online, timeline=tl, notes=notes))
+        path = write_html(out or settings.artifacts_dir / "monitoring" / "report.html",
+                          html_report.render(title="Ranking monitoring report", drift=drift, skew=skew,
+                                             online=online, timeline=tl, notes=notes))
         click.echo(str(path))

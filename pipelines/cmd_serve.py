@@ -6,12 +6,51 @@ starts the server.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Iterator, Mapping
 
 import click
+
+from ranker.errors import RankerError
+
+
+@contextlib.contextmanager
+def serving(*, port: int, workers: int, env: Mapping[str, str] | None = None, log_level: str | None = None,
+            ready_timeout_s: float = 120.0) -> Iterator[str]:
+    """Run `ranker serve` in a child process and yield its base URL once ``/readyz`` answers 200;
+    stop it (SIGTERM to its process group: workers flush on exit) when the block ends. RankerError
+    when it exits or is not ready within ``ready_timeout_s``. Used by the demo and the benchmarks."""
+    args = [sys.executable, "-m", "pipelines.cli", "serve", "--port", str(port), "--workers", str(workers)]
+    if log_level:
+        args += ["--log-level", log_level]
+    proc = subprocess.Popen(args, env=None if env is None else dict(env), start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + ready_timeout_s
+        while True:  # bounded readiness poll over HTTP
+            try:
+                with urllib.request.urlopen(f"{base}/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RankerError(f"the scorer on port {port} did not become ready")
+            time.sleep(0.25)
+        yield base
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
 
 
 def _clear_multiproc_dir(folder: Path) -> None:

@@ -8,6 +8,7 @@ Each step is the same `ranker` command a user runs by hand; rerunning the demo i
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
@@ -85,9 +86,6 @@ def _summary() -> None:
 def _serve_and_rank(port: int = 8642) -> None:
     """Start the scorer (gunicorn, one worker), send a few ranking requests, print them, stop it."""
     import json
-    import os
-    import signal
-    import urllib.error
     import urllib.request
 
     import duckdb
@@ -104,21 +102,7 @@ def _serve_and_rank(port: int = 8642) -> None:
     sold = con.execute(f"SELECT item_id FROM read_parquet('{raw}/listings.parquet') WHERE sold_at IS NOT NULL "
                        "ORDER BY sold_at LIMIT 1").fetchall()[0][0]
     print(f"\n$ ranker serve --port {port} --workers 1", flush=True)
-    server = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--port", str(port), "--workers", "1"],
-                              start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:  # poll readiness over HTTP, bounded
-            try:
-                with urllib.request.urlopen(f"{base}/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                sys.exit("demo stopped: the scorer did not become ready")
-            time.sleep(0.5)
+    with _scorer(port=port, workers=1) as base:
         requests = [
             {"surface": "search", "user_id": user, "query": "black dresses", "items": live + [sold, "i_brand_new"], "limit": 5},
             {"surface": "recs", "user_id": user, "items": live, "limit": 5},
@@ -134,9 +118,19 @@ def _serve_and_rank(port: int = 8642) -> None:
                   f"sold removed={answer.get('removed_sold', 0)}")
             for item in answer["items"]:
                 print(f"  {item['rank']:>2}. {item['item_id']:<12} {item['score']:+.4f}")
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def _scorer(**kwargs):
+    """`ranker serve` for the length of the block (pipelines.cmd_serve.serving); the demo stops if it never gets ready."""
+    from pipelines.cmd_serve import serving
+    from ranker.errors import RankerError
+
+    try:
+        with serving(**kwargs) as base:
+            yield base
+    except RankerError as exc:
+        sys.exit(f"demo stopped: {exc}")
 
 
 def _monitoring_summary(port: int = 8643, requests: int = 2000) -> None:
@@ -145,9 +139,6 @@ def _monitoring_summary(port: int = 8643, requests: int = 2000) -> None:
     drift and online metrics per variant, summarised (full output: the `ranker monitor` commands)."""
     import json
     import os
-    import signal
-    import urllib.error
-    import urllib.request
     from datetime import datetime, timezone
 
     from ranker.config import Settings
@@ -170,25 +161,8 @@ def _monitoring_summary(port: int = 8643, requests: int = 2000) -> None:
            "RANKER_VARIANTS": json.dumps(variants), "RANKER_RELOAD_INTERVAL_S": "0"}
     print(f"$ RANKER_VARIANTS='{json.dumps(variants)}' RANKER_SERVED_LOG_SAMPLE=1 ranker serve --port {port} --workers 2",
           flush=True)
-    server = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--port", str(port), "--workers", "2",
-                               "--log-level", "warning"], env=env, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:  # bounded readiness poll
-            try:
-                with urllib.request.urlopen(f"{base}/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                sys.exit("demo stopped: the A/B scorer did not become ready")
-            time.sleep(0.5)
+    with _scorer(port=port, workers=2, env=env, log_level="warning") as base:  # workers flush the log on exit
         _run("monitor", "live", "--url", base, "--requests", str(requests), "--limit", "20", "--seed", "1")
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)  # workers flush the served log on exit
-        server.wait(timeout=30)
     from pipelines.cmd_monitor import run_drift, run_online, run_skew
 
     window = dict(since=since, until=None, surface=None, log_uri="")

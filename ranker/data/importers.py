@@ -163,45 +163,35 @@ def _check_required(df: pd.DataFrame, cols, rej: Rejections) -> pd.DataFrame:
     return df
 
 
-def _read_items(path: Path | None, rej: Rejections) -> pd.DataFrame | None:
+def _read_attributes(path: Path | None, rej: Rejections, *, what: str, key: str, timestamps: tuple = (),
+                     numbers: tuple = ()) -> pd.DataFrame | None:
+    """An optional items/users file: ``key`` required and unique; the listed timestamp and number
+    columns parsed where present; every rejected row counted under ``"{what}: <reason>"``."""
     if path is None:
         return None
-    items = read_any(path, what="items")
-    _require_columns(items, ["item_id"], path, "items")
-    items = items.copy()
-    items["item_id"] = _text(items.item_id)
-    items = rej.reject(items, items.item_id.isna(), "items: missing item_id")
-    items = rej.reject(items, items.item_id.duplicated(keep="first"), "items: duplicate item_id")
-    for c in ("created_at", "sold_at"):
-        if c in items.columns:
-            raw = _text(items[c])
-            parsed = parse_timestamps(items[c])
-            items = rej.reject(items, (raw.notna() & parsed.isna()).to_numpy(), f"items: unparsable {c}")
-            items[c] = parsed[items.index]
-    for c in ("price", "original_price"):
-        if c in items.columns:
-            raw = _text(items[c])
-            num = pd.to_numeric(raw, errors="coerce")
-            items = rej.reject(items, (raw.notna() & num.isna()).to_numpy(), f"items: unparsable {c}")
-            items[c] = num[items.index]
-    return items
+    table = read_any(path, what=what)
+    _require_columns(table, [key], path, what)
+    table = table.copy()
+    table[key] = _text(table[key])
+    table = rej.reject(table, table[key].isna(), f"{what}: missing {key}")
+    table = rej.reject(table, table[key].duplicated(keep="first"), f"{what}: duplicate {key}")
+    parsers = [(c, parse_timestamps) for c in timestamps] + [(c, lambda col: pd.to_numeric(_text(col), errors="coerce")) for c in numbers]
+    for c, parse in parsers:
+        if c in table.columns:
+            raw = _text(table[c])
+            parsed = parse(table[c])
+            table = rej.reject(table, (raw.notna() & parsed.isna()).to_numpy(), f"{what}: unparsable {c}")
+            table[c] = parsed[table.index]
+    return table
+
+
+def _read_items(path: Path | None, rej: Rejections) -> pd.DataFrame | None:
+    return _read_attributes(path, rej, what="items", key="item_id", timestamps=("created_at", "sold_at"),
+                            numbers=("price", "original_price"))
 
 
 def _read_users(path: Path | None, rej: Rejections) -> pd.DataFrame | None:
-    if path is None:
-        return None
-    users = read_any(path, what="users")
-    _require_columns(users, ["user_id"], path, "users")
-    users = users.copy()
-    users["user_id"] = _text(users.user_id)
-    users = rej.reject(users, users.user_id.isna(), "users: missing user_id")
-    users = rej.reject(users, users.user_id.duplicated(keep="first"), "users: duplicate user_id")
-    if "signup_at" in users.columns:
-        raw = _text(users.signup_at)
-        parsed = parse_timestamps(users.signup_at)
-        users = rej.reject(users, (raw.notna() & parsed.isna()).to_numpy(), "users: unparsable signup_at")
-        users["signup_at"] = parsed[users.index]
-    return users
+    return _read_attributes(path, rej, what="users", key="user_id", timestamps=("signup_at",))
 
 
 def _check_known_ids(ev: pd.DataFrame, items, users, rej: Rejections) -> pd.DataFrame:

@@ -4,31 +4,18 @@ feature, the skew table and the online metrics per variant over time. Any part m
 
 from __future__ import annotations
 
-import base64
 import html
-import io
-import os
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from ranker.training.report import html_table, png_base64
 
 TOP = 15
 
 
 def _png(figure) -> str:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(figure)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode("ascii")}">'
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<img alt="plot" src="data:image/png;base64,{png_base64(figure)}">'
 
 
 def _fmt(value: Any, spec: str = ".4f") -> str:
@@ -82,7 +69,7 @@ def _skew_section(skew: dict | None) -> str:
     verdict = (f"{skew['rows']:,} rows of {skew['requests']:,} requests recomputed; "
                + ("no feature above the threshold" if skew["ok"] else "skewed: " + ", ".join(skew["failed"])))
     return (f"<p><b>{html.escape(verdict)}</b> (threshold {skew['threshold']:.2%} mismatches)</p>"
-            + _table(["feature", "service", "mismatch rate", "mismatches", "max |diff|", "example (served -> Feast)"], rows))
+            + html_table(["feature", "service", "mismatch rate", "mismatches", "max |diff|", "example (served -> Feast)"], rows))
 
 
 def _online_section(online: dict | None, timeline: pd.DataFrame | None) -> str:
@@ -93,7 +80,7 @@ def _online_section(online: dict | None, timeline: pd.DataFrame | None) -> str:
     for g in online["groups"]:
         rows.append([g["surface"], g["variant"], g["model_version"], g["requests"]] + [
             f"{_fmt(g[m]['mean'])} [{_fmt(g[m]['low'])}, {_fmt(g[m]['high'])}]" for m in online["metrics"]])
-    parts = [_table(["surface", "variant", "version", "requests", f"CTR@{k}", "purchase rate", f"click NDCG@{k}"], rows)]
+    parts = [html_table(["surface", "variant", "version", "requests", f"CTR@{k}", "purchase rate", f"click NDCG@{k}"], rows)]
     crow = []
     for c in online["comparisons"]:
         for m in online["metrics"]:
@@ -103,7 +90,7 @@ def _online_section(online: dict | None, timeline: pd.DataFrame | None) -> str:
                          r["requests_needed"] or "-"])
     if crow:
         parts.append("<h3>Variant comparison (95% interval of the difference)</h3>")
-        parts.append(_table(["surface", "difference", "metric", "diff", "interval", "better", "requests needed"], crow))
+        parts.append(html_table(["surface", "difference", "metric", "diff", "interval", "better", "requests needed"], crow))
     if timeline is not None and not timeline.empty:
         from matplotlib.figure import Figure
 
@@ -135,11 +122,3 @@ td,th{{border:1px solid #ccc;padding:3px 6px;text-align:left}}img{{max-width:100
 <h2>Training/serving skew</h2>{_skew_section(skew)}
 </body></html>"""
 
-
-def write(path: Path, document: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(document, encoding="utf-8")
-    os.replace(tmp, path)
-    return path

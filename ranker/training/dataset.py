@@ -79,6 +79,26 @@ def dataset_dir(settings: Settings, surface: str) -> Path:
     return settings.artifacts_dir / "datasets" / surface
 
 
+def _label_query_parts(settings: Settings, options: DatasetOptions, *, alias: str = "") -> tuple:
+    """What both label queries share: the raw files (checked), the grade CASE, the impression
+    filter (columns prefixed with ``alias``) and its parameters."""
+    events = settings.raw_dir / schema.EVENTS.file
+    listings = settings.raw_dir / schema.LISTINGS.file
+    for path in (events, listings):
+        if not path.exists():
+            raise DatasetError(f"{path} not found: run `ranker data simulate` (or import) first")
+    grade = " ".join(f"WHEN '{k}' THEN {v}" for k, v in schema.EVENT_GRADE.items())
+    where = [f"{alias}event_type = 'impression'", f"{alias}surface = $surface"]
+    params: dict = {"surface": options.surface, "window": timedelta(hours=options.attribution_hours)}
+    if options.start:
+        where.append(f"{alias}timestamp >= $start")
+        params["start"] = options.start
+    if options.end:
+        where.append(f"{alias}timestamp < $end")
+        params["end"] = options.end
+    return events, listings, grade, where, params
+
+
 def labelled_impressions(settings: Settings, options: DatasetOptions) -> pd.DataFrame:
     """Impressions of the surface in the window with their graded label and entity keys.
 
@@ -86,20 +106,7 @@ def labelled_impressions(settings: Settings, options: DatasetOptions) -> pd.Data
     tests prove gives the same rows."""
     import duckdb
 
-    events = settings.raw_dir / schema.EVENTS.file
-    listings = settings.raw_dir / schema.LISTINGS.file
-    for path in (events, listings):
-        if not path.exists():
-            raise DatasetError(f"{path} not found: run `ranker data simulate` (or import) first")
-    grade = " ".join(f"WHEN '{k}' THEN {v}" for k, v in schema.EVENT_GRADE.items())
-    where = ["i.event_type = 'impression'", "i.surface = $surface"]
-    params: dict = {"surface": options.surface, "window": timedelta(hours=options.attribution_hours)}
-    if options.start:
-        where.append("i.timestamp >= $start")
-        params["start"] = options.start
-    if options.end:
-        where.append("i.timestamp < $end")
-        params["end"] = options.end
+    events, listings, grade, where, params = _label_query_parts(settings, options, alias="i.")
     sql = f"""
         WITH i AS (SELECT * FROM read_parquet('{events}')),
         eng AS (
@@ -140,20 +147,7 @@ def _labelled_table(settings: Settings, options: DatasetOptions) -> pa.Table:
         return sampled_groups(settings, options)
     import duckdb
 
-    events = settings.raw_dir / schema.EVENTS.file
-    listings = settings.raw_dir / schema.LISTINGS.file
-    for path in (events, listings):
-        if not path.exists():
-            raise DatasetError(f"{path} not found: run `ranker data simulate` (or import) first")
-    grade = " ".join(f"WHEN '{k}' THEN {v}" for k, v in schema.EVENT_GRADE.items())
-    where = ["event_type = 'impression'", "surface = $surface"]
-    params: dict = {"surface": options.surface, "window": timedelta(hours=options.attribution_hours)}
-    if options.start:
-        where.append("timestamp >= $start")
-        params["start"] = options.start
-    if options.end:
-        where.append("timestamp < $end")
-        params["end"] = options.end
+    events, listings, grade, where, params = _label_query_parts(settings, options)
     sql = f"""
         WITH i AS (
             SELECT request_id, timestamp, user_id, item_id, position, query

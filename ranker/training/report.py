@@ -232,9 +232,10 @@ def evaluation_table(evaluation: Mapping) -> str:
     return "\n".join(lines)
 
 
-def _html_table(header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(cell)}</th>" for cell in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows)
+def html_table(header: list, rows: list[list]) -> str:
+    """An HTML table of the cells' text, escaped (shared with the monitoring report)."""
+    head = "".join(f"<th>{html.escape(str(cell))}</th>" for cell in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -308,7 +309,8 @@ def _colours(rankers: Sequence[str]) -> dict[str, Any]:
     return {name: palette(i % palette.N) for i, name in enumerate(rankers)}
 
 
-def _png(figure) -> str:
+def png_base64(figure) -> str:
+    """The figure as a base64 PNG (shared with the monitoring report)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(figure)
@@ -332,7 +334,7 @@ def _plot_feature_importance(importance: Mapping) -> str | None:
     axes.set_yticks(range(len(names)), names, fontsize=8)
     axes.set_xlabel("total gain")
     axes.set_title(f"Feature importance (top {len(names)})")
-    return _png(figure)
+    return png_base64(figure)
 
 
 def _plot_slices(evaluation: Mapping, colours: Mapping[str, Any]) -> str | None:
@@ -361,7 +363,7 @@ def _plot_slices(evaluation: Mapping, colours: Mapping[str, Any]) -> str | None:
     axes.set_title(f"{HEADLINE_METRIC} by slice (bootstrap interval)")
     axes.grid(axis="y", alpha=0.3)
     axes.legend(fontsize=8, loc="best")
-    return _png(figure)
+    return png_base64(figure)
 
 
 def _plot_score_distributions(distributions: Mapping, colours: Mapping[str, Any]) -> str | None:
@@ -386,7 +388,7 @@ def _plot_score_distributions(distributions: Mapping, colours: Mapping[str, Any]
         axes.tick_params(labelsize=7)
     figure.suptitle("Score distributions")
     figure.tight_layout()
-    return _png(figure)
+    return png_base64(figure)
 
 
 def _plot_ndcg_curves(curves: Mapping, colours: Mapping[str, Any]) -> str | None:
@@ -412,7 +414,7 @@ def _plot_ndcg_curves(curves: Mapping, colours: Mapping[str, Any]) -> str | None
     axes.set_title("NDCG@k")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
-    return _png(figure)
+    return png_base64(figure)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -470,7 +472,7 @@ def render_html(evaluation: Mapping, *, title: str) -> str:
     parts.append(
         _section(
             "Test metrics",
-            _html_table(*_summary_rows(evaluation))
+            html_table(*_summary_rows(evaluation))
             + '<p class="note">Means over requests with at least one engagement; ties in score averaged.</p>',
         )
     )
@@ -479,13 +481,13 @@ def render_html(evaluation: Mapping, *, title: str) -> str:
         parts.append(
             _section(
                 "Paired bootstrap intervals",
-                _html_table(ci_header, ci_rows)
+                html_table(ci_header, ci_rows)
                 + '<p class="note">p is the share of bootstrap mean differences &le; 0.</p>',
             )
         )
     slice_header, slice_rows = _slice_rows(evaluation)
     if slice_rows:
-        parts.append(_section(f"{HEADLINE_METRIC} by slice", _html_table(slice_header, slice_rows)))
+        parts.append(_section(f"{HEADLINE_METRIC} by slice", html_table(slice_header, slice_rows)))
 
     plots = [
         ("Feature importance", _plot_feature_importance(_mapping(evaluation, "feature_importance"))),
@@ -512,7 +514,11 @@ def write_report(evaluation: Mapping, *, path: Path, title: str) -> Path:
             run never leaves a half-written report behind.
         title: the page title and heading, e.g. ``"search_ranker 2024-06-01 evaluation"``.
     """
-    document = render_html(evaluation, title=title)
+    return write_html(path, render_html(evaluation, title=title))
+
+
+def write_html(path: Path, document: str) -> Path:
+    """Write ``document`` to ``path`` atomically (parents created); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -521,4 +527,4 @@ def write_report(evaluation: Mapping, *, path: Path, title: str) -> Path:
     return path
 
 
-__all__ = ["evaluation_table", "render_html", "write_report"]
+__all__ = ["evaluation_table", "html_table", "png_base64", "render_html", "write_html", "write_report"]
