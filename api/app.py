@@ -40,7 +40,6 @@ import logging
 import os
 import time
 import uuid
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -66,7 +65,7 @@ DEFAULTS: dict[str, Any] = {
     "RANKER_RELOAD_INTERVAL_S": 30.0,  # registry poll period; 0 = only POST /admin/reload
     "RANKER_ITEM_CACHE_TTL_S": 0.0,  # item feature cache staleness bound; 0 = no cache
     "RANKER_SURFACES": "search,recs",
-    "RANKER_FETCH_THREADS": 8,  # threads that run online-store calls under the budget, per process
+    "RANKER_FETCH_THREADS": 8,  # threads for readiness pings and warm-up fetches (requests fetch inline, with a deadline)
     "MAX_CONTENT_LENGTH": 1 << 20,  # request body limit in bytes (env: RANKER_MAX_BODY_BYTES)
     # Sum /metrics over gunicorn workers (PROMETHEUS_MULTIPROC_DIR); set by api/gunicorn_conf.py.
     "RANKER_METRICS_MULTIPROCESS": False,
@@ -214,7 +213,7 @@ class Scorer:
 
     def __init__(self, *, settings: Settings, config: ScorerConfig, models: ModelHolder, metrics: Metrics,
                  served_log: Any = None) -> None:
-        from ranker.serving.features import OnlineStoreUnavailable
+        from ranker.serving.features import FetchDeadlineExceeded, OnlineStoreUnavailable
 
         self.settings = settings
         self.config = config
@@ -223,6 +222,7 @@ class Scorer:
         self.served_log = served_log  # ranker.monitoring.servedlog.ServedLogWriter or None (off)
         self.memory = ItemMemory()
         self.store_unavailable = OnlineStoreUnavailable
+        self.deadline_exceeded = FetchDeadlineExceeded
         self._last_warning: dict[str, float] = {}
 
     def _warn(self, key: str, message: str, *args: Any, exc_info: bool = False) -> None:
@@ -236,17 +236,18 @@ class Scorer:
     def fetch(self, model: ServingModel, req: RankRequest) -> tuple[Any, str | None]:
         """(FeatureRows, None) or (None, reason) when the store failed or missed the budget.
 
-        The fetch runs on the pool so a hung store cannot hold the request past the budget; the
-        feature path's own timeout (the same budget) ends the stray call soon after.
+        The fetch runs on the request's own thread with a deadline of now + the budget: every
+        wait on the store ends by then (socket timeouts for Redis, an interrupted statement for
+        sqlite), so a hung store cannot hold the request past the budget, and a healthy one costs
+        no hand-off to another thread.
         """
-        future = self.models.pool.submit(
-            model.features.fetch, user_id=req.user_id, item_ids=list(req.items), query=req.query,
-            request_ts=req.request_ts,
-        )
         try:
-            return future.result(timeout=self.config.feature_timeout_s), None
-        except FutureTimeout:
-            future.cancel()
+            rows = model.features.fetch(
+                user_id=req.user_id, item_ids=req.items, query=req.query, request_ts=req.request_ts,
+                deadline=time.monotonic() + self.config.feature_timeout_s,
+            )
+            return rows, None
+        except self.deadline_exceeded:
             self._warn(f"timeout:{req.surface}", "feature fetch for %s missed its %.0f ms budget; degraded answer",
                        req.surface, self.config.feature_timeout_s * 1e3)
             return None, "timeout"

@@ -148,10 +148,9 @@ class ModelHolder:
         registry: a ``Registry`` (default ``Registry.from_settings(settings)``).
         features_factory: builds the feature path of a service (default ``OnlineFeatures``).
         retire_grace_s: how long a replaced feature path stays open for requests still using it.
-        fetch_threads: size of :attr:`pool`, the threads every store call (fetch, ping, warm-up) runs
-            on. Callers wait on it with a deadline, so a hung store cannot hold a request past its
-            budget; and the store's per-thread connections (sqlite) stay bounded by the pool size
-            whatever server threads call in.
+        fetch_threads: size of :attr:`pool`, the threads readiness pings and warm-up fetches run on
+            (waited on with a deadline). Request fetches run on the request's thread with a
+            deadline of their own (``OnlineFeatures.fetch(deadline=...)``): no hand-off per request.
     """
 
     def __init__(

@@ -304,7 +304,7 @@ def test_redis_down_raises_store_unavailable_quickly(world):
 
 def test_redis_that_does_not_answer_times_out(world):
     """A server that accepts connections but never replies: the read times out after timeout_s."""
-    from ranker.serving.features import OnlineFeatures, OnlineStoreUnavailable
+    from ranker.serving.features import FetchDeadlineExceeded, OnlineFeatures, OnlineStoreUnavailable
 
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -333,12 +333,56 @@ def test_redis_that_does_not_answer_times_out(world):
         assert 0.09 <= elapsed < 1.0, elapsed
         assert online.ping() is False
         online.close()
+        # A caller's deadline shorter than timeout_s ends the wait at the deadline, and says so.
+        online = OnlineFeatures(settings, service="recs_ranker_v1", timeout_s=5.0)
+        t0 = time.perf_counter()
+        with pytest.raises(FetchDeadlineExceeded, match="deadline"):
+            online.fetch(user_id="u1", item_ids=["i1"], query=None, request_ts=1_790_000_000,
+                         deadline=time.monotonic() + 0.15)
+        elapsed = time.perf_counter() - t0
+        assert 0.14 <= elapsed < 1.0, elapsed
+        online.close()
     finally:
         stop.set()
         thread.join()
         for conn in accepted:
             conn.close()
         listener.close()
+
+
+def test_sqlite_fetch_past_its_deadline_is_interrupted(sqlite_world):
+    from ranker.serving.features import FetchDeadlineExceeded, OnlineFeatures
+
+    with OnlineFeatures(sqlite_world, service="search_ranker_v1", timeout_s=5.0) as online:
+        with pytest.raises(FetchDeadlineExceeded):
+            online.fetch(user_id="u1", item_ids=["i1"], query=None, request_ts=1_790_000_000,
+                         deadline=time.monotonic() - 0.001)
+        # the connection is fine afterwards
+        rows = online.fetch(user_id="u1", item_ids=["i1"], query=None, request_ts=1_790_000_000,
+                            deadline=time.monotonic() + 5.0)
+        assert rows.matrix.shape == (1, len(online.feature_names))
+
+
+def test_redis_error_reply_is_store_unavailable_and_the_pool_stays_clean(redis_world):
+    """A key of the wrong type answers HGETALL/HMGET with an error reply: the fetch fails clearly,
+    the connection with unread replies is dropped, and the next fetch is exact again."""
+    import redis as redis_py
+
+    from ranker.features.materialize import _string_entity_keys
+    from ranker.serving.features import OnlineFeatures, OnlineStoreUnavailable
+
+    client = redis_py.Redis.from_url(redis_world.redis_url)
+    with OnlineFeatures(redis_world, service="search_ranker_v1", timeout_s=5.0) as online:
+        key = _string_entity_keys(["item_id"], [["i-wrong-type"]], online._plan.project.encode())[0]
+        client.set(key, b"not a hash")
+        try:
+            before = online.fetch(user_id="u1", item_ids=["i1", "i2"], query="dress", request_ts=1_790_000_000)
+            with pytest.raises(OnlineStoreUnavailable, match="WRONGTYPE"):
+                online.fetch(user_id="u1", item_ids=["i1", "i-wrong-type", "i2"], query="dress", request_ts=1_790_000_000)
+            after = online.fetch(user_id="u1", item_ids=["i1", "i2"], query="dress", request_ts=1_790_000_000)
+            _assert_bit_identical(after.matrix, before.matrix, "after an error reply")
+        finally:
+            client.delete(key)
 
 
 def test_missing_sqlite_store_raises_store_unavailable(world, tmp_path):
