@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import gc
 import hmac
-import json
 import logging
 import os
 import time
@@ -44,6 +43,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
+import orjson
 from flask import Blueprint, Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
@@ -411,7 +411,7 @@ def scorer() -> Scorer:
 
 def _json(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
     response = current_app.response_class(
-        json.dumps(body, separators=(",", ":"), allow_nan=False), status=status, mimetype="application/json"
+        orjson.dumps(body), status=status, mimetype="application/json"
     )
     for key, value in (headers or {}).items():
         response.headers[key] = value
@@ -524,9 +524,10 @@ def rank() -> Response:
     t_predict = time.perf_counter()
     metrics.observe_stage(req.surface, "predict", t_predict - t_fetch)
 
+    ids, scores = ranking.item_ids, ranking.scores[ranking.order].tolist()
     items = [
-        {"item_id": ranking.item_ids[i], "score": float(ranking.scores[i]), "rank": rank_}
-        for rank_, i in enumerate(ranking.order.tolist(), start=1)
+        {"item_id": ids[i], "score": score, "rank": rank_}
+        for rank_, (i, score) in enumerate(zip(ranking.order.tolist(), scores), start=1)
     ]
     if req.explain:
         _explain(items, model, ranking.matrix[ranking.order] if ranking.matrix is not None else None)

@@ -16,6 +16,8 @@ result is a DataFrame for a DataFrame and a dict of float32 arrays otherwise, wi
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -25,6 +27,7 @@ SECONDS_PER_HOUR = 3600.0
 # Text columns up to this length are factorised with a dict in Python (cheaper than Arrow's setup
 # for a request's few hundred rows); longer ones by Arrow. Both give the same codes.
 SMALL_COLUMN = 4096
+WORDS_MEMO_SIZE = 200_000  # distinct texts whose word ids are remembered (query_title_match)
 
 
 def _num(series) -> np.ndarray:
@@ -149,9 +152,15 @@ def query_listing_features(inputs):
 
 def _query_title_match(query, title) -> np.ndarray:
     """len(set(q.split()) & set(t.split())) / len(set(q.split())) per row (float64), NaN without a
-    query (or one with no words) or without a title. Words are split in Python (str.split), once
-    per distinct query and title; the per-row counting is vectorised."""
+    query (or one with no words) or without a title.
+
+    A request's rows (up to ``SMALL_COLUMN``) are counted one by one with Python sets, each text's
+    word set remembered across calls (the scorer sees the same titles request after request). A
+    training set's rows are vectorised instead: words split once per distinct query and title, the
+    per-row counting in numpy. Both give the same numbers (tests/test_features.py)."""
     n = len(query)
+    if n <= SMALL_COLUMN:
+        return _query_title_match_rows(query, title)
     (q,), queries = _text_codes(query)
     (t,), titles = _text_codes(title)
     vocab: dict[str, int] = {}
@@ -174,3 +183,34 @@ def _query_title_match(query, title) -> np.ndarray:
     scores = np.full(n, np.nan)
     scores[rows] = hits[rows] / q_len[q[rows]]
     return scores
+
+
+def _query_title_match_rows(query, title) -> np.ndarray:
+    queries = query.tolist() if hasattr(query, "tolist") else list(query)
+    titles = title.tolist() if hasattr(title, "tolist") else list(title)
+    words = _WORDS.get
+    out = [math.nan] * len(queries)
+    last, q_set, q_n = None, None, 0
+    for i, (q, t) in enumerate(zip(queries, titles)):
+        if q is not last:  # a request repeats one query object: its words once
+            last = q
+            q_set = _words(q) if isinstance(q, str) else None
+            q_n = len(q_set) if q_set else 0
+        if q_n and isinstance(t, str):
+            t_set = words(t) or _words(t)
+            out[i] = len(q_set & t_set) / q_n
+    return np.array(out, dtype=np.float64)
+
+
+def _words(text: str) -> frozenset:
+    """The distinct words of ``text`` (``str.split``), remembered for the next ``WORDS_MEMO_SIZE``
+    distinct texts (then forgotten all at once)."""
+    words = _WORDS.get(text)
+    if words is None:
+        if len(_WORDS) >= WORDS_MEMO_SIZE:
+            _WORDS.clear()
+        words = _WORDS[text] = frozenset(text.split())
+    return words
+
+
+_WORDS: dict[str, frozenset] = {}

@@ -498,14 +498,15 @@ class _RedisBackend:
         cells = int(widths.sum())
         off = np.zeros(cells, dtype=np.int64)
         ln = np.full(cells, -1, dtype=np.int64)  # HGETALL leaves absent fields nil
-        conn = self._pool.get_connection()
+        conn = self._connection()
         try:
             buf, end = self._roundtrip(conn, b"".join(parts), widths, table_of, off, ln, deadline)
         except BaseException:
-            conn.disconnect()  # replies may be left unread: never hand this connection back dirty
-            raise
-        finally:
+            # replies may be left unread: never use this connection again
+            self._local.conn = None
+            conn.disconnect()
             self._pool.release(conn)
+            raise
         blocks = []
         data = None
         at = 0
@@ -517,6 +518,19 @@ class _RedisBackend:
                 data = bytes(buf[:end])
             blocks.append(self._block(buf, data, o2, l2, fs))
         return blocks
+
+    def _connection(self):
+        """This thread's connection, taken from the pool once and kept: the pool's per-call
+        checkout (lock, liveness poll, release) cost more than a round trip's parsing. Dropped
+        (and handed back) on any error; re-taken after a fork."""
+        local = self._local
+        conn = getattr(local, "conn", None)
+        if conn is None or local.pid != os.getpid() or conn._sock is None:
+            if conn is not None and local.pid == os.getpid():
+                self._pool.release(conn)
+            conn = local.conn = self._pool.get_connection()
+            local.pid = os.getpid()
+        return conn
 
     @staticmethod
     def encode_key(key: bytes) -> bytes:
@@ -874,21 +888,29 @@ class OnlineFeatures:
                 uniq = col if isinstance(rows, range) and len(rows) == len(col) else [col[i] for i in rows]
                 if len(join_keys) > 1:
                     uniq = [(v,) for v in uniq]
-            elif len(varying) == 1:
-                col = columns[varying[0]]
-                seen: dict = {}
-                idx = np.asarray([seen.setdefault(col[i], len(seen)) for i in rows], dtype=np.intp)
-                uniq = [(v,) for v in seen] if len(join_keys) > 1 else list(seen)
             else:
-                seen = {}
-                idx = np.asarray([seen.setdefault(tuple(columns[k][i] for k in varying), len(seen)) for i in rows], dtype=np.intp)
-                uniq = list(seen)
+                # distinct values of the varying keys (e.g. category), shared by the groups of a
+                # request that vary by the same keys (category, user x category, query x category)
+                memo_key = (varying, id(rows))
+                made = columns.get(memo_key)
+                if made is None or made[0] is not rows:
+                    seen: dict = {}
+                    if len(varying) == 1:
+                        col = columns[varying[0]]
+                        values = col if isinstance(rows, range) and len(rows) == len(col) else [col[i] for i in rows]
+                    else:
+                        values = [tuple(columns[k][i] for k in varying) for i in rows]
+                    idx = np.array([seen.setdefault(v, len(seen)) for v in values], dtype=np.intp)
+                    made = columns[memo_key] = (rows, list(seen), idx)  # rows kept: its id stays its own
+                _rows, uniq, idx = made
+                if len(varying) == 1 and len(join_keys) > 1:
+                    uniq = [(v,) for v in uniq]
             if len(varying) < len(join_keys):  # e.g. user x category: put the request's keys in
                 pos = {k: varying.index(k) for k in varying}
                 uniq = [tuple(u[pos[k]] if k in pos else columns[k] for k in join_keys) for u in uniq]
         # uniq: the join-key values in join_keys order, a tuple (or the bare value for one item key)
         memo = self._key_memo[id(group)]
-        keys = [memo.get(u) for u in uniq]
+        keys = list(map(memo.get, uniq))
         if None in keys:
             todo = [i for i, k in enumerate(keys) if k is None]
             if len(join_keys) == 1 and varying:
@@ -929,9 +951,12 @@ class OnlineFeatures:
                 self.cache_hits += len(hits)
                 self.cache_misses += len(misses)
         else:
-            records, hits, misses = None, [], list(range(u))
+            records, hits, misses = None, [], []
+        all_rows = range(u)
+        if not hits:
+            misses = all_rows  # one object for "every row": _keys shares its work between groups by it
 
-        columns: dict = {"item_id": uniq, "user_id": user_id, "query": query}
+        columns: dict = {"item_id": uniq, "user_id": user_id, "query": query}  # and _keys' per-request memo
         num: list = [None] * len(groups)  # per group: (u, n_num) float64 at unique-item level
         strs: list = [None] * len(groups)  # per group: (u, n_str) object
         known = np.zeros(u, dtype=bool)
@@ -970,7 +995,7 @@ class OnlineFeatures:
         for g, group in enumerate(groups):
             if group.cacheable or (group.derived and misses):
                 continue
-            keys, idx = self._keys(group, columns, range(u))
+            keys, idx = self._keys(group, columns, all_rows)
             reads.append((keys, group.fieldset))
             todo.append(("group", g, idx))
         self._absorb(self._backend.read(reads, deadline), todo, num, strs, u, misses, hits, known, sold_val)
@@ -978,9 +1003,10 @@ class OnlineFeatures:
         if misses:
             istr = strs[plan.item_group]
             for k, c in plan.key_loc.items():
-                col = columns.get(k) or [None] * u
-                if k not in columns:
-                    columns[k] = col
+                if not hits:
+                    columns[k] = [v or "" for v in istr[:, c].tolist()]
+                    continue
+                col = columns[k]
                 for i, v in zip(misses, istr[misses, c].tolist()):
                     col[i] = v or ""
             # Round 2: seller and category views of the listings read in round 1, and the pair views.
@@ -992,7 +1018,7 @@ class OnlineFeatures:
                     keys, idx = self._keys(group, columns, misses)
                     todo.append(("misses", g, idx))
                 else:
-                    keys, idx = self._keys(group, columns, range(u))
+                    keys, idx = self._keys(group, columns, all_rows)
                     todo.append(("group", g, idx))
                 reads.append((keys, group.fieldset))
             if reads:
