@@ -66,6 +66,9 @@ DEFAULTS: dict[str, Any] = {
     "RANKER_ITEM_CACHE_TTL_S": 0.0,  # item feature cache staleness bound; 0 = no cache
     "RANKER_SURFACES": "search,recs",
     "RANKER_FETCH_THREADS": 8,  # threads for readiness pings and warm-up fetches (requests fetch inline, with a deadline)
+    # Predict with the model's trees compiled by ranker.serving.trees when they verify bit-identical
+    # to LightGBM at load (otherwise, or when off, LightGBM's own predict).
+    "RANKER_COMPILED_TREES": True,
     "MAX_CONTENT_LENGTH": 1 << 20,  # request body limit in bytes (env: RANKER_MAX_BODY_BYTES)
     # Sum /metrics over gunicorn workers (PROMETHEUS_MULTIPROC_DIR); set by api/gunicorn_conf.py.
     "RANKER_METRICS_MULTIPROCESS": False,
@@ -88,6 +91,7 @@ _ENV_PARSERS: dict[str, tuple[str, type]] = {
     "RANKER_ITEM_CACHE_TTL_S": ("RANKER_ITEM_CACHE_TTL_S", float),
     "RANKER_SURFACES": ("RANKER_SURFACES", str),
     "RANKER_FETCH_THREADS": ("RANKER_FETCH_THREADS", int),
+    "RANKER_COMPILED_TREES": ("RANKER_COMPILED_TREES", bool),
     "MAX_CONTENT_LENGTH": ("RANKER_MAX_BODY_BYTES", int),
     "RANKER_METRICS_MULTIPROCESS": ("RANKER_METRICS_MULTIPROCESS", bool),
     "RANKER_VARIANTS": ("RANKER_VARIANTS", str),
@@ -140,6 +144,7 @@ class ScorerConfig:
     item_cache_ttl_s: float
     surfaces: tuple[str, ...]
     fetch_threads: int
+    compiled_trees: bool = True
     experiments: dict = None  # surface -> ranker.monitoring.abtest.Experiment
     served_log: Any = None  # ranker.monitoring.servedlog.ServedLogConfig
 
@@ -162,6 +167,7 @@ class ScorerConfig:
             item_cache_ttl_s=float(config["RANKER_ITEM_CACHE_TTL_S"]),
             surfaces=surfaces,
             fetch_threads=int(config["RANKER_FETCH_THREADS"]),
+            compiled_trees=bool(config["RANKER_COMPILED_TREES"]),
             experiments=load_variants(
                 config.get("RANKER_VARIANTS") or "", str(config.get("RANKER_VARIANTS_FILE") or ""),
                 surfaces=surfaces, salt=str(config.get("RANKER_AB_SALT") or ""),
@@ -371,7 +377,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, settings: Settin
     models = ModelHolder(
         settings, surfaces=config.surfaces, feature_timeout_s=config.feature_timeout_s,
         item_cache_ttl_s=config.item_cache_ttl_s, metrics=metrics, fetch_threads=config.fetch_threads,
-        experiments=config.experiments, features_factory=features_factory,
+        experiments=config.experiments, features_factory=features_factory, compile_trees=config.compiled_trees,
     )
     served_log = None
     if config.served_log.sample_rate > 0:

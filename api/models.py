@@ -56,6 +56,12 @@ class ServingModel:
     features: Any = field(repr=False)  # OnlineFeatures of card["feature_service"]
     feature_names: tuple[str, ...] = ()
     loaded_at: float = 0.0
+    compiled: Any = field(default=None, repr=False)  # ranker.serving.trees.CompiledTrees; None: LightGBM
+
+    @property
+    def predictor(self) -> str:
+        """``compiled`` (the verified numba trees) or ``lightgbm`` (Booster.predict)."""
+        return "lightgbm" if self.compiled is None else "compiled"
 
     @property
     def feature_service(self) -> str:
@@ -69,7 +75,10 @@ class ServingModel:
             return None
 
     def predict(self, matrix: np.ndarray) -> np.ndarray:
-        """Raw LightGBM scores (one thread: gunicorn workers are the parallelism)."""
+        """Raw LightGBM scores (one thread: gunicorn workers are the parallelism): the compiled
+        trees when the model compiled and verified bit-identical at load, else ``Booster.predict``."""
+        if self.compiled is not None:
+            return self.compiled.predict(matrix)
         return self.booster.predict(matrix, num_threads=1)
 
     def contributions(self, matrix: np.ndarray) -> np.ndarray:
@@ -151,6 +160,8 @@ class ModelHolder:
         fetch_threads: size of :attr:`pool`, the threads readiness pings and warm-up fetches run on
             (waited on with a deadline). Request fetches run on the request's thread with a
             deadline of their own (``OnlineFeatures.fetch(deadline=...)``): no hand-off per request.
+        compile_trees: predict with the model's trees compiled by :mod:`ranker.serving.trees`
+            (verified bit-identical at load, else LightGBM's own predict); False: always LightGBM.
     """
 
     def __init__(
@@ -166,6 +177,7 @@ class ModelHolder:
         retire_grace_s: float = 30.0,
         fetch_threads: int = 8,
         experiments: dict[str, Experiment] | None = None,
+        compile_trees: bool = True,
     ) -> None:
         unknown = [s for s in surfaces if s not in MODEL_NAMES]
         if unknown:
@@ -182,6 +194,7 @@ class ModelHolder:
         self.registry = registry
         self.features_factory = features_factory or _default_features_factory
         self.retire_grace_s = float(retire_grace_s)
+        self.compile_trees = bool(compile_trees)
         experiments = dict(experiments or {})
         self.experiments = {s: experiments.get(s) or default_experiment(s) for s in self.surfaces}
         self._models: dict[str, ServingModel] = {}  # surface -> the control (first) variant's model
@@ -226,7 +239,8 @@ class ModelHolder:
         for surface in self.surfaces:
             model = self.get(surface)
             state = self._state[surface]
-            entry: dict[str, Any] = {"model": state.name, "version": model.version if model else None}
+            entry: dict[str, Any] = {"model": state.name, "version": model.version if model else None,
+                                     "predictor": model.predictor if model else None}
             reasons = []
             if model is None:
                 reasons.append(f"no {STAGE} model loaded for {state.name}" + (f": {state.error}" if state.error else ""))
@@ -358,11 +372,33 @@ class ModelHolder:
         except BaseException:
             _close_quietly(features)
             raise
+        compiled = self._compile(booster, surface, version)
         self._warm_up(features, booster, surface)
         return ServingModel(
             surface=surface, name=name, version=version, card=card, booster=booster, features=features,
-            feature_names=tuple(card["features"]), loaded_at=time.time(),
+            feature_names=tuple(card["features"]), loaded_at=time.time(), compiled=compiled,
         )
+
+    def _compile(self, booster: Any, surface: str, version: str) -> Any:
+        """The model's trees compiled (:mod:`ranker.serving.trees`) and checked bit-identical to
+        ``Booster.predict`` on every threshold's neighbourhood; None (serve with LightGBM) when
+        compiling is off, the model has something the compiler does not reproduce, or anything
+        fails: a compiled model that is not exact is never used."""
+        if not self.compile_trees:
+            return None
+        from ranker.serving.trees import UnsupportedModel, compile_verified
+
+        try:
+            compiled = compile_verified(booster)
+        except UnsupportedModel as exc:
+            log.info("%s %s: serving with LightGBM's predict (%s)", surface, version, exc)
+            return None
+        except Exception:  # noqa: BLE001 - the plain LightGBM path always works
+            log.warning("%s %s: compiling the trees failed; serving with LightGBM's predict", surface, version,
+                        exc_info=True)
+            return None
+        log.info("%s %s: compiled trees verified bit-identical to LightGBM", surface, version)
+        return compiled
 
     def _warm_up(self, features: Any, booster: Any, surface: str) -> None:
         """One throw-away fetch (on the pool) and predict, so the first real request does not pay for

@@ -173,8 +173,19 @@ def test_scores_equal_booster_predict_on_the_served_features(app, client, candid
     model = app.extensions["ranker"].models.get("search")
     rows = model.features.fetch(user_id="u000001", item_ids=live, query="black dress", request_ts=REQUEST_TS)
     expected = dict(zip(live, model.booster.predict(rows.matrix)))
+    assert model.predictor == "compiled"  # the served scores come from the compiled trees...
     for item in body["items"]:
-        assert item["score"] == pytest.approx(expected[item["item_id"]], rel=1e-9, abs=1e-12)
+        assert item["score"] == expected[item["item_id"]]  # ...and are LightGBM's, bit for bit
+
+
+def test_lightgbm_predictor_when_compiled_trees_are_off(app, served, candidates):
+    """RANKER_COMPILED_TREES=0 serves with Booster.predict: same answer, other predictor."""
+    live, _ = candidates
+    compiled = _rank(app.test_client(), "search", live).get_json()
+    with running_app(served, RANKER_COMPILED_TREES=False) as plain_app:
+        assert plain_app.extensions["ranker"].models.get("search").predictor == "lightgbm"
+        plain = _rank(plain_app.test_client(), "search", live).get_json()
+    assert [(i["item_id"], i["score"]) for i in plain["items"]] == [(i["item_id"], i["score"]) for i in compiled["items"]]
 
 
 def test_sold_listings_are_removed_and_counted(client, candidates):
@@ -366,6 +377,7 @@ def test_health_and_readiness(client):
     body = response.get_json()
     assert body["ready"] is True
     assert {s: e["online_store"] for s, e in body["surfaces"].items()} == {"search": "ok", "recs": "ok"}
+    assert {s: e["predictor"] for s, e in body["surfaces"].items()} == {"search": "compiled", "recs": "compiled"}
 
 
 def test_surface_without_a_production_model(world, models, tmp_path, candidates):
