@@ -11,11 +11,14 @@ import os
 
 bind = os.environ.get("RANKER_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("RANKER_WORKERS", "2"))
-# CPU-bound scoring: one request at a time per process; scale with workers.
-worker_class = "sync"
+# CPU-bound scoring: one request at a time per process (threads=1); scale with workers. gthread
+# rather than sync because sync closes every connection after one response: a client that keeps
+# its connection (every service calling the scorer) saves a TCP handshake per request.
+worker_class = os.environ.get("RANKER_WORKER_CLASS", "sync")
+threads = int(os.environ.get("RANKER_WORKER_THREADS", "1"))
 timeout = 30
 graceful_timeout = 10
-keepalive = 2
+keepalive = 30
 wsgi_app = "api.app:create_app()"
 errorlog = "-"
 loglevel = os.environ.get("RANKER_LOG_LEVEL", "info")

@@ -88,18 +88,88 @@ def gunicorn(settings, *, workers: int, extra_env: dict | None = None):
         yield base
 
 
-def post(conn, body: bytes) -> tuple[int, bytes]:
-    """One POST /v1/rank on a keep-alive http.client connection (reconnects if the server closed it)."""
-    for attempt in range(2):
-        try:
-            conn.request("POST", "/v1/rank", body=body, headers={"Content-Type": "application/json"})
-            response = conn.getresponse()
-            return response.status, response.read()
-        except (ConnectionError, OSError):
-            conn.close()
-            if attempt:
-                raise
-    raise AssertionError("unreachable")
+class HttpClient:
+    """A minimal HTTP/1.1 client for POST /v1/rank: the request is written in one send and the
+    response read by its Content-Length, so the figures are the server's and the network's, not a
+    client library's header parsing (http.client costs ~0.2 ms a request in Python). Keeps the
+    connection when the server does; reconnects when it answers ``Connection: close`` (gunicorn's
+    sync workers) or has dropped it."""
+
+    def __init__(self, base_url: str, timeout_s: float = 10.0) -> None:
+        from urllib.parse import urlparse
+
+        url = urlparse(base_url)
+        self.address = (url.hostname, url.port)
+        self.timeout_s = timeout_s
+        self.sock: socket.socket | None = None
+
+    def post(self, body: bytes, path: str = "/v1/rank") -> tuple[int, bytes]:
+        request = (b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                   % (path.encode(), self.address[0].encode(), len(body))) + body
+        for attempt in range(2):
+            fresh = self.sock is None
+            try:
+                if fresh:
+                    self.sock = socket.create_connection(self.address, timeout=self.timeout_s)
+                    self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self.sock.sendall(request)
+                return self._response()
+            except (ConnectionError, OSError):
+                self.close()
+                if fresh or attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _response(self) -> tuple[int, bytes]:
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = self.sock.recv(1 << 16)
+            if not chunk:
+                raise ConnectionError("the server closed the connection")
+            buf += chunk
+        head, body = buf.split(b"\r\n\r\n", 1)
+        lines = head.split(b"\r\n")
+        headers = {k.strip().lower(): v.strip() for k, v in (line.split(b":", 1) for line in lines[1:])}
+        length = int(headers[b"content-length"])
+        while len(body) < length:
+            chunk = self.sock.recv(1 << 16)
+            if not chunk:
+                raise ConnectionError("the server closed the connection mid-response")
+            body += chunk
+        if headers.get(b"connection", b"").lower() == b"close":
+            self.close()
+        return int(lines[0].split()[1]), body
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+def stage_totals(base_url: str, surface: str) -> dict[str, tuple[float, float]]:
+    """Per /v1/rank stage (parse, fetch, predict, serialise, total): (seconds, requests) so far,
+    from the scorer's own /metrics histograms (summed over its workers)."""
+    from urllib.request import urlopen
+
+    out: dict = {}
+    for line in urlopen(base_url + "/metrics", timeout=10).read().decode().splitlines():
+        for i, kind in enumerate(("sum", "count")):
+            if line.startswith(f"ranker_rank_stage_seconds_{kind}{{") and f'surface="{surface}"' in line:
+                stage = line.split('stage="', 1)[1].split('"', 1)[0]
+                pair = out.setdefault(stage, [0.0, 0.0])
+                pair[i] = float(line.rsplit(" ", 1)[1])
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def stage_means(before: dict, after: dict) -> str:
+    """Mean ms per stage between two :func:`stage_totals` readings, as one line."""
+    parts = []
+    for stage in ("parse", "fetch", "predict", "serialise", "total"):
+        s0, c0 = before.get(stage, (0.0, 0.0))
+        s1, c1 = after.get(stage, (0.0, 0.0))
+        if c1 > c0:
+            parts.append(f"{stage} {(s1 - s0) / (c1 - c0) * 1000:.2f}")
+    return "server-side mean ms: " + ", ".join(parts)
 
 
 def summary(samples_ms: list[float]) -> str:
@@ -111,4 +181,4 @@ def dumps(body: dict) -> bytes:
     return json.dumps(body).encode()
 
 
-__all__ = ["free_port", "private_redis", "redis_settings", "request_bodies", "gunicorn", "post", "summary", "dumps", "Path"]
+__all__ = ["free_port", "private_redis", "redis_settings", "request_bodies", "gunicorn", "HttpClient", "stage_totals", "stage_means", "summary", "dumps", "Path"]

@@ -1043,11 +1043,20 @@ class OnlineFeatures:
     def _absorb(self, blocks, todo, num, strs, u, misses, hits, known, sold_val) -> None:
         """Place one round's decoded blocks at unique-item level."""
         plan = self._plan
+        every = isinstance(misses, range)  # every listing was read (no cache hits): no scatter needed
         for block, (kind, g, idx) in zip(blocks, todo):
             values, present, text = block
             if kind == "sold":  # one field per cached listing: existence and sold flag, never cached
                 known[hits] = present[:, 0]
                 sold_val[hits] = values[:, 0]
+                continue
+            if every and kind in ("items", "misses"):
+                if kind == "items":
+                    known[:] = present[:, plan.sold_loc]
+                    sold_val[:] = values[:, plan.sold_loc]
+                    num[g], strs[g] = values, text
+                else:
+                    num[g], strs[g] = values[idx], text[idx]
                 continue
             if kind in ("items", "misses") and num[g] is None:
                 group = plan.groups[g]
