@@ -174,9 +174,20 @@ def test_strings_span_and_group_exactly():
     first = np.empty(len(cells), dtype=np.int64)
     resp.group_spans(buf, start, stop, first)
     assert first.tolist() == [0, 1, 2, 3, -1, 1, 2, 7, 3, -1, -2]
+    # all texts in one decode: NUL-separated; a text holding a NUL makes the caller go one by one
+    valid = np.flatnonzero(start >= 0)
+    out = np.empty(int((stop[valid] - start[valid]).sum()) + len(valid), dtype=np.uint8)
+    n = resp.gather_spans(buf, start[valid], stop[valid], out)
+    assert out[:n].tobytes().decode().split("\x00") == [w for w in words if w is not None]
+    nul = hmget_reply([Value(string_val="a\x00b").SerializeToString()])
+    _status, o, ln = parse(nul, [1], [-1])
+    a, b = np.empty((1, 1), dtype=np.int64), np.empty((1, 1), dtype=np.int64)
+    nul_buf = np.frombuffer(nul, dtype=np.uint8)
+    resp.string_spans(nul_buf, o.reshape(1, 1), ln.reshape(1, 1), a, b)
+    assert resp.gather_spans(nul_buf, a.ravel(), b.ravel(), np.empty(8, dtype=np.uint8)) == -1
 
 
 def test_warm_up_compiles_every_kernel():
     resp.warm_up()
     assert resp.parse_replies.signatures and resp.decode_numbers.signatures
-    assert resp.string_spans.signatures and resp.group_spans.signatures
+    assert resp.string_spans.signatures and resp.group_spans.signatures and resp.gather_spans.signatures

@@ -559,13 +559,24 @@ class _RedisBackend:
             # each distinct text is decoded once; slot -1 (the last) holds None
             distinct = np.empty(k * n_str + 1, dtype=object)
             reps = np.flatnonzero(first == np.arange(k * n_str))
-            distinct[reps] = [data[a:b].decode() for a, b in zip(start[reps].tolist(), stop[reps].tolist())]
+            distinct[reps] = self._texts(buf, data, start[reps], stop[reps])
             for i in np.flatnonzero(first == -2).tolist():  # not a plain string message
                 r, c = divmod(i, n_str)
                 distinct[i] = _slow_string(data_of(buf, o2[r, n_num + c], l2[r, n_num + c]))
                 first[i] = i
             text[:] = distinct[first].reshape(k, n_str)
         return _Block(values, present, text)
+
+    def _texts(self, buf, data: bytes, start: np.ndarray, stop: np.ndarray) -> list:
+        """The UTF-8 texts at the given spans of the buffer: gathered NUL-separated by a kernel,
+        decoded and split in one call each (one by one if a text holds a NUL)."""
+        if not len(start):
+            return []
+        out = np.empty(int((stop - start).sum()) + len(start), dtype=np.uint8)
+        n = self._resp.gather_spans(buf, start, stop, out)
+        if n >= 0:
+            return out[:n].tobytes().decode().split("\x00")
+        return [data[a:b].decode() for a, b in zip(start.tolist(), stop.tolist())]
 
     def _receive_buffer(self, size: int) -> np.ndarray:
         buf = getattr(self._local, "buf", None)

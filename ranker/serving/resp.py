@@ -284,6 +284,25 @@ def group_spans(buf, start, stop, first):
             slot = (slot + 1) & mask
 
 
+@njit(cache=True, nogil=True)
+def gather_spans(buf, start, stop, out):
+    """Copy the spans ``buf[start[i]:stop[i]]`` into ``out``, separated by one NUL byte, so one
+    ``bytes.decode`` and one ``str.split("\\0")`` make all their strings. Returns the bytes written,
+    or -1 when a span holds a NUL itself (the caller then decodes them one by one)."""
+    p = 0
+    for i in range(start.shape[0]):
+        if i:
+            out[p] = 0
+            p += 1
+        for k in range(start[i], stop[i]):
+            b = buf[k]
+            if b == 0:
+                return -1
+            out[p] = b
+            p += 1
+    return p
+
+
 def warm_up() -> None:
     """Compile (or load from the cache) every kernel for the argument types the scorer passes:
     contiguous and strided 2-D cell grids (a column block of a wider grid is strided)."""
@@ -312,3 +331,7 @@ def warm_up() -> None:
         group_spans(buf, a.ravel(), b.ravel(), first)
     if bytes(buf[a[0, 1]:b[0, 1]]) != b"a" or first[3] != 1:
         raise AssertionError("string kernel self-test failed")
+    out = np.empty(16, dtype=np.uint8)
+    n = gather_spans(buf, a.ravel(), b.ravel(), out)
+    if bytes(out[:n]) != b"\x00a\x00\x00a":
+        raise AssertionError("gather kernel self-test failed")
