@@ -47,6 +47,13 @@ def on_starting(server) -> None:
     import api.app  # noqa: F401
     import ranker.serving.features  # noqa: F401
 
+    # The compiled kernels (RESP parsing, tree inference): compiled or loaded from numba's cache
+    # once here, so workers fork with the machine code in memory.
+    from ranker.serving import resp, trees
+
+    resp.warm_up()
+    trees.warm_up()
+
 
 def post_worker_init(worker) -> None:
     """The app is loaded: freeze the start-up heap so gen-2 collections skip it (p99 spikes)."""

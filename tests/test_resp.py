@@ -153,6 +153,24 @@ def test_numbers_decode_like_protobuf():
     np.testing.assert_array_equal(part, out[:, 1:])
 
 
+def test_sqlite_path_decodes_like_protobuf():
+    """The sqlite store's cells (bytes objects) go through numpy decoding, not the kernels: the
+    same values, and a number stored as a string is coerced like feature_matrix does."""
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    from ranker.serving.features import decode_numbers, decode_strings
+
+    values = _random_values(np.random.default_rng(1), 2000)
+    got = decode_numbers([None if v is None else v.SerializeToString() for v in values])
+    for v, g in zip(values, got):
+        kind = None if v is None else v.WhichOneof("val")
+        np.testing.assert_equal(g, 12.5 if kind == "string_val" else np.nan if kind is None else float(getattr(v, kind)))
+    words = ["", "dresses", "s00001", "größe M", "x" * 200, None]
+    assert decode_strings([b"" if w is None else Value(string_val=w).SerializeToString() for w in words]) == words
+    coerced = decode_numbers([Value(string_val="abc").SerializeToString()])
+    np.testing.assert_equal(coerced, [np.nan])
+
+
 def test_strings_span_and_group_exactly():
     from feast.protos.feast.types.Value_pb2 import Value
 
