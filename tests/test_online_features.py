@@ -363,6 +363,22 @@ def test_sqlite_fetch_past_its_deadline_is_interrupted(sqlite_world):
         assert rows.matrix.shape == (1, len(online.feature_names))
 
 
+def test_no_kernel_compiles_on_a_request(redis_world):
+    """Start-up compiles every signature a fetch uses: a new one would be compiled on the first
+    request (seconds on a machine without numba's cache), far past any feature budget."""
+    from ranker.serving import resp
+    from ranker.serving.features import OnlineFeatures
+
+    kernels = [resp.parse_replies, resp.decode_numbers, resp.string_spans, resp.group_spans, resp.gather_spans]
+    with OnlineFeatures(redis_world, service="search_ranker_v1", timeout_s=5.0) as online:
+        before = [list(k.signatures) for k in kernels]
+        rng = np.random.default_rng(4)
+        universe = _Universe(redis_world, datetime.now(timezone.utc))
+        for _ in range(5):
+            online.fetch(**universe.request(rng, "search_ranker_v1"))
+        assert [list(k.signatures) for k in kernels] == before
+
+
 def test_redis_error_reply_is_store_unavailable_and_the_pool_stays_clean(redis_world):
     """A key of the wrong type answers HGETALL/HMGET with an error reply: the fetch fails clearly,
     the connection with unread replies is dropped, and the next fetch is exact again."""

@@ -304,12 +304,13 @@ def gather_spans(buf, start, stop, out):
 
 
 def warm_up() -> None:
-    """Compile (or load from the cache) every kernel for the argument types the scorer passes:
-    contiguous and strided 2-D cell grids (a column block of a wider grid is strided)."""
+    """Compile (or load from the cache) every kernel for the argument types the scorer passes: a
+    writable buffer (numba types a read-only one apart, and would compile again on the first
+    request), contiguous and strided 2-D cell grids (a column block of a wider grid is strided)."""
     one, a = b"$5\r\n\x35\x00\x00\x80\x3f\r\n", b"$3\r\n\x12\x01a\r\n"  # float_val 1.0, string_val "a"
     hmget = b"*2\r\n" + one + a
     hgetall = b"*6\r\n$4\r\nname\r\n" + a + b"$6\r\n_ts:fv\r\n$-1\r\n$4\r\nnum_\r\n" + one
-    buf = np.frombuffer(hmget + hgetall, dtype=np.uint8)
+    buf = np.frombuffer(bytearray(hmget + hgetall), dtype=np.uint8)  # writable, as the receive buffer is
     off = np.zeros(4, dtype=np.int64)
     ln = np.full(4, -1, dtype=np.int64)
     state = np.zeros(3, dtype=np.int64)
