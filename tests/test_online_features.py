@@ -363,6 +363,26 @@ def test_sqlite_fetch_past_its_deadline_is_interrupted(sqlite_world):
         assert rows.matrix.shape == (1, len(online.feature_names))
 
 
+def test_redis_connections_are_reused_across_threads(redis_world):
+    """A server that runs each request on a new thread (Flask's dev server) must not open a Redis
+    connection per request: connections go back to the instance after each read."""
+    import redis as redis_py
+
+    from ranker.serving.features import OnlineFeatures
+
+    client = redis_py.Redis.from_url(redis_world.redis_url)
+    with OnlineFeatures(redis_world, service="recs_ranker_v1", timeout_s=5.0) as online:
+        online.fetch(user_id="u1", item_ids=["i1"], query=None, request_ts=1_790_000_000)
+        before = client.info("clients")["connected_clients"]
+        for _ in range(20):
+            thread = threading.Thread(target=online.fetch, kwargs=dict(
+                user_id="u1", item_ids=["i1", "i2"], query=None, request_ts=1_790_000_000))
+            thread.start()
+            thread.join()
+        assert client.info("clients")["connected_clients"] <= before
+        assert online._backend._pool._created_connections <= 2
+
+
 def test_no_kernel_compiles_on_a_request(redis_world):
     """Start-up compiles every signature a fetch uses: a new one would be compiled on the first
     request (seconds on a machine without numba's cache), far past any feature budget."""

@@ -472,7 +472,8 @@ class _RedisBackend:
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=0,
             driver_info=None,
         )
-        self._local = threading.local()
+        self._local = threading.local()  # the receive buffer of each thread
+        self._idle: list = []  # (pid, connection) handed back by reads, see _connection
         self.map_names, self.map_columns = map_names, map_columns  # HGETALL field name tables (_Plan)
         self.errors = (redis.RedisError, OSError)
         parsed = url.split("@")[-1]
@@ -503,10 +504,10 @@ class _RedisBackend:
             buf, end = self._roundtrip(conn, b"".join(parts), widths, table_of, off, ln, deadline)
         except BaseException:
             # replies may be left unread: never use this connection again
-            self._local.conn = None
             conn.disconnect()
             self._pool.release(conn)
             raise
+        self._idle.append((os.getpid(), conn))
         blocks = []
         data = None
         at = 0
@@ -520,17 +521,19 @@ class _RedisBackend:
         return blocks
 
     def _connection(self):
-        """This thread's connection, taken from the pool once and kept: the pool's per-call
-        checkout (lock, liveness poll, release) cost more than a round trip's parsing. Dropped
-        (and handed back) on any error; re-taken after a fork."""
-        local = self._local
-        conn = getattr(local, "conn", None)
-        if conn is None or local.pid != os.getpid() or conn._sock is None:
-            if conn is not None and local.pid == os.getpid():
+        """A connected connection: the last one a read handed back (``_idle``, a list: pop and
+        append are atomic), else a new one from the pool. The pool's own checkout (a lock, a
+        liveness poll, release) cost more than a round trip's parsing; a connection that failed is
+        never handed back, and none crosses a fork."""
+        while True:
+            try:
+                pid, conn = self._idle.pop()
+            except IndexError:
+                return self._pool.get_connection()
+            if pid == os.getpid() and conn._sock is not None:
+                return conn
+            if pid == os.getpid():
                 self._pool.release(conn)
-            conn = local.conn = self._pool.get_connection()
-            local.pid = os.getpid()
-        return conn
 
     @staticmethod
     def encode_key(key: bytes) -> bytes:
@@ -650,6 +653,7 @@ class _RedisBackend:
             return False
 
     def close(self) -> None:
+        self._idle.clear()
         self._pool.disconnect()
 
 
