@@ -289,9 +289,11 @@ class Scorer:
             metrics.degraded.labels(req.surface, degraded_reason).inc()
             sold = self.memory.sold(item_ids)
         keep = np.flatnonzero(~sold)
-        kept_ids = [item_ids[i] for i in keep]
+        everything = len(keep) == len(item_ids)
+        kept_ids = item_ids if everything else [item_ids[i] for i in keep.tolist()]
         if matrix is not None:
-            matrix = matrix[keep]
+            if not everything:
+                matrix = matrix[keep]
             scores = model.predict(matrix) if len(keep) else np.empty(0)
         else:
             scores = np.nan_to_num(self.memory.popularity(kept_ids), nan=0.0)
@@ -321,8 +323,8 @@ class Scorer:
     def log_served(self, *, request_id: str, req: RankRequest, model: ServingModel, variant: str,
                    ranking: "Ranking") -> None:
         """Hand the answer to the served-feature log (sampled). Cheap and never raises: the record
-        holds the arrays this request already owns (the kept rows' matrix is a fresh copy made by
-        the indexing in :meth:`score`) and the queue never waits."""
+        holds the arrays this request already owns (the kept rows' matrix: the fetch's own array,
+        made for this request and never written after, or its indexed copy) and the queue never waits."""
         writer = self.served_log
         try:
             if writer is None or not writer.sample():
