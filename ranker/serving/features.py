@@ -103,7 +103,7 @@ class _Block(NamedTuple):
     and the string fields (None = missing)."""
 
     values: np.ndarray  # float64 (keys, n_num)
-    present: np.ndarray  # bool (keys, n_num)
+    present: np.ndarray | None  # bool (keys, n_num); Redis: only for the field sets that need it (presence)
     text: np.ndarray  # object (keys, n_str)
 
     @classmethod
@@ -253,6 +253,7 @@ class _FieldSet:
     sqlite_views: list  # (table, {feature_name: position})
     _sql: dict
     table: int = -1  # HGETALL: its name table in the plan's tables (parse_replies); -1: HMGET
+    presence: bool = False  # its reads report which cells exist (the listing's: known / unknown)
 
     @classmethod
     def build(cls, fields: list, redis_names: list, tables: dict, hash_fields: int) -> "_FieldSet":
@@ -419,6 +420,7 @@ class _Plan:
             tables,
             hash_fields=1 << 30,  # one field: always HMGET
         )
+        self.groups[self.item_group].fieldset.presence = self.sold_fieldset.presence = True
         # Name tables of the HGETALL field sets, one row each, for the reply parser.
         from ranker.serving.resp import name_table
 
@@ -549,7 +551,7 @@ class _RedisBackend:
             if resp.decode_numbers(buf, o2[:, :n_num], l2[:, :n_num], values, slow):
                 for i, j in zip(*np.nonzero(slow)):
                     values[i, j] = _slow_number(data_of(buf, o2[i, j], l2[i, j]))
-        present = l2[:, :n_num] >= 0
+        present = l2[:, :n_num] >= 0 if fs.presence else None
         n_str = fs.n - n_num
         text = np.empty((k, n_str), dtype=object)
         if n_str and k:
@@ -1106,10 +1108,12 @@ class OnlineFeatures:
                 col = np.empty(u, dtype=object)
                 col[:] = query
                 inputs["query_text"] = col
-            frame = None
+            frame = listed = None
             for fn, outputs, _name in plan.odfvs:
                 if fn.__module__ == transforms.__name__:  # ours take a dict of arrays and lists: no pandas
-                    out = fn({k: (v.tolist() if v.dtype == object else v) for k, v in inputs.items()})
+                    if listed is None:  # made once for all of them; each gets its own dict
+                        listed = {k: (v.tolist() if v.dtype == object else v) for k, v in inputs.items()}
+                    out = fn(dict(listed))
                 else:  # a user-defined on-demand view: the DataFrame Feast would pass
                     if frame is None:
                         frame = pd.DataFrame(inputs, copy=False)
