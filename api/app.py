@@ -353,6 +353,13 @@ class Scorer:
             self.served_log.close()
 
 
+def check_config(env: Mapping[str, str] | None = None) -> ScorerConfig:
+    """The scorer settings of ``env`` (default ``os.environ``) over :data:`DEFAULTS`, validated as
+    :func:`create_app` does; ``ranker serve`` calls it before starting workers, so a bad setting is
+    one error line instead of a worker that fails to boot."""
+    return ScorerConfig.from_config({**DEFAULTS, **config_from_env(env)})
+
+
 def create_app(test_config: Mapping[str, Any] | None = None, *, settings: Settings | None = None,
                features_factory: Any = None) -> Flask:
     """Build the scorer.

@@ -14,10 +14,8 @@ workers = int(os.environ.get("RANKER_WORKERS", "2"))
 # CPU-bound scoring: one request at a time per process; scale with workers. Measured here
 # (benchmarks/rank_load.py, 2 workers, 200 candidates): sync 437 req/s; gthread with 2 or 4
 # threads per worker 265 req/s (GIL hand-offs between the threads of a worker cost more than the
-# Redis waits they overlap), and no latency gain from its keep-alive. RANKER_WORKER_CLASS /
-# RANKER_WORKER_THREADS override both for other loads.
-worker_class = os.environ.get("RANKER_WORKER_CLASS", "sync")
-threads = int(os.environ.get("RANKER_WORKER_THREADS", "1"))
+# Redis waits they overlap), and no latency gain from its keep-alive.
+worker_class = "sync"
 timeout = 30
 graceful_timeout = 10
 keepalive = 2

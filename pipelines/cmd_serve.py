@@ -122,11 +122,14 @@ def register(cli: click.Group) -> None:
         promotions. Scorer settings come from the environment: RANKER_API_TOKEN (bearer token; admin
         routes need it), RANKER_MAX_CANDIDATES (1000), RANKER_FEATURE_TIMEOUT_MS (50),
         RANKER_RELOAD_INTERVAL_S (30, 0 = no polling), RANKER_ITEM_CACHE_TTL_S (0),
-        RANKER_SURFACES (search,recs), RANKER_MAX_BODY_BYTES (1 MiB). With several workers,
+        RANKER_SURFACES (search,recs), RANKER_MAX_BODY_BYTES (1 MiB), RANKER_COMPILED_TREES (1). With several workers,
         PROMETHEUS_MULTIPROC_DIR (created when unset) lets /metrics add up every worker.
         """
         import logging
 
+        from api.app import check_config
+
+        check_config()  # a bad RANKER_* setting: one error line now, not a failing worker later
         if dev or workers == 0:
             from api.app import create_app, freeze_heap
 

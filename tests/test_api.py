@@ -680,3 +680,15 @@ def test_ranker_serve_runs_gunicorn(world, served, candidates, tmp_path):
             proc.wait()
         proc.stdout.close()
     assert not (tmp_path / ".gunicorn").exists()
+
+
+def test_serve_refuses_a_bad_setting_before_starting_workers():
+    from click.testing import CliRunner
+
+    from pipelines import cli, cmd_serve
+
+    cmd_serve.register(cli.cli)
+    result = CliRunner().invoke(cli.cli, ["serve", "--port", "0", "--workers", "1"], env={"RANKER_COMPILED_TREES": "maybe"})
+    assert result.exit_code == 2, result.output
+    assert "RANKER_COMPILED_TREES='maybe' is not a valid bool" in result.output
+    assert "Traceback" not in result.output
