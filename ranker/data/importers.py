@@ -285,16 +285,22 @@ def events_to_events(raw: pd.DataFrame, options: ImportOptions, rej: Rejections)
     return df
 
 
+def _entities(events: pd.DataFrame, given: pd.DataFrame | None, key: str) -> tuple[pd.DataFrame, pd.Series, pd.DataFrame]:
+    """For one entity (``item_id`` or ``user_id``): a frame of every id in the log or the given
+    file, each id's first event time, and the given file indexed by id (empty without one)."""
+    first = events.groupby(key).timestamp.min()
+    ids = pd.Index(first.index)
+    if given is not None:
+        ids = ids.union(pd.Index(given[key].dropna()))
+    indexed = given.set_index(key) if given is not None else pd.DataFrame(index=pd.Index([], name=key))
+    return pd.DataFrame({key: ids.astype(str)}), first, indexed
+
+
 def derive_tables(events: pd.DataFrame, items: pd.DataFrame | None, users: pd.DataFrame | None, *,
                   sold_on_purchase: bool = False) -> dict[str, pd.DataFrame]:
     """Listings, users and sellers for the imported events: from the given files where present,
     else derived from the log (first event = listing creation / signup)."""
-    first_item = events.groupby("item_id").timestamp.min()
-    ids = pd.Index(first_item.index)
-    if items is not None:
-        ids = ids.union(pd.Index(items.item_id.dropna()))
-    lst = pd.DataFrame({"item_id": ids.astype(str)})
-    given = items.set_index("item_id") if items is not None else pd.DataFrame(index=pd.Index([], name="item_id"))
+    lst, first_item, given = _entities(events, items, "item_id")
 
     def given_col(col: str) -> pd.Series:
         if col in given.columns:
@@ -314,12 +320,7 @@ def derive_tables(events: pd.DataFrame, items: pd.DataFrame | None, users: pd.Da
         sold = sold.fillna(lst.item_id.map(bought))
     lst["sold_at"] = sold
     lst = lst[lst.created_at.notna()]  # a listing from the items file with neither created_at nor events
-    first_user = events.groupby("user_id").timestamp.min()
-    uids = pd.Index(first_user.index)
-    if users is not None:
-        uids = uids.union(pd.Index(users.user_id.dropna()))
-    usr = pd.DataFrame({"user_id": uids.astype(str)})
-    ug = users.set_index("user_id") if users is not None else pd.DataFrame(index=pd.Index([], name="user_id"))
+    usr, first_user, ug = _entities(events, users, "user_id")
     signup = usr.user_id.map(ug.signup_at) if "signup_at" in ug.columns else pd.Series(pd.NaT, index=usr.index)
     usr["signup_at"] = pd.to_datetime(signup, utc=True).fillna(usr.user_id.map(first_user))
     usr["size"] = usr.user_id.map(ug["size"]).astype("string") if "size" in ug.columns else pd.NA
