@@ -888,12 +888,13 @@ class OnlineFeatures:
         self.close()
 
     # -- the hot path --------------------------------------------------------------------------------
-    def _keys(self, group: _Group, columns: dict, rows) -> tuple[list, np.ndarray]:
+    def _keys(self, group: _Group, columns: dict, rows, shared: dict) -> tuple[list, np.ndarray]:
         """Unique entity keys of ``group`` for the given unique-item rows (in the backend's
         ``encode_key`` form), and each row's entity.
 
         Serialized keys are remembered per group in a plain dict (emptied when it would pass
-        ``KEY_MEMO_SIZE`` entries): a key depends on its join-key values alone."""
+        ``KEY_MEMO_SIZE`` entries): a key depends on its join-key values alone. ``shared`` is the
+        request's scratch: the distinct values of the varying keys, computed once per rows object."""
         join_keys, varying = group.join_keys, group.varying
         if not varying:
             uniq = [tuple(columns[k] for k in join_keys)]
@@ -909,7 +910,7 @@ class OnlineFeatures:
                 # distinct values of the varying keys (e.g. category), shared by the groups of a
                 # request that vary by the same keys (category, user x category, query x category)
                 memo_key = (varying, id(rows))
-                made = columns.get(memo_key)
+                made = shared.get(memo_key)
                 if made is None or made[0] is not rows:
                     seen: dict = {}
                     if len(varying) == 1:
@@ -918,7 +919,7 @@ class OnlineFeatures:
                     else:
                         values = [tuple(columns[k][i] for k in varying) for i in rows]
                     idx = np.array([seen.setdefault(v, len(seen)) for v in values], dtype=np.intp)
-                    made = columns[memo_key] = (rows, list(seen), idx)  # rows kept: its id stays its own
+                    made = shared[memo_key] = (rows, list(seen), idx)  # rows kept: its id stays its own
                 _rows, uniq, idx = made
                 if len(varying) == 1 and len(join_keys) > 1:
                     uniq = [(v,) for v in uniq]
@@ -973,7 +974,8 @@ class OnlineFeatures:
         if not hits:
             misses = all_rows  # one object for "every row": _keys shares its work between groups by it
 
-        columns: dict = {"item_id": uniq, "user_id": user_id, "query": query}  # and _keys' per-request memo
+        columns: dict = {"item_id": uniq, "user_id": user_id, "query": query}
+        shared: dict = {}  # _keys' work this request, shared between groups
         num: list = [None] * len(groups)  # per group: (u, n_num) float64 at unique-item level
         strs: list = [None] * len(groups)  # per group: (u, n_str) object
         known = np.zeros(u, dtype=bool)
@@ -1002,17 +1004,17 @@ class OnlineFeatures:
         # cached listings, and, when every listing is cached, the pair views too.
         reads, todo = [], []
         if misses:
-            keys, _ = self._keys(item_g, columns, misses)
+            keys, _ = self._keys(item_g, columns, misses, shared)
             reads.append((keys, item_g.fieldset))
             todo.append(("items", plan.item_group, None))
         if hits:
-            keys, _ = self._keys(item_g, columns, hits)
+            keys, _ = self._keys(item_g, columns, hits, shared)
             reads.append((keys, plan.sold_fieldset))
             todo.append(("sold", plan.item_group, None))
         for g, group in enumerate(groups):
             if group.cacheable or (group.derived and misses):
                 continue
-            keys, idx = self._keys(group, columns, all_rows)
+            keys, idx = self._keys(group, columns, all_rows, shared)
             reads.append((keys, group.fieldset))
             todo.append(("group", g, idx))
         self._absorb(self._backend.read(reads, deadline), todo, num, strs, u, misses, hits, known, sold_val)
@@ -1032,10 +1034,10 @@ class OnlineFeatures:
                 if not group.derived:
                     continue
                 if group.cacheable:
-                    keys, idx = self._keys(group, columns, misses)
+                    keys, idx = self._keys(group, columns, misses, shared)
                     todo.append(("misses", g, idx))
                 else:
-                    keys, idx = self._keys(group, columns, all_rows)
+                    keys, idx = self._keys(group, columns, all_rows, shared)
                     todo.append(("group", g, idx))
                 reads.append((keys, group.fieldset))
             if reads:
