@@ -75,6 +75,11 @@ def _run_gunicorn(*, host: str, port: int, workers: int, log_level: str) -> None
             folder.mkdir()
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
 
+        # A bad RANKER_* setting: one error line now, not a worker that fails to boot. (Imported only
+        # now: prometheus_client picks its multiprocess mode from the variable above when imported.)
+        from api.app import check_config
+
+        check_config()
         from gunicorn.app.base import BaseApplication
 
         class ScorerServer(BaseApplication):
@@ -127,11 +132,10 @@ def register(cli: click.Group) -> None:
         """
         import logging
 
-        from api.app import check_config
-
-        check_config()  # a bad RANKER_* setting: one error line now, not a failing worker later
         if dev or workers == 0:
-            from api.app import create_app, freeze_heap
+            from api.app import check_config, create_app, freeze_heap
+
+            check_config()
 
             logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
             app = create_app(settings=ctx.obj)
