@@ -173,6 +173,133 @@ def test_transforms_on_edge_inputs():
     assert _bits(got.to_numpy()) == _bits(_ref_query_title_match(q, t))
 
 
+# -- the request-time fast paths (a dict of lists, ~200 rows) against the same references --------
+QUERIES = [None, np.nan, pd.NA, "", "   ", "red", "red red", "\u00a0", "é 日本", "re dres", "red, |", "red dress",
+           "red silk dress", "red silk dress zara", "red silk dress zara boots one size", "x\ty M m a"]
+ASCII_WORDS = ["red", "silk", "dress", "zara", "boots", "one", "size", "M", "m", "a", "x", "y", "red,", "|", "dresses"]
+ASCII_SPACES = [" ", " ", " ", "  ", "\t", "\x0b", "\x0c", "\r", "\x1c", "\x1d", "\x1e", "\x1f", " \t "]
+TITLES = ["ascii", "ascii_newline", "non_ascii", "some_none", "odd", "unhashable"]
+
+
+def _ascii_titles(rng, n):
+    """Titles of ASCII words between runs of any ASCII whitespace (str.split's), some leading or
+    trailing, some with no words at all."""
+    def space():
+        return ASCII_SPACES[rng.integers(len(ASCII_SPACES))]
+    out = []
+    for _ in range(n):
+        words = [ASCII_WORDS[i] for i in rng.integers(0, len(ASCII_WORDS), rng.integers(0, 7))]
+        text = "".join(w + space() for w in words)[:-1] if words else ""
+        out.append((space() if rng.random() < 0.2 else "") + text + (space() if rng.random() < 0.2 else ""))
+    return out
+
+
+def _other_object(text):
+    """An equal string that is not the same object (Feast hands over one object per row)."""
+    return "".join(list(text)) if len(text) > 1 else text
+
+
+@pytest.mark.parametrize("query", QUERIES, ids=repr)
+@pytest.mark.parametrize("titles", TITLES)
+@pytest.mark.parametrize("form", ["one_object", "equal_objects", "varies", "array"])
+def test_request_query_title_match_bit_identical(query, titles, form):
+    """The scorer's paths equal the per-row reference: one query repeated over ASCII titles (words
+    found as " w " in the titles spaced out by one join, translate and split), over other titles
+    (words found in the memo's word sets), a query of more than WORD_PASSES words (intersections),
+    and the per-row loop for titles that are not all strings and for queries that vary per row."""
+    rng = np.random.default_rng(TITLES.index(titles))
+    n = 200
+    title = _ascii_titles(rng, n)
+    title[:3] = ["", "  \t ", "\x1f"]  # no words
+    if titles == "ascii_newline":
+        title[20] = "red\ndress"  # the separator of the spaced titles: not that path
+    elif titles == "non_ascii":
+        title = _texts(rng, n, 9, odd_share=0.0)
+        title[:4] = ["", "  \t ", "日本 é \u00a0 red", "red\u00a0dress\u3000zara\x85m\u2029a"]  # Unicode whitespace
+    elif titles == "some_none":
+        title[5] = title[77] = None
+    elif titles == "odd":
+        title = [ODD[i % len(ODD)] if i % 7 == 0 else t for i, t in enumerate(title)]
+    elif titles == "unhashable":
+        title[9] = ["red", "dress"]
+    if form == "varies":
+        queries = [query if i % 3 else QUERIES[i % len(QUERIES)] for i in range(n)]
+    elif form == "equal_objects" and isinstance(query, str):
+        queries = [_other_object(query) for _ in range(n)]
+    else:
+        queries = [query] * n
+    if form == "array":
+        queries, title = np.array(queries + [None], dtype=object)[:-1], np.array(title + [None], dtype=object)[:-1]
+    want = _ref_query_title_match(pd.Series(list(queries), dtype=object), pd.Series(list(title), dtype=object))
+    got = transforms.query_listing_features({"query_text": queries, "title": title})
+    assert isinstance(got, dict) and _bits(got["query_title_match"]) == _bits(want)
+    frame = pd.DataFrame({"query_text": pd.Series(list(queries), dtype=object), "title": pd.Series(list(title), dtype=object)})
+    assert _bits(transforms.query_listing_features(frame)["query_title_match"].to_numpy()) == _bits(want)
+
+
+def test_request_query_title_match_with_a_small_word_memo(monkeypatch):
+    """The word-set memo forgets everything when full; the features do not change."""
+    monkeypatch.setattr(transforms, "WORDS_MEMO_SIZE", 5)
+    monkeypatch.setattr(transforms, "_WORDS", transforms._WordSets())
+    rng = np.random.default_rng(7)
+    for query in ["red dress", "red silk dress zara boots"]:
+        title = _texts(rng, 200, 6, odd_share=0.0)
+        got = transforms.query_listing_features({"query_text": [query] * 200, "title": title})["query_title_match"]
+        assert _bits(got) == _bits(_ref_query_title_match(pd.Series([query] * 200, dtype=object), pd.Series(title, dtype=object)))
+        assert len(transforms._WORDS) <= 5
+
+
+@pytest.mark.parametrize("user", ["m", "M", "one size", "", " ", "é", None, np.nan, pd.NA, 3, "varies"], ids=repr)
+@pytest.mark.parametrize("sizes", ["str", "odd", "unhashable"])
+def test_request_size_match_bit_identical(user, sizes):
+    """The scorer's path (one user size: a table of the distinct sizes; else of (size, user size)
+    pairs) and its fallback (values a dict cannot hold: the joint factorisation) equal the per-row
+    reference."""
+    rng = np.random.default_rng(3)
+    n = 200
+    size = _texts(rng, n, 2, odd_share=0.3 if sizes == "odd" else 0.0)
+    size[:4] = ["one size", "M", "m", "é"]
+    if sizes == "unhashable":
+        size[11] = ["M"]
+    users = _texts(rng, n, 1, odd_share=0.3) if isinstance(user, str) and user == "varies" else [user] * n
+    want = _ref_size_match(pd.Series(size, dtype=object), pd.Series(users, dtype=object))
+    assert _bits(transforms._size_match(size, users).astype(np.float32)) == _bits(want)
+    assert _bits(transforms._size_match(np.array(size + [None], dtype=object)[:-1], users).astype(np.float32)) == _bits(want)
+    cols = {"price": np.ones(n), "user_median_click_price_30d": np.ones(n), "category_median_price": np.ones(n),
+            "user_price_index_30d": np.ones(n), "size": size, "user_size": users}
+    assert _bits(transforms.user_listing_features(cols)["size_match"]) == _bits(want)
+
+
+def _ref_price_features(price, median, category_median, user_index):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(median > 0, price / median, np.nan)
+        index = np.where(category_median > 0, price / category_median, np.nan)
+        fit = np.where((user_index > 0) & (index > 0), np.abs(np.log(index / user_index)), np.nan)
+    return ratio.astype(np.float32), index.astype(np.float32), fit.astype(np.float32)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_request_price_features_bit_identical(seed):
+    """NaN (either sign), zero (either sign), negative, infinite, tiny and huge prices and medians:
+    the same bits as the formulas written out one step at a time."""
+    rng = np.random.default_rng(seed)
+    n = 400
+    odd = np.array([np.nan, -np.nan, np.copysign(np.nan, -1.0), 0.0, -0.0, -3.0, np.inf, -np.inf, 5e-324, 1e-300, 1e300, 1.0])
+    def column():
+        x = rng.uniform(0.01, 300, n)
+        pick = rng.random(n) < 0.4
+        x[pick] = rng.choice(odd, int(pick.sum()))
+        return x
+    price, median, category_median, user_index = column(), column(), column(), column()
+    cols = {"price": price, "user_median_click_price_30d": median, "category_median_price": category_median,
+            "user_price_index_30d": user_index, "size": ["M"] * n, "user_size": ["M"] * n}
+    with np.errstate(over="ignore", under="ignore"):
+        got = transforms.user_listing_features(cols)
+        want = _ref_price_features(price, median, category_median, user_index)
+    for name, w in zip(["price_vs_user_median", "price_index", "price_fit"], want):
+        assert _bits(got[name]) == _bits(w), name
+
+
 def test_row_hashes_equal_pandas_hashes():
     rng = np.random.default_rng(4)
     n = 2000

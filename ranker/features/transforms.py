@@ -17,6 +17,8 @@ result is a DataFrame for a DataFrame and a dict of float32 arrays otherwise, wi
 from __future__ import annotations
 
 import math
+import operator
+from itertools import repeat
 
 import numpy as np
 import pandas as pd
@@ -27,7 +29,10 @@ SECONDS_PER_HOUR = 3600.0
 # Text columns up to this length are factorised with a dict in Python (cheaper than Arrow's setup
 # for a request's few hundred rows); longer ones by Arrow. Both give the same codes.
 SMALL_COLUMN = 4096
-WORDS_MEMO_SIZE = 200_000  # distinct texts whose word ids are remembered (query_title_match)
+WORDS_MEMO_SIZE = 200_000  # distinct texts whose word sets are remembered (query_title_match)
+# A request's query of up to this many words is looked for one word at a time in all its titles; a
+# longer one intersects word sets instead (measured: about the cost of three single-word passes).
+WORD_PASSES = 3
 
 
 def _num(series) -> np.ndarray:
@@ -43,6 +48,23 @@ def _output(inputs, columns: dict) -> "pd.DataFrame | dict":
 
 def _text(series: pd.Series) -> list:
     return [v if isinstance(v, str) else None for v in series.tolist()]
+
+
+def _values(column) -> list:
+    """The column's values as a Python list (a list is used as it is)."""
+    if isinstance(column, list):
+        return column
+    return column.tolist() if hasattr(column, "tolist") else list(column)
+
+
+def _one_value(values: list) -> bool:
+    """Whether every value equals the first: a request repeats one user size and one query object,
+    so this is one C-level pass of identity checks. False for an empty list, and when a comparison
+    has no truth value (``pd.NA == "m"``): the caller then takes its general path."""
+    try:
+        return bool(values) and values.count(values[0]) == len(values)
+    except (TypeError, ValueError):
+        return False
 
 
 def _text_codes(*columns) -> tuple[list[np.ndarray], list[str]]:
@@ -64,9 +86,9 @@ def _factorize_text(column) -> tuple[np.ndarray, list]:
     away); otherwise Arrow does the hashing when the column is (or converts cleanly to) strings and
     nulls, and anything else goes through pandas."""
     if len(column) <= SMALL_COLUMN:
-        values = column.tolist() if hasattr(column, "tolist") else list(column)
-        if values and isinstance(values[0], str) and len(set(map(id, values))) == 1:
-            return np.zeros(len(values), dtype=np.int64), [values[0]]  # one object (a request's user or query)
+        values = _values(column)
+        if values and isinstance(values[0], str) and _one_value(values):
+            return np.zeros(len(values), dtype=np.int64), [values[0]]  # one text (a request's user or query)
         seen: dict = {}
         codes = [seen.setdefault(v, len(seen)) if isinstance(v, str) else -1 for v in values]
         return np.array(codes, dtype=np.int64), list(seen)
@@ -115,33 +137,66 @@ def user_listing_features(inputs):
     size_match: 1 when the listing's size is the user's profile size (or "one size"), 0 when both
     are known and differ, empty otherwise.
     """
+    price = _num(inputs["price"])
+    median = _num(inputs["user_median_click_price_30d"])
+    category_median = _num(inputs["category_median_price"])
+    user_index = _num(inputs["user_price_index_30d"])
     with np.errstate(divide="ignore", invalid="ignore"):
-        price = _num(inputs["price"])
-        median = _num(inputs["user_median_click_price_30d"])
         ratio = np.where(median > 0, price / median, np.nan)
-        category_median = _num(inputs["category_median_price"])
         index = np.where(category_median > 0, price / category_median, np.nan)
-        user_index = _num(inputs["user_price_index_30d"])
-        fit = np.where((user_index > 0) & (index > 0), np.abs(np.log(index / user_index)), np.nan)
-    match = _size_match(inputs["size"], inputs["user_size"])
+        both_positive = np.minimum(user_index, index) > 0  # = (user_index > 0) & (index > 0): False with a NaN
+        fit = np.where(both_positive, np.abs(np.log(index / user_index)), np.nan)
     return _output(
         inputs,
         {
             "price_vs_user_median": ratio.astype(np.float32),
             "price_index": index.astype(np.float32),
             "price_fit": fit.astype(np.float32),
-            "size_match": np.asarray(match, dtype=np.float64).astype(np.float32),
+            "size_match": _size_match(inputs["size"], inputs["user_size"]).astype(np.float32),
         }
     )
 
 
+_SIZE_VALUES = np.array([0.0, 1.0, np.nan])  # size_match by code: 0 differ, 1 match, 2 unknown
+
+
 def _size_match(size, user_size) -> np.ndarray:
     """Per row: NaN without the listing's size, 1.0 for "one size", NaN without the user's size,
-    else 1.0 if they are equal, 0.0 if not (float64)."""
+    else 1.0 if they are equal, 0.0 if not (float64).
+
+    A request's rows (up to ``SMALL_COLUMN``) look their value up in a table of the few distinct
+    sizes (a request has one user, so one user size), or of the distinct (size, user size) pairs
+    when the user column varies. Longer columns, and values a dict cannot hold, are factorised."""
+    if len(size) <= SMALL_COLUMN:
+        sizes, users = _values(size), _values(user_size)
+        if len(sizes) == len(users):
+            try:
+                if _one_value(users):
+                    keys, user = sizes, users[0]
+                    table = {s: _size_code(s, user) for s in set(sizes)}
+                else:
+                    keys = list(zip(sizes, users))
+                    table = {k: _size_code(*k) for k in set(keys)}
+                codes = bytes(map(table.__getitem__, keys))
+            except (TypeError, ValueError):  # an unhashable value, or one with no truth in ==
+                pass
+            else:
+                return _SIZE_VALUES.take(np.frombuffer(codes, dtype=np.uint8))
     (s, u), strings = _text_codes(size, user_size)
     one_size = np.array([v == "one size" for v in strings] + [False], dtype=bool)
     equal = (s == u).astype(np.float64)
     return np.where(s < 0, np.nan, np.where(one_size[s], 1.0, np.where(u < 0, np.nan, equal)))
+
+
+def _size_code(size, user_size) -> int:
+    """One row of :func:`_size_match` as an index into ``_SIZE_VALUES`` (non-strings are missing)."""
+    if not isinstance(size, str):
+        return 2
+    if size == "one size":
+        return 1
+    if not isinstance(user_size, str):
+        return 2
+    return 1 if size == user_size else 0
 
 
 def query_listing_features(inputs):
@@ -154,10 +209,10 @@ def _query_title_match(query, title) -> np.ndarray:
     """len(set(q.split()) & set(t.split())) / len(set(q.split())) per row (float64), NaN without a
     query (or one with no words) or without a title.
 
-    A request's rows (up to ``SMALL_COLUMN``) are counted one by one with Python sets, each text's
-    word set remembered across calls (the scorer sees the same titles request after request). A
-    training set's rows are vectorised instead: words split once per distinct query and title, the
-    per-row counting in numpy. Both give the same numbers (tests/test_features.py)."""
+    A request's rows (up to ``SMALL_COLUMN``) are counted in Python, by C-level passes when one
+    query is repeated over all rows (:func:`_query_title_match_rows`). A training set's rows are
+    vectorised instead: words split once per distinct query and title, the per-row counting in
+    numpy. All give the same numbers (tests/test_features.py, tests/test_dataset_speed_invariants.py)."""
     n = len(query)
     if n <= SMALL_COLUMN:
         return _query_title_match_rows(query, title)
@@ -186,31 +241,91 @@ def _query_title_match(query, title) -> np.ndarray:
 
 
 def _query_title_match_rows(query, title) -> np.ndarray:
-    queries = query.tolist() if hasattr(query, "tolist") else list(query)
-    titles = title.tolist() if hasattr(title, "tolist") else list(title)
-    words = _WORDS.get
+    """The small path of :func:`_query_title_match`. A request repeats one query: its words are
+    taken once, and each is looked for in all the titles by one C-level ``map``: in the titles
+    themselves when they are ASCII (:func:`_spaced_titles`), else in their word sets, remembered
+    across calls (``_WORDS``). A query of more than ``WORD_PASSES`` words intersects the word sets
+    instead. Rows whose title is not a string, and queries that vary per row, go through the
+    per-row loop."""
+    queries, titles = _values(query), _values(title)
+    n = len(queries)
+    if len(titles) == n and _one_value(queries):
+        q = queries[0]
+        q_set = _WORDS[q] if isinstance(q, str) else None
+        if not q_set:  # no query, or one without words
+            return np.full(n, np.nan)
+        if len(q_set) <= WORD_PASSES:
+            spaced = _spaced_titles(titles)
+            if spaced is not None:
+                return _word_passes([f" {w} " for w in q_set], spaced)
+        try:
+            title_sets = list(map(_WORDS.__getitem__, titles))  # TypeError for a title that is not a string
+        except TypeError:
+            pass
+        else:
+            if len(q_set) <= WORD_PASSES:
+                return _word_passes(list(q_set), title_sets)
+            hits = np.fromiter(map(len, map(q_set.intersection, title_sets)), dtype=np.int64, count=n)
+            return np.true_divide(hits, len(q_set), dtype=np.float64)
+    return _query_title_match_loop(queries, titles)
+
+
+def _word_passes(needles: list, haystacks: list) -> np.ndarray:
+    """The share of the query's words found per title (float64), one ``map`` per word: ``needles``
+    are the query's distinct words as looked for in the titles' ``haystacks`` (``in``). The counts
+    are exact integers, so the division rounds as Python's ``int / int`` does."""
+    hits = None
+    for needle in needles:
+        found = np.frombuffer(bytes(map(operator.contains, haystacks, repeat(needle))), dtype=np.uint8)
+        hits = found if hits is None else hits + found  # at most WORD_PASSES: no uint8 overflow
+    return np.true_divide(hits, len(needles), dtype=np.float64)
+
+
+# ASCII whitespace (what str.split splits on below 128) other than the newline, to a space.
+_ASCII_SPACES = {c: " " for c in range(128) if chr(c).isspace() and chr(c) not in " \n"}
+
+
+def _spaced_titles(titles: list) -> "list[str] | None":
+    """Each title as " " + title + " " with every whitespace character turned into a space: its
+    words (``str.split``) are exactly the w for which " w " is in it. Made by one join, translate
+    and split over the request's titles, which are fresh in the CPU cache; the word-set memo, spread
+    over the heap, is not, and in the scorer looking 200 titles up in it costs about twice all of
+    this. None unless every title is an ASCII string without a newline (the separator)."""
+    try:
+        joined = " \n ".join(titles)
+    except TypeError:  # a title that is not a string
+        return None
+    if not joined.isascii() or joined.count("\n") != len(titles) - 1:
+        return None
+    return f" {joined} ".translate(_ASCII_SPACES).split("\n")
+
+
+def _query_title_match_loop(queries: list, titles: list) -> np.ndarray:
+    """Row by row, for queries that vary and titles that are not all strings."""
     out = [math.nan] * len(queries)
     last, q_set, q_n = None, None, 0
     for i, (q, t) in enumerate(zip(queries, titles)):
-        if q is not last:  # a request repeats one query object: its words once
+        if q is not last:  # consecutive rows often share one query object: its words once
             last = q
-            q_set = _words(q) if isinstance(q, str) else None
+            q_set = _WORDS[q] if isinstance(q, str) else None
             q_n = len(q_set) if q_set else 0
         if q_n and isinstance(t, str):
-            t_set = words(t) or _words(t)
-            out[i] = len(q_set & t_set) / q_n
+            out[i] = len(q_set & _WORDS[t]) / q_n
     return np.array(out, dtype=np.float64)
 
 
-def _words(text: str) -> frozenset:
-    """The distinct words of ``text`` (``str.split``), remembered for the next ``WORDS_MEMO_SIZE``
-    distinct texts (then forgotten all at once)."""
-    words = _WORDS.get(text)
-    if words is None:
-        if len(_WORDS) >= WORDS_MEMO_SIZE:
-            _WORDS.clear()
-        words = _WORDS[text] = frozenset(text.split())
-    return words
+class _WordSets(dict):
+    """text -> the frozenset of its distinct words (``str.split``). A text missing from the memo is
+    split on lookup and remembered for the next ``WORDS_MEMO_SIZE`` distinct texts (then all are
+    forgotten at once); looking up anything but a string raises TypeError."""
+
+    def __missing__(self, text):
+        if not isinstance(text, str):
+            raise TypeError(f"not a text: {type(text).__name__}")
+        if len(self) >= WORDS_MEMO_SIZE:
+            self.clear()
+        words = self[text] = frozenset(text.split())
+        return words
 
 
-_WORDS: dict[str, frozenset] = {}
+_WORDS = _WordSets()
