@@ -21,6 +21,7 @@ two paths returned bit-identical matrices for every request Feast was timed on.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import os
 import shutil
@@ -147,11 +148,13 @@ def _identical(a, b) -> bool:
 
 def _breakdown(online, reqs: list[dict]) -> None:
     """Median time per request in each stage of OnlineFeatures.fetch (cache off), by wrapping its
-    internal steps on this instance only: store round trips, protobuf decoding, and the matrix
-    assembly with the on-demand transforms (ranker.features.transforms) inside it."""
+    internal steps while it runs: store round trips (round 2's includes the wait left after the work
+    that overlaps it), decoding, and the matrix assembly with the on-demand transforms
+    (ranker.features.transforms) inside it."""
     spent: dict = {}
 
     def timed(label, fn):
+        @functools.wraps(fn)  # keeps __module__: the feature path calls ranker's own transforms without pandas
         def wrapper(*a, **k):
             t0 = time.perf_counter()
             try:
@@ -160,12 +163,18 @@ def _breakdown(online, reqs: list[dict]) -> None:
                 spent[label] = spent.get(label, 0.0) + time.perf_counter() - t0
         return wrapper
 
-    backend_read, absorb, assemble = online._backend.read, online._absorb, online._assemble
+    from ranker.serving import features
+
+    backend = online._backend
     saved = list(online._plan.odfvs)
     online._plan.odfvs = [(timed("of which ranker.features.transforms", fn), outputs, name) for fn, outputs, name in saved]
-    online._backend.read = timed("store round trips", backend_read)
-    online._absorb = timed("decode", absorb)
-    online._assemble = timed("assemble (matrix, defaults, on-demand)", assemble)
+    for method in ("send", "receive"):  # every round is sent, then received (round 2 after the work it overlaps)
+        setattr(backend, method, timed("store round trips", getattr(backend, method)))
+    online._absorb = timed("decode", online._absorb)
+    assembly = features._Assembly
+    add, matrix = assembly.add, assembly.matrix
+    assembly.add = timed("assemble (matrix, defaults, on-demand)", add)
+    assembly.matrix = timed("assemble (matrix, defaults, on-demand)", matrix)
     per_request = {}
     try:
         for req in reqs:
@@ -176,7 +185,8 @@ def _breakdown(online, reqs: list[dict]) -> None:
             for label, value in spent.items():
                 per_request.setdefault(label, []).append(value - before.get(label, 0.0))
     finally:
-        del online._backend.read, online._absorb, online._assemble
+        del backend.send, backend.receive, online._absorb
+        assembly.add, assembly.matrix = add, matrix
         online._plan.odfvs = saved
     n = len(reqs[0]["item_ids"])
     order = ["total fetch", "store round trips", "decode", "assemble (matrix, defaults, on-demand)",

@@ -421,6 +421,43 @@ def test_redis_error_reply_is_store_unavailable_and_the_pool_stays_clean(redis_w
             client.delete(key)
 
 
+def test_round_two_is_read_while_round_one_is_placed_and_a_failure_drops_its_connection(redis_world):
+    """Round 2 is written before round 1's on-demand views run (they overlap Redis' answer). An
+    error in that window must close that connection and hand it back: reused, its unread replies
+    would be read as the next fetch's; kept, it would leak."""
+    from ranker.serving.features import OnlineFeatures
+
+    request = dict(user_id="u1", item_ids=["i1", "i2", "i3"], query="dress", request_ts=1_790_000_000)
+    with OnlineFeatures(redis_world, service="search_ranker_v1", timeout_s=5.0) as online:
+        plan = online._plan
+        early = [i for i, needs in enumerate(plan.odfv_groups) if needs <= set(plan.round1_groups)]
+        assert early, "the search service has on-demand views fed by round 1 alone (query x title)"
+        before = online.fetch(**request)
+        calls = []
+        backend = online._backend
+        send, receive = backend.send, backend.receive
+        backend.send = lambda reads, deadline=None: calls.append("send") or send(reads, deadline)
+        backend.receive = lambda pending: calls.append("receive") or receive(pending)
+        fn, outputs, name = plan.odfvs[early[0]]
+
+        def failing(inputs):
+            calls.append(name)
+            raise RuntimeError("a transformation bug")
+
+        plan.odfvs[early[0]] = (failing, outputs, name)
+        try:
+            with pytest.raises(RuntimeError, match="transformation bug"):
+                online.fetch(**request)
+        finally:
+            plan.odfvs[early[0]] = (fn, outputs, name)
+        assert calls == ["send", "receive", "send", name]  # round 2 was in flight when it failed
+        after = online.fetch(**request)
+        _assert_bit_identical(after.matrix, before.matrix, "after a failure with round 2 in flight")
+        # the connection was closed and handed back to the pool (not leaked with replies unread)
+        assert backend._pool._created_connections == 1 and not backend._pool._in_use_connections - {
+            conn for _pid, conn in backend._idle}
+
+
 def test_missing_sqlite_store_raises_store_unavailable(world, tmp_path):
     import shutil
 

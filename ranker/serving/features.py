@@ -339,9 +339,10 @@ class _Plan:
 
         for name in (*LISTING_KEYS, SOLD_FIELD):
             need(LISTING_VIEW, name)
-        self.odfvs: list = []  # (function, [(matrix column, output name)])
+        self.odfvs: list = []  # (function, [(matrix column, output name)], view name)
         self.request_fields: set[str] = set()
         odfv_inputs: list = []
+        sources: dict = {}  # on-demand view -> its (view, feature) inputs
         for j, ref in enumerate(spec.refs):
             view, name = ref.split(":", 1)
             if view in views:
@@ -357,6 +358,7 @@ class _Plan:
                         for feat in proj.features:
                             need(proj.name, feat.name)
                             odfv_inputs.append((proj.name, feat.name))
+                            sources.setdefault(view, []).append((proj.name, feat.name))
                     for src in odfv.source_request_sources.values():
                         self.request_fields.update(f.name for f in src.schema)
                 entry[1].append((j, name))
@@ -449,12 +451,25 @@ class _Plan:
                     self.string_columns.append((j, g, k))
         self.columns = [(g, np.array(js), np.array(ks)) for g, (js, ks) in per_group.items()]
         self.odfv_inputs = [(name, self.loc[(view, name)]) for view, name in dict.fromkeys(odfv_inputs)]
+        # The groups each on-demand view reads (aligned with self.odfvs): it runs as soon as they are in.
+        self.round1_groups = [g for g, group in enumerate(self.groups) if not group.derived]
+        self.odfv_groups = [frozenset(self.loc[src][0] for src in sources.get(name, ())) for _fn, _out, name in self.odfvs]
         self.defaults = np.array([spec.defaults[f] for f in spec.features], dtype=np.float64)
         self.has_default = ~np.isnan(self.defaults)
         self.n_features = len(spec.features)
 
 
 # --- Store backends ------------------------------------------------------------------------------
+
+class _Pending:
+    """A round written to the store whose replies are not read yet (``send`` / ``receive``)."""
+
+    __slots__ = ("reads", "counts", "deadline", "conn", "widths", "table_of", "timeout")
+
+    def __init__(self, reads: list, counts: list, deadline: float | None) -> None:
+        self.reads, self.counts, self.deadline = reads, counts, deadline
+        self.conn = self.widths = self.table_of = self.timeout = None
+
 
 class _RedisBackend:
     RECEIVE_BUFFER = 1 << 18  # bytes per thread to start with; doubled while a round's replies need more
@@ -483,32 +498,58 @@ class _RedisBackend:
 
     def read(self, reads: list, deadline: float | None = None) -> list:
         """reads: (entity keys, fieldset); returns per read a :class:`_Block` (one row per key).
-        Socket waits end at ``deadline`` (monotonic; None: the pool's socket timeout).
+        Socket waits end at ``deadline`` (monotonic; None: the pool's socket timeout)."""
+        return self.receive(self.send(reads, deadline))
 
-        All HMGETs go out in one write; the replies are parsed straight off this thread's receive
-        buffer by the compiled kernels of :mod:`ranker.serving.resp` (no Python object per cell),
-        numeric fields decoded into float64 and string fields sliced once per distinct value."""
+    def send(self, reads: list, deadline: float | None = None) -> "_Pending":
+        """Write one round's commands (all in one write) and return without waiting for the
+        replies: the caller works while Redis answers, then calls :meth:`receive` (or
+        :meth:`abandon`: a connection with replies left unread is never reused)."""
         parts = []
         counts = []
         for keys, fs in reads:  # keys are RESP bulk strings already (encode_key): one join per read
             if keys:
                 parts += (fs.head, (fs.tail + fs.head).join(keys), fs.tail)
             counts.append(len(keys))
+        pending = _Pending(reads, counts, deadline)
         if not parts:
+            return pending
+        pending.widths = np.repeat(np.array([fs.n for _keys, fs in reads], dtype=np.int64), counts)
+        pending.table_of = np.repeat(np.array([fs.table for _keys, fs in reads], dtype=np.int64), counts)
+        conn = pending.conn = self._connection()
+        try:
+            sock = conn._sock
+            if sock is None:
+                raise self._redis.ConnectionError("not connected")
+            if deadline is not None:
+                pending.timeout = sock.gettimeout()
+                self._until(sock, deadline)
+            sock.sendall(b"".join(parts))
+        except BaseException:
+            self.abandon(pending)
+            raise
+        return pending
+
+    def receive(self, pending: "_Pending") -> list:
+        """The blocks of a round :meth:`send` wrote: its replies received and parsed straight off
+        this thread's receive buffer by the compiled kernels of :mod:`ranker.serving.resp` (no
+        Python object per cell), numeric fields decoded into float64 and string fields sliced
+        once per distinct value."""
+        reads, counts = pending.reads, pending.counts
+        conn = pending.conn
+        if conn is None:
             return [_Block.empty(fs) for _keys, fs in reads]
-        widths = np.repeat(np.array([fs.n for _keys, fs in reads], dtype=np.int64), counts)
-        table_of = np.repeat(np.array([fs.table for _keys, fs in reads], dtype=np.int64), counts)
-        cells = int(widths.sum())
+        cells = int(pending.widths.sum())
         off = np.zeros(cells, dtype=np.int64)
         ln = np.full(cells, -1, dtype=np.int64)  # HGETALL leaves absent fields nil
-        conn = self._connection()
         try:
-            buf, end = self._roundtrip(conn, b"".join(parts), widths, table_of, off, ln, deadline)
+            buf, end = self._receive(conn._sock, pending, off, ln)
+            if pending.deadline is not None:
+                conn._sock.settimeout(pending.timeout)
         except BaseException:
-            # replies may be left unread: never use this connection again
-            conn.disconnect()
-            self._pool.release(conn)
+            self.abandon(pending)  # replies may be left unread: never use this connection again
             raise
+        pending.conn = None
         self._idle.append((os.getpid(), conn))
         blocks = []
         data = None
@@ -521,6 +562,13 @@ class _RedisBackend:
                 data = bytes(buf[:end])
             blocks.append(self._block(buf, data, o2, l2, fs))
         return blocks
+
+    def abandon(self, pending: "_Pending") -> None:
+        """Drop a round whose replies will not be read: its connection is closed, not reused."""
+        conn, pending.conn = pending.conn, None
+        if conn is not None:
+            conn.disconnect()
+            self._pool.release(conn)
 
     def _connection(self):
         """A connected connection: the last one a read handed back (``_idle``, a list: pop and
@@ -589,19 +637,6 @@ class _RedisBackend:
             buf = self._local.buf = np.empty(max(size, self.RECEIVE_BUFFER), dtype=np.uint8)
         return buf
 
-    def _roundtrip(self, conn, payload: bytes, widths: np.ndarray, table_of: np.ndarray, off: np.ndarray,
-                   ln: np.ndarray, deadline: float | None):
-        sock = conn._sock
-        if sock is None:
-            raise self._redis.ConnectionError("not connected")
-        if deadline is None:
-            return self._exchange(sock, payload, widths, table_of, off, ln, None)
-        timeout = sock.gettimeout()
-        try:
-            return self._exchange(sock, payload, widths, table_of, off, ln, deadline)
-        finally:
-            sock.settimeout(timeout)
-
     @staticmethod
     def _until(sock, deadline: float | None) -> None:
         if deadline is not None:
@@ -610,11 +645,10 @@ class _RedisBackend:
                 raise TimeoutError("deadline passed")
             sock.settimeout(left)
 
-    def _exchange(self, sock, payload, widths, table_of, off, ln, deadline):
+    def _receive(self, sock, pending: "_Pending", off: np.ndarray, ln: np.ndarray):
         resp = self._resp
-        until = self._until
-        until(sock, deadline)
-        sock.sendall(payload)
+        until, deadline = self._until, pending.deadline
+        widths, table_of = pending.widths, pending.table_of
         buf = self._receive_buffer(0)
         view = memoryview(buf)
         state = np.zeros(3, dtype=np.int64)
@@ -690,6 +724,16 @@ class _SqliteBackend:
     @staticmethod
     def encode_key(key: bytes) -> bytes:
         return key
+
+    def send(self, reads: list, deadline: float | None = None) -> "_Pending":
+        """SQLite answers in the caller's thread: the round is read when it is received."""
+        return _Pending(reads, [], deadline)
+
+    def receive(self, pending: "_Pending") -> list:
+        return self.read(pending.reads, pending.deadline)
+
+    def abandon(self, pending: "_Pending") -> None:
+        pass
 
     def read(self, reads: list, deadline: float | None = None) -> list:
         """Like :meth:`_RedisBackend.read`; statements still running at ``deadline`` are interrupted."""
@@ -912,14 +956,15 @@ class OnlineFeatures:
                 memo_key = (varying, id(rows))
                 made = shared.get(memo_key)
                 if made is None or made[0] is not rows:
-                    seen: dict = {}
                     if len(varying) == 1:
                         col = columns[varying[0]]
                         values = col if isinstance(rows, range) and len(rows) == len(col) else [col[i] for i in rows]
                     else:
                         values = [tuple(columns[k][i] for k in varying) for i in rows]
-                    idx = np.array([seen.setdefault(v, len(seen)) for v in values], dtype=np.intp)
-                    made = shared[memo_key] = (rows, list(seen), idx)  # rows kept: its id stays its own
+                    distinct = list(dict.fromkeys(values))
+                    position = {v: i for i, v in enumerate(distinct)}
+                    idx = np.fromiter(map(position.__getitem__, values), dtype=np.intp, count=len(values))
+                    made = shared[memo_key] = (rows, distinct, idx)  # rows kept: its id stays its own
                 _rows, uniq, idx = made
                 if len(varying) == 1 and len(join_keys) > 1:
                     uniq = [(v,) for v in uniq]
@@ -1018,6 +1063,7 @@ class OnlineFeatures:
             reads.append((keys, group.fieldset))
             todo.append(("group", g, idx))
         self._absorb(self._backend.read(reads, deadline), todo, num, strs, u, misses, hits, known, sold_val)
+        assembly = _Assembly(plan, u, query, request_ts)
 
         if misses:
             istr = strs[plan.item_group]
@@ -1040,8 +1086,17 @@ class OnlineFeatures:
                     keys, idx = self._keys(group, columns, all_rows, shared)
                     todo.append(("group", g, idx))
                 reads.append((keys, group.fieldset))
-            if reads:
-                self._absorb(self._backend.read(reads, deadline), todo, num, strs, u, misses, hits, known, sold_val)
+            # While Redis answers round 2, place what round 1 brought (its groups' columns and the
+            # on-demand views they feed): that work is off the request's critical path.
+            backend = self._backend
+            pending = backend.send(reads, deadline)
+            try:
+                assembly.add(num, strs, plan.round1_groups)
+                blocks = backend.receive(pending)
+            except BaseException:
+                backend.abandon(pending)
+                raise
+            self._absorb(blocks, todo, num, strs, u, misses, hits, known, sold_val)
             if cache is not None:
                 stored = [i for i in misses if known[i]]
                 if stored:
@@ -1053,7 +1108,8 @@ class OnlineFeatures:
                         now,
                     )
 
-        matrix = self._assemble(num, strs, u, query, request_ts)
+        assembly.add(num, strs, range(len(groups)))
+        matrix = assembly.matrix()
         sold = sold_val == 1
         if inv is not None:
             matrix, known, sold = matrix[inv], known[inv], sold[inv]
@@ -1093,39 +1149,64 @@ class OnlineFeatures:
                 num[g] = values[idx]
                 strs[g] = text[idx]
 
-    def _assemble(self, num, strs, u: int, query: str, request_ts: int) -> np.ndarray:
-        plan = self._plan
-        m = np.empty((u, plan.n_features), dtype=np.float64)
+
+class _Assembly:
+    """One request's matrix (unique-item rows, float64), filled group by group as the rounds bring
+    them: a group's columns once its values are in, an on-demand view once every group it reads is
+    (round 1's while Redis answers round 2), then defaults and the float32 cast, exactly as
+    :func:`ranker.training.dataset.feature_matrix` applies them to Feast's output."""
+
+    def __init__(self, plan: "_Plan", u: int, query: str, request_ts: int) -> None:
+        self.plan = plan
+        self.u = u
+        self.m = np.empty((u, plan.n_features), dtype=np.float64)
+        self.placed: set = set()  # groups whose columns are in
+        self.done: set = set()  # on-demand views computed (indices into plan.odfvs)
+        self.inputs: dict = {}  # on-demand inputs available so far, as the transforms take them
+        if "request_ts" in plan.request_fields:
+            self.inputs["request_ts"] = np.full(u, float(request_ts))  # float64, as _num makes of int64
+        if "query_text" in plan.request_fields:
+            self.inputs["query_text"] = [query] * u
+
+    def add(self, num: list, strs: list, ready) -> None:
+        """Place the groups of ``ready`` (indices of groups whose rows are all in ``num``/``strs``)
+        not placed yet, and run the on-demand views they complete."""
+        plan, m = self.plan, self.m
+        new = set(ready) - self.placed
+        if not new:
+            return
+        self.placed |= new
         for g, js, ks in plan.columns:
-            m[:, js] = num[g][:, ks]
+            if g in new:
+                m[:, js] = num[g][:, ks]
         for j, g, k in plan.string_columns:
-            m[:, j] = pd.to_numeric(pd.Series(strs[g][:, k]), errors="coerce").to_numpy(np.float64, na_value=np.nan)
-        if plan.odfvs:
-            inputs: dict = {}
-            for name, (g, kind, k) in plan.odfv_inputs:
-                inputs[name] = num[g][:, k] if kind == "num" else strs[g][:, k]
-            if "request_ts" in plan.request_fields:
-                inputs["request_ts"] = np.full(u, float(request_ts))  # float64, as _num makes of int64
-            if "query_text" in plan.request_fields:
-                col = np.empty(u, dtype=object)
-                col[:] = query
-                inputs["query_text"] = col
-            frame = listed = None
-            for fn, outputs, _name in plan.odfvs:
-                if fn.__module__ == transforms.__name__:  # ours take a dict of arrays and lists: no pandas
-                    if listed is None:  # made once for all of them; each gets its own dict
-                        listed = {k: (v.tolist() if v.dtype == object else v) for k, v in inputs.items()}
-                    out = fn(dict(listed))
-                else:  # a user-defined on-demand view: the DataFrame Feast would pass
-                    if frame is None:
-                        frame = pd.DataFrame(inputs, copy=False)
-                    out = fn(frame)
-                for j, name in outputs:
-                    col = np.asarray(out[name])
-                    if col.dtype.kind == "f":  # what pd.to_numeric would return, without its overhead
-                        m[:, j] = col
-                    else:
-                        m[:, j] = pd.to_numeric(pd.Series(col), errors="coerce").to_numpy(np.float64, na_value=np.nan)
+            if g in new:
+                m[:, j] = pd.to_numeric(pd.Series(strs[g][:, k]), errors="coerce").to_numpy(np.float64, na_value=np.nan)
+        inputs = self.inputs
+        for name, (g, kind, k) in plan.odfv_inputs:
+            if g in new:
+                inputs[name] = num[g][:, k] if kind == "num" else strs[g][:, k].tolist()
+        frame = None
+        for i, ((fn, outputs, _name), needs) in enumerate(zip(plan.odfvs, plan.odfv_groups)):
+            if i in self.done or not needs <= self.placed:
+                continue
+            self.done.add(i)
+            if fn.__module__ == transforms.__name__:  # ours take a dict of arrays and lists: no pandas
+                out = fn(dict(inputs))
+            else:  # a user-defined on-demand view: the DataFrame Feast would pass
+                if frame is None:
+                    frame = pd.DataFrame({k: (np.array(v, dtype=object) if isinstance(v, list) else v)
+                                          for k, v in inputs.items()}, copy=False)
+                out = fn(frame)
+            for j, name in outputs:
+                col = np.asarray(out[name])
+                if col.dtype.kind == "f":  # what pd.to_numeric would return, without its overhead
+                    m[:, j] = col
+                else:
+                    m[:, j] = pd.to_numeric(pd.Series(col), errors="coerce").to_numpy(np.float64, na_value=np.nan)
+
+    def matrix(self) -> np.ndarray:
+        plan, m = self.plan, self.m
         if plan.has_default.any():
             m = np.where(np.isnan(m) & plan.has_default, plan.defaults, m)
         return m.astype(np.float32)
