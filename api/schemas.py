@@ -90,6 +90,21 @@ def _type_name(value: Any) -> str:
     )
 
 
+def _item_ids(items: list) -> dict[str, None]:
+    """The distinct item ids in order (a dict, keys only); 422 names the first bad one.
+
+    Checked in bulk at C speed (every id a non-empty ``str`` up to ``MAX_ID_LENGTH``); only a list
+    that fails goes through the per-item loop that finds and names the culprit."""
+    if set(map(type, items)) == {str} and "" not in items and max(map(len, items)) <= MAX_ID_LENGTH:
+        return dict.fromkeys(items)
+    for position, item in enumerate(items):
+        if not isinstance(item, str) or not item:
+            raise _invalid(f"items[{position}] must be a non-empty string, got {_type_name(item)}")
+        if len(item) > MAX_ID_LENGTH:
+            raise _invalid(f"items[{position}] is longer than {MAX_ID_LENGTH} characters")
+    return dict.fromkeys(items)  # pragma: no cover - the bulk check accepts every list the loop does
+
+
 def parse_rank_request(
     payload: Any, *, surfaces: tuple[str, ...], max_candidates: int, now: float | None = None
 ) -> RankRequest:
@@ -125,13 +140,7 @@ def parse_rank_request(
             f"{len(items)} candidates is more than the limit of {max_candidates} (RANKER_MAX_CANDIDATES); "
             "send fewer or split the request",
         )
-    seen: dict[str, None] = {}
-    for position, item in enumerate(items):
-        if not isinstance(item, str) or not item:
-            raise _invalid(f"items[{position}] must be a non-empty string, got {_type_name(item)}")
-        if len(item) > MAX_ID_LENGTH:
-            raise _invalid(f"items[{position}] is longer than {MAX_ID_LENGTH} characters")
-        seen.setdefault(item, None)
+    seen = _item_ids(items)
 
     query = payload.get("query")
     if query is not None:

@@ -285,6 +285,24 @@ def test_bad_requests_get_a_json_error(client, kwargs, status, code):
     _assert_error(client.post("/v1/rank", **kwargs), status, code)
 
 
+@pytest.mark.parametrize(
+    "items, message",
+    [
+        (["a", 2, "b"], "items[1] must be a non-empty string, got integer"),
+        (["a", "b", ""], "items[2] must be a non-empty string, got string"),
+        ([["a"], "b"], "items[0] must be a non-empty string, got array"),
+        (["a", {"id": "b"}], "items[1] must be a non-empty string, got object"),
+        (["a", None], "items[1] must be a non-empty string, got null"),
+        (["a", "x" * 257], "items[1] is longer than 256 characters"),
+    ],
+)
+def test_a_bad_item_id_is_named_by_its_position(client, items, message):
+    # The ids are checked in bulk first; a list that fails is walked to name the first bad id.
+    response = client.post("/v1/rank", json={"surface": "recs", "user_id": "u", "items": items})
+    _assert_error(response, 422, "invalid_request")
+    assert response.get_json()["error"]["message"] == message
+
+
 def test_an_unexpected_error_is_a_json_500(app, client, candidates, monkeypatch, caplog):
     def broken(*args, **kwargs):
         raise RuntimeError("bug")
