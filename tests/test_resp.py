@@ -209,3 +209,58 @@ def test_warm_up_compiles_every_kernel():
     resp.warm_up()
     assert resp.parse_replies.signatures and resp.decode_numbers.signatures
     assert resp.string_spans.signatures and resp.group_spans.signatures and resp.gather_spans.signatures
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_commands_carry_feast_serialized_keys(seed):
+    """The Redis path writes a round's commands with one kernel call (no Python object per key);
+    every command must carry exactly the key Feast's serialization gives (the reference
+    implementation, ``_string_entity_keys`` + project), whatever the values: non-ASCII, empty,
+    long, and a request value shared by every key of a read (user, query), written once per key."""
+    from ranker.serving.features import _EntityKeys, _FieldSet, _RedisBackend
+
+    rng = np.random.default_rng(seed)
+    alphabet = list("abcxyz019 _-") + ["é", "ß", "日", "\U0001f457"]
+
+    def text(longest):
+        return "".join(rng.choice(alphabet, size=int(rng.integers(0, longest + 1))))
+
+    backend = _RedisBackend("redis://127.0.0.1:1/0", 1.0, np.zeros((1, 8), np.uint32), np.full((1, 8), -1),
+                            key_suffix=b"fashion_ranking")
+    hmget = _FieldSet.build([("v", "a", "Int64"), ("v", "b", "Int64")], [b"\x01\x02\x03\x04", b"\x05\x06\x07\x08"],
+                            {"v": "t"}, hash_fields=3)
+    hgetall = _FieldSet.build([("v", f"f{i}", "Int64") for i in range(6)], [bytes([i]) * 4 for i in range(6)],
+                              {"v": "t"}, hash_fields=7)
+    reads = []
+    for fs in (hmget, hgetall):
+        for join_keys in (("item_id",), ("category", "user_id"), ("category", "query"), ("user_id",)):
+            count = 1 if join_keys == ("user_id",) else int(rng.integers(0, 60))
+            columns = tuple(
+                text(5000) if name == "query" else ("u-" + text(8)) if name == "user_id"
+                else [text(40) for _ in range(count)]
+                for name in join_keys
+            )
+            reads.append((_EntityKeys(join_keys, columns, count), fs))
+    rng.shuffle(reads)
+    for n in (1, 2, len(reads)):  # one read, and several in one round
+        want = b"".join(fs.head + b"$%d\r\n%s\r\n" % (len(k), k) + fs.tail
+                        for keys, fs in reads[:n] for k in keys.serialized(b"fashion_ranking"))
+        got = backend._payload(reads[:n])
+        assert (b"" if got is None else bytes(got)) == want
+
+
+def test_the_key_kernel_never_writes_past_its_buffer():
+    from ranker.serving import resp
+
+    data = np.frombuffer(b"abcdefghijkl", dtype=np.uint8)
+    lengths = np.array([6, 6], dtype=np.int64)
+    columns = np.array([[0, 0, 0]], dtype=np.int64)
+    frames = np.frombuffer(b"HEAD", dtype=np.uint8)
+    reads = np.array([[2, 0, 1, 0, 4, 0, 4, 0, 4, 0, 4]], dtype=np.int64)
+    n = resp.encode_commands(data, lengths, columns, reads, frames, np.empty(resp.commands_size(reads, 12), np.uint8))
+    assert n > 0
+    for size in (0, 3, n // 2, n - 1):
+        out = np.zeros(size + 8, dtype=np.uint8)
+        assert resp.encode_commands(data, lengths, columns, reads, frames, out[:size]) == -1
+        assert not out[size:].any()  # the 8 bytes after the slice are untouched
+    assert resp.encode_commands(data, lengths, columns, reads, frames, np.empty(n, np.uint8)) == n

@@ -38,9 +38,11 @@ stored values regardless of the view's TTL; so does this path.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sqlite3
+import struct
 import threading
 import time
 from collections import OrderedDict
@@ -76,7 +78,6 @@ _R4 = np.arange(1, 5)
 _R8 = np.arange(1, 9)
 _VARINT_POS = np.arange(10)
 _VARINT_SHIFT = (7 * _VARINT_POS).astype(np.uint64)
-KEY_MEMO_SIZE = 100_000  # serialized entity keys remembered per view group and process
 
 
 class OnlineStoreUnavailable(RankerError):
@@ -461,6 +462,44 @@ class _Plan:
 
 # --- Store backends ------------------------------------------------------------------------------
 
+class _EntityKeys(NamedTuple):
+    """The entity keys of one read, not serialized yet: per join key (sorted, as Feast serializes
+    them), the values of the ``count`` keys (a list), or one value every key shares (a str: the
+    request's user or query)."""
+
+    join_keys: tuple
+    columns: tuple
+    count: int
+
+    def serialized(self, suffix: bytes = b"") -> list:
+        """Feast's serialized keys (+ ``suffix``), by the reference implementation."""
+        values = [[c] * self.count if isinstance(c, str) else list(c) for c in self.columns]
+        return _string_entity_keys(list(self.join_keys), values, suffix)
+
+
+@functools.lru_cache(maxsize=64)
+def _key_prefix(join_keys: tuple) -> bytes:
+    """What every serialized entity key on these join keys starts with (their count, then each
+    name with its STRING type and length), as ``_string_entity_keys`` writes it; the values follow
+    in the same sorted order."""
+    if list(join_keys) != sorted(join_keys):
+        raise ValueError(f"join keys {join_keys} are not sorted")
+    parts = [struct.pack("<I", len(join_keys))]
+    for name in join_keys:
+        raw = name.encode("utf-8")
+        parts.append(struct.pack("<II", 2, len(raw)) + raw)
+    return b"".join(parts)
+
+
+def _utf8(values: list) -> tuple[bytes, np.ndarray]:
+    """The values' UTF-8 bytes concatenated, and each one's length in bytes."""
+    text = "".join(values)
+    if text.isascii():  # one encode; character lengths are byte lengths
+        return text.encode("ascii"), np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+    encoded = [v.encode("utf-8") for v in values]
+    return b"".join(encoded), np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+
+
 class _Pending:
     """A round written to the store whose replies are not read yet (``send`` / ``receive``)."""
 
@@ -474,7 +513,8 @@ class _Pending:
 class _RedisBackend:
     RECEIVE_BUFFER = 1 << 18  # bytes per thread to start with; doubled while a round's replies need more
 
-    def __init__(self, url: str, timeout_s: float, map_names: np.ndarray, map_columns: np.ndarray) -> None:
+    def __init__(self, url: str, timeout_s: float, map_names: np.ndarray, map_columns: np.ndarray, *,
+                 key_suffix: bytes) -> None:
         import redis
 
         from ranker.serving import resp
@@ -492,6 +532,10 @@ class _RedisBackend:
         self._local = threading.local()  # the receive buffer of each thread
         self._idle: list = []  # (pid, connection) handed back by reads, see _connection
         self.map_names, self.map_columns = map_names, map_columns  # HGETALL field name tables (_Plan)
+        self._suffix = key_suffix  # Feast's Redis key: the serialized entity key + the project
+        self._frames = np.zeros(0, dtype=np.uint8)  # command heads and tails, key prefixes, the suffix
+        self._frame_at: dict = {}  # (join keys, head, tail) -> their offsets in _frames (_frames_of)
+        self._frame_lock = threading.Lock()
         self.errors = (redis.RedisError, OSError)
         parsed = url.split("@")[-1]
         self.name = f"Redis at {parsed if '://' in parsed else 'redis://' + parsed}"
@@ -505,15 +549,11 @@ class _RedisBackend:
         """Write one round's commands (all in one write) and return without waiting for the
         replies: the caller works while Redis answers, then calls :meth:`receive` (or
         :meth:`abandon`: a connection with replies left unread is never reused)."""
-        parts = []
-        counts = []
-        for keys, fs in reads:  # keys are RESP bulk strings already (encode_key): one join per read
-            if keys:
-                parts += (fs.head, (fs.tail + fs.head).join(keys), fs.tail)
-            counts.append(len(keys))
-        pending = _Pending(reads, counts, deadline)
-        if not parts:
+        payload = self._payload(reads)
+        pending = _Pending(reads, [keys.count for keys, _fs in reads], deadline)
+        if payload is None:
             return pending
+        counts = pending.counts
         pending.widths = np.repeat(np.array([fs.n for _keys, fs in reads], dtype=np.int64), counts)
         pending.table_of = np.repeat(np.array([fs.table for _keys, fs in reads], dtype=np.int64), counts)
         conn = pending.conn = self._connection()
@@ -524,7 +564,7 @@ class _RedisBackend:
             if deadline is not None:
                 pending.timeout = sock.gettimeout()
                 self._until(sock, deadline)
-            sock.sendall(b"".join(parts))
+            sock.sendall(payload)
         except BaseException:
             self.abandon(pending)
             raise
@@ -585,10 +625,60 @@ class _RedisBackend:
             if pid == os.getpid():
                 self._pool.release(conn)
 
-    @staticmethod
-    def encode_key(key: bytes) -> bytes:
-        """The form :meth:`read` takes entity keys in: a RESP bulk string."""
-        return b"$%d\r\n%s\r\n" % (len(key), key)
+    def _frames_of(self, join_keys: tuple, fs: "_FieldSet") -> tuple:
+        """(offset, length) in ``self._frames`` of the read's command head, key prefix, command
+        tail and key suffix; new frames are appended (under a lock: offsets never move)."""
+        found = self._frame_at.get((join_keys, fs.head, fs.tail))
+        if found is None:
+            with self._frame_lock:
+                raw = bytes(self._frames)
+                at = []
+                for part in (fs.head, _key_prefix(join_keys), fs.tail, self._suffix):
+                    pos = raw.find(part)
+                    if pos < 0:
+                        pos, raw = len(raw), raw + part
+                    at += (pos, len(part))
+                self._frames = np.frombuffer(raw, dtype=np.uint8)
+                found = self._frame_at[(join_keys, fs.head, fs.tail)] = tuple(at)
+        return found
+
+    def _payload(self, reads: list):
+        """The round's commands (per read, ``fs.head`` + entity key + ``fs.tail`` per key) as one
+        buffer written by the compiled :func:`ranker.serving.resp.encode_commands` from the keys'
+        UTF-8 values (no Python object per key: a memo of serialized keys cost more, its lookups
+        missing the CPU cache); None when there is no key to read."""
+        values, lens, columns, rows = [], [], [], []
+        at = at_lens = value_bytes = 0
+        for keys, fs in reads:
+            if not keys.count:
+                continue
+            rows.append((keys.count, len(columns), len(keys.columns), *self._frames_of(keys.join_keys, fs)))
+            for col in keys.columns:
+                if isinstance(col, str):  # the request's user or query: in every key of the read
+                    raw = col.encode("utf-8")
+                    columns.append((at, -1, len(raw)))
+                    value_bytes += keys.count * len(raw)
+                else:
+                    raw, col_lens = _utf8(col)
+                    columns.append((at, at_lens, 0))
+                    lens.append(col_lens)
+                    at_lens += len(col_lens)
+                    value_bytes += len(raw)
+                values.append(raw)
+                at += len(raw)
+        if not rows:
+            return None
+        resp = self._resp
+        out = np.empty(resp.commands_size(rows, value_bytes), dtype=np.uint8)
+        rows = np.array(rows, dtype=np.int64)
+        n = resp.encode_commands(
+            np.frombuffer(b"".join(values), dtype=np.uint8),
+            np.concatenate(lens) if lens else np.zeros(0, dtype=np.int64),
+            np.array(columns, dtype=np.int64), rows, self._frames, out,
+        )
+        if n < 0:
+            raise AssertionError("entity key commands larger than their bound")  # a bug, never the store's
+        return out[:n]
 
     def _block(self, buf, data, o2, l2, fs) -> "_Block":
         resp = self._resp
@@ -721,10 +811,6 @@ class _SqliteBackend:
                 self._conns.append(conn)
         return conn
 
-    @staticmethod
-    def encode_key(key: bytes) -> bytes:
-        return key
-
     def send(self, reads: list, deadline: float | None = None) -> "_Pending":
         """SQLite answers in the caller's thread: the round is read when it is received."""
         return _Pending(reads, [], deadline)
@@ -750,7 +836,8 @@ class _SqliteBackend:
 
     def _read(self, conn, reads: list) -> list:
         out = []
-        for keys, fs in reads:
+        for entity_keys, fs in reads:
+            keys = entity_keys.serialized()
             cells = np.full(len(keys) * fs.n, None, dtype=object)
             for lo in range(0, len(keys), self.MAX_KEYS):
                 chunk = keys[lo : lo + self.MAX_KEYS]
@@ -878,8 +965,8 @@ class OnlineFeatures:
         self._plan = _Plan(store, self.spec)
         self._project = self._plan.project.encode()
         if settings.online_store == "redis":
-            self._backend = _RedisBackend(settings.redis_url, timeout_s, self._plan.map_names, self._plan.map_columns)
-            self._key_suffix = self._project
+            self._backend = _RedisBackend(settings.redis_url, timeout_s, self._plan.map_names, self._plan.map_columns,
+                                          key_suffix=self._project)
         else:
             from feast.infra.online_stores.helpers import compute_table_id
             from feast.infra.online_stores.sqlite import SqliteOnlineStore
@@ -887,12 +974,10 @@ class OnlineFeatures:
             config = repo_config(settings)
             path = Path(SqliteOnlineStore._get_db_path(config))
             probe = compute_table_id(self._plan.project, store.get_feature_view(LISTING_VIEW))
-            self._backend = _SqliteBackend(path, timeout_s, probe)
-            self._key_suffix = b""  # sqlite keys are the serialized entity key alone
+            self._backend = _SqliteBackend(path, timeout_s, probe)  # its keys: the serialized entity key alone
         self._cache = _ItemCache(item_cache_ttl_s, item_cache_size) if item_cache_ttl_s > 0 and item_cache_size > 0 else None
         self.cache_hits = 0
         self.cache_misses = 0
-        self._key_memo: dict = {id(g): {} for g in self._plan.groups}
         self._count_lock = threading.Lock()
 
     # -- public API --------------------------------------------------------------------------------
@@ -932,61 +1017,41 @@ class OnlineFeatures:
         self.close()
 
     # -- the hot path --------------------------------------------------------------------------------
-    def _keys(self, group: _Group, columns: dict, rows, shared: dict) -> tuple[list, np.ndarray]:
-        """Unique entity keys of ``group`` for the given unique-item rows (in the backend's
-        ``encode_key`` form), and each row's entity.
+    def _keys(self, group: _Group, columns: dict, rows, shared: dict) -> tuple["_EntityKeys", np.ndarray]:
+        """The distinct entity keys of ``group`` for the given unique-item rows (their join-key
+        values, serialized by the backend when it writes the read), and each row's entity.
 
-        Serialized keys are remembered per group in a plain dict (emptied when it would pass
-        ``KEY_MEMO_SIZE`` entries): a key depends on its join-key values alone. ``shared`` is the
-        request's scratch: the distinct values of the varying keys, computed once per rows object."""
+        ``shared`` is the request's scratch: the distinct values of the varying keys, computed once
+        per rows object for the groups that vary by the same keys (category, user x category,
+        query x category)."""
         join_keys, varying = group.join_keys, group.varying
         if not varying:
-            uniq = [tuple(columns[k] for k in join_keys)]
-            idx = np.zeros(len(rows), np.intp)
+            return _EntityKeys(join_keys, tuple(columns[k] for k in join_keys), 1), np.zeros(len(rows), np.intp)
+        if varying == ("item_id",):  # the rows are unique items already
+            col = columns["item_id"]
+            idx = np.arange(len(rows), dtype=np.intp)
+            distinct = col if isinstance(rows, range) and len(rows) == len(col) else [col[i] for i in rows]
+            values = {"item_id": distinct}
         else:
-            if varying == ("item_id",):  # the rows are unique items already
-                col = columns["item_id"]
-                idx = np.arange(len(rows), dtype=np.intp)
-                uniq = col if isinstance(rows, range) and len(rows) == len(col) else [col[i] for i in rows]
-                if len(join_keys) > 1:
-                    uniq = [(v,) for v in uniq]
+            memo_key = (varying, id(rows))
+            made = shared.get(memo_key)
+            if made is None or made[0] is not rows:
+                if len(varying) == 1:
+                    col = columns[varying[0]]
+                    keyed = col if isinstance(rows, range) and len(rows) == len(col) else [col[i] for i in rows]
+                else:
+                    keyed = [tuple(columns[k][i] for k in varying) for i in rows]
+                distinct = list(dict.fromkeys(keyed))
+                position = {v: i for i, v in enumerate(distinct)}
+                idx = np.fromiter(map(position.__getitem__, keyed), dtype=np.intp, count=len(keyed))
+                made = shared[memo_key] = (rows, distinct, idx)  # rows kept: its id stays its own
+            _rows, distinct, idx = made
+            if len(varying) == 1:
+                values = {varying[0]: distinct}
             else:
-                # distinct values of the varying keys (e.g. category), shared by the groups of a
-                # request that vary by the same keys (category, user x category, query x category)
-                memo_key = (varying, id(rows))
-                made = shared.get(memo_key)
-                if made is None or made[0] is not rows:
-                    if len(varying) == 1:
-                        col = columns[varying[0]]
-                        values = col if isinstance(rows, range) and len(rows) == len(col) else [col[i] for i in rows]
-                    else:
-                        values = [tuple(columns[k][i] for k in varying) for i in rows]
-                    distinct = list(dict.fromkeys(values))
-                    position = {v: i for i, v in enumerate(distinct)}
-                    idx = np.fromiter(map(position.__getitem__, values), dtype=np.intp, count=len(values))
-                    made = shared[memo_key] = (rows, distinct, idx)  # rows kept: its id stays its own
-                _rows, uniq, idx = made
-                if len(varying) == 1 and len(join_keys) > 1:
-                    uniq = [(v,) for v in uniq]
-            if len(varying) < len(join_keys):  # e.g. user x category: put the request's keys in
-                pos = {k: varying.index(k) for k in varying}
-                uniq = [tuple(u[pos[k]] if k in pos else columns[k] for k in join_keys) for u in uniq]
-        # uniq: the join-key values in join_keys order, a tuple (or the bare value for one item key)
-        memo = self._key_memo[id(group)]
-        keys = list(map(memo.get, uniq))
-        if None in keys:
-            todo = [i for i, k in enumerate(keys) if k is None]
-            if len(join_keys) == 1 and varying:
-                values = [[uniq[i] for i in todo]]
-            else:
-                values = [[uniq[i][c] for i in todo] for c in range(len(join_keys))]
-            encode = self._backend.encode_key
-            made = [encode(k) for k in _string_entity_keys(list(join_keys), values, self._key_suffix)]
-            if len(memo) + len(made) > KEY_MEMO_SIZE:
-                memo.clear()
-            for i, k in zip(todo, made):
-                keys[i] = memo[uniq[i]] = k
-        return keys, idx
+                values = {k: [v[c] for v in distinct] for c, k in enumerate(varying)}
+        # the request's own keys (user, query) are one value shared by every entity of the read
+        return _EntityKeys(join_keys, tuple(values.get(k, columns.get(k)) for k in join_keys), len(distinct)), idx
 
     def _fetch(self, user_id: str, items: list, query: str, request_ts: int, deadline: float | None) -> FeatureRows:
         plan = self._plan

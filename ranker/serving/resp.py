@@ -303,6 +303,81 @@ def gather_spans(buf, start, stop, out):
     return p
 
 
+@njit(cache=True, nogil=True)
+def _put(out, p, src, a, n):
+    out[p : p + n] = src[a : a + n]
+    return p + n
+
+
+@njit(cache=True, nogil=True)
+def _put_u32(out, p, value):
+    for k in range(4):
+        out[p + k] = (value >> (8 * k)) & 0xFF
+    return p + 4
+
+
+@njit(cache=True, nogil=True)
+def encode_commands(data, lengths, columns, reads, frames, out):
+    """A round's commands, written into ``out``: per read, per entity key, the read's command head,
+    the key as a RESP bulk string, the command tail. The key is Feast's serialized entity key of
+    string join keys plus the project (``ranker.features.materialize._string_entity_keys``): the
+    read's prefix (key count and names), then per value the STRING type (2) and its length as
+    little-endian uint32 and its UTF-8 bytes, then the suffix.
+
+    ``reads`` (R, 11): keys, first column, columns, then (offset, length) in ``frames`` of the
+    head, prefix, tail and suffix. ``columns`` (C, 3): the byte offset of the column's values in
+    ``data``; the offset of their lengths in ``lengths`` (one per key, values back to back), or -1
+    for one value every key of the read shares; that shared value's length. Returns the bytes
+    written, or -1 (nothing written past ``out``) when ``out`` is smaller than
+    :func:`commands_size` says it must be."""
+    p = 0
+    cursor = np.zeros(columns.shape[0], dtype=np.int64)  # byte offset of each column's next value
+    for c in range(columns.shape[0]):
+        cursor[c] = columns[c, 0]
+    for r in range(reads.shape[0]):
+        count, c0, nc = reads[r, 0], reads[r, 1], reads[r, 2]
+        h0, hn, p0, pn, t0, tn, s0, sn = reads[r, 3], reads[r, 4], reads[r, 5], reads[r, 6], reads[r, 7], reads[r, 8], reads[r, 9], reads[r, 10]
+        for i in range(count):
+            size = pn + sn
+            for c in range(c0, c0 + nc):
+                size += 8 + (columns[c, 2] if columns[c, 1] < 0 else lengths[columns[c, 1] + i])
+            digits, rest = 1, size
+            while rest >= 10:
+                rest //= 10
+                digits += 1
+            if p + hn + digits + size + 5 + tn > out.shape[0]:
+                return -1  # never write past out (the caller sized it too small)
+            p = _put(out, p, frames, h0, hn)
+            out[p] = 36  # '$'
+            rest = size
+            for d in range(digits, 0, -1):
+                out[p + d] = 48 + rest % 10
+                rest //= 10
+            p += digits + 1
+            out[p], out[p + 1] = 13, 10
+            p = _put(out, p + 2, frames, p0, pn)
+            for c in range(c0, c0 + nc):
+                if columns[c, 1] < 0:
+                    n, a = columns[c, 2], columns[c, 0]
+                else:
+                    n, a = lengths[columns[c, 1] + i], cursor[c]
+                    cursor[c] += n
+                p = _put_u32(out, p, 2)
+                p = _put_u32(out, p, n)
+                p = _put(out, p, data, a, n)
+            p = _put(out, p, frames, s0, sn)
+            out[p], out[p + 1] = 13, 10
+            p = _put(out, p + 2, frames, t0, tn)
+    return p
+
+
+def commands_size(reads, value_bytes: int) -> int:
+    """An upper bound of what :func:`encode_commands` writes for ``reads`` (its rows, as sequences
+    of ints), ``value_bytes`` being the bytes of every key's values (a shared value counted once per
+    key): per key its frames, 8 bytes per value, "$", up to 20 digits and two CRLF."""
+    return sum(int(r[0]) * (int(r[4] + r[6] + r[8] + r[10]) + 8 * int(r[2]) + 25) for r in reads) + value_bytes
+
+
 def warm_up() -> None:
     """Compile (or load from the cache) every kernel for the argument types the scorer passes: a
     writable buffer (numba types a read-only one apart, and would compile again on the first
@@ -336,3 +411,11 @@ def warm_up() -> None:
     n = gather_spans(buf, a.ravel(), b.ravel(), out)
     if bytes(out[:n]) != b"\x00a\x00\x00a":
         raise AssertionError("gather kernel self-test failed")
+    data = np.frombuffer(b"ab", dtype=np.uint8)  # read-only, as the joined values and frames are
+    frames = np.frombuffer(b"HPTS", dtype=np.uint8)
+    reads = np.array([[1, 0, 2, 0, 1, 1, 1, 2, 1, 3, 1]], dtype=np.int64)
+    columns = np.array([[0, 0, 0], [1, -1, 1]], dtype=np.int64)
+    out = np.empty(commands_size(reads, 3), dtype=np.uint8)
+    n = encode_commands(data, np.array([1], dtype=np.int64), columns, reads, frames, out)
+    if bytes(out[:n]) != b"H$20\r\nP\x02\x00\x00\x00\x01\x00\x00\x00a\x02\x00\x00\x00\x01\x00\x00\x00bS\r\nT":
+        raise AssertionError("key kernel self-test failed")
