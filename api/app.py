@@ -504,7 +504,7 @@ def _rank_start() -> None:
 @rank_bp.after_request
 def _rank_done(response: Response) -> Response:
     metrics = scorer().metrics
-    metrics.requests.labels(g.get("surface", "invalid"), str(response.status_code)).inc()
+    metrics.child(metrics.requests, g.get("surface", "invalid"), str(response.status_code)).inc()
     if "started" in g:
         metrics.observe_stage(g.get("surface", "invalid"), "total", time.perf_counter() - g.started)
     return response
@@ -529,7 +529,7 @@ def rank() -> Response:
                        f"{state.models.state(req.surface).error or 'promote one and POST /admin/reload'}")
     t_parse = time.perf_counter()
     metrics.observe_stage(req.surface, "parse", t_parse - g.started)
-    metrics.candidates.labels(req.surface).observe(len(req.items))
+    metrics.child(metrics.candidates, req.surface).observe(len(req.items))
 
     rows, degraded_reason = state.fetch(model, req)
     t_fetch = time.perf_counter()
@@ -559,7 +559,7 @@ def rank() -> Response:
     if ranking.degraded_reason is not None:
         body["degraded_reason"] = ranking.degraded_reason
     response = _json(body, headers={"X-Request-ID": request_id})
-    metrics.variant_requests.labels(req.surface, variant).inc()
+    metrics.child(metrics.variant_requests, req.surface, variant).inc()
     state.log_served(request_id=request_id, req=req, model=model, variant=variant, ranking=ranking)
     metrics.observe_stage(req.surface, "serialise", time.perf_counter() - t_predict)
     return response

@@ -130,6 +130,7 @@ class Metrics:
             ["reason"], registry=r,
         )
         self._cache_seen: dict[int, tuple[int, int]] = {}
+        self._children: dict = {}  # (metric, label values) -> its series (child)
         self._cache_lock = threading.Lock()
 
     def init_surface(self, surface: str) -> None:
@@ -169,8 +170,18 @@ class Metrics:
             except ValueError:
                 pass
 
+    def child(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, remembered: every request updates the same few series, and
+        prometheus_client validates and looks the labels up again on each call. Label values are
+        bounded (module docstring), so is this memo."""
+        key = (metric, values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
+
     def observe_stage(self, surface: str, stage: str, seconds: float) -> None:
-        self.stage_seconds.labels(surface, stage).observe(seconds)
+        self.child(self.stage_seconds, surface, stage).observe(seconds)
 
     def sync_cache(self, surface: str, features: Any) -> None:
         """Add the item-cache hits/misses counted by ``features`` since the last call.
