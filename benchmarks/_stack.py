@@ -172,6 +172,21 @@ def stage_means(before: dict, after: dict) -> str:
     return "server-side mean ms: " + ", ".join(parts)
 
 
+def machine_speed() -> str:
+    """A fixed pure-Python loop's CPU time (best of 3), printed before and after a benchmark: on a
+    shared host the same code's figures move with it (this project's machine: 270-480 ms)."""
+    import time
+
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.thread_time()
+        total = 0
+        for i in range(3_000_000):
+            total += i * i
+        best = min(best, time.thread_time() - t0)
+    return f"machine speed: reference loop {best * 1000:.0f} ms (lower is faster)"
+
+
 def summary(samples_ms: list[float]) -> str:
     a = np.asarray(samples_ms)
     return f"p50 {np.percentile(a, 50):7.2f} ms  p99 {np.percentile(a, 99):7.2f} ms  mean {a.mean():7.2f} ms"

@@ -39,6 +39,7 @@ def main() -> None:
     from ranker.serving.features import feast_reference
     from ranker.training.train import MODEL_NAMES
 
+    print(_stack.machine_speed())
     with _stack.private_redis() as redis_url:
         settings = _stack.redis_settings(redis_url)
         model = Registry.from_settings(settings).fetch(MODEL_NAMES[args.surface], stage="production")
@@ -89,6 +90,7 @@ def main() -> None:
                     speedup = np.percentile(results["anchor"], 50) / np.percentile(results["http"], 50)
                     print(f"  {size:>5} candidates  http p50 is {speedup:.1f}x faster than the Feast SDK anchor")
         app.extensions["ranker"].close()
+    print(_stack.machine_speed())
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
 
+    print(_stack.machine_speed())
     with _stack.private_redis() as redis_url:
         settings = _stack.redis_settings(redis_url)
         bodies = [_stack.dumps(b) for b in _stack.request_bodies(settings, surface=args.surface,
@@ -80,6 +81,7 @@ def main() -> None:
         print("  CPU ms per request: " + ", ".join(f"{k} {v / args.requests * 1000:.2f}" for k, v in cpu.items())
               + f" (the machine has {os.cpu_count()} cores: {os.cpu_count() * 1000 / args.requests * seconds:.2f} "
               "core-ms per request were available)")
+    print(_stack.machine_speed())
 
 
 def _cpu_seconds() -> dict[str, float]:
