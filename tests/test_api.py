@@ -689,6 +689,7 @@ def test_ranker_serve_runs_gunicorn(world, served, candidates, tmp_path):
         # Prometheus multiprocess mode: /metrics adds up both workers, whichever answers it.
         samples = _metrics(requests.get(f"{base}/metrics", timeout=10).text)
         assert samples[("ranker_rank_requests_total", ("status", "200"), ("surface", "recs"))] == 6
+        _check_connection_close(port)
     finally:
         proc.terminate()
         try:
@@ -698,6 +699,46 @@ def test_ranker_serve_runs_gunicorn(world, served, candidates, tmp_path):
             proc.wait()
         proc.stdout.close()
     assert not (tmp_path / ".gunicorn").exists()
+
+
+def _http_exchange(port: int, raw: bytes) -> tuple[socket.socket, bytes]:
+    """Send one raw request and read the answer up to the server's end of stream; the socket is
+    returned open (the caller decides when the client side closes)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(raw)
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return sock, received
+
+
+def _check_connection_close(port: int) -> None:
+    """The workers (2) close a connection once answered, without waiting for the client to close
+    its side (gunicorn's graceful close waits up to 2 s for it, the worker serving no one); when
+    request bytes are left unread, the complete answer still arrives (graceful drain)."""
+    get = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    idle = []
+    try:
+        for _ in range(2):  # two clients that read their answer and keep their sockets open
+            sock, answer = _http_exchange(port, get)
+            idle.append(sock)
+            assert answer.startswith(b"HTTP/1.1 200"), answer[:80]
+        started = time.monotonic()
+        sock, answer = _http_exchange(port, get)
+        sock.close()
+        assert answer.startswith(b"HTTP/1.1 200")
+        assert time.monotonic() - started < 1.0, "a worker waited for an idle client to close"
+        # A body over the limit is answered (413) before it is read: bytes stay unread.
+        head = (b"POST /v1/rank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n" % (4 << 20))
+        sock, answer = _http_exchange(port, head + b" " * 30_000)
+        sock.close()
+        status, _, body = answer.partition(b"\r\n\r\n")
+        assert status.startswith(b"HTTP/1.1 413"), answer[:200]
+        assert json.loads(body)["error"]["code"] == "payload_too_large"
+    finally:
+        for sock in idle:
+            sock.close()
 
 
 def test_serve_refuses_a_bad_setting_before_starting_workers():
