@@ -264,3 +264,24 @@ def test_the_key_kernel_never_writes_past_its_buffer():
         assert resp.encode_commands(data, lengths, columns, reads, frames, out[:size]) == -1
         assert not out[size:].any()  # the 8 bytes after the slice are untouched
     assert resp.encode_commands(data, lengths, columns, reads, frames, np.empty(n, np.uint8)) == n
+
+
+def test_string_cells_decode_exactly_also_off_the_fast_path():
+    """A block's string cells: plain texts decoded in one go, a text holding a NUL and a value
+    that is not a plain string message one by one, straight from the receive buffer."""
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    from ranker.serving.features import _FieldSet, _RedisBackend, _slow_string
+
+    cells = [Value(string_val="a\x00b").SerializeToString(), Value(string_val="größe M").SerializeToString(),
+             None, Value(int64_val=3).SerializeToString(), Value(string_val="dress").SerializeToString()]
+    stream = hmget_reply(cells)
+    status, off, ln = parse(stream, [len(cells)], [-1])
+    assert status == resp.DONE
+    fs = _FieldSet.build([("v", f"s{i}", "String") for i in range(len(cells))], [bytes([i]) * 4 for i in range(len(cells))],
+                         {"v": "t"}, hash_fields=len(cells) + 1)
+    backend = _RedisBackend("redis://127.0.0.1:1/0", 1.0, np.zeros((1, 8), np.uint32), np.full((1, 8), -1),
+                            key_suffix=b"p")
+    buf = np.frombuffer(bytearray(stream), dtype=np.uint8)  # writable, as the receive buffer is
+    block = backend._block(buf, off.reshape(1, -1), ln.reshape(1, -1), fs)
+    assert block.text.tolist() == [[_slow_string(c) for c in cells]] == [["a\x00b", "größe M", None, 3, "dress"]]

@@ -583,7 +583,7 @@ class _RedisBackend:
         off = np.zeros(cells, dtype=np.int64)
         ln = np.full(cells, -1, dtype=np.int64)  # HGETALL leaves absent fields nil
         try:
-            buf, end = self._receive(conn._sock, pending, off, ln)
+            buf, _end = self._receive(conn._sock, pending, off, ln)
             if pending.deadline is not None:
                 conn._sock.settimeout(pending.timeout)
         except BaseException:
@@ -592,15 +592,12 @@ class _RedisBackend:
         pending.conn = None
         self._idle.append((os.getpid(), conn))
         blocks = []
-        data = None
         at = 0
         for (keys, fs), k in zip(reads, counts):
             o2 = off[at : at + k * fs.n].reshape(k, fs.n)
             l2 = ln[at : at + k * fs.n].reshape(k, fs.n)
             at += k * fs.n
-            if fs.n > fs.n_num and data is None:
-                data = bytes(buf[:end])
-            blocks.append(self._block(buf, data, o2, l2, fs))
+            blocks.append(self._block(buf, o2, l2, fs))
         return blocks
 
     def abandon(self, pending: "_Pending") -> None:
@@ -680,7 +677,7 @@ class _RedisBackend:
             raise AssertionError("entity key commands larger than their bound")  # a bug, never the store's
         return out[:n]
 
-    def _block(self, buf, data, o2, l2, fs) -> "_Block":
+    def _block(self, buf, o2, l2, fs) -> "_Block":
         resp = self._resp
         k, n_num = o2.shape[0], fs.n_num
         values = np.empty((k, n_num))
@@ -702,7 +699,7 @@ class _RedisBackend:
             # each distinct text is decoded once; slot -1 (the last) holds None
             distinct = np.empty(k * n_str + 1, dtype=object)
             reps = np.flatnonzero(first == np.arange(k * n_str))
-            distinct[reps] = self._texts(buf, data, start[reps], stop[reps])
+            distinct[reps] = self._texts(buf, start[reps], stop[reps])
             for i in np.flatnonzero(first == -2).tolist():  # not a plain string message
                 r, c = divmod(i, n_str)
                 distinct[i] = _slow_string(data_of(buf, o2[r, n_num + c], l2[r, n_num + c]))
@@ -710,7 +707,7 @@ class _RedisBackend:
             text[:] = distinct[first].reshape(k, n_str)
         return _Block(values, present, text)
 
-    def _texts(self, buf, data: bytes, start: np.ndarray, stop: np.ndarray) -> list:
+    def _texts(self, buf, start: np.ndarray, stop: np.ndarray) -> list:
         """The UTF-8 texts at the given spans of the buffer: gathered NUL-separated by a kernel,
         decoded and split in one call each (one by one if a text holds a NUL)."""
         if not len(start):
@@ -719,7 +716,7 @@ class _RedisBackend:
         n = self._resp.gather_spans(buf, start, stop, out)
         if n >= 0:
             return out[:n].tobytes().decode().split("\x00")
-        return [data[a:b].decode() for a, b in zip(start.tolist(), stop.tolist())]
+        return [bytes(buf[a:b]).decode() for a, b in zip(start.tolist(), stop.tolist())]
 
     def _receive_buffer(self, size: int) -> np.ndarray:
         buf = getattr(self._local, "buf", None)
