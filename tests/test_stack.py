@@ -49,6 +49,27 @@ def _served_version(url: str) -> str | None:
     return body.get("surfaces", {}).get("search", {}).get("version") if status in (200, 503) else None
 
 
+def _versions_served(url: str) -> set[str]:
+    """The search model versions the workers serve, from /metrics summed over them: empty until
+    every live worker has a model (``ranker_model_loaded`` is their minimum), then the versions
+    some worker serves (``ranker_model_info`` is their maximum; a worker zeroes the version it
+    swapped out). Unlike answers to a few requests, this sees every worker, whichever answers."""
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urlopen(url + "/metrics", timeout=10) as response:
+        families = {f.name: f for f in text_string_to_metric_families(response.read().decode())}
+
+    def samples(name):
+        return [s for s in families[name].samples if s.labels.get("surface") == "search"] if name in families else []
+
+    loaded = [s.value for s in samples("ranker_model_loaded")]
+    if not loaded or min(loaded) < 1:
+        return set()
+    return {s.labels["version"] for s in samples("ranker_model_info") if s.value == 1}
+
+
 def _rank_versions(url: str, body: dict, n: int) -> set[str]:
     """Model versions of ``n`` consecutive /v1/rank answers (2 workers: both get requests)."""
     seen = set()
@@ -86,8 +107,8 @@ def test_stack_ranks_with_a_model_from_s3_and_follows_promotions_without_restart
         stack.ranker("registry", "publish", str(stack_home[1]))
         promoted = stack.ranker("registry", "promote", "search_ranker", first, "--to", "production")
         assert "gate: PASSED" in promoted.stdout
-        wait_until(lambda: http_json(url + "/readyz")[0] == 200, timeout_s=60, what="ready with the first model")
-        assert _served_version(url) == first
+        wait_until(lambda: _versions_served(url) == {first}, timeout_s=60, what="every worker serving the first model")
+        assert http_json(url + "/readyz")[0] == 200 and _served_version(url) == first
         scorer = psutil.Process(stack.procs["scorer"].pid)
         workers = sorted(p.pid for p in scorer.children())
         assert len(workers) == 2
@@ -118,14 +139,16 @@ def test_stack_ranks_with_a_model_from_s3_and_follows_promotions_without_restart
         stack.ranker("registry", "promote", "search_ranker", second, "--to", "production",
                      "--margin", "-1", "--slice-tolerance", "1")
         promoted_at = time.perf_counter()
-        wait_until(lambda: _rank_versions(url, body, 6) == {second}, timeout_s=30, what="every worker serving v2")
+        wait_until(lambda: _versions_served(url) == {second}, timeout_s=30, what="every worker serving v2")
+        assert _rank_versions(url, body, 6) == {second}
         print(f"promotion picked up {time.perf_counter() - promoted_at:.2f} s after the CLI returned "
               f"(poll period {POLL_S} s; the CLI's own gate run overlaps the polls)")
         assert _served_version(url) == second
 
         # A rollback is a pointer move too: picked up the same way.
         stack.ranker("registry", "rollback", "search_ranker", "--reason", "e2e test")
-        wait_until(lambda: _rank_versions(url, body, 6) == {first}, timeout_s=30, what="every worker back on v1")
+        wait_until(lambda: _versions_served(url) == {first}, timeout_s=30, what="every worker back on v1")
+        assert _rank_versions(url, body, 6) == {first}
 
         # Same processes throughout: no restart, no worker recycled.
         assert scorer.is_running() and sorted(p.pid for p in scorer.children()) == workers
