@@ -102,7 +102,7 @@ def _item_ids(items: list) -> dict[str, None]:
             raise _invalid(f"items[{position}] must be a non-empty string, got {_type_name(item)}")
         if len(item) > MAX_ID_LENGTH:
             raise _invalid(f"items[{position}] is longer than {MAX_ID_LENGTH} characters")
-    return dict.fromkeys(items)  # pragma: no cover - the bulk check accepts every list the loop does
+    return dict.fromkeys(items)  # str subclasses only (the loop accepts them; orjson never makes them)
 
 
 def parse_rank_request(

@@ -127,8 +127,8 @@ def _slow_number(raw: bytes) -> float:
     kind = value.WhichOneof("val")
     if kind in _NUMERIC_ONEOF:
         return float(getattr(value, kind))
-    if kind == "string_val":  # feature_matrix coerces strings with pd.to_numeric(errors="coerce")
-        return float(pd.to_numeric(pd.Series([value.string_val]), errors="coerce").iloc[0])
+    if kind == "string_val":  # feature_matrix coerces strings (pd.to_numeric, errors="coerce")
+        return float(_coerced([value.string_val])[0])
     return math.nan
 
 
@@ -583,7 +583,7 @@ class _RedisBackend:
         off = np.zeros(cells, dtype=np.int64)
         ln = np.full(cells, -1, dtype=np.int64)  # HGETALL leaves absent fields nil
         try:
-            buf, _end = self._receive(conn._sock, pending, off, ln)
+            buf = self._receive(conn._sock, pending, off, ln)
             if pending.deadline is not None:
                 conn._sock.settimeout(pending.timeout)
         except BaseException:
@@ -624,17 +624,15 @@ class _RedisBackend:
 
     def _frames_of(self, join_keys: tuple, fs: "_FieldSet") -> tuple:
         """(offset, length) in ``self._frames`` of the read's command head, key prefix, command
-        tail and key suffix; new frames are appended (under a lock: offsets never move)."""
+        tail and key suffix; a new combination is appended (under a lock: offsets never move)."""
         found = self._frame_at.get((join_keys, fs.head, fs.tail))
         if found is None:
             with self._frame_lock:
                 raw = bytes(self._frames)
                 at = []
                 for part in (fs.head, _key_prefix(join_keys), fs.tail, self._suffix):
-                    pos = raw.find(part)
-                    if pos < 0:
-                        pos, raw = len(raw), raw + part
-                    at += (pos, len(part))
+                    at += (len(raw), len(part))
+                    raw += part
                 self._frames = np.frombuffer(raw, dtype=np.uint8)
                 found = self._frame_at[(join_keys, fs.head, fs.tail)] = tuple(at)
         return found
@@ -754,7 +752,7 @@ class _RedisBackend:
             if status == resp.DONE:
                 if state[0] != end:
                     raise self._redis.ResponseError("more replies than commands sent")
-                return buf, end
+                return buf
             if status == resp.ERROR_REPLY:
                 line = bytes(buf[state[0] : end]).split(b"\r\n", 1)[0]
                 raise self._redis.ResponseError(line[1:].decode(errors="replace"))
@@ -1048,7 +1046,8 @@ class OnlineFeatures:
             else:
                 values = {k: [v[c] for v in distinct] for c, k in enumerate(varying)}
         # the request's own keys (user, query) are one value shared by every entity of the read
-        return _EntityKeys(join_keys, tuple(values.get(k, columns.get(k)) for k in join_keys), len(distinct)), idx
+        keyed_columns = tuple(values[k] if k in values else columns[k] for k in join_keys)
+        return _EntityKeys(join_keys, keyed_columns, len(distinct)), idx
 
     def _fetch(self, user_id: str, items: list, query: str, request_ts: int, deadline: float | None) -> FeatureRows:
         plan = self._plan
@@ -1212,6 +1211,11 @@ class OnlineFeatures:
                 strs[g] = text[idx]
 
 
+def _coerced(values) -> np.ndarray:
+    """float64 of a column, as :func:`ranker.training.dataset.feature_matrix` coerces Feast's output."""
+    return pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(np.float64, na_value=np.nan)
+
+
 class _Assembly:
     """One request's matrix (unique-item rows, float64), filled group by group as the rounds bring
     them: a group's columns once its values are in, an on-demand view once every group it reads is
@@ -1220,7 +1224,6 @@ class _Assembly:
 
     def __init__(self, plan: "_Plan", u: int, query: str, request_ts: int) -> None:
         self.plan = plan
-        self.u = u
         self.m = np.empty((u, plan.n_features), dtype=np.float64)
         self.placed: set = set()  # groups whose columns are in
         self.done: set = set()  # on-demand views computed (indices into plan.odfvs)
@@ -1243,7 +1246,7 @@ class _Assembly:
                 m[:, js] = num[g][:, ks]
         for j, g, k in plan.string_columns:
             if g in new:
-                m[:, j] = pd.to_numeric(pd.Series(strs[g][:, k]), errors="coerce").to_numpy(np.float64, na_value=np.nan)
+                m[:, j] = _coerced(strs[g][:, k])
         inputs = self.inputs
         for name, (g, kind, k) in plan.odfv_inputs:
             if g in new:
@@ -1262,10 +1265,7 @@ class _Assembly:
                 out = fn(frame)
             for j, name in outputs:
                 col = np.asarray(out[name])
-                if col.dtype.kind == "f":  # what pd.to_numeric would return, without its overhead
-                    m[:, j] = col
-                else:
-                    m[:, j] = pd.to_numeric(pd.Series(col), errors="coerce").to_numpy(np.float64, na_value=np.nan)
+                m[:, j] = col if col.dtype.kind == "f" else _coerced(col)  # floats: what the coercion returns
 
     def matrix(self) -> np.ndarray:
         plan, m = self.plan, self.m
