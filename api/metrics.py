@@ -215,6 +215,17 @@ class Metrics:
             from prometheus_client import multiprocess
 
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry, path=self.multiprocess_dir)
+            registry.register(_Ours(multiprocess.MultiProcessCollector(None, path=self.multiprocess_dir)))
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _Ours:
+    """The ``ranker_`` families of a collector: the multiprocess folder also holds the files of the
+    metrics feast 0.67 defines at import (``feast_feature_server_*``, always zero in the scorer)."""
+
+    def __init__(self, collector) -> None:
+        self._collector = collector
+
+    def collect(self):
+        return [family for family in self._collector.collect() if family.name.startswith("ranker_")]

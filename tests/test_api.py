@@ -689,6 +689,8 @@ def test_ranker_serve_runs_gunicorn(world, served, candidates, tmp_path):
         # Prometheus multiprocess mode: /metrics adds up both workers, whichever answers it.
         samples = _metrics(requests.get(f"{base}/metrics", timeout=10).text)
         assert samples[("ranker_rank_requests_total", ("status", "200"), ("surface", "recs"))] == 6
+        foreign = sorted({key[0] for key in samples if not key[0].startswith("ranker_")})
+        assert not foreign, f"/metrics serves families that are not the scorer's: {foreign}"
         _check_connection_close(port)
     finally:
         proc.terminate()
