@@ -245,14 +245,98 @@ def test_item_cache_expires_and_is_bounded(sqlite_world):
     universe = _Universe(sqlite_world, datetime.now(timezone.utc))
     items = universe.live[:30]
     req = dict(user_id=universe.users_active[0], item_ids=items, query=None, request_ts=1_790_000_000)
-    with OnlineFeatures(sqlite_world, service="recs_ranker_v1", item_cache_ttl_s=0.2, item_cache_size=10) as online:
+    clock = [1000.0]
+    with OnlineFeatures(sqlite_world, service="recs_ranker_v1", item_cache_ttl_s=60, item_cache_size=10) as online:
+        online._clock = lambda: clock[0]
         online.fetch(**req)
-        assert len(online._cache._data) == 10, "the LRU keeps at most item_cache_size listings"
+        assert len(online._cache) == 10, "the cache keeps at most item_cache_size listings"
         online.fetch(**dict(req, item_ids=items[-10:]))
-        assert online.cache_hits == 10
-        time.sleep(0.25)
+        assert online.cache_hits == 10, "the last ones read are kept"
+        clock[0] += 59.9
         online.fetch(**dict(req, item_ids=items[-10:]))
-        assert online.cache_hits == 10, "entries older than the TTL are read again"
+        assert online.cache_hits == 20, "entries younger than the TTL are served"
+        clock[0] += 0.2
+        online.fetch(**dict(req, item_ids=items[-10:]))
+        assert online.cache_hits == 20, "entries older than the TTL are read again"
+        online.fetch(**dict(req, item_ids=items[-10:]))
+        assert online.cache_hits == 30, "and cached again, for another TTL"
+        # Least recently used first: touch 5 of the 10, then 5 new listings replace the other 5.
+        online.fetch(**dict(req, item_ids=items[-5:]))
+        online.fetch(**dict(req, item_ids=items[:5]))
+        assert len(online._cache) == 10
+        hits = online.cache_hits
+        online.fetch(**dict(req, item_ids=items[-5:] + items[:5]))
+        assert online.cache_hits == hits + 10, "the recently used and the new listings are the ones kept"
+
+
+def _lookup(cache, keys, now):
+    hit, num, text = cache.get(keys, now)
+    return {keys[i]: (num[j, 0], text[j, 0]) for j, i in enumerate(hit.tolist())}
+
+
+def test_item_cache_table_is_an_lru_with_ttl():
+    """Random single-item reads and stores against a reference LRU (an OrderedDict) with expiry: the
+    same hits with the same values. Below 16 rows an eviction takes exactly what the insert needs."""
+    from collections import OrderedDict
+
+    from ranker.serving.features import _ItemCache
+
+    rng = np.random.default_rng(3)
+    for size in (1, 5, 12):
+        cache, ref = _ItemCache(ttl_s=10, size=size, widths=(2, 1)), OrderedDict()
+        now = 0.0
+        for step in range(3000):
+            now += float(rng.exponential(0.5))
+            key = f"i{int(rng.integers(0, 3 * size))}"
+            if rng.random() < 0.5:
+                got = _lookup(cache, [key], now)
+                rec = ref.get(key)
+                if rec is not None and rec[0] > now:
+                    ref.move_to_end(key)
+                    assert got == {key: rec[1:]}, (size, step)
+                else:
+                    assert got == {}, (size, step)
+            else:
+                value = float(step)
+                cache.put([key], np.array([[value, -value]]), np.array([[f"t{step}"]], dtype=object), now)
+                ref[key] = (now + 10, value, f"t{step}")
+                ref.move_to_end(key)
+                while len(ref) > size:
+                    ref.popitem(last=False)
+            assert len(cache) == len(ref) <= size
+
+
+def test_item_cache_table_batches():
+    from ranker.serving.features import _ItemCache
+
+    def put(cache, keys, now=0.0):
+        cache.put(keys, np.arange(len(keys), dtype=float)[:, None], np.array([[k] for k in keys], dtype=object), now)
+
+    cache = _ItemCache(ttl_s=10, size=80, widths=(1, 1))
+    keys = [f"i{i}" for i in range(80)]
+    put(cache, keys)
+    # 79 of them stored again with one new: the eviction (an eighth of the rows at that size) never
+    # takes a row the same insert writes.
+    put(cache, keys[1:] + ["new"])
+    got = _lookup(cache, keys[1:] + ["new"], 1.0)
+    assert len(got) == 80 and got["new"] == (79.0, "new") and got["i1"] == (0.0, "i1")
+    assert _lookup(cache, ["i0"], 1.0) == {}
+    # A batch larger than the cache keeps its last items; the tables grow past their first size.
+    small = _ItemCache(ttl_s=10, size=3, widths=(1, 1))
+    put(small, keys[:7])
+    assert set(_lookup(small, keys[:7], 1.0)) == {"i4", "i5", "i6"}
+    big = _ItemCache(ttl_s=10, size=10_000, widths=(1, 1))
+    many = [f"x{i}" for i in range(9000)]
+    put(big, many[:5000])
+    put(big, many[5000:])
+    assert len(_lookup(big, many, 1.0)) == 9000 and len(big) == 9000
+    put(big, [f"y{i}" for i in range(2000)])  # full: the least recently used eighth goes at once
+    # 1000 rows were free; 1250 (an eighth) evicted in one pass, 250 of them left free for later.
+    assert len(big) == 9000 - 1250 + 2000
+    assert len(_lookup(big, [f"y{i}" for i in range(2000)], 1.0)) == 2000
+    assert len(_lookup(big, many, 1.0)) == 9000 - 1250
+    big.clear()
+    assert len(big) == 0 and _lookup(big, ["x1"], 1.0) == {}
 
 
 @pytest.mark.redis

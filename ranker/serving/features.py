@@ -45,8 +45,8 @@ import sqlite3
 import struct
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
+from itertools import repeat
 from operator import length_hint
 from pathlib import Path
 from typing import NamedTuple, Sequence
@@ -874,42 +874,101 @@ class _SqliteBackend:
 # --- The item cache ------------------------------------------------------------------------------
 
 class _ItemCache:
-    """LRU of item-level records by item id, each valid for ``ttl_s`` seconds after it was read."""
+    """Item-level records by item id, each valid for ``ttl_s`` seconds after it was read; at most
+    ``size`` items, the least recently used evicted first.
 
-    def __init__(self, ttl_s: float, size: int) -> None:
+    The records sit in rows of two tables (numbers, texts) with a dict from item id to row, so a
+    request's hits cost one dict lookup per item (at C speed) and one gather per table, not a
+    Python object per item. Recency is a tick per row; when no row is free, the least recently used
+    eighth of the rows (at least what the insert needs) is evicted in one pass. An expired record
+    stays until its item is stored again (in the same row) or evicted."""
+
+    FIRST_ROWS = 4096  # rows allocated at first; doubled as needed up to ``size``
+    _UNUSED = np.iinfo(np.int64).max  # the recency of a free row: never an eviction victim
+
+    def __init__(self, ttl_s: float, size: int, widths: tuple[int, int]) -> None:
         self.ttl_s = ttl_s
         self.size = size
-        self._data: OrderedDict = OrderedDict()
+        self._widths = widths
         self._lock = threading.Lock()
-
-    def get_many(self, keys: list, now: float) -> list:
-        out = []
-        data = self._data
-        with self._lock:
-            for key in keys:
-                rec = data.get(key)
-                if rec is not None:
-                    if rec[0] > now:
-                        data.move_to_end(key)
-                    else:
-                        del data[key]
-                        rec = None
-                out.append(rec)
-        return out
-
-    def put_many(self, keys: list, records: list, now: float) -> None:
-        expires = now + self.ttl_s
-        data = self._data
-        with self._lock:
-            for key, (num, strs) in zip(keys, records):
-                data[key] = (expires, num, strs)
-                data.move_to_end(key)
-            while len(data) > self.size:
-                data.popitem(last=False)
+        self.clear()
 
     def clear(self) -> None:
+        n_num, n_str = self._widths
         with self._lock:
-            self._data.clear()
+            self._row: dict = {}  # item id -> row
+            self._ids: list = []  # row -> item id (None: free)
+            self._free: list = []  # free rows
+            self._num = np.empty((0, n_num))
+            self._text = np.empty((0, n_str), dtype=object)
+            self._expires = np.empty(0)
+            self._used = np.empty(0, dtype=np.int64)
+            self._tick = 0
+
+    def __len__(self) -> int:
+        return len(self._row)
+
+    def get(self, keys: list, now: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(positions in ``keys`` of the live records, their numbers, their texts); the rows are
+        copied out, so a later insert may reuse them."""
+        with self._lock:
+            rows = np.fromiter(map(self._row.get, keys, repeat(-1)), dtype=np.intp, count=len(keys))
+            hit = np.flatnonzero(rows >= 0)
+            rows = rows[hit]
+            live = self._expires[rows] > now
+            if not live.all():
+                hit, rows = hit[live], rows[live]
+            self._tick += 1
+            self._used[rows] = self._tick
+            return hit, self._num[rows], self._text[rows]
+
+    def put(self, keys: list, num: np.ndarray, text: np.ndarray, now: float) -> None:
+        """Store the records of ``keys`` (distinct item ids), valid until ``now + ttl_s``."""
+        if len(keys) > self.size:  # more than fit: the last ones, as an LRU would keep
+            keys, num, text = keys[-self.size :], num[-self.size :], text[-self.size :]
+        with self._lock:
+            self._tick += 1
+            rows = np.fromiter(map(self._row.get, keys, repeat(-1)), dtype=np.intp, count=len(keys))
+            self._used[rows[rows >= 0]] = self._tick  # stored again: never this insert's victims
+            new = np.flatnonzero(rows < 0)
+            if len(new):
+                rows[new] = self._allocate(len(new))
+                for i, r in zip(new.tolist(), rows[new].tolist()):
+                    self._row[keys[i]] = r
+                    self._ids[r] = keys[i]
+            self._num[rows] = num
+            self._text[rows] = text
+            self._expires[rows] = now + self.ttl_s
+            self._used[rows] = self._tick
+
+    def _allocate(self, k: int) -> list:
+        """``k`` free rows (k <= size): the tables grown while below ``size``, else rows of the
+        least recently used items, evicted."""
+        n = len(self._ids)
+        if len(self._free) < k and n < self.size:
+            self._grow(min(self.size, max(2 * n, self.FIRST_ROWS, n + k - len(self._free))))
+        if len(self._free) < k:
+            # not the rows this insert stores again (their tick is the current one)
+            m = min(max(k - len(self._free), len(self._ids) // 8), int((self._used < self._tick).sum()))
+            victims = np.argpartition(self._used, m - 1)[:m].tolist()
+            for r in victims:
+                del self._row[self._ids[r]]
+                self._ids[r] = None
+            self._used[victims] = self._UNUSED
+            self._free.extend(victims)
+        rows = self._free[-k:]
+        del self._free[-k:]
+        return rows
+
+    def _grow(self, rows: int) -> None:
+        n = len(self._ids)
+        extra = rows - n
+        self._num = np.concatenate([self._num, np.empty((extra, self._num.shape[1]))])
+        self._text = np.concatenate([self._text, np.empty((extra, self._text.shape[1]), dtype=object)])
+        self._expires = np.concatenate([self._expires, np.full(extra, -np.inf)])
+        self._used = np.concatenate([self._used, np.full(extra, self._UNUSED, dtype=np.int64)])
+        self._ids.extend([None] * extra)
+        self._free.extend(range(rows - 1, n - 1, -1))  # popped from the end: lowest rows first
 
 
 # --- The public class ----------------------------------------------------------------------------
@@ -932,7 +991,8 @@ class OnlineFeatures:
             field), so a sold listing is reported sold as soon as the store says so, and the
             listing's existence (``known``) is read with it. User, user x category and query x
             category values are never cached. Only listings the store knows are cached.
-        item_cache_size: most items kept (least recently used evicted first).
+        item_cache_size: most items kept; when full, the least recently used are evicted (an eighth of
+            the cache at a time, see :class:`_ItemCache`).
 
     Thread-safe: one instance serves all threads of a process (one Redis connection pool, one
     sqlite connection per thread).
@@ -970,7 +1030,8 @@ class OnlineFeatures:
             path = Path(SqliteOnlineStore._get_db_path(config))
             probe = compute_table_id(self._plan.project, store.get_feature_view(LISTING_VIEW))
             self._backend = _SqliteBackend(path, timeout_s, probe)  # its keys: the serialized entity key alone
-        self._cache = _ItemCache(item_cache_ttl_s, item_cache_size) if item_cache_ttl_s > 0 and item_cache_size > 0 else None
+        self._cache = _ItemCache(item_cache_ttl_s, item_cache_size, self._plan.cache_width) if item_cache_ttl_s > 0 and item_cache_size > 0 else None
+        self._clock = time.monotonic  # the item cache's clock
         self.cache_hits = 0
         self.cache_misses = 0
         self._count_lock = threading.Lock()
@@ -1066,16 +1127,21 @@ class OnlineFeatures:
 
         # Cache lookup (item-level values only; sold is always read live).
         cache = self._cache
-        now = time.monotonic()
+        now = self._clock()
         if cache is not None:
-            records = cache.get_many(uniq, now)
-            hits = [i for i, r in enumerate(records) if r is not None]
-            misses = [i for i, r in enumerate(records) if r is None]
+            hit_rows, cnum, cstr = cache.get(uniq, now)
+            hits = hit_rows.tolist()
+            if len(hits) == u:
+                misses = []
+            else:
+                missed = np.ones(u, dtype=bool)
+                missed[hit_rows] = False
+                misses = np.flatnonzero(missed).tolist()
             with self._count_lock:
                 self.cache_hits += len(hits)
                 self.cache_misses += len(misses)
         else:
-            records, hits, misses = None, [], []
+            hits, misses = [], []
         all_rows = range(u)
         if not hits:
             misses = all_rows  # one object for "every row": _keys shares its work between groups by it
@@ -1089,22 +1155,18 @@ class OnlineFeatures:
 
         # Cached item-level blocks for the hits.
         if hits:
-            cnum = np.stack([records[i][1] for i in hits])
-            cstr = np.empty((len(hits), plan.cache_width[1]), dtype=object)
-            if plan.cache_width[1]:
-                cstr[:] = [records[i][2] for i in hits]
             for g, group in enumerate(groups):
                 if group.cacheable:
                     num[g] = np.empty((u, group.n_num))
                     strs[g] = np.empty((u, len(group.fields) - group.n_num), dtype=object)
-                    num[g][hits] = cnum[:, group.cache_num]
-                    strs[g][hits] = cstr[:, group.cache_str]
+                    num[g][hit_rows] = cnum[:, group.cache_num]
+                    strs[g][hit_rows] = cstr[:, group.cache_str]
             istr = strs[plan.item_group]
             for k, c in plan.key_loc.items():
-                col = [None] * u
-                for i, v in zip(hits, istr[hits, c].tolist()):
-                    col[i] = v or ""
-                columns[k] = col
+                col = np.full(u, "", dtype=object)  # the misses' values are filled after round 1
+                col[hit_rows] = istr[hit_rows, c]
+                col[col == None] = ""  # noqa: E711 - element-wise on an object array; a missing key is ""
+                columns[k] = col.tolist()
 
         # Round 1: the listings not cached, the request-keyed views (user), the live sold flag of the
         # cached listings, and, when every listing is cached, the pair views too.
@@ -1161,11 +1223,10 @@ class OnlineFeatures:
             if cache is not None:
                 stored = [i for i in misses if known[i]]
                 if stored:
-                    cached_num = np.concatenate([num[g][stored] for g, grp in enumerate(groups) if grp.cacheable], axis=1)
-                    cached_str = np.concatenate([strs[g][stored] for g, grp in enumerate(groups) if grp.cacheable], axis=1)
-                    cache.put_many(
+                    cache.put(
                         [uniq[i] for i in stored],
-                        [(row.copy(), tuple(text)) for row, text in zip(cached_num, cached_str.tolist())],
+                        np.concatenate([num[g][stored] for g, grp in enumerate(groups) if grp.cacheable], axis=1),
+                        np.concatenate([strs[g][stored] for g, grp in enumerate(groups) if grp.cacheable], axis=1),
                         now,
                     )
 
