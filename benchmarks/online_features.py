@@ -255,7 +255,9 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     sys.path.insert(0, str(REPO_ROOT))
-    from ranker.config import Settings
+    import _stack  # beside this script
+
+    print(_stack.machine_speed())
 
     tmp = Path(tempfile.mkdtemp(prefix="online-features-bench-"))
     proc = None
@@ -279,6 +281,7 @@ def main() -> None:
             proc.terminate()
             proc.wait(timeout=10)
         shutil.rmtree(tmp, ignore_errors=True)
+    print(_stack.machine_speed())
 
 
 if __name__ == "__main__":

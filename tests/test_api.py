@@ -8,6 +8,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -753,3 +754,39 @@ def test_serve_refuses_a_bad_setting_before_starting_workers():
     assert result.exit_code == 2, result.output
     assert "RANKER_COMPILED_TREES='maybe' is not a valid bool" in result.output
     assert "Traceback" not in result.output
+
+
+# ------------------------------------------------------------------------------------------ benchmarks
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+@pytest.mark.parametrize("script,args", [
+    ("rank_latency.py", ["--requests", "5", "--sizes", "5", "20", "--no-anchor"]),
+    ("rank_load.py", ["--requests", "60", "--candidates", "20", "--clients", "2"]),
+    ("online_features.py", ["--sizes", "5", "20", "--requests", "6", "--feast-requests", "3", "--store", "both"]),
+])
+def test_benchmark_scripts_run(served, script, args):
+    """The scorer benchmarks run end to end on a trained home (their own redis-server and gunicorn)
+    and report error-free figures; the figures themselves are for the README, not asserted."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server binary not installed: the scorer benchmarks start their own")
+    env = {**os.environ, "RANKER_HOME": str(served.home), "RANKER_REGISTRY_URI": served.registry_uri}
+    env.pop("RANKER_ONLINE_STORE", None)
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / script), *args], env=env,
+                          capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert out.count("machine speed:") == 2, out
+    if script == "rank_latency.py":
+        for size in (5, 20):
+            for path in ("http", "in-process"):
+                line = next(li for li in out.splitlines() if f"{size} candidates  {path}" in li)
+                assert "p99" in line and line.rstrip().endswith("errors 0"), line
+    elif script == "rank_load.py":
+        assert "throughput" in out and "errors 0   degraded 0" in out, out
+    else:  # per store and size: the fast path's matrices equal Feast's on every compared request
+        rows = [li for li in out.splitlines() if re.match(r"\s+(5|20) \|", li)]
+        assert len(rows) == 4, out
+        for line in rows:
+            assert re.search(r"\| 3/3 \(cached 3/3, hit rate", line), line
