@@ -340,6 +340,40 @@ def test_item_cache_table_batches():
 
 
 @pytest.mark.redis
+def test_item_cache_staleness_bound_is_its_ttl(redis_world):
+    """The documented bound, measured: a value changed in the store is served from the cache until
+    exactly ``item_cache_ttl_s`` after the listing was read, and the new value right after."""
+    import redis as redis_py
+    from feast.infra.online_stores.helpers import _mmh3
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    from ranker.features.materialize import _string_entity_keys
+    from ranker.serving.features import OnlineFeatures
+
+    universe = _Universe(redis_world, datetime.now(timezone.utc))
+    item = universe.live[11]
+    client = redis_py.Redis.from_url(redis_world.redis_url)
+    key = _string_entity_keys(["item_id"], [[item]], b"fashion_ranking")[0]
+    field = _mmh3("item_stats_fv:item_clicks_7d")
+    before = client.hget(key, field)
+    assert before is not None, "the listing's engagement counts are materialized"
+    req = dict(user_id=universe.users_active[0], item_ids=[item], query=None, request_ts=1_790_000_000)
+    clock = [5000.0]
+    with OnlineFeatures(redis_world, service="recs_ranker_v1", item_cache_ttl_s=30) as online:
+        online._clock = lambda: clock[0]
+        column = online.feature_names.index("item_clicks_7d")
+        old = online.fetch(**req).matrix[0, column]
+        try:
+            client.hset(key, field, Value(int64_val=int(old) + 1000).SerializeToString())
+            clock[0] += 29.999
+            assert online.fetch(**req).matrix[0, column] == old, "within the TTL the cached value is served"
+            clock[0] += 0.002
+            assert online.fetch(**req).matrix[0, column] == old + 1000, "past the TTL the store's value is"
+        finally:
+            client.hset(key, field, before)
+
+
+@pytest.mark.redis
 def test_sold_flag_is_never_served_from_the_cache(redis_world):
     import redis as redis_py
     from feast.infra.online_stores.helpers import _mmh3
