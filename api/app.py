@@ -558,6 +558,8 @@ def rank() -> Response:
     }
     if ranking.degraded_reason is not None:
         body["degraded_reason"] = ranking.degraded_reason
+    if req.ignored:
+        body["ignored_fields"] = list(req.ignored)
     response = _json(body, headers={"X-Request-ID": request_id})
     metrics.child(metrics.variant_requests, req.surface, variant).inc()
     state.log_served(request_id=request_id, req=req, model=model, variant=variant, ranking=ranking)

@@ -94,6 +94,10 @@ _SCHEMAS: dict[str, Any] = {
                 "description": "true when features were unavailable: items ordered by last-known popularity",
             },
             "degraded_reason": {"type": "string", "enum": ["store_unavailable", "timeout", "error"]},
+            "ignored_fields": {
+                "type": "array", "items": {"type": "string"},
+                "description": "top-level request fields this scorer does not know and ignored (present only when any)",
+            },
         },
     },
     "Readiness": {

@@ -3,7 +3,8 @@ rejection carries a precise status, code and message.
 
 Status classes: 400 the body is not a JSON object, 413 too many candidates, 422 a field has the
 wrong type or value (unknown surface, empty items, limit < 1...). Unknown top-level fields are
-ignored so clients can send fields a later version understands.
+ignored so clients can send fields a later version understands; the response names them
+(``ignored_fields``) so a misspelt optional field (``querry``) does not go unnoticed.
 
 Duplicated item ids are de-duplicated (the first occurrence keeps its place): candidate generators
 that merge several sources produce duplicates routinely, and failing the whole ranking for it would
@@ -21,6 +22,7 @@ import orjson
 
 MAX_ID_LENGTH = 256
 MAX_QUERY_LENGTH = 512
+REQUEST_FIELDS = frozenset({"surface", "user_id", "items", "query", "context", "limit", "explain"})
 
 
 class ApiError(Exception):
@@ -52,6 +54,7 @@ class RankRequest:
     explain: bool
     context: dict[str, Any] = field(default_factory=dict)
     duplicates: int = 0  # how many repeated ids were dropped
+    ignored: tuple[str, ...] = ()  # top-level fields this version does not know, sorted
 
 
 def parse_json_body(data: bytes) -> Any:
@@ -185,6 +188,7 @@ def parse_rank_request(
         explain=explain,
         context=context,
         duplicates=len(items) - len(seen),
+        ignored=tuple(sorted(payload.keys() - REQUEST_FIELDS)),
     )
 
 

@@ -167,6 +167,17 @@ def test_rank_returns_every_live_item_once_sorted_by_score(client, candidates, m
     assert len(set(scores)) > 1, "a trained model should not score every listing the same"
 
 
+def test_unknown_fields_are_ignored_and_named(client, candidates):
+    live, _ = candidates
+    body = {"surface": "search", "user_id": "u000001", "items": live[:5], "query": "black dress",
+            "context": {"timestamp": REQUEST_TS}}
+    plain = client.post("/v1/rank", json=body).get_json()
+    assert "ignored_fields" not in plain
+    typo = client.post("/v1/rank", json={**body, "querry": "red", "limt": 2}).get_json()
+    assert typo["ignored_fields"] == ["limt", "querry"]
+    assert [i["item_id"] for i in typo["items"]] == [i["item_id"] for i in plain["items"]], "and nothing else changes"
+
+
 def test_scores_equal_booster_predict_on_the_served_features(app, client, candidates):
     """The reference path: Booster.predict on the float32 matrix the feature path returns."""
     live, _ = candidates
