@@ -438,6 +438,46 @@ def test_openapi_document_matches_the_routes(app, client):
             assert op["responses"], op
 
 
+def test_answers_follow_the_openapi_document(app, client, candidates, monkeypatch):
+    """Real answers (plain, explain, ignored fields, degraded, errors) validate against the document's
+    schemas, closed to undocumented fields; the request schema lists exactly the fields the parser knows."""
+    import copy
+
+    from jsonschema import Draft202012Validator
+
+    from api.schemas import REQUEST_FIELDS
+
+    spec = client.get("/openapi.json").get_json()
+    schemas = copy.deepcopy(spec["components"]["schemas"])
+    assert set(schemas["RankRequest"]["properties"]) == REQUEST_FIELDS
+    for name in ("RankResponse", "RankedItem", "Error"):
+        schemas[name]["additionalProperties"] = False
+
+    def check(name: str, document) -> None:
+        validator = Draft202012Validator({"$ref": f"#/components/schemas/{name}", "components": {"schemas": schemas}})
+        errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(document)]
+        assert not errors, errors
+
+    live, _ = candidates
+    answers = [
+        _rank(client, "search", live[:5]),
+        _rank(client, "recs", live[:5], explain=True, limit=3),
+        _rank(client, "search", live[:5], querry="typo"),
+    ]
+    state = app.extensions["ranker"]
+    monkeypatch.setattr(state, "fetch", lambda model, req: (None, "timeout"))
+    answers.append(_rank(client, "recs", live[:5], explain=True))
+    monkeypatch.undo()
+    for response in answers:
+        assert response.status_code == 200, response.get_data(as_text=True)
+        check("RankResponse", response.get_json())
+    assert answers[-1].get_json()["degraded"] is True and "ignored_fields" in answers[2].get_json()
+    for response in (client.post("/v1/rank", json={"surface": "x"}), client.get("/nope"), client.post("/admin/reload")):
+        assert response.status_code >= 400
+        check("Error", response.get_json())
+    check("Readiness", client.get("/readyz").get_json())
+
+
 def test_metrics_expose_stage_latencies_and_counts(client, candidates):
     live, _ = candidates
     assert _rank(client, "search", live[:5]).status_code == 200
