@@ -339,25 +339,32 @@ def test_item_cache_table_batches():
     assert len(big) == 0 and _lookup(big, ["x1"], 1.0) == {}
 
 
+def _listing_field(settings, n: int, ref: str):
+    """A Redis client, the hash key and field of ``ref`` (view:feature) for the n-th live listing, and
+    a recs request for that listing alone."""
+    import redis as redis_py
+    from feast.infra.online_stores.helpers import _mmh3
+
+    from ranker.features.materialize import _string_entity_keys
+
+    universe = _Universe(settings, datetime.now(timezone.utc))
+    item = universe.live[n]
+    key = _string_entity_keys(["item_id"], [[item]], b"fashion_ranking")[0]
+    req = dict(user_id=universe.users_active[0], item_ids=[item], query=None, request_ts=1_790_000_000)
+    return redis_py.Redis.from_url(settings.redis_url), key, _mmh3(ref), req
+
+
 @pytest.mark.redis
 def test_item_cache_staleness_bound_is_its_ttl(redis_world):
     """The documented bound, measured: a value changed in the store is served from the cache until
     exactly ``item_cache_ttl_s`` after the listing was read, and the new value right after."""
-    import redis as redis_py
-    from feast.infra.online_stores.helpers import _mmh3
     from feast.protos.feast.types.Value_pb2 import Value
 
-    from ranker.features.materialize import _string_entity_keys
     from ranker.serving.features import OnlineFeatures
 
-    universe = _Universe(redis_world, datetime.now(timezone.utc))
-    item = universe.live[11]
-    client = redis_py.Redis.from_url(redis_world.redis_url)
-    key = _string_entity_keys(["item_id"], [[item]], b"fashion_ranking")[0]
-    field = _mmh3("item_stats_fv:item_clicks_7d")
+    client, key, field, req = _listing_field(redis_world, 11, "item_stats_fv:item_clicks_7d")
     before = client.hget(key, field)
     assert before is not None, "the listing's engagement counts are materialized"
-    req = dict(user_id=universe.users_active[0], item_ids=[item], query=None, request_ts=1_790_000_000)
     clock = [5000.0]
     with OnlineFeatures(redis_world, service="recs_ranker_v1", item_cache_ttl_s=30) as online:
         online._clock = lambda: clock[0]
@@ -375,20 +382,11 @@ def test_item_cache_staleness_bound_is_its_ttl(redis_world):
 
 @pytest.mark.redis
 def test_sold_flag_is_never_served_from_the_cache(redis_world):
-    import redis as redis_py
-    from feast.infra.online_stores.helpers import _mmh3
-
-    from ranker.features.materialize import _string_entity_keys
     from ranker.serving.features import OnlineFeatures
 
-    universe = _Universe(redis_world, datetime.now(timezone.utc))
-    item = universe.live[7]
-    client = redis_py.Redis.from_url(redis_world.redis_url)
-    key = _string_entity_keys(["item_id"], [[item]], b"fashion_ranking")[0]
-    field = _mmh3("listing_fv:is_sold")
+    client, key, field, req = _listing_field(redis_world, 7, "listing_fv:is_sold")
     before = client.hget(key, field)
     assert before == b"\x20\x00"  # int64_val = 0
-    req = dict(user_id=universe.users_active[0], item_ids=[item], query=None, request_ts=1_790_000_000)
     with OnlineFeatures(redis_world, service="recs_ranker_v1", item_cache_ttl_s=600) as online:
         assert not online.fetch(**req).sold[0]
         try:
