@@ -176,9 +176,10 @@ def machine_speed() -> str:
     """Two fixed probes' times (best of 3), printed before and after a benchmark: a pure-Python
     loop (CPU-bound, fits in the core's caches) and random reads over 128 MB (bound by memory
     latency, which neighbours on a shared host also load). On this project's machine the loop
-    took 81-96 ms on a quick day and 270-480 ms on slow ones; within one quick day the scorer's
-    throughput moved by 20% while the loop did not, with redis-server's CPU per request (not our
-    code) moving with it: the memory probe is there to show such moments."""
+    took 81-103 ms on a quick day and 270-480 ms on slow ones. Within that quick day the scorer's
+    throughput still moved by up to 25%, with redis-server's CPU per request (not our code) moving
+    with it and neither probe: a probe that holds still does not prove the host did, so compare
+    versions interleaved in one run."""
     import time
 
     loop = memory = float("inf")
