@@ -17,6 +17,7 @@ import pytest
 
 from api.app import create_app
 from ranker.config import Settings
+from ranker.monitoring.abstats import SequentialOptions
 from ranker.monitoring.abtest import load_variants, parse_variants
 from ranker.monitoring.servedlog import (
     ServedLogConfig,
@@ -448,14 +449,20 @@ def test_ab_through_the_scorer_finds_the_better_model(registry_settings, live_en
     events = read_events([path.parent])
     assert (events.event_type == "click").sum() > 100
     reqs = per_request(served_rankings(read_served_log(LocalStore(root=log_dir))), events, k=10)
-    report = online_report(reqs, k=10)
+    # This small world has ~150 searching users: a burn-in of 30 users per variant, not the default 100.
+    report = online_report(reqs, k=10, weights={"search": {"control": 0.5, "treatment": 0.5}},
+                           sequential=SequentialOptions(burn_in_users=30))
     assert {g["variant"] for g in report["groups"]} == {"control", "treatment"}
     (comparison,) = report["comparisons"]
     assert comparison["treatment"] == "treatment" and comparison["control"] == "control"
+    assert comparison["srm"]["ok"] and comparison["rule"].startswith("mSPRT")
     ctr = comparison["ctr@10"]
-    assert ctr["better"] == "control" and ctr["high"] < 0, ctr  # the trained model beats the no-skill one
-    assert ctr["requests_needed"] is not None and ctr["requests_needed"] <= 1000
-    assert comparison["ndcg@10"]["better"] == "control"
+    assert ctr["high"] < 0, ctr  # the trained model beats the no-skill one (user-level interval at the end)
+    # Users repeat (requests drawn with replacement): the request-level se understates the user-level one.
+    assert ctr["request_level_se"] < ctr["se"]
+    ndcg = comparison["ndcg@10"]
+    assert ndcg["better"] == "control" and ndcg["requests_needed"] <= 1000, ndcg
+    assert ndcg["sequential"]["high"] < 0
 
 
 # ------------------------------------------------------------------------------------------ CLI

@@ -61,10 +61,13 @@ def _known_metrics() -> set[str]:
     texts = [generate_latest(metrics.registry).decode()]
     skew = {"rows": 1, "features": [{"feature": "f", "feature_service": "s", "mismatch_rate": 0.0}]}
     drift = {"models": [{"surface": "search", "model_name": "m", "version": "v", "rows": 1, "judged": True,
-                         "features": [{"feature": "f", "psi": 0.1}], "score_psi": 0.1}]}
+                         "features": [{"feature": "f", "psi": 0.1, "threshold": 0.2, "verdict": "ok"}],
+                         "score_psi": 0.1}]}
     ci = {"mean": 0.1, "n": 1}
-    online = {"k": 10, "groups": [{"surface": "search", "model_version": "v", "variant": "control", "requests": 1,
-                                   "ctr@10": ci, "purchase": ci, "ndcg@10": ci}]}
+    online = {"k": 10, "metrics": ["ctr@10"], "groups": [
+        {"surface": "search", "model_version": "v", "variant": "control", "requests": 1, "ctr@10": ci, "purchase": ci,
+         "ndcg@10": ci, "guardrails": {"latency_p99_ms": 12.0, "degraded_share": 0.0}}],
+        "comparisons": [{"surface": "search", "treatment": "t", "srm": {"p_value": 0.5}, "ctr@10": {"better": None}}]}
     for registry in (export.skew_metrics(skew), export.drift_metrics(drift, materialized={"listing_fv": 1.0}),
                      export.online_metrics(online)):
         texts.append(generate_latest(registry).decode())

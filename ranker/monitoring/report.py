@@ -42,18 +42,20 @@ def _drift_section(drift: dict | None) -> str:
         if feats:
             names = [f["feature"] for f in reversed(feats)]
             values = [f["psi"] for f in reversed(feats)]
+            drifting = [f.get("verdict") == "drift" for f in reversed(feats)]
             figure = Figure(figsize=(7, 1.0 + 0.28 * len(names)))
             axes = figure.add_subplot()
-            colours = ["#c44e52" if v > drift["threshold"] else "#4c72b0" for v in values]
+            colours = ["#c44e52" if d else "#4c72b0" for d in drifting]
             axes.barh(range(len(names)), values, color=colours)
-            axes.axvline(drift["threshold"], color="#c44e52", linestyle="--", linewidth=1)
+            axes.scatter([f.get("threshold", drift["threshold"]) for f in reversed(feats)], range(len(names)),
+                         marker="|", color="#c44e52", s=80, label="threshold (healthy range)")
             axes.set_yticks(range(len(names)), names, fontsize=8)
-            axes.set_xlabel(f"PSI (training vs served; alert > {drift['threshold']})")
+            axes.set_xlabel(f"PSI vs {m.get('reference', 'training')} (red tick: the feature's threshold)")
             axes.set_title(f"Drift per feature (top {len(names)})")
             parts.append(_png(figure))
     names = drift["drifted"]
     more = f" and {len(names) - 12} more" if len(names) > 12 else ""
-    verdict = "no drift above the threshold" if drift["ok"] else f"drift in {len(names)}: " + ", ".join(names[:12]) + more
+    verdict = "no drift (every feature within its healthy range)" if drift["ok"] else f"drift in {len(names)}: " + ", ".join(names[:12]) + more
     return f"<p><b>{html.escape(verdict)}</b></p>" + "".join(parts)
 
 
