@@ -195,8 +195,33 @@ def _monitoring_summary(port: int = 8643, requests: int = 2000) -> None:
           + (", ".join(shifted["drifted"]) or "NOTHING (the monitor is blind)"))
     online, _ = run_online(settings, events=(), k=10, variants=json.dumps(variants), **window)
     print(online_table(online))
+    _alert_replay(settings, skew=skew, drift=drift, online=online)
     print(f"details: ranker monitor skew|online --since {since}; ranker monitor drift --since {middle} "
           f"--reference-since {since} --reference-until {middle}; ranker monitor report --since {since}")
+
+
+def _alert_replay(settings, *, skew: dict, drift: dict, online: dict) -> None:
+    """Export the monitors' real figures (the textfiles `ranker monitor ...` writes) and replay them
+    through infra/prometheus/alerts.yml with promtool: which monitor alerts would fire on them."""
+    import shutil
+    from pathlib import Path
+
+    from prometheus_client import generate_latest
+
+    from ranker.monitoring import export
+    from ranker.monitoring.alertcheck import alerts_that_would_fire
+
+    registries = {"skew": export.skew_metrics(skew), "drift": export.drift_metrics(drift),
+                  "online": export.online_metrics(online)}
+    for name, registry in registries.items():
+        export.export(registry, name, textfile_dir=settings.artifacts_dir / "monitoring" / "metrics")
+    if shutil.which("promtool") is None:
+        print("alerts  (promtool not installed: the alert replay is skipped; `make promtool` installs it)")
+        return
+    rules = Path(__file__).resolve().parents[1] / "infra" / "prometheus" / "alerts.yml"
+    fired = alerts_that_would_fire([generate_latest(r).decode() for r in registries.values()], rules)
+    print("alerts  replayed through alerts.yml (promtool): "
+          + ("no monitor alert would fire" if not fired else "WOULD FIRE: " + ", ".join(fired)))
 
 
 def main() -> None:

@@ -103,3 +103,27 @@ def test_dashboard_is_valid_grafana_json():
         assert panel["targets"] and all(t["expr"].strip() for t in panel["targets"]), panel["title"]
         grid = panel["gridPos"]
         assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24
+
+
+@pytest.mark.parametrize("srm_p, skew_rate, expected", [
+    (0.4, 0.0, []),
+    (1e-5, 0.0, ["RankerSampleRatioMismatch"]),
+    (0.4, 0.2, ["RankerTrainingServingSkew"]),
+])
+def test_exported_monitor_figures_replayed_through_the_rules(srm_p, skew_rate, expected):
+    """The replay harness the demo uses (ranker.monitoring.alertcheck): quiet figures fire nothing,
+    a broken split or a skewed feature fires exactly its rule."""
+    _promtool()
+    from prometheus_client import generate_latest
+
+    from ranker.monitoring import export
+    from ranker.monitoring.alertcheck import alerts_that_would_fire
+
+    ci = {"mean": 0.1, "n": 1}
+    online = {"k": 10, "metrics": ["ctr@10"], "groups": [
+        {"surface": "search", "model_version": "v", "variant": "control", "requests": 1, "ctr@10": ci,
+         "guardrails": {"latency_p99_ms": 12.0, "degraded_share": 0.0}}],
+        "comparisons": [{"surface": "search", "treatment": "t", "srm": {"p_value": srm_p}, "ctr@10": {"better": None}}]}
+    skew = {"rows": 10, "features": [{"feature": "f", "feature_service": "s", "mismatch_rate": skew_rate}]}
+    texts = [generate_latest(export.online_metrics(online)).decode(), generate_latest(export.skew_metrics(skew)).decode()]
+    assert alerts_that_would_fire(texts, PROM / "alerts.yml") == expected
