@@ -57,7 +57,8 @@ def main() -> None:
     print(f"  user-level fixed horizon (end only)   {_rate(aa['fixed_horizon_decided'])}")
     print(f"  request-level, re-checked every look  {_rate(aa['peeking_decided'])}   <- the retired rule")
     print(f"\nA/B, {args.experiments // 4:,} experiments per effect: power (decided in the true direction)")
-    print(f"  {'oracle share':<13} {'true CTR@10 gain':>17}  {'mSPRT':<32} {'fixed horizon (end)':<32} median decided at")
+    print(f"  {'oracle share':<13} {'true CTR@10 gain':>17}  {'mSPRT':<32} {'fixed horizon (end)':<32} "
+          "median decided at")
     for share in (0.25, 0.5, 1.0):
         ab = run_experiments(traffic, experiments=args.experiments // 4, requests=args.requests, effect_share=share,
                              options=options, seed=args.seed + 1)

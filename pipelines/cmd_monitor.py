@@ -199,7 +199,8 @@ def run_online(settings, *, since, until, surface, log_uri, events, k, variants=
 
         raise RankerError(f"no events in {', '.join(map(str, paths))}: run `ranker monitor live` against the "
                           "scorer, or pass --events with your event log")
-    reqs = per_request(served_rankings(frames), table, k=k, prices=listing_prices(settings.raw_dir / "listings.parquet"))
+    prices = listing_prices(settings.raw_dir / "listings.parquet")
+    reqs = per_request(served_rankings(frames), table, k=k, prices=prices)
     report = online_report(reqs, k=k, weights=weights, sequential=SequentialOptions(alpha=alpha, step=step))
     return {**report, "skipped_versions": skipped}, reqs
 
@@ -317,7 +318,8 @@ def register(cli: click.Group) -> None:
     @click.option("--k", default=10, show_default=True, type=click.IntRange(1, 100), help="Cut-off of CTR.")
     @click.option("--metric", default="ctr", show_default=True,
                   type=click.Choice(["ctr", "purchase", "revenue", "ndcg"]), help="Primary metric.")
-    @click.option("--variant", default="control", show_default=True, help="Variant whose traffic measures the variance.")
+    @click.option("--variant", default="control", show_default=True,
+                  help="Variant whose traffic measures the variance.")
     @click.option("--mde", required=True, type=float, help="Minimum detectable effect (relative, 0.05 = 5%).")
     @click.option("--absolute", is_flag=True, help="--mde is an absolute difference, not relative.")
     @click.option("--alpha", default=0.05, show_default=True, type=float)
@@ -347,7 +349,8 @@ def register(cli: click.Group) -> None:
         size = f"{mde:.1%} relative ({plan['mde_absolute']:.4f})" if not absolute else f"{mde:.4f} absolute"
         click.echo(f"rule: {plan['rule']}; metric {column} mean {plan['metric_mean']:.4f} "
                    f"(user-level variance {plan['user_variance']:.4g}, {plan['measured_users']} users measured)")
-        click.echo(f"to detect {size} at alpha {alpha} with power {power:.0%}: {plan['users_per_variant']['control']:,} "
+        per_variant = plan["users_per_variant"]["control"]
+        click.echo(f"to detect {size} at alpha {alpha} with power {power:.0%}: {per_variant:,} "
                    f"users per variant ({plan['users_total']:,} in all, ~{plan['requests_total']:,} requests at "
                    f"{plan['requests_per_user']:.1f} requests per user); read the result once, at that horizon")
 
@@ -417,7 +420,8 @@ def register(cli: click.Group) -> None:
                           html_report.render(title="Ranking monitoring report", drift=drift, skew=skew,
                                              online=online, timeline=tl, notes=notes))
         if as_json:
-            click.echo(_dump({"path": str(path), "drift_ok": drift["ok"], "skew_ok": None if skew is None else skew["ok"],
+            click.echo(_dump({"path": str(path), "drift_ok": drift["ok"],
+                              "skew_ok": None if skew is None else skew["ok"],
                               "online_ok": None if online is None else online["ok"], "notes": notes}))
             return
         click.echo(str(path))

@@ -125,5 +125,6 @@ def test_exported_monitor_figures_replayed_through_the_rules(srm_p, skew_rate, e
          "guardrails": {"latency_p99_ms": 12.0, "degraded_share": 0.0}}],
         "comparisons": [{"surface": "search", "treatment": "t", "srm": {"p_value": srm_p}, "ctr@10": {"better": None}}]}
     skew = {"rows": 10, "features": [{"feature": "f", "feature_service": "s", "mismatch_rate": skew_rate}]}
-    texts = [generate_latest(export.online_metrics(online)).decode(), generate_latest(export.skew_metrics(skew)).decode()]
+    texts = [generate_latest(export.online_metrics(online)).decode(),
+             generate_latest(export.skew_metrics(skew)).decode()]
     assert alerts_that_would_fire(texts, PROM / "alerts.yml") == expected

@@ -88,11 +88,13 @@ class Estimate:
 
     def to_dict(self) -> dict[str, Any]:
         low, high = self.interval()
-        return {"mean": _num(self.mean), "low": _num(low), "high": _num(high), "se": _num(self.se),
+        return {"mean": finite_or_none(self.mean), "low": finite_or_none(low), "high": finite_or_none(high),
+                "se": finite_or_none(self.se),
                 "users": self.users, "requests": self.requests, "n": self.requests}
 
 
-def _num(x: float) -> float | None:
+def finite_or_none(x: float | None) -> float | None:
+    """A float for JSON: None for missing, NaN or infinite values."""
     return float(x) if x is not None and math.isfinite(x) else None
 
 
@@ -154,7 +156,8 @@ def srm_check(users_per_variant: Mapping[str, int], weights: Mapping[str, float]
     if len(names) < 2 or total == 0:
         return {"observed": dict(users_per_variant), "expected": dict(zip(names, expected.tolist())), "chi2": None,
                 "dof": 0, "p_value": None, "threshold": p_threshold, "ok": not unknown,
-                "verdict": "not applicable (one variant)" if not unknown else f"users in unconfigured variants {unknown}"}
+                "verdict": ("not applicable (one variant)" if not unknown
+                            else f"users in unconfigured variants {unknown}")}
     chi2 = float(((observed - expected) ** 2 / expected).sum())
     p = float(stats.chi2.sf(chi2, len(names) - 1))
     ok = p >= p_threshold and not unknown
@@ -225,7 +228,7 @@ def sequential_test(values: np.ndarray, users: np.ndarray, is_treatment: np.ndar
         out["diff"] = d
         if not out["decided"] and (low > 0 or high < 0):
             out.update(decided=True, decided_at=int(end), direction=1 if low > 0 else -1)
-    out["low"], out["high"] = (_num(low), _num(high))
+    out["low"], out["high"] = (finite_or_none(low), finite_or_none(high))
     return out
 
 
@@ -271,5 +274,6 @@ def fixed_horizon_plan(values: np.ndarray, users: np.ndarray, *, mde: float, rel
     return {"rule": RULE_FIXED, "metric_mean": r, "user_variance": sigma2, "requests_per_user": per_user,
             "mde": mde, "mde_absolute": effect, "relative": relative, "alpha": alpha, "power": power,
             "users_total": int(math.ceil(total_users)),
-            "users_per_variant": {"treatment": int(math.ceil(total_users * wt)), "control": int(math.ceil(total_users * wc))},
+            "users_per_variant": {"treatment": int(math.ceil(total_users * wt)),
+                                  "control": int(math.ceil(total_users * wc))},
             "requests_total": int(math.ceil(total_users * per_user)), "measured_users": int(len(s))}

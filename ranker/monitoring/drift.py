@@ -257,9 +257,8 @@ def drift_report(frames: list[ServedFrame], cards: dict[tuple[str, str], dict],
             served_ref = references.get((name, version))
             if served_ref is not None:
                 ref_frame, ref_idx = served_ref
-                reference = (f"served window ({len(ref_idx):,} rows, {ref_frame.rows.loc[ref_idx].request_id.nunique():,} "
-                             "requests)")
                 ref_requests = int(ref_frame.rows.loc[ref_idx].request_id.nunique())
+                reference = f"served window ({len(ref_idx):,} rows, {ref_requests:,} requests)"
             elif baseline is not None:
                 reference = f"training set's last day {baseline.days[-1]}"
                 ref_requests = baseline.last_day_requests

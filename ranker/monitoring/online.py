@@ -22,7 +22,7 @@ weights. A sample-ratio mismatch voids the comparison (``better`` is None, ``ok`
 
 from __future__ import annotations
 
-import math
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -50,8 +50,6 @@ def served_rankings(frames: list) -> pd.DataFrame:
 
 def listing_prices(path: Any) -> pd.Series | None:
     """``item_id -> price`` from a listings parquet (raw schema), or None when it is not there."""
-    from pathlib import Path
-
     path = Path(path)
     if not path.exists():
         return None
@@ -132,7 +130,7 @@ def metric_names(reqs: pd.DataFrame, k: int) -> list[str]:
 
 
 def online_report(reqs: pd.DataFrame, *, k: int = 10, weights: Mapping[str, Mapping[str, float]] | None = None,
-                  sequential: SequentialOptions | None = None, **_: Any) -> dict[str, Any]:
+                  sequential: SequentialOptions | None = None) -> dict[str, Any]:
     """Metrics per (surface, model version, variant) with user-level intervals and guardrails, and
     each variant against the control: difference, always-valid decision, sample-ratio check.
 
@@ -189,8 +187,9 @@ def online_report(reqs: pd.DataFrame, *, k: int = 10, weights: Mapping[str, Mapp
                 winner = None
                 if srm["ok"] and seq["decided"]:
                     winner = treatment if seq["direction"] > 0 else control
-                row[m] = {"diff": S._num(diff), "low": S._num(diff - Z95 * se), "high": S._num(diff + Z95 * se),
-                          "se": S._num(se), "request_level_se": S._num(req_se), "sequential": seq,
+                row[m] = {"diff": S.finite_or_none(diff), "low": S.finite_or_none(diff - Z95 * se),
+                          "high": S.finite_or_none(diff + Z95 * se),
+                          "se": S.finite_or_none(se), "request_level_se": S.finite_or_none(req_se), "sequential": seq,
                           "better": winner, "decided": bool(seq["decided"] and srm["ok"]),
                           "requests_needed": seq["decided_at"] if winner else None}
             comparisons.append(row)
@@ -239,7 +238,8 @@ def online_table(report: dict[str, Any]) -> str:
         p99 = "-" if guard["latency_p99_ms"] is None else f"{guard['latency_p99_ms']:.0f} ms"
         degraded = "-" if guard["degraded_share"] is None else f"{guard['degraded_share']:.1%}"
         lines.append(f"{g['surface']:<7} {g['variant']:<10} {g['model_version']:<26} {g['users']:>6} "
-                     f"{g['requests']:>8}  " + "".join(f"{fmt(g[m]):<26}" for m in metrics) + f"{p99:>11}  {degraded:>8}")
+                     f"{g['requests']:>8}  " + "".join(f"{fmt(g[m]):<26}" for m in metrics)
+                     + f"{p99:>11}  {degraded:>8}")
     seen_srm = set()
     for c in report["comparisons"]:
         if c["surface"] not in seen_srm:

@@ -82,7 +82,8 @@ def _online_section(online: dict | None, timeline: pd.DataFrame | None) -> str:
     for g in online["groups"]:
         rows.append([g["surface"], g["variant"], g["model_version"], g["requests"]] + [
             f"{_fmt(g[m]['mean'])} [{_fmt(g[m]['low'])}, {_fmt(g[m]['high'])}]" for m in online["metrics"]])
-    parts = [html_table(["surface", "variant", "version", "requests", f"CTR@{k}", "purchase rate", f"click NDCG@{k}"], rows)]
+    labels = {f"ctr@{k}": f"CTR@{k}", "purchase": "purchase rate", "revenue": "revenue/request", f"ndcg@{k}": f"click NDCG@{k}"}
+    parts = [html_table(["surface", "variant", "version", "requests"] + [labels.get(m, m) for m in online["metrics"]], rows)]
     crow = []
     for c in online["comparisons"]:
         for m in online["metrics"]:
@@ -91,7 +92,9 @@ def _online_section(online: dict | None, timeline: pd.DataFrame | None) -> str:
                          f"[{_fmt(r['low'], '+.4f')}, {_fmt(r['high'], '+.4f')}]", r["better"] or "not yet",
                          r["requests_needed"] or "-"])
     if crow:
-        parts.append("<h3>Variant comparison (95% interval of the difference)</h3>")
+        srm = "; ".join(f"{c['surface']}: sample ratio {c['srm']['verdict']}" for c in online["comparisons"])
+        parts.append("<h3>Variant comparison (user-level 95% interval of the difference; better = decided by "
+                     f"{html.escape(online.get('rule', ''))})</h3><p>{html.escape(srm)}</p>")
         parts.append(html_table(["surface", "difference", "metric", "diff", "interval", "better", "requests needed"], crow))
     if timeline is not None and not timeline.empty:
         from matplotlib.figure import Figure
