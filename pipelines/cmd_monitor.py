@@ -105,6 +105,19 @@ def run_skew(settings, *, since, until, surface, log_uri, threshold, rtol, atol,
     return {**skew_report(settings, frames, options), "skipped_versions": skipped}
 
 
+def parse_offset(value: str):
+    """``--reference-offset``: ``30m``, ``12h``, ``1d``, ``7d`` as a Timedelta."""
+    import pandas as pd
+
+    from ranker.errors import RankerError
+
+    text = str(value).strip()
+    units = {"m": "min", "h": "h", "d": "D"}
+    if text[-1:] not in units or not text[:-1].replace(".", "", 1).isdigit() or float(text[:-1]) <= 0:
+        raise RankerError(f"--reference-offset={value!r} is not a duration; use e.g. 1d or 7d")
+    return pd.Timedelta(float(text[:-1]), unit=units[text[-1]])
+
+
 def _reference_frames(settings, *, since, until, surface, log_uri, reference_since, reference_until,
                       reference_offset):
     """The served reference window: explicit bounds, or the window shifted back by ``reference_offset``."""
@@ -117,11 +130,7 @@ def _reference_frames(settings, *, since, until, surface, log_uri, reference_sin
         start, end = parse_time(reference_since, option="--reference-since"), \
             parse_time(reference_until, option="--reference-until")
     elif reference_offset:
-        text = str(reference_offset).strip()
-        units = {"m": "min", "h": "h", "d": "D"}
-        if text[-1:] not in units or not text[:-1].replace(".", "", 1).isdigit():
-            raise RankerError(f"--reference-offset={reference_offset!r} is not a duration; use e.g. 1d or 7d")
-        shift = pd.Timedelta(float(text[:-1]), unit=units[text[-1]])
+        shift = parse_offset(reference_offset)
         start = parse_time(since, option="--since")
         end = parse_time(until, option="--until") or pd.Timestamp.now(tz="UTC")
         if start is None:
@@ -147,6 +156,8 @@ def run_drift(settings, *, since, until, surface, log_uri, threshold, score_thre
 
     options = DriftOptions(threshold=threshold, score_threshold=score_threshold, min_rows=min_rows,
                            min_threshold=min_threshold, history_days=history_days)
+    if reference_offset and not reference_since:
+        parse_offset(reference_offset)  # bad input is reported before any reading
     frames = _frames(settings, since=since, until=until, surface=surface, log_uri=log_uri)
     if shift:
         shifted = []
@@ -189,9 +200,10 @@ def run_online(settings, *, since, until, surface, log_uri, events, k, variants=
     from ranker.monitoring.live import live_events_dir, read_events
     from ranker.monitoring.online import listing_prices, online_report, per_request, served_rankings
 
+    weights = variant_weights(variants)
+    sequential = SequentialOptions(alpha=alpha, step=step)
     frames, skipped = known_versions(settings, _frames(settings, since=since, until=until, surface=surface,
                                                        log_uri=log_uri, include_degraded=True))
-    weights = variant_weights(variants)
     paths = [Path(p) for p in events] or [live_events_dir(settings)]
     table = read_events(paths)
     if table.empty:
@@ -201,7 +213,7 @@ def run_online(settings, *, since, until, surface, log_uri, events, k, variants=
                           "scorer, or pass --events with your event log")
     prices = listing_prices(settings.raw_dir / "listings.parquet")
     reqs = per_request(served_rankings(frames), table, k=k, prices=prices)
-    report = online_report(reqs, k=k, weights=weights, sequential=SequentialOptions(alpha=alpha, step=step))
+    report = online_report(reqs, k=k, weights=weights, sequential=sequential)
     return {**report, "skipped_versions": skipped}, reqs
 
 
@@ -332,6 +344,8 @@ def register(cli: click.Group) -> None:
         from ranker.errors import RankerError
         from ranker.monitoring.abstats import fixed_horizon_plan
 
+        if not mde > 0:
+            raise RankerError("--mde must be > 0 (relative, e.g. 0.05 = 5%, or absolute with --absolute)")
         _, reqs = run_online(settings, since=since, until=until, surface=surface, log_uri=log_uri, events=events, k=k)
         column = {"ctr": f"ctr@{k}", "ndcg": f"ndcg@{k}"}.get(metric, metric)
         if column not in reqs:

@@ -556,6 +556,10 @@ def _cli(args: list[str], monkeypatch, settings: Settings):
     (["monitor", "skew", "--since", "yesterday-ish"], "--since='yesterday-ish' is not a time"),
     (["monitor", "drift", "--since", "2026-10-09", "--until", "2026-10-08"], "is not after"),
     (["monitor", "drift", "--log-uri", "ftp://x/y"], "RANKER_SERVED_LOG_URI"),
+    (["monitor", "drift", "--reference-offset", "soon"], "--reference-offset='soon' is not a duration"),
+    (["monitor", "online", "--variants", "{bad"], "is not valid JSON"),
+    (["monitor", "online", "--alpha", "2"], "alpha must be within (0, 1)"),
+    (["monitor", "ab-plan", "--mde", "0"], "--mde must be > 0"),
 ])
 def test_monitor_commands_reject_bad_input_in_one_line(args, message, registry_settings, monkeypatch, tmp_path):
     result = _cli(args, monkeypatch, registry_settings)
