@@ -39,8 +39,8 @@ def main() -> None:
     warnings.filterwarnings("ignore")
 
     from ranker.config import Settings
-    from ranker.monitoring.abstats import SequentialOptions
     from ranker.monitoring.absim import run_experiments, traffic_from_environment
+    from ranker.monitoring.abstats import SequentialOptions
     from ranker.monitoring.live import LiveEnvironment
 
     started = time.perf_counter()

@@ -123,7 +123,6 @@ def _reference_frames(settings, *, since, until, surface, log_uri, reference_sin
     """The served reference window: explicit bounds, or the window shifted back by ``reference_offset``."""
     import pandas as pd
 
-    from ranker.errors import RankerError
     from ranker.monitoring.servedlog import ServedLogError, log_store, parse_time, read_served_log
 
     if reference_since:

@@ -35,8 +35,9 @@ The alternative rule (``RULE_FIXED``) is a fixed horizon from a power calculatio
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -273,7 +274,7 @@ def fixed_horizon_plan(values: np.ndarray, users: np.ndarray, *, mde: float, rel
     per_user = float(n.mean())
     return {"rule": RULE_FIXED, "metric_mean": r, "user_variance": sigma2, "requests_per_user": per_user,
             "mde": mde, "mde_absolute": effect, "relative": relative, "alpha": alpha, "power": power,
-            "users_total": int(math.ceil(total_users)),
-            "users_per_variant": {"treatment": int(math.ceil(total_users * wt)),
-                                  "control": int(math.ceil(total_users * wc))},
-            "requests_total": int(math.ceil(total_users * per_user)), "measured_users": int(len(s))}
+            "users_total": math.ceil(total_users),
+            "users_per_variant": {"treatment": math.ceil(total_users * wt),
+                                  "control": math.ceil(total_users * wc)},
+            "requests_total": math.ceil(total_users * per_user), "measured_users": len(s)}
