@@ -161,9 +161,15 @@ def _monitoring_summary(port: int = 8643, requests: int = 2000) -> None:
            "RANKER_VARIANTS": json.dumps(variants), "RANKER_RELOAD_INTERVAL_S": "0"}
     print(f"$ RANKER_VARIANTS='{json.dumps(variants)}' RANKER_SERVED_LOG_SAMPLE=1 ranker serve --port {port} --workers 2",
           flush=True)
+    # Two halves: the first is the served reference window of the drift check (like with like: the
+    # same traffic, the same length, just earlier), the second the window judged.
     with _scorer(port=port, workers=2, env=env, log_level="warning") as base:  # workers flush the log on exit
-        _run("monitor", "live", "--url", base, "--requests", str(requests), "--limit", "20", "--seed", "1")
+        _run("monitor", "live", "--url", base, "--requests", str(requests // 2), "--limit", "20", "--seed", "1")
+    middle = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    with _scorer(port=port, workers=2, env=env, log_level="warning") as base:
+        _run("monitor", "live", "--url", base, "--requests", str(requests // 2), "--limit", "20", "--seed", "2")
     from pipelines.cmd_monitor import run_drift, run_online, run_skew
+    from ranker.monitoring.online import online_table
 
     window = dict(since=since, until=None, surface=None, log_uri="")
     skew = run_skew(settings, threshold=0.01, rtol=1e-5, atol=1e-6, max_rows=20_000, **window)
@@ -171,25 +177,51 @@ def _monitoring_summary(port: int = 8643, requests: int = 2000) -> None:
     verdict = "ok" if skew["ok"] else f"SKEW in {len(skew['failed'])} features ({', '.join(skew['failed'][:5])} ...)"
     print(f"skew    {skew['rows']:,} served rows recomputed with Feast get_historical_features: {verdict} "
           f"(worst {worst['feature']} {worst['mismatch_rate']:.2%} mismatches)")
-    drift = run_drift(settings, threshold=0.25, score_threshold=0.25, min_rows=200, **window)
+    drift_window = dict(since=middle, until=None, surface=None, log_uri="", reference_since=since,
+                        reference_until=middle)
+    drift = run_drift(settings, threshold=0.25, score_threshold=0.25, min_rows=200, **drift_window)
     for m in drift["models"]:
-        top = ", ".join(f"{f['feature']} {f['psi']:.2f}" for f in m["features"][:3])
+        n_drift = sum(f["verdict"] == "drift" for f in m["features"])
+        top = ", ".join(f"{f['feature']} {f['psi']:.3f} (healthy <= {f['threshold']:.3f})" for f in m["features"][:2])
         score = "-" if m["score_psi"] is None else f"{m['score_psi']:.3f}"
-        n_drift = sum(f["psi"] > drift["threshold"] for f in m["features"])
-        print(f"drift   {m['model_name']} {m['version']}: score PSI {score}; {n_drift} features PSI > "
-              f"{drift['threshold']} (top: {top})")
-    online, _ = run_online(settings, events=(), k=10, **window)
-    for g in online["groups"]:
-        ctr, buy = g["ctr@10"], g["purchase"]
-        print(f"online  {g['surface']:<6} {g['variant']:<9} {g['model_version']}: {g['requests']} requests, "
-              f"CTR@10 {ctr['mean']:.4f} [{ctr['low']:.4f}, {ctr['high']:.4f}], purchase rate {buy['mean']:.3f}")
-    for c in online["comparisons"]:
-        r = c["ctr@10"]
-        verdict = f"{r['better']} is better, decided after {r['requests_needed']} requests" if r["better"] \
-            else "no significant difference yet"
-        print(f"A/B     {c['surface']}: CTR@10 {c['treatment']} - {c['control']} = {r['diff']:+.4f} "
-              f"[{r['low']:+.4f}, {r['high']:+.4f}] -> {verdict}")
-    print(f"details: ranker monitor skew|drift|online --since {since}; ranker monitor report --since {since}")
+        state = "no drift" if not n_drift else f"DRIFT in {n_drift} features"
+        print(f"drift   {m['model_name']} {m['version']} vs the earlier served window: {state} "
+              f"({len(m['features'])} features within their healthy range: {len(m['features']) - n_drift}; "
+              f"closest to its threshold: {top}; score PSI {score})")
+    print(f"drift   verdict: {'no drift' if drift['ok'] else 'DRIFT: ' + ', '.join(drift['drifted'][:8])}")
+    shifted = run_drift(settings, threshold=0.25, score_threshold=0.25, min_rows=200, shift={"price": 100.0},
+                        **drift_window)
+    print("drift   injected check (served price x100, a unit change): flagged "
+          + (", ".join(shifted["drifted"]) or "NOTHING (the monitor is blind)"))
+    online, _ = run_online(settings, events=(), k=10, variants=json.dumps(variants), **window)
+    print(online_table(online))
+    _alert_replay(settings, skew=skew, drift=drift, online=online)
+    print(f"details: ranker monitor skew|online --since {since}; ranker monitor drift --since {middle} "
+          f"--reference-since {since} --reference-until {middle}; ranker monitor report --since {since}")
+
+
+def _alert_replay(settings, *, skew: dict, drift: dict, online: dict) -> None:
+    """Export the monitors' real figures (the textfiles `ranker monitor ...` writes) and replay them
+    through infra/prometheus/alerts.yml with promtool: which monitor alerts would fire on them."""
+    import shutil
+    from pathlib import Path
+
+    from prometheus_client import generate_latest
+
+    from ranker.monitoring import export
+    from ranker.monitoring.alertcheck import alerts_that_would_fire
+
+    registries = {"skew": export.skew_metrics(skew), "drift": export.drift_metrics(drift),
+                  "online": export.online_metrics(online)}
+    for name, registry in registries.items():
+        export.export(registry, name, textfile_dir=settings.artifacts_dir / "monitoring" / "metrics")
+    if shutil.which("promtool") is None:
+        print("alerts  (promtool not installed: the alert replay is skipped; `make promtool` installs it)")
+        return
+    rules = Path(__file__).resolve().parents[1] / "infra" / "prometheus" / "alerts.yml"
+    fired = alerts_that_would_fire([generate_latest(r).decode() for r in registries.values()], rules)
+    print("alerts  replayed through alerts.yml (promtool): "
+          + ("no monitor alert would fire" if not fired else "WOULD FIRE: " + ", ".join(fired)))
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pytest
 
 from api.app import create_app
 from ranker.config import Settings
+from ranker.monitoring.abstats import SequentialOptions
 from ranker.monitoring.abtest import load_variants, parse_variants
 from ranker.monitoring.servedlog import (
     ServedLogConfig,
@@ -430,6 +432,67 @@ def test_drift_quiet_on_the_training_population_and_catches_a_shifted_feature(wo
     assert loud["models"][0]["features"][0]["feature"] == "price" and loud["models"][0]["features"][0]["psi"] > 1.0
 
 
+def day_frames(df: pd.DataFrame, card: dict, folder: Path, *, transform=None, version: str | None = None) -> list:
+    """The training-set rows of ``df`` as a served log (one record per request), optionally changed."""
+    features = card["features"]
+    if transform is not None:
+        df = transform(df.copy())
+    records = []
+    for rid, part in df.groupby("request_id", sort=True):
+        matrix = part[features].to_numpy(dtype=np.float32)
+        records.append(ServedRecord(
+            request_id=str(rid), request_ts=REQUEST_TS, logged_at=time.time(), surface="search",
+            user_id=str(part.user_id.iloc[0]), query=None, model_name=card["name"],
+            model_version=version or card["version"], variant="control", feature_service=card["feature_service"],
+            feature_names=tuple(features), degraded=False, item_ids=part.item_id.astype(str).tolist(),
+            scores=np.zeros(len(part)), ranks=np.arange(1, len(part) + 1, dtype=np.int32), matrix=matrix,
+        ))
+    return _log(records, folder)
+
+
+def test_monitors_skip_and_name_an_unknown_model_version(registry_settings, trained, world, tmp_path, monkeypatch):
+    """A stale log part (a version the registry never had) is counted and named; the rest is reported."""
+    from ranker.training.dataset import load_dataset
+
+    card = json.loads((trained["good"] / "card.json").read_text())
+    df, _ = load_dataset(world, "search")
+    df = df[df.request_id.isin(df.request_id.drop_duplicates().sample(120, random_state=1))]
+    log_dir = tmp_path / "log"
+    good = df[df.request_id < df.request_id.iloc[len(df) // 2]]
+    stale = df[df.request_id >= df.request_id.iloc[len(df) // 2]]
+    day_frames(good, card, log_dir)
+    day_frames(stale, card, log_dir, version="20200101T000000Z-deadbeef")
+    uri = log_dir.resolve().as_uri()
+    drift = _cli(["monitor", "drift", "--log-uri", uri, "--json", "--textfile-dir", str(tmp_path / "prom"),
+                  "--min-rows", "10"], monkeypatch, registry_settings)
+    assert drift.exit_code in (0, 1), drift.output
+    report = json.loads(drift.output[:drift.output.rindex("}") + 1])
+    assert [m["version"] for m in report["models"]] == [card["version"]]
+    (skipped,) = report["skipped_versions"]
+    assert skipped["version"] == "20200101T000000Z-deadbeef" and skipped["rows"] == int(len(stale))
+    assert "skipped" in drift.output and "Traceback" not in drift.output
+    for key in ("feature", "psi", "healthy_high", "threshold", "verdict"):
+        assert key in report["models"][0]["features"][0]
+
+    skew = _cli(["monitor", "skew", "--log-uri", uri, "--json", "--textfile-dir", str(tmp_path / "prom")],
+                monkeypatch, registry_settings)
+    assert skew.exit_code in (0, 1) and "Traceback" not in skew.output, skew.output
+    skew_report = json.loads(skew.output[:skew.output.rindex("}") + 1])
+    assert [s["version"] for s in skew_report["skipped_versions"]] == ["20200101T000000Z-deadbeef"]
+    assert skew_report["rows"] == int(len(good))
+
+    events = pd.DataFrame({"event_type": "click", "timestamp": pd.Timestamp.now(tz="UTC"),
+                           "request_id": df.request_id.astype(str), "item_id": df.item_id.astype(str)})
+    events.to_parquet(tmp_path / "events.parquet")
+    online = _cli(["monitor", "online", "--log-uri", uri, "--json", "--events", str(tmp_path / "events.parquet"),
+                   "--textfile-dir", str(tmp_path / "prom")], monkeypatch, registry_settings)
+    assert online.exit_code == 0, online.output
+    online_report = json.loads(online.output[:online.output.rindex("}") + 1])
+    assert [s["version"] for s in online_report["skipped_versions"]] == ["20200101T000000Z-deadbeef"]
+    (group,) = online_report["groups"]
+    assert group["requests"] == int(good.request_id.nunique()) and group["ctr@10"]["low"] is not None
+
+
 # ------------------------------------------------------------------------------------------ A/B + online
 
 
@@ -448,14 +511,30 @@ def test_ab_through_the_scorer_finds_the_better_model(registry_settings, live_en
     events = read_events([path.parent])
     assert (events.event_type == "click").sum() > 100
     reqs = per_request(served_rankings(read_served_log(LocalStore(root=log_dir))), events, k=10)
-    report = online_report(reqs, k=10)
+    # This small world has ~150 searching users: a burn-in of 30 users per variant, not the default 100.
+    report = online_report(reqs, k=10, weights={"search": {"control": 0.5, "treatment": 0.5}},
+                           sequential=SequentialOptions(burn_in_users=30))
     assert {g["variant"] for g in report["groups"]} == {"control", "treatment"}
     (comparison,) = report["comparisons"]
     assert comparison["treatment"] == "treatment" and comparison["control"] == "control"
+    assert comparison["srm"]["ok"] and comparison["rule"].startswith("mSPRT")
     ctr = comparison["ctr@10"]
-    assert ctr["better"] == "control" and ctr["high"] < 0, ctr  # the trained model beats the no-skill one
-    assert ctr["requests_needed"] is not None and ctr["requests_needed"] <= 1000
-    assert comparison["ndcg@10"]["better"] == "control"
+    assert ctr["high"] < 0, ctr  # the trained model beats the no-skill one (user-level interval at the end)
+    # Users repeat (requests drawn with replacement): the request-level se understates the user-level one.
+    assert ctr["request_level_se"] < ctr["se"]
+    ndcg = comparison["ndcg@10"]
+    assert ndcg["better"] == "control" and ndcg["requests_needed"] <= 1000, ndcg
+    assert ndcg["sequential"]["high"] < 0
+    if shutil.which("promtool"):  # the real exported figures of a healthy A/B: no monitor alert would fire
+        from prometheus_client import generate_latest
+
+        from ranker.monitoring.alertcheck import alerts_that_would_fire
+        from ranker.monitoring.export import online_metrics
+        from tests.conftest import REPO_ROOT
+
+        text = generate_latest(online_metrics(report)).decode()
+        assert "ranker_ab_srm_p_value" in text
+        assert alerts_that_would_fire([text], REPO_ROOT / "infra" / "prometheus" / "alerts.yml") == []
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -477,6 +556,10 @@ def _cli(args: list[str], monkeypatch, settings: Settings):
     (["monitor", "skew", "--since", "yesterday-ish"], "--since='yesterday-ish' is not a time"),
     (["monitor", "drift", "--since", "2026-10-09", "--until", "2026-10-08"], "is not after"),
     (["monitor", "drift", "--log-uri", "ftp://x/y"], "RANKER_SERVED_LOG_URI"),
+    (["monitor", "drift", "--reference-offset", "soon"], "--reference-offset='soon' is not a duration"),
+    (["monitor", "online", "--variants", "{bad"], "is not valid JSON"),
+    (["monitor", "online", "--alpha", "2"], "alpha must be within (0, 1)"),
+    (["monitor", "ab-plan", "--mde", "0"], "--mde must be > 0"),
 ])
 def test_monitor_commands_reject_bad_input_in_one_line(args, message, registry_settings, monkeypatch, tmp_path):
     result = _cli(args, monkeypatch, registry_settings)

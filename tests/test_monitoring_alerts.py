@@ -61,10 +61,13 @@ def _known_metrics() -> set[str]:
     texts = [generate_latest(metrics.registry).decode()]
     skew = {"rows": 1, "features": [{"feature": "f", "feature_service": "s", "mismatch_rate": 0.0}]}
     drift = {"models": [{"surface": "search", "model_name": "m", "version": "v", "rows": 1, "judged": True,
-                         "features": [{"feature": "f", "psi": 0.1}], "score_psi": 0.1}]}
+                         "features": [{"feature": "f", "psi": 0.1, "threshold": 0.2, "verdict": "ok"}],
+                         "score_psi": 0.1}]}
     ci = {"mean": 0.1, "n": 1}
-    online = {"k": 10, "groups": [{"surface": "search", "model_version": "v", "variant": "control", "requests": 1,
-                                   "ctr@10": ci, "purchase": ci, "ndcg@10": ci}]}
+    online = {"k": 10, "metrics": ["ctr@10"], "groups": [
+        {"surface": "search", "model_version": "v", "variant": "control", "requests": 1, "ctr@10": ci, "purchase": ci,
+         "ndcg@10": ci, "guardrails": {"latency_p99_ms": 12.0, "degraded_share": 0.0}}],
+        "comparisons": [{"surface": "search", "treatment": "t", "srm": {"p_value": 0.5}, "ctr@10": {"better": None}}]}
     for registry in (export.skew_metrics(skew), export.drift_metrics(drift, materialized={"listing_fv": 1.0}),
                      export.online_metrics(online)):
         texts.append(generate_latest(registry).decode())
@@ -100,3 +103,28 @@ def test_dashboard_is_valid_grafana_json():
         assert panel["targets"] and all(t["expr"].strip() for t in panel["targets"]), panel["title"]
         grid = panel["gridPos"]
         assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24
+
+
+@pytest.mark.parametrize("srm_p, skew_rate, expected", [
+    (0.4, 0.0, []),
+    (1e-5, 0.0, ["RankerSampleRatioMismatch"]),
+    (0.4, 0.2, ["RankerTrainingServingSkew"]),
+])
+def test_exported_monitor_figures_replayed_through_the_rules(srm_p, skew_rate, expected):
+    """The replay harness the demo uses (ranker.monitoring.alertcheck): quiet figures fire nothing,
+    a broken split or a skewed feature fires exactly its rule."""
+    _promtool()
+    from prometheus_client import generate_latest
+
+    from ranker.monitoring import export
+    from ranker.monitoring.alertcheck import alerts_that_would_fire
+
+    ci = {"mean": 0.1, "n": 1}
+    online = {"k": 10, "metrics": ["ctr@10"], "groups": [
+        {"surface": "search", "model_version": "v", "variant": "control", "requests": 1, "ctr@10": ci,
+         "guardrails": {"latency_p99_ms": 12.0, "degraded_share": 0.0}}],
+        "comparisons": [{"surface": "search", "treatment": "t", "srm": {"p_value": srm_p}, "ctr@10": {"better": None}}]}
+    skew = {"rows": 10, "features": [{"feature": "f", "feature_service": "s", "mismatch_rate": skew_rate}]}
+    texts = [generate_latest(export.online_metrics(online)).decode(),
+             generate_latest(export.skew_metrics(skew)).decode()]
+    assert alerts_that_would_fire(texts, PROM / "alerts.yml") == expected

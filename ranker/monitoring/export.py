@@ -51,8 +51,14 @@ def drift_metrics(report: dict[str, Any], *, materialized: dict[str, float] | No
         fresh.labels(view).set(ts)
     psi = Gauge("ranker_drift_psi", "PSI of a feature: training distribution (model card) vs served window.",
                 ["surface", "model", "version", "feature"], registry=registry)
+    limit = Gauge("ranker_drift_psi_threshold", "A feature's drift threshold: the top of its healthy day-to-day range.",
+                  ["surface", "model", "version", "feature"], registry=registry)
     worst = Gauge("ranker_drift_max_psi", "Largest feature PSI of the served model version.",
                   ["surface", "model", "version"], registry=registry)
+    ratio = Gauge("ranker_drift_max_psi_ratio", "Largest feature PSI / its threshold (> 1 = beyond the healthy range).",
+                  ["surface", "model", "version"], registry=registry)
+    drifted = Gauge("ranker_drift_features_drifted", "Features whose PSI is beyond their healthy range.",
+                    ["surface", "model", "version"], registry=registry)
     score = Gauge("ranker_drift_score_psi", "PSI of the served scores vs the model's test-split scores.",
                   ["surface", "model", "version"], registry=registry)
     rows = Gauge("ranker_drift_rows", "Served rows in the drift window.", ["surface", "model", "version"], registry=registry)
@@ -63,7 +69,11 @@ def drift_metrics(report: dict[str, Any], *, materialized: dict[str, float] | No
             continue
         for f in m["features"]:
             psi.labels(*labels, f["feature"]).set(f["psi"])
+            limit.labels(*labels, f["feature"]).set(f.get("threshold", report.get("threshold", 0.25)))
         worst.labels(*labels).set(max((f["psi"] for f in m["features"]), default=0.0))
+        ratio.labels(*labels).set(max((f["psi"] / f.get("threshold", report.get("threshold", 0.25))
+                                       for f in m["features"]), default=0.0))
+        drifted.labels(*labels).set(sum(f.get("verdict") == "drift" for f in m["features"]))
         if m["score_psi"] is not None:
             score.labels(*labels).set(m["score_psi"])
     return registry
@@ -82,12 +92,30 @@ def online_metrics(report: dict[str, Any]) -> CollectorRegistry:
     }
     reqs = Gauge("ranker_online_requests", "Served requests measured.", ["surface", "version", "variant"],
                  registry=registry)
+    p99 = Gauge("ranker_online_latency_p99_seconds", "p99 of the served wall time per variant (served log).",
+                ["surface", "version", "variant"], registry=registry)
+    degraded = Gauge("ranker_online_degraded_share", "Share of a variant's served requests answered degraded.",
+                     ["surface", "version", "variant"], registry=registry)
+    srm = Gauge("ranker_ab_srm_p_value", "Sample-ratio check of an experiment: p-value of the users per variant "
+                "against the configured weights (< 0.001 = broken split).", ["surface"], registry=registry)
+    decided = Gauge("ranker_ab_decided", "1 when the always-valid test decided the comparison (direction in 'better').",
+                    ["surface", "treatment", "metric", "better"], registry=registry)
     for g in report["groups"]:
         labels = (g["surface"], g["model_version"], g["variant"])
         reqs.labels(*labels).set(g["requests"])
         for m, gauge in gauges.items():
-            if g[m]["n"]:
+            if m in g and g[m]["n"] and g[m]["mean"] is not None:
                 gauge.labels(*labels).set(g[m]["mean"])
+        guard = g.get("guardrails") or {}
+        if guard.get("latency_p99_ms") is not None:
+            p99.labels(*labels).set(guard["latency_p99_ms"] / 1000)
+        if guard.get("degraded_share") is not None:
+            degraded.labels(*labels).set(guard["degraded_share"])
+    for c in report.get("comparisons", []):
+        if c["srm"].get("p_value") is not None:
+            srm.labels(c["surface"]).set(c["srm"]["p_value"])
+        for m in report["metrics"]:
+            decided.labels(c["surface"], c["treatment"], m, c[m]["better"] or "").set(1.0 if c[m]["better"] else 0.0)
     return registry
 
 

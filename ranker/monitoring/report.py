@@ -42,18 +42,20 @@ def _drift_section(drift: dict | None) -> str:
         if feats:
             names = [f["feature"] for f in reversed(feats)]
             values = [f["psi"] for f in reversed(feats)]
+            drifting = [f.get("verdict") == "drift" for f in reversed(feats)]
             figure = Figure(figsize=(7, 1.0 + 0.28 * len(names)))
             axes = figure.add_subplot()
-            colours = ["#c44e52" if v > drift["threshold"] else "#4c72b0" for v in values]
+            colours = ["#c44e52" if d else "#4c72b0" for d in drifting]
             axes.barh(range(len(names)), values, color=colours)
-            axes.axvline(drift["threshold"], color="#c44e52", linestyle="--", linewidth=1)
+            axes.scatter([f.get("threshold", drift["threshold"]) for f in reversed(feats)], range(len(names)),
+                         marker="|", color="#c44e52", s=80, label="threshold (healthy range)")
             axes.set_yticks(range(len(names)), names, fontsize=8)
-            axes.set_xlabel(f"PSI (training vs served; alert > {drift['threshold']})")
+            axes.set_xlabel(f"PSI vs {m.get('reference', 'training')} (red tick: the feature's threshold)")
             axes.set_title(f"Drift per feature (top {len(names)})")
             parts.append(_png(figure))
     names = drift["drifted"]
     more = f" and {len(names) - 12} more" if len(names) > 12 else ""
-    verdict = "no drift above the threshold" if drift["ok"] else f"drift in {len(names)}: " + ", ".join(names[:12]) + more
+    verdict = "no drift (every feature within its healthy range)" if drift["ok"] else f"drift in {len(names)}: " + ", ".join(names[:12]) + more
     return f"<p><b>{html.escape(verdict)}</b></p>" + "".join(parts)
 
 
@@ -80,7 +82,8 @@ def _online_section(online: dict | None, timeline: pd.DataFrame | None) -> str:
     for g in online["groups"]:
         rows.append([g["surface"], g["variant"], g["model_version"], g["requests"]] + [
             f"{_fmt(g[m]['mean'])} [{_fmt(g[m]['low'])}, {_fmt(g[m]['high'])}]" for m in online["metrics"]])
-    parts = [html_table(["surface", "variant", "version", "requests", f"CTR@{k}", "purchase rate", f"click NDCG@{k}"], rows)]
+    labels = {f"ctr@{k}": f"CTR@{k}", "purchase": "purchase rate", "revenue": "revenue/request", f"ndcg@{k}": f"click NDCG@{k}"}
+    parts = [html_table(["surface", "variant", "version", "requests"] + [labels.get(m, m) for m in online["metrics"]], rows)]
     crow = []
     for c in online["comparisons"]:
         for m in online["metrics"]:
@@ -89,7 +92,9 @@ def _online_section(online: dict | None, timeline: pd.DataFrame | None) -> str:
                          f"[{_fmt(r['low'], '+.4f')}, {_fmt(r['high'], '+.4f')}]", r["better"] or "not yet",
                          r["requests_needed"] or "-"])
     if crow:
-        parts.append("<h3>Variant comparison (95% interval of the difference)</h3>")
+        srm = "; ".join(f"{c['surface']}: sample ratio {c['srm']['verdict']}" for c in online["comparisons"])
+        parts.append("<h3>Variant comparison (user-level 95% interval of the difference; better = decided by "
+                     f"{html.escape(online.get('rule', ''))})</h3><p>{html.escape(srm)}</p>")
         parts.append(html_table(["surface", "difference", "metric", "diff", "interval", "better", "requests needed"], crow))
     if timeline is not None and not timeline.empty:
         from matplotlib.figure import Figure
