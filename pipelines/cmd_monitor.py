@@ -196,7 +196,7 @@ def variant_weights(variants: str) -> dict[str, dict[str, float]]:
 
 def run_online(settings, *, since, until, surface, log_uri, events, k, variants="", alpha=0.05, step=20):
     from ranker.monitoring.abstats import SequentialOptions
-    from ranker.monitoring.live import live_events_dir, read_events
+    from ranker.monitoring.live import live_events_dir, live_utility_dir, read_events, read_utility
     from ranker.monitoring.online import listing_prices, online_report, per_request, served_rankings
 
     weights = variant_weights(variants)
@@ -211,7 +211,9 @@ def run_online(settings, *, since, until, surface, log_uri, events, k, variants=
         raise RankerError(f"no events in {', '.join(map(str, paths))}: run `ranker monitor live` against the "
                           "scorer, or pass --events with your event log")
     prices = listing_prices(settings.raw_dir / "listings.parquet")
-    reqs = per_request(served_rankings(frames), table, k=k, prices=prices)
+    # The simulator's replay also wrote each served item's hidden utility; a real event log has none.
+    utility = None if events else read_utility(live_utility_dir(settings))
+    reqs = per_request(served_rankings(frames), table, k=k, prices=prices, utility=utility)
     report = online_report(reqs, k=k, weights=weights, sequential=sequential)
     return {**report, "skipped_versions": skipped}, reqs
 
@@ -383,13 +385,14 @@ def register(cli: click.Group) -> None:
         """Act as the live marketplace: replay logged requests through the scorer, draw each user's
         engagement from the simulator's hidden utility and position bias, append it to data/live/events/."""
         from ranker.errors import RankerError
-        from ranker.monitoring.live import LiveEnvironment, append_events, http_sender
+        from ranker.monitoring.live import LiveEnvironment, append_events, append_utility, http_sender
 
         env = LiveEnvironment(settings, last_days=last_days, seed=seed)
         result = env.run(http_sender(url, token=token or None), n_requests, request_ts=timestamp, limit=limit)
         if result["requests"] == 0:
             raise RankerError(f"the scorer at {url} answered none of {n_requests} requests; is it running (ranker serve)?")
         path = append_events(settings, result["events"])
+        append_utility(settings, result["utility"])
         counts = result["events"].event_type.value_counts().to_dict()
         if as_json:
             click.echo(_dump({"requests": result["requests"], "failed": result["failed"],

@@ -510,7 +510,13 @@ def test_ab_through_the_scorer_finds_the_better_model(registry_settings, live_en
     path = append_events(registry_settings, result["events"], folder=tmp_path / "events")
     events = read_events([path.parent])
     assert (events.event_type == "click").sum() > 100
-    reqs = per_request(served_rankings(read_served_log(LocalStore(root=log_dir))), events, k=10)
+    truth = result["utility"]
+    assert truth["rank"].between(1, 20).all() and truth.request_id.nunique() == result["requests"]
+    reqs = per_request(served_rankings(read_served_log(LocalStore(root=log_dir))), events, k=10, utility=truth)
+    # Every served request has its top 10's mean hidden utility; the trained model's lists hold better listings.
+    assert reqs["utility@10"].notna().all()
+    by_variant = reqs.groupby("variant")["utility@10"].mean()
+    assert by_variant["control"] > by_variant["treatment"], by_variant
     # This small world has ~150 searching users: a burn-in of 30 users per variant, not the default 100.
     report = online_report(reqs, k=10, weights={"search": {"control": 0.5, "treatment": 0.5}},
                            sequential=SequentialOptions(burn_in_users=30))
@@ -522,6 +528,7 @@ def test_ab_through_the_scorer_finds_the_better_model(registry_settings, live_en
     assert ctr["high"] < 0, ctr  # the trained model beats the no-skill one (user-level interval at the end)
     # Users repeat (requests drawn with replacement): the request-level se understates the user-level one.
     assert ctr["request_level_se"] < ctr["se"]
+    assert "utility@10" in report["metrics"] and comparison["utility@10"]["high"] < 0, comparison["utility@10"]
     ndcg = comparison["ndcg@10"]
     assert ndcg["better"] == "control" and ndcg["requests_needed"] <= 1000, ndcg
     assert ndcg["sequential"]["high"] < 0

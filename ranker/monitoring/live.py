@@ -42,6 +42,11 @@ def live_events_dir(settings: Settings) -> Path:
     return settings.data_dir / "live" / "events"
 
 
+def live_utility_dir(settings: Settings) -> Path:
+    """Where the replay writes the hidden utility of every served (request, item): evaluation only."""
+    return settings.data_dir / "live" / "utility"
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
@@ -145,8 +150,11 @@ class LiveEnvironment:
     def run(self, send: Sender, n_requests: int, *, request_ts: float | None = None,
             limit: int | None = None) -> dict[str, Any]:
         """Replay ``n_requests`` through ``send`` (a JSON body -> the decoded response) and draw the
-        engagement; returns ``{"events": DataFrame, "requests", "by_variant", "failed"}``."""
+        engagement; returns ``{"events": DataFrame, "utility": DataFrame, "requests", "by_variant",
+        "failed"}``; ``utility`` holds the hidden utility of each returned item under the scorer's
+        ``request_id`` (``request_id, item_id, rank, true_utility``), for the true-utility metric."""
         events: list[dict] = []
+        utility: list[tuple[str, str, int, float]] = []
         by_variant: dict[str, int] = {}
         failed = 0
         for request in self.sample(n_requests):
@@ -168,8 +176,12 @@ class LiveEnvironment:
             by_variant[f"{request.surface}/{variant}"] = by_variant.get(f"{request.surface}/{variant}", 0) + 1
             ranked = [i["item_id"] for i in sorted(answer["items"], key=lambda i: i["rank"])]
             events += self.engage(request, ranked, served_request_id=answer["request_id"], at=at)
+            utility += [(str(answer["request_id"]), item, rank, float(request.utility[item]))
+                        for rank, item in enumerate(ranked, start=1) if item in request.utility]
         frame = pd.DataFrame(events, columns=schema.EVENTS.names)
-        return {"events": frame, "requests": n_requests - failed, "failed": failed, "by_variant": by_variant}
+        truth = pd.DataFrame(utility, columns=["request_id", "item_id", "rank", "true_utility"])
+        return {"events": frame, "utility": truth, "requests": n_requests - failed, "failed": failed,
+                "by_variant": by_variant}
 
 
 def append_events(settings: Settings, events: pd.DataFrame, *, folder: Path | None = None) -> Path | None:
@@ -184,6 +196,28 @@ def append_events(settings: Settings, events: pd.DataFrame, *, folder: Path | No
     frame.to_parquet(tmp, index=False)
     tmp.replace(path)
     return path
+
+
+def append_utility(settings: Settings, utility: pd.DataFrame, *, folder: Path | None = None) -> Path | None:
+    """Append the served items' hidden utilities (:meth:`LiveEnvironment.run`) as one parquet file."""
+    if utility.empty:
+        return None
+    folder = folder or live_utility_dir(settings)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"part-{pd.Timestamp.now(tz='UTC'):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}.parquet"
+    tmp = path.with_name("." + path.name + ".tmp")
+    utility.to_parquet(tmp, index=False)
+    tmp.replace(path)
+    return path
+
+
+def read_utility(folder: Path) -> pd.DataFrame | None:
+    """The served items' hidden utilities written by :func:`append_utility`, or None when there are none."""
+    files = sorted(Path(folder).glob("*.parquet")) if Path(folder).is_dir() else []
+    if not files:
+        return None
+    return pd.concat([pd.read_parquet(f, columns=["request_id", "item_id", "true_utility"]) for f in files],
+                     ignore_index=True)
 
 
 def read_events(paths: list[Path]) -> pd.DataFrame:

@@ -8,6 +8,8 @@ Per request (its returned list, ranks 1..n):
 * ``revenue``: the summed price of the listed items bought (when listing prices are given);
 * ``ndcg@k``: NDCG of the served order against the graded engagement (click 1, save 2,
   add_to_bag 3, purchase 4: the training label), over requests with any engagement, as offline;
+* ``utility@k``: the mean hidden true utility of the top k returned items (when the simulator's
+  replay wrote it, ``data/live/utility/``): what the user actually gained, free of click noise;
 
 and the guardrails ``degraded`` (answered by the fallback) and ``latency_s`` (served wall time:
 ``logged_at - request_ts`` when the request carried no replay timestamp, else missing).
@@ -58,9 +60,11 @@ def listing_prices(path: Any) -> pd.Series | None:
 
 
 def per_request(served: pd.DataFrame, events: pd.DataFrame, *, k: int = 10,
-                prices: pd.Series | None = None) -> pd.DataFrame:
+                prices: pd.Series | None = None, utility: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per served request: surface, user_id, model_version, variant, logged_at, ctr@k,
-    clicks@k, purchase, revenue (with ``prices``), ndcg@k (NaN without engagement), degraded, latency_s."""
+    clicks@k, purchase, revenue (with ``prices``), ndcg@k (NaN without engagement), utility@k (with
+    ``utility``: ``request_id, item_id, true_utility`` of served items; NaN for a request it lacks),
+    degraded, latency_s."""
     if served.empty:
         raise RankerError("no served rankings in the window: nothing to measure")
     engaged = events[events.event_type.isin(list(ENGAGEMENT))]
@@ -89,6 +93,10 @@ def per_request(served: pd.DataFrame, events: pd.DataFrame, *, k: int = 10,
     out = grouped.agg(**aggs)
     top_frame = frame[top].groupby("request_id", sort=True).agg(clicks=("click", "sum"), shown_k=("item_id", "size"))
     out = out.join(top_frame)
+    if utility is not None:
+        truth = utility.drop_duplicates(["request_id", "item_id"]).set_index(["request_id", "item_id"]).true_utility
+        top_truth = frame.loc[top, ["request_id"]].assign(u=truth.reindex(key[top.to_numpy()]).to_numpy())
+        out[f"utility@{k}"] = top_truth.groupby("request_id", sort=True).u.mean().reindex(out.index)
     out[f"clicks@{k}"] = out.clicks.fillna(0)
     out[f"ctr@{k}"] = out[f"clicks@{k}"] / out.shown_k.clip(lower=1)
     out["purchase"] = out.purchase.astype(float)
