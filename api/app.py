@@ -53,7 +53,7 @@ from api.schemas import ApiError, RankRequest, error_body, finite_or_none, parse
 from ranker.config import ConfigError, Settings
 from ranker.errors import RankerError
 from ranker.monitoring.abtest import load_variants
-from ranker.training.train import MODEL_NAMES
+from ranker.surfaces import MODEL_NAMES
 
 log = logging.getLogger("api")
 

@@ -32,7 +32,7 @@ import numpy as np
 from ranker.config import Settings
 from ranker.errors import RankerError
 from ranker.monitoring.abtest import Experiment, default_experiment
-from ranker.training.train import MODEL_NAMES
+from ranker.surfaces import MODEL_NAMES
 
 POPULARITY_FEATURE = "item_clicks_7d"
 STAGE = "production"

@@ -348,7 +348,9 @@ def _reference_build(settings, options):
         with in_feature_repo(settings.feature_repo):
             feats = store.get_historical_features(entity_df=entity, features=service).to_df()
         feats = feats.sort_values("_row").reset_index(drop=True)
-        matrix = ds.feature_matrix(feats, spec)
+        from ranker.features.matrix import feature_matrix
+
+        matrix = feature_matrix(feats, spec)
         out = pd.DataFrame(
             {
                 "request_id": chunk.request_id.astype(str).values,

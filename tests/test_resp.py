@@ -158,7 +158,7 @@ def test_sqlite_path_decodes_like_protobuf():
     same values, and a number stored as a string is coerced like feature_matrix does."""
     from feast.protos.feast.types.Value_pb2 import Value
 
-    from ranker.serving.features import decode_numbers, decode_strings
+    from ranker.serving.values import decode_numbers, decode_strings
 
     values = _random_values(np.random.default_rng(1), 2000)
     got = decode_numbers([None if v is None else v.SerializeToString() for v in values])
@@ -217,7 +217,9 @@ def test_commands_carry_feast_serialized_keys(seed):
     every command must carry exactly the key Feast's serialization gives (the reference
     implementation, ``_string_entity_keys`` + project), whatever the values: non-ASCII, empty,
     long, and a request value shared by every key of a read (user, query), written once per key."""
-    from ranker.serving.features import _EntityKeys, _FieldSet, _RedisBackend
+    from ranker.serving.plan import FieldSet as _FieldSet
+    from ranker.serving.reads import EntityKeys as _EntityKeys
+    from ranker.serving.redis_reader import RedisReader as _RedisBackend
 
     rng = np.random.default_rng(seed)
     alphabet = list("abcxyz019 _-") + ["é", "ß", "日", "\U0001f457"]
@@ -271,7 +273,9 @@ def test_string_cells_decode_exactly_also_off_the_fast_path():
     that is not a plain string message one by one, straight from the receive buffer."""
     from feast.protos.feast.types.Value_pb2 import Value
 
-    from ranker.serving.features import _FieldSet, _RedisBackend, _slow_string
+    from ranker.serving.plan import FieldSet as _FieldSet
+    from ranker.serving.redis_reader import RedisReader as _RedisBackend
+    from ranker.serving.values import slow_string as _slow_string
 
     cells = [Value(string_val="a\x00b").SerializeToString(), Value(string_val="größe M").SerializeToString(),
              None, Value(int64_val=3).SerializeToString(), Value(string_val="dress").SerializeToString()]

@@ -95,7 +95,7 @@ def batch_score(settings: Settings, options: BatchOptions, *, progress=None) -> 
     """Score every requested user's candidates; returns a summary (rows, users, seconds, path)."""
     from ranker.registry import Registry
     from ranker.serving.features import OnlineFeatures
-    from ranker.training.train import MODEL_NAMES
+    from ranker.surfaces import MODEL_NAMES
 
     users = read_users(options.users_file) if options.users_file else _all_users(settings)
     if not users:

@@ -221,18 +221,6 @@ def _entity_frame(chunk: pa.Table, spec) -> pd.DataFrame:
         return pa.table(cols).to_pandas()
 
 
-def feature_matrix(frame: pd.DataFrame, spec) -> np.ndarray:
-    """The model's float32 input matrix in the service's feature order, defaults applied."""
-    cols = []
-    for name in spec.features:
-        values = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-        default = spec.defaults[name]
-        if not np.isnan(default):
-            values = np.where(np.isnan(values), default, values)
-        cols.append(values.astype(np.float32))
-    return np.column_stack(cols) if cols else np.empty((len(frame), 0), dtype=np.float32)
-
-
 def _feature_values(column: pa.ChunkedArray) -> np.ndarray:
     """One feature as float64 with NaN for missing, exactly as ``pd.to_numeric`` of the column's
     pandas form gives it (Arrow converts ints and floats directly; anything else goes through
@@ -244,7 +232,7 @@ def _feature_values(column: pa.ChunkedArray) -> np.ndarray:
 
 def _features_in_entity_order(table: pa.Table, spec, n: int) -> np.ndarray:
     """Feast's result (any row order) as the float32 matrix in entity-row order, defaults applied
-    as in :func:`feature_matrix`; column-major, so each feature column is contiguous."""
+    as in :func:`ranker.features.matrix.feature_matrix`; column-major, so each feature column is contiguous."""
     if table.num_rows != n:
         raise DatasetError(f"Feast returned {table.num_rows} rows for {n} entity rows")
     row = table.column("_row").to_numpy().astype(np.int64, copy=False)

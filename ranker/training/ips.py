@@ -59,7 +59,7 @@ def _candidate_scores(settings: Settings, model, rows: pd.DataFrame, listings: p
     """For each logged row: (candidate item ids, model scores) with features fetched from Feast
     at the row's time."""
     from ranker.features.store import feature_store, in_feature_repo, service_spec
-    from ranker.training.dataset import feature_matrix
+    from ranker.features.matrix import feature_matrix
 
     lst = listings.set_index("item_id")
     entity = []

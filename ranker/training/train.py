@@ -22,9 +22,8 @@ import pandas as pd
 
 from ranker.config import Settings
 from ranker.errors import RankerError
+from ranker.surfaces import MODEL_NAMES
 from ranker.training.dataset import SERVICES, load_dataset
-
-MODEL_NAMES = {"search": "search_ranker", "recs": "recs_ranker"}
 
 
 class TrainingError(RankerError):
