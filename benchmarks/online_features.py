@@ -238,8 +238,8 @@ def run(settings, args) -> None:
         hits, misses = cached.cache_hits - hits0, cached.cache_misses - misses0
         n_feast = min(args.feast_requests, len(reqs))
         feast_ms, feast_rows = _timed(lambda **r: feast_reference(store, spec, **r), reqs[:n_feast])
-        same = sum(_identical(a, b) for a, b in zip(ours, feast_rows))
-        same_cached = sum(_identical(a, b) for a, b in zip(cached_rows, feast_rows))
+        same = sum(_identical(a, b) for a, b in zip(ours, feast_rows, strict=False))
+        same_cached = sum(_identical(a, b) for a, b in zip(cached_rows, feast_rows, strict=False))
         (o50, o99), (c50, c99), (f50, f99) = _pct(ours_ms), _pct(cached_ms), _pct(feast_ms)
         print(f"{size:>10} | {o50:>7.2f}ms {o99:>5.2f}ms | {c50:>8.2f}ms {c99:>5.2f}ms | {f50:>11.2f}ms {f99:>5.2f}ms | "
               f"{f50 / o50:>11.1f}x {f99 / o99:>5.1f}x {f50 / c50:>9.1f}x | {same}/{n_feast} "

@@ -41,7 +41,7 @@ def test_topk_lists_match_the_model_on_feast_features(production, tmp_path):
     listings = pd.read_parquet(production.raw_dir / "listings.parquet")
     sold = set(listings.item_id[listings.sold_at.notna()])
     assert not sold & set(lists.item_id)
-    for user, group in lists.groupby("user_id"):
+    for _user, group in lists.groupby("user_id"):
         assert list(group["rank"]) == list(range(1, 11))
         assert (np.diff(group.score.to_numpy()) <= 0).all()
 

@@ -62,7 +62,8 @@ def test_string_entity_keys_are_feasts_serialized_keys(seed):
         for r, key in enumerate(got):
             proto = EntityKey(join_keys=[join_keys[i] for i in order],
                               entity_values=[Value(string_val=columns[i][r]) for i in order])
-            want = serialize_entity_key(proto, entity_key_serialization_version=feast_compat.ENTITY_KEY_SERIALIZATION_VERSION)
+            version = feast_compat.ENTITY_KEY_SERIALIZATION_VERSION
+            want = serialize_entity_key(proto, entity_key_serialization_version=version)
             assert key == want + b"proj"
             assert key.startswith(feast_compat.entity_key_prefix(tuple(sorted(join_keys))))
 

@@ -169,7 +169,7 @@ def _check_online_equals_latest(settings):
         latest = _latest(settings, name).sample(60, random_state=2, replace=False)
         view = store.get_feature_view(view_name)
         keys = [c.name for c in view.entity_columns]
-        rows = [dict(zip(keys, idx if isinstance(idx, tuple) else (idx,))) for idx in latest.index]
+        rows = [dict(zip(keys, idx if isinstance(idx, tuple) else (idx,), strict=False)) for idx in latest.index]
         features = [f"{view_name}:{f.name}" for f in view.features]
         online = store.get_online_features(features=features, entity_rows=rows).to_df()
         for field in view.features:

@@ -97,7 +97,8 @@ def test_an_edited_function_body_changes_serving_as_it_changes_feast(world, tmp_
     items = [str(i) for i in pd.read_parquet(world.features_dir / "listings.parquet").item_id.unique()[:40]]
     request = dict(user_id="u1", item_ids=items, query=None, request_ts=1_790_000_000)
     with OnlineFeatures(edited, service="recs_ranker_v1") as online:
-        assert not online._plan.odfvs[[v.name for v in online._plan.odfvs].index("listing_request_features")].takes_mapping
+        view = next(v for v in online._plan.odfvs if v.name == "listing_request_features")
+        assert not view.takes_mapping, "a function written for DataFrames gets the DataFrame"
         got = online.fetch(**request)
     want = feast_reference(store, spec, **request)
     np.testing.assert_array_equal(got.matrix, want.matrix)

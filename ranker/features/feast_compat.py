@@ -84,7 +84,7 @@ def string_entity_keys(join_keys: list[str], columns: list[list[str]], suffix: b
     prefix = entity_key_prefix(tuple(join_keys[i] for i in order))
     type_tag = struct.pack("<I", STRING_VALUE_TYPE)
     keys = []
-    for values in zip(*(columns[i] for i in order)):
+    for values in zip(*(columns[i] for i in order), strict=True):
         parts = [prefix]
         for v in values:
             e = v.encode("utf-8")

@@ -18,7 +18,6 @@ starting on historical data needs.
 
 from __future__ import annotations
 
-import struct
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -166,9 +165,9 @@ def write_redis(client, *, project: str, view, table: pa.Table, ts_key_view: str
         encoded = [encode_values(table.column(f.name), str(f.dtype)) for f in fields]
         commands = []
         written = 0
-        for i in np.flatnonzero(keep):
+        for i in np.flatnonzero(keep).tolist():
             args = [b"HSET", keys[i], ts_field, encode_timestamp(ts_us[i])]
-            for name, col in zip(names, encoded):
+            for name, col in zip(names, encoded, strict=True):
                 args.append(name)
                 args.append(col[i])
             commands.append(_resp(args))

@@ -69,7 +69,7 @@ class ItemCache:
             new = np.flatnonzero(rows < 0)
             if len(new):
                 rows[new] = self._allocate(len(new))
-                for i, r in zip(new.tolist(), rows[new].tolist()):
+                for i, r in zip(new.tolist(), rows[new].tolist(), strict=True):
                     self._row[keys[i]] = r
                     self._ids[r] = keys[i]
             self._num[rows] = num

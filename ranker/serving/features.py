@@ -30,10 +30,10 @@ the matrix is bit-identical to ``feature_matrix(get_online_features(...).to_df()
 (``tests/test_online_features.py`` checks it on random requests against both stores).
 
 Entity rows are those of :func:`ranker.features.reference.feast_reference`: ``user_id``,
-``item_id``, ``seller_id`` and ``category`` of the listing (read from ``listing_fv``; empty strings for a listing the store does not
-know, so its seller, category and affinity features are missing and take their defaults) and, for a
-search service, ``query`` (= the search text, "" when absent). Feast 0.67's online read returns
-stored values regardless of the view's TTL; so does this path.
+``item_id``, ``seller_id`` and ``category`` of the listing (read from ``listing_fv``; empty strings
+for a listing the store does not know, so its seller, category and affinity features are missing
+and take their defaults) and, for a search service, ``query`` (= the search text, "" when absent).
+Feast 0.67's online read returns stored values regardless of the view's TTL; so does this path.
 
 The package, one concern per module: :mod:`~ranker.serving.plan` (the service's fields, groups
 and columns, built once), :mod:`~ranker.serving.reads` (a request's reads and where each lands),
@@ -295,7 +295,7 @@ class OnlineFeatures:
                 continue
             col = columns[k]
             rows = got.misses.rows
-            for i, v in zip(rows, listing[rows, c].tolist()):
+            for i, v in zip(rows, listing[rows, c].tolist(), strict=True):
                 col[i] = v or ""
 
     def _round2(self, got: Gathered, columns: dict, every: RowSelection) -> list[Read]:

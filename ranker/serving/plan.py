@@ -114,7 +114,8 @@ class Group:
     fields: list  # (view, name, dtype): numeric fields first, then strings
     n_num: int
     fieldset: FieldSet
-    cache_num: slice = field(default_factory=lambda: slice(0, 0))  # where its numbers / strings sit in a cached item record
+    # where its numbers / strings sit in a cached item record
+    cache_num: slice = field(default_factory=lambda: slice(0, 0))
     cache_str: slice = field(default_factory=lambda: slice(0, 0))
 
 

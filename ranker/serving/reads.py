@@ -54,16 +54,16 @@ class Block(NamedTuple):
 
 class EntityKeys(NamedTuple):
     """The entity keys of one read, not serialized yet: per join key (sorted, as Feast serializes
-    them), the values of the ``count`` keys (a list), or one value every key shares (a str: the
+    them), the values of the ``n_keys`` keys (a list), or one value every key shares (a str: the
     request's user or query)."""
 
     join_keys: tuple
     columns: tuple
-    count: int
+    n_keys: int
 
     def serialized(self, suffix: bytes = b"") -> list:
         """Feast's serialized keys (+ ``suffix``), by the reference implementation."""
-        values = [[c] * self.count if isinstance(c, str) else list(c) for c in self.columns]
+        values = [[c] * self.n_keys if isinstance(c, str) else list(c) for c in self.columns]
         return string_entity_keys(list(self.join_keys), values, suffix)
 
 
@@ -250,5 +250,5 @@ def store_reads(reads: Sequence[Read]) -> list:
 
 def place_all(reads: Sequence[Read], blocks: Sequence[Block], got: Gathered) -> None:
     """Place each read's block (the backend returns them in the reads' order)."""
-    for read, block in zip(reads, blocks):
+    for read, block in zip(reads, blocks, strict=True):
         read.place(block, got)

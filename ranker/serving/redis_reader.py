@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -76,7 +76,7 @@ class RedisReader:
         replies: the caller works while Redis answers, then calls :meth:`receive` (or
         :meth:`abandon`: a connection with replies left unread is never reused)."""
         payload = self._payload(reads)
-        pending = Pending(reads, [keys.count for keys, _fs in reads], deadline)
+        pending = Pending(reads, [keys.n_keys for keys, _fs in reads], deadline)
         if payload is None:
             return pending
         counts = pending.counts
@@ -110,6 +110,8 @@ class RedisReader:
         ln = np.full(cells, -1, dtype=np.int64)  # HGETALL leaves absent fields nil
         try:
             sock = connection_socket(conn)
+            if sock is None:
+                raise self._redis.ConnectionError("not connected")
             buf = self._receive(sock, pending, off, ln)
             if pending.deadline is not None:
                 sock.settimeout(pending.timeout)
@@ -120,7 +122,7 @@ class RedisReader:
         self._idle.append((os.getpid(), conn))
         blocks = []
         at = 0
-        for (keys, fs), k in zip(reads, counts):
+        for (_keys, fs), k in zip(reads, counts, strict=True):
             o2 = off[at : at + k * fs.n].reshape(k, fs.n)
             l2 = ln[at : at + k * fs.n].reshape(k, fs.n)
             at += k * fs.n
@@ -156,7 +158,7 @@ class RedisReader:
         if found is None:
             with self._frame_lock:
                 raw = bytes(self._frames)
-                at = []
+                at: list[int] = []
                 for part in (fs.head, entity_key_prefix(join_keys), fs.tail, self._suffix):
                     at += (len(raw), len(part))
                     raw += part
@@ -169,17 +171,20 @@ class RedisReader:
         buffer written by the compiled :func:`ranker.serving.resp.encode_commands` from the keys'
         UTF-8 values (no Python object per key: a memo of serialized keys cost more, its lookups
         missing the CPU cache); None when there is no key to read."""
-        values, lens, columns, rows = [], [], [], []
+        values: list[bytes] = []
+        lens: list[np.ndarray] = []
+        columns: list[tuple[int, int, int]] = []
+        rows: list[tuple[int, ...]] = []
         at = at_lens = value_bytes = 0
         for keys, fs in reads:
-            if not keys.count:
+            if not keys.n_keys:
                 continue
-            rows.append((keys.count, len(columns), len(keys.columns), *self._frames_of(keys.join_keys, fs)))
+            rows.append((keys.n_keys, len(columns), len(keys.columns), *self._frames_of(keys.join_keys, fs)))
             for col in keys.columns:
                 if isinstance(col, str):  # the request's user or query: in every key of the read
                     raw = col.encode("utf-8")
                     columns.append((at, -1, len(raw)))
-                    value_bytes += keys.count * len(raw)
+                    value_bytes += keys.n_keys * len(raw)
                 else:
                     raw, col_lens = _utf8(col)
                     columns.append((at, at_lens, 0))
@@ -192,11 +197,10 @@ class RedisReader:
             return None
         resp = self._resp
         out = np.empty(resp.commands_size(rows, value_bytes), dtype=np.uint8)
-        rows = np.array(rows, dtype=np.int64)
         n = resp.encode_commands(
             np.frombuffer(b"".join(values), dtype=np.uint8),
             np.concatenate(lens) if lens else np.zeros(0, dtype=np.int64),
-            np.array(columns, dtype=np.int64), rows, self._frames, out,
+            np.array(columns, dtype=np.int64), np.array(rows, dtype=np.int64), self._frames, out,
         )
         if n < 0:
             raise AssertionError("entity key commands larger than their bound")  # a bug, never the store's
@@ -209,7 +213,7 @@ class RedisReader:
         if n_num:
             slow = np.empty((k, n_num), dtype=np.bool_)
             if resp.decode_numbers(buf, o2[:, :n_num], l2[:, :n_num], values, slow):
-                for i, j in zip(*np.nonzero(slow)):
+                for i, j in zip(*np.nonzero(slow), strict=True):
                     values[i, j] = slow_number(data_of(buf, o2[i, j], l2[i, j]))
         present = l2[:, :n_num] >= 0 if fs.presence else None
         n_str = fs.n - n_num
@@ -241,7 +245,7 @@ class RedisReader:
         n = self._resp.gather_spans(buf, start, stop, out)
         if n >= 0:
             return out[:n].tobytes().decode().split("\x00")
-        return [bytes(buf[a:b]).decode() for a, b in zip(start.tolist(), stop.tolist())]
+        return [bytes(buf[a:b]).decode() for a, b in zip(start.tolist(), stop.tolist(), strict=True)]
 
     def _receive_buffer(self, size: int) -> np.ndarray:
         buf = getattr(self._local, "buf", None)
@@ -262,14 +266,14 @@ class RedisReader:
         until, deadline = self._until, pending.deadline
         widths, table_of = pending.widths, pending.table_of
         buf = self._receive_buffer(0)
-        view = memoryview(buf)
+        view = buf.data
         state = np.zeros(3, dtype=np.int64)
         end = 0
         while True:
             if end == buf.size:  # a large round: grow this thread's buffer, keep what arrived
                 grown = self._receive_buffer(2 * buf.size)
                 grown[:end] = buf[:end]
-                buf, view = grown, memoryview(grown)
+                buf, view = grown, grown.data
             until(sock, deadline)
             n = sock.recv_into(view[end:])
             if not n:

@@ -80,13 +80,14 @@ class SqliteReader:
                 for sql in fs.sqlite_queries(len(chunk)):
                     rows = conn.execute(sql, chunk).fetchall()
                     if rows:
-                        pos, values = zip(*rows)
+                        pos, values = zip(*rows, strict=True)
                         cells[np.fromiter(pos, dtype=np.intp, count=len(pos)) + lo * fs.n] = values
             grid = cells.reshape(len(keys), fs.n)
             nums = grid[:, : fs.n_num]
             text = np.empty((len(keys), fs.n - fs.n_num), dtype=object)
             if text.size:
-                text[:] = np.array(decode_strings(grid[:, fs.n_num :].ravel().tolist()), dtype=object).reshape(text.shape)
+                strings = decode_strings(grid[:, fs.n_num :].ravel().tolist())
+                text[:] = np.array(strings, dtype=object).reshape(text.shape)
             out.append(Block(
                 values=decode_numbers(nums.ravel().tolist()).reshape(nums.shape),
                 present=(nums != None),  # noqa: E711 - element-wise on an object array

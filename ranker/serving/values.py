@@ -118,7 +118,7 @@ def decode_strings(cells: list) -> list:
     The usual message (tag 0x12, one length byte, ASCII text) is sliced out of one decoded buffer;
     anything else goes through the protobuf parser."""
     m = len(cells)
-    out = [None] * m
+    out: list = [None] * m
     if not m:
         return out
     lens, data = _lengths_and_bytes(cells)
@@ -133,12 +133,12 @@ def decode_strings(cells: list) -> list:
     fast = np.flatnonzero(ok)
     if data.isascii():  # byte offsets are character offsets
         text = data.decode("ascii")
-        values = [text[a:b] for a, b in zip((starts[fast] + 2).tolist(), ends[fast].tolist())]
+        values = [text[a:b] for a, b in zip((starts[fast] + 2).tolist(), ends[fast].tolist(), strict=True)]
     else:
-        values = [data[a:b].decode() for a, b in zip((starts[fast] + 2).tolist(), ends[fast].tolist())]
+        values = [data[a:b].decode() for a, b in zip((starts[fast] + 2).tolist(), ends[fast].tolist(), strict=True)]
     if len(fast) == m:
         return values
-    for i, v in zip(fast.tolist(), values):
+    for i, v in zip(fast.tolist(), values, strict=True):
         out[i] = v
     for i in np.flatnonzero(~ok & (lens > 0)).tolist():
         out[i] = slow_string(cells[i])
