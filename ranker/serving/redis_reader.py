@@ -6,6 +6,11 @@ One hash per entity key (Feast's serialized entity key + project), fields
 process; a round's commands go out in a single write and its replies are parsed straight off a
 per-thread receive buffer (no Python object per cell). Every wait ends at the caller's deadline
 (or after ``timeout_s``).
+
+Kept against the library way (``benchmarks/resp_vs_hiredis.py``, 2026-12-02: the same reads as a
+redis-py pipeline with the hiredis parser, decoded with the sqlite reader's numpy decoding, in the
+same OnlineFeatures, alternating request by request): a full fetch of 200 candidates took p50
+6.6 ms here against 17.4 ms (2.6x), p99 21 ms against 39 ms, identical matrices on every request.
 """
 
 from __future__ import annotations
