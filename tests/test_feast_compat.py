@@ -159,3 +159,20 @@ def test_connection_socket_is_the_connected_socket(redis_server):
     finally:
         pool.release(conn)
         pool.disconnect()
+
+
+def test_offline_helpers_prepare_entity_rows_as_feasts_duckdb_store():
+    """The helpers ranker.features.offline borrows from Feast's ibis/DuckDB store (the whole store is
+    pinned by tests/test_training.py: identical frames to Feast's own join): schema, timestamp
+    range and UTC conversion of the entity rows."""
+    frame = pd.DataFrame({"user_id": ["u1", "u2", "u3"],
+                          "event_timestamp": pd.to_datetime(["2026-11-01 10:00", "2026-11-03 09:30", "2026-11-02"]),
+                          "request_ts": [1, 2, 3]})
+    schema = feast_compat.entity_schema(frame)
+    assert set(schema) == {"user_id", "event_timestamp", "request_ts"}
+    lo, hi = feast_compat.entity_timestamp_range(frame, "event_timestamp")
+    assert pd.Timestamp(lo).replace(tzinfo=None) == frame.event_timestamp.min()
+    assert pd.Timestamp(hi).replace(tzinfo=None) == frame.event_timestamp.max()
+    utc = feast_compat.entity_rows_utc(frame.copy(), "event_timestamp")
+    assert str(utc.event_timestamp.dt.tz) == "UTC"
+    assert (utc.event_timestamp.dt.tz_localize(None) == frame.event_timestamp).all()
