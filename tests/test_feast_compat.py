@@ -166,13 +166,17 @@ def test_offline_helpers_prepare_entity_rows_as_feasts_duckdb_store():
     pinned by tests/test_training.py: identical frames to Feast's own join): schema, timestamp
     range and UTC conversion of the entity rows."""
     frame = pd.DataFrame({"user_id": ["u1", "u2", "u3"],
-                          "event_timestamp": pd.to_datetime(["2026-11-01 10:00", "2026-11-03 09:30", "2026-11-02"]),
+                          "event_timestamp": pd.to_datetime(["2026-11-01 10:00", "2026-11-03 09:30", "2026-11-02 00:00"]),
                           "request_ts": [1, 2, 3]})
     schema = feast_compat.entity_schema(frame)
     assert set(schema) == {"user_id", "event_timestamp", "request_ts"}
     lo, hi = feast_compat.entity_timestamp_range(frame, "event_timestamp")
     assert pd.Timestamp(lo).replace(tzinfo=None) == frame.event_timestamp.min()
     assert pd.Timestamp(hi).replace(tzinfo=None) == frame.event_timestamp.max()
-    utc = feast_compat.entity_rows_utc(frame.copy(), "event_timestamp")
+    # text timestamps are parsed as UTC; datetimes are left as they are
+    text = frame.assign(event_timestamp=frame.event_timestamp.astype(str))
+    utc = feast_compat.entity_rows_utc(text, "event_timestamp")
     assert str(utc.event_timestamp.dt.tz) == "UTC"
     assert (utc.event_timestamp.dt.tz_localize(None) == frame.event_timestamp).all()
+    same = feast_compat.entity_rows_utc(frame.copy(), "event_timestamp")
+    assert same.event_timestamp.equals(frame.event_timestamp)

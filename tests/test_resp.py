@@ -215,7 +215,7 @@ def test_warm_up_compiles_every_kernel():
 def test_commands_carry_feast_serialized_keys(seed):
     """The Redis path writes a round's commands with one kernel call (no Python object per key);
     every command must carry exactly the key Feast's serialization gives (the reference
-    implementation, ``_string_entity_keys`` + project), whatever the values: non-ASCII, empty,
+    implementation, ``feast_compat.string_entity_keys`` + project), whatever the values: non-ASCII, empty,
     long, and a request value shared by every key of a read (user, query), written once per key."""
     from ranker.serving.plan import FieldSet as _FieldSet
     from ranker.serving.reads import EntityKeys as _EntityKeys

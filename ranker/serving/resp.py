@@ -320,7 +320,7 @@ def _put_u32(out, p, value):
 def encode_commands(data, lengths, columns, reads, frames, out):
     """A round's commands, written into ``out``: per read, per entity key, the read's command head,
     the key as a RESP bulk string, the command tail. The key is Feast's serialized entity key of
-    string join keys plus the project (``ranker.features.materialize._string_entity_keys``): the
+    string join keys plus the project (``ranker.features.feast_compat.string_entity_keys``): the
     read's prefix (key count and names), then per value the STRING type (2) and its length as
     little-endian uint32 and its UTF-8 bytes, then the suffix.
 
