@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test serve clean example-open-bandit promtool stack
+.PHONY: install demo test lint serve clean example-open-bandit promtool stack
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m pipelines.demo
 
-test: $(STAMP) promtool
+test: $(STAMP) promtool lint
 	$(BIN)/python -m pytest -q
+
+# ruff (rules and line length in pyproject.toml; no format check) and mypy over ranker/ and api/.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 # promtool (alert rule unit tests) ships in Debian's prometheus package; installed when missing and
 # possible (root + apt-get), otherwise those tests skip and say why. Only the promtool binary is used.

@@ -45,6 +45,7 @@ from typing import Any, Mapping
 import numpy as np
 import orjson
 from flask import Blueprint, Flask, Response, current_app, g, request
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
 from api.metrics import Metrics
@@ -53,7 +54,7 @@ from api.schemas import ApiError, RankRequest, error_body, finite_or_none, parse
 from ranker.config import ConfigError, Settings
 from ranker.errors import RankerError
 from ranker.monitoring.abtest import load_variants
-from ranker.training.train import MODEL_NAMES
+from ranker.surfaces import MODEL_NAMES
 
 log = logging.getLogger("api")
 
@@ -145,7 +146,7 @@ class ScorerConfig:
     surfaces: tuple[str, ...]
     fetch_threads: int
     compiled_trees: bool = True
-    experiments: dict = None  # surface -> ranker.monitoring.abtest.Experiment
+    experiments: Any = None  # dict: surface -> ranker.monitoring.abtest.Experiment
     served_log: Any = None  # ranker.monitoring.servedlog.ServedLogConfig
 
     @classmethod
@@ -378,7 +379,8 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, settings: Settin
     app.config.update(config_from_env())
     if test_config:
         app.config.update(test_config)
-    app.json.sort_keys = False
+    if isinstance(app.json, DefaultJSONProvider):  # Flask's own provider: keep the documented key order
+        app.json.sort_keys = False
     config = ScorerConfig.from_config(app.config)
     settings = settings or Settings.from_env()
 
@@ -542,7 +544,7 @@ def rank() -> Response:
     ids, scores = ranking.item_ids, ranking.scores[ranking.order].tolist()
     items = [
         {"item_id": ids[i], "score": score, "rank": rank_}
-        for rank_, (i, score) in enumerate(zip(ranking.order.tolist(), scores), start=1)
+        for rank_, (i, score) in enumerate(zip(ranking.order.tolist(), scores, strict=False), start=1)
     ]
     if req.explain:
         _explain(items, model, ranking.matrix[ranking.order] if ranking.matrix is not None else None)
@@ -577,8 +579,8 @@ def _explain(items: list[dict], model: ServingModel, matrix: np.ndarray | None) 
         return
     contrib = model.contributions(matrix) if len(items) else np.empty((0, len(model.feature_names) + 1))
     names = model.feature_names
-    for item, values, row in zip(items, matrix.tolist(), contrib):
-        item["features"] = {name: finite_or_none(v) for name, v in zip(names, values)}
+    for item, values, row in zip(items, matrix.tolist(), contrib, strict=False):
+        item["features"] = {name: finite_or_none(v) for name, v in zip(names, values, strict=False)}
         per_feature = row[:-1]
         top = np.argsort(-np.abs(per_feature), kind="stable")[:TOP_CONTRIBUTIONS]
         item["contributions"] = {

@@ -89,7 +89,7 @@ def post_fork(server, worker) -> None:
         except OSError:
             pass
 
-    close.ranker_fast = True
+    close.ranker_fast = True  # type: ignore[attr-defined]  # a marker on the function: installed once (see above)
     util.close_graceful = close
 
 

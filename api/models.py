@@ -32,7 +32,7 @@ import numpy as np
 from ranker.config import Settings
 from ranker.errors import RankerError
 from ranker.monitoring.abtest import Experiment, default_experiment
-from ranker.training.train import MODEL_NAMES
+from ranker.surfaces import MODEL_NAMES
 
 POPULARITY_FEATURE = "item_clicks_7d"
 STAGE = "production"
@@ -103,12 +103,12 @@ class ItemMemory:
         self._lock = threading.Lock()
 
     def remember(self, item_ids: list[str], popularity: np.ndarray | None, sold: np.ndarray) -> None:
-        sold_ids = [item for item, is_sold in zip(item_ids, sold.tolist()) if is_sold]
+        sold_ids = [item for item, is_sold in zip(item_ids, sold.tolist(), strict=False) if is_sold]
         with self._lock:
             if popularity is not None:
                 if len(self._young) >= self.capacity:
                     self._old, self._young = self._young, {}
-                self._young.update(zip(item_ids, popularity.tolist()))
+                self._young.update(zip(item_ids, popularity.tolist(), strict=False))
             if sold_ids:
                 if len(self._sold_young) >= self.capacity:
                     self._sold_old, self._sold_young = self._sold_young, set()
@@ -285,7 +285,7 @@ class ModelHolder:
                     out[surface]["variants"] = results
                 resolved = [self._variant_state[(surface, v.name)].resolved_at for v in variants]
                 if self.metrics is not None and all(t is not None for t in resolved):
-                    self.metrics.registry_checked(surface, min(resolved))
+                    self.metrics.registry_checked(surface, min(t for t in resolved if t is not None))
             return out
 
     def _refresh_surface(self, surface: str, variant: str, ref: str, *, force: bool) -> dict[str, Any]:

@@ -26,10 +26,8 @@ def main() -> None:
     warnings.filterwarnings("ignore")
 
     import redis
-    from feast.infra.online_stores.redis import _versioned_fv_name
-    from feast.utils import _convert_arrow_to_proto
-
     from ranker.config import Settings
+    from ranker.features.feast_compat import arrow_to_online_rows, online_write_batch, redis_ts_view_name
     from ranker.features.materialize import _latest_rows, write_redis
     from ranker.features.store import feature_store
 
@@ -46,13 +44,13 @@ def main() -> None:
             table = _latest_rows(view, str((base.feature_repo / view.batch_source.path).resolve()), None, end)
             client = redis.Redis.from_url(ours.redis_url)
             t0 = time.perf_counter()
-            n = write_redis(client, project=store.project, view=view, table=table, ts_key_view=_versioned_fv_name(view, store.config))
+            n = write_redis(client, project=store.project, view=view, table=table, ts_key_view=redis_ts_view_name(view, store.config))
             ours_s = time.perf_counter() - t0
             fstore = feature_store(feasts)
             sub = table.slice(0, min(args.feast_max_rows, table.num_rows))
             t0 = time.perf_counter()
-            rows = _convert_arrow_to_proto(sub, view, {c.name: c.dtype.to_value_type() for c in view.entity_columns})
-            fstore._get_provider().online_write_batch(fstore.config, view, rows, None)
+            rows = arrow_to_online_rows(sub, view, {c.name: c.dtype.to_value_type() for c in view.entity_columns})
+            online_write_batch(fstore, view, rows)
             feast_s = time.perf_counter() - t0
             ours_rate, feast_rate = n / ours_s, sub.num_rows / feast_s
             print(f"{name:<18} {n:>9,} {ours_s:>8.2f} {ours_rate:>12,.0f} {sub.num_rows:>10,} {feast_s:>8.2f} {feast_rate:>13,.0f} {ours_rate / feast_rate:>7.1f}x")

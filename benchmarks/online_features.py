@@ -150,7 +150,7 @@ def _breakdown(online, reqs: list[dict]) -> None:
     """Median time per request in each stage of OnlineFeatures.fetch (cache off), by wrapping its
     internal steps while it runs: store round trips (round 2's includes the wait left after the work
     that overlaps it), decoding, and the matrix assembly with the on-demand transforms
-    (ranker.features.transforms) inside it."""
+    (the stored on-demand functions) inside it."""
     spent: dict = {}
 
     def timed(label, fn):
@@ -163,15 +163,19 @@ def _breakdown(online, reqs: list[dict]) -> None:
                 spent[label] = spent.get(label, 0.0) + time.perf_counter() - t0
         return wrapper
 
+    import dataclasses
+
     from ranker.serving import features
+    from ranker.serving.assembly import Assembly
 
     backend = online._backend
     saved = list(online._plan.odfvs)
-    online._plan.odfvs = [(timed("of which ranker.features.transforms", fn), outputs, name) for fn, outputs, name in saved]
+    online._plan.odfvs = [dataclasses.replace(v, function=timed("of which on-demand functions", v.function)) for v in saved]
     for method in ("send", "receive"):  # every round is sent, then received (round 2 after the work it overlaps)
         setattr(backend, method, timed("store round trips", getattr(backend, method)))
-    online._absorb = timed("decode", online._absorb)
-    assembly = features._Assembly
+    place_all = features.place_all
+    features.place_all = timed("place blocks", place_all)
+    assembly = Assembly
     add, matrix = assembly.add, assembly.matrix
     assembly.add = timed("assemble (matrix, defaults, on-demand)", add)
     assembly.matrix = timed("assemble (matrix, defaults, on-demand)", matrix)
@@ -185,12 +189,13 @@ def _breakdown(online, reqs: list[dict]) -> None:
             for label, value in spent.items():
                 per_request.setdefault(label, []).append(value - before.get(label, 0.0))
     finally:
-        del backend.send, backend.receive, online._absorb
+        del backend.send, backend.receive
+        features.place_all = place_all
         assembly.add, assembly.matrix = add, matrix
         online._plan.odfvs = saved
     n = len(reqs[0]["item_ids"])
-    order = ["total fetch", "store round trips", "decode", "assemble (matrix, defaults, on-demand)",
-             "of which ranker.features.transforms"]
+    order = ["total fetch", "store round trips", "place blocks", "assemble (matrix, defaults, on-demand)",
+             "of which on-demand functions"]
     print(f"stages for {n} candidates, cache off (median ms per request): "
           + ", ".join(f"{label} {np.median(per_request[label]) * 1000:.2f}" for label in order if label in per_request))
 
@@ -198,7 +203,8 @@ def _breakdown(online, reqs: list[dict]) -> None:
 def run(settings, args) -> None:
     from ranker.features.materialize import materialize
     from ranker.features.store import feature_store, service_spec
-    from ranker.serving.features import OnlineFeatures, feast_reference
+    from ranker.features.reference import feast_reference
+    from ranker.serving.features import OnlineFeatures
 
     t0 = time.perf_counter()
     summary = materialize(settings, full=True)
@@ -232,8 +238,8 @@ def run(settings, args) -> None:
         hits, misses = cached.cache_hits - hits0, cached.cache_misses - misses0
         n_feast = min(args.feast_requests, len(reqs))
         feast_ms, feast_rows = _timed(lambda **r: feast_reference(store, spec, **r), reqs[:n_feast])
-        same = sum(_identical(a, b) for a, b in zip(ours, feast_rows))
-        same_cached = sum(_identical(a, b) for a, b in zip(cached_rows, feast_rows))
+        same = sum(_identical(a, b) for a, b in zip(ours, feast_rows, strict=False))
+        same_cached = sum(_identical(a, b) for a, b in zip(cached_rows, feast_rows, strict=False))
         (o50, o99), (c50, c99), (f50, f99) = _pct(ours_ms), _pct(cached_ms), _pct(feast_ms)
         print(f"{size:>10} | {o50:>7.2f}ms {o99:>5.2f}ms | {c50:>8.2f}ms {c99:>5.2f}ms | {f50:>11.2f}ms {f99:>5.2f}ms | "
               f"{f50 / o50:>11.1f}x {f99 / o99:>5.1f}x {f50 / c50:>9.1f}x | {same}/{n_feast} "

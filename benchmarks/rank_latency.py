@@ -36,7 +36,7 @@ def main() -> None:
     from api.app import create_app, freeze_heap
     from ranker.features.store import feature_store, service_spec
     from ranker.registry import Registry
-    from ranker.serving.features import feast_reference
+    from ranker.features.reference import feast_reference
     from ranker.training.train import MODEL_NAMES
 
     print(_stack.machine_speed())

@@ -191,7 +191,7 @@ def _promote_through_gate(ctx: click.Context, name: str, version: str, *, stage:
                           reason: str | None) -> None:
     """Evaluate VERSION against the production model on the same holdout, then move the pointer."""
     from ranker.registry.gate import evaluate_gate
-    from ranker.training.evaluate import gate_evidence
+    from ranker.registry.evidence import gate_evidence
 
     if force and not (reason or "").strip():
         raise RankerError("--force needs --reason: forced promotions are audited with a justification")

@@ -102,7 +102,7 @@ def _serve_one(settings, model_dir: Path) -> dict:
     from api.app import create_app
     from ranker.registry.gate import GatePolicy, evaluate_gate
     from ranker.registry.registry import Registry
-    from ranker.training.evaluate import gate_evidence
+    from ranker.registry.evidence import gate_evidence
 
     settings = settings.with_(registry_uri=(settings.artifacts_dir / "registry").resolve().as_uri())
     registry = Registry.from_settings(settings)

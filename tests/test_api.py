@@ -184,7 +184,7 @@ def test_scores_equal_booster_predict_on_the_served_features(app, client, candid
     body = _rank(client, "search", live).get_json()
     model = app.extensions["ranker"].models.get("search")
     rows = model.features.fetch(user_id="u000001", item_ids=live, query="black dress", request_ts=REQUEST_TS)
-    expected = dict(zip(live, model.booster.predict(rows.matrix)))
+    expected = dict(zip(live, model.booster.predict(rows.matrix), strict=False))
     assert model.predictor == "compiled"  # the served scores come from the compiled trees...
     for item in body["items"]:
         assert item["score"] == expected[item["item_id"]]  # ...and are LightGBM's, bit for bit
@@ -815,6 +815,8 @@ def test_serve_refuses_a_bad_setting_before_starting_workers():
 @pytest.mark.parametrize("script,args", [
     ("rank_latency.py", ["--requests", "5", "--sizes", "5", "20", "--no-anchor"]),
     ("rank_load.py", ["--requests", "60", "--candidates", "20", "--clients", "2"]),
+    ("rank_load.py", ["--rates", "20", "--duration", "1", "--candidates", "20", "--connections", "2"]),
+    ("resp_vs_hiredis.py", ["--requests", "5", "--candidates", "20"]),
     ("online_features.py", ["--sizes", "5", "20", "--requests", "6", "--feast-requests", "3", "--store", "both"]),
 ])
 def test_benchmark_scripts_run(served, script, args):
@@ -836,8 +838,13 @@ def test_benchmark_scripts_run(served, script, args):
             for path in ("http", "in-process"):
                 line = next(li for li in out.splitlines() if f"{size} candidates  {path}" in li)
                 assert "p99" in line and line.rstrip().endswith("errors 0"), line
+    elif script == "rank_load.py" and "--rates" in args:  # open loop: one line per offered rate
+        line = next(li for li in out.splitlines() if "offered" in li and "achieved" in li)
+        assert "errors 0  degraded 0" in line, out
     elif script == "rank_load.py":
         assert "throughput" in out and "errors 0   degraded 0" in out, out
+    elif script == "resp_vs_hiredis.py":  # both readers gave the same matrices on every request
+        assert "identical matrices on 25 of 25 requests" in out, out
     else:  # per store and size: the fast path's matrices equal Feast's on every compared request
         rows = [li for li in out.splitlines() if re.match(r"\s+(5|20) \|", li)]
         assert len(rows) == 4, out

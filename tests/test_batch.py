@@ -30,7 +30,7 @@ def test_topk_lists_match_the_model_on_feast_features(production, tmp_path):
     from ranker.features.store import feature_store, service_spec
     from ranker.registry import Registry
     from ranker.serving.batch import candidate_items
-    from ranker.serving.features import feast_reference
+    from ranker.features.reference import feast_reference
 
     users = pd.read_parquet(production.raw_dir / "users.parquet").user_id.astype(str).tolist()[:5] + ["u_unknown"]
     users_file = tmp_path / "users.txt"
@@ -41,7 +41,7 @@ def test_topk_lists_match_the_model_on_feast_features(production, tmp_path):
     listings = pd.read_parquet(production.raw_dir / "listings.parquet")
     sold = set(listings.item_id[listings.sold_at.notna()])
     assert not sold & set(lists.item_id)
-    for user, group in lists.groupby("user_id"):
+    for _user, group in lists.groupby("user_id"):
         assert list(group["rank"]) == list(range(1, 11))
         assert (np.diff(group.score.to_numpy()) <= 0).all()
 

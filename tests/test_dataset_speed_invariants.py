@@ -26,14 +26,14 @@ def _ref_text(series):
 def _ref_size_match(size, user_size):
     match = [
         np.nan if s is None else 1.0 if s == "one size" else np.nan if u is None else float(s == u)
-        for s, u in zip(_ref_text(size), _ref_text(user_size))
+        for s, u in zip(_ref_text(size), _ref_text(user_size), strict=False)
     ]
     return np.asarray(match, dtype=np.float64).astype(np.float32)
 
 
 def _ref_query_title_match(query_text, title):
     scores = []
-    for q, t in zip(_ref_text(query_text), _ref_text(title)):
+    for q, t in zip(_ref_text(query_text), _ref_text(title), strict=False):
         words = set(q.split()) if q else set()
         if not words or t is None:
             scores.append(np.nan)
@@ -296,7 +296,7 @@ def test_request_price_features_bit_identical(seed):
     with np.errstate(over="ignore", under="ignore"):
         got = transforms.user_listing_features(cols)
         want = _ref_price_features(price, median, category_median, user_index)
-    for name, w in zip(["price_vs_user_median", "price_index", "price_fit"], want):
+    for name, w in zip(["price_vs_user_median", "price_index", "price_fit"], want, strict=False):
         assert _bits(got[name]) == _bits(w), name
 
 
@@ -348,7 +348,9 @@ def _reference_build(settings, options):
         with in_feature_repo(settings.feature_repo):
             feats = store.get_historical_features(entity_df=entity, features=service).to_df()
         feats = feats.sort_values("_row").reset_index(drop=True)
-        matrix = ds.feature_matrix(feats, spec)
+        from ranker.features.matrix import feature_matrix
+
+        matrix = feature_matrix(feats, spec)
         out = pd.DataFrame(
             {
                 "request_id": chunk.request_id.astype(str).values,

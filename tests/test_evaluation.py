@@ -4,7 +4,6 @@ model behaviour, and the quality bar on the default demo world."""
 from __future__ import annotations
 
 import json
-from datetime import date
 
 import numpy as np
 import pandas as pd

@@ -169,7 +169,7 @@ def _check_online_equals_latest(settings):
         latest = _latest(settings, name).sample(60, random_state=2, replace=False)
         view = store.get_feature_view(view_name)
         keys = [c.name for c in view.entity_columns]
-        rows = [dict(zip(keys, idx if isinstance(idx, tuple) else (idx,))) for idx in latest.index]
+        rows = [dict(zip(keys, idx if isinstance(idx, tuple) else (idx,), strict=False)) for idx in latest.index]
         features = [f"{view_name}:{f.name}" for f in view.features]
         online = store.get_online_features(features=features, entity_rows=rows).to_df()
         for field in view.features:
@@ -210,9 +210,7 @@ def test_materialize_redis_online_equals_latest_offline(world, redis_server):
 def test_redis_writer_is_byte_identical_to_feast(world, redis_server):
     """Our vectorised writer and Feast's own online_write_batch produce the same Redis hashes."""
     import redis as redis_py
-    from feast.infra.online_stores.redis import _versioned_fv_name
-    from feast.utils import _convert_arrow_to_proto
-
+    from ranker.features.feast_compat import arrow_to_online_rows, online_write_batch, redis_ts_view_name
     from ranker.features.materialize import _latest_rows, write_redis
 
     ours = world.with_(online_store="redis", redis_url=f"{redis_server}/2")
@@ -226,11 +224,11 @@ def test_redis_writer_is_byte_identical_to_feast(world, redis_server):
         table = _latest_rows(view, str((world.feature_repo / view.batch_source.path).resolve()), None, end)
         write_redis(
             redis_py.Redis.from_url(ours.redis_url), project=store.project, view=view, table=table,
-            ts_key_view=_versioned_fv_name(view, store.config),
+            ts_key_view=redis_ts_view_name(view, store.config),
         )
         fstore = feature_store(feasts)
-        rows = _convert_arrow_to_proto(table, view, {c.name: c.dtype.to_value_type() for c in view.entity_columns})
-        fstore._get_provider().online_write_batch(fstore.config, view, rows, None)
+        rows = arrow_to_online_rows(table, view, {c.name: c.dtype.to_value_type() for c in view.entity_columns})
+        online_write_batch(fstore, view, rows)
     a, b = redis_py.Redis.from_url(ours.redis_url), redis_py.Redis.from_url(feasts.redis_url)
     keys_a, keys_b = sorted(a.keys("*")), sorted(b.keys("*"))
     assert keys_a == keys_b and len(keys_a) > 100

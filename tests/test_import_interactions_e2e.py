@@ -34,7 +34,7 @@ def _synthetic_log(seed: int = 5) -> pd.DataFrame:
         items = rng.choice(live, size=n, p=weights)
         users = rng.integers(0, n_users, n)
         secs = rng.integers(12 * 3600, 86400, n)
-        for i, u, s in zip(items, users, secs):
+        for i, u, s in zip(items, users, secs, strict=False):
             ts = max(now + pd.Timedelta(seconds=int(s)), created[i] + pd.Timedelta(minutes=1))
             rows.append((f"user{u:03d}", f"item{i:03d}", ts.isoformat()))
     return pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])

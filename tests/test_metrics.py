@@ -165,7 +165,7 @@ def test_ndcg_matches_sklearn_tie_averaged(seed):
     order = rng.permutation(len(group))  # rows of a group scattered
     ks = (1, 3, 5, 10, 20)
     per_group = per_group_metrics(group[order], label[order], score[order], ks=ks)
-    for g, size in enumerate(sizes):
+    for g, _size in enumerate(sizes):
         rows = group == g
         if not (label[rows] > 0).any():
             assert np.isnan(per_group.loc[g, "ndcg@10"])

@@ -242,7 +242,7 @@ def test_variant_assignment_is_deterministic_and_follows_weights():
     assert {experiments["recs"].assign(u).name for u in users[:100]} == {"control"}  # no experiment: control
     other_salt = parse_variants({"search": [{"name": "a", "weight": 3}, {"name": "b", "weight": 7}]},
                                 surfaces=("search",), salt="s2")["search"]
-    moved = np.mean([other_salt.assign(u).name != v for u, v in zip(users, first)])
+    moved = np.mean([other_salt.assign(u).name != v for u, v in zip(users, first, strict=False)])
     assert 0.3 < moved < 0.55  # a new salt reshuffles (expected 2 * 0.3 * 0.7 = 0.42)
 
 
@@ -306,7 +306,7 @@ def test_scorer_logs_the_exact_served_vectors_with_variant(registry_settings, li
     for request_id, (items, fetched) in expected_rows.items():
         mask = (rows.request_id == request_id).to_numpy()
         logged = frames[0].matrix[mask]
-        keep = [i for i, sold in zip(items, fetched.sold) if not sold]
+        keep = [i for i, sold in zip(items, fetched.sold, strict=False) if not sold]
         assert rows.item_id[mask].tolist() == keep
         np.testing.assert_array_equal(logged, fetched.matrix[~fetched.sold])  # bit for bit
 
@@ -584,7 +584,7 @@ def test_monitor_cli_skew_exit_codes_and_prometheus_textfile(registry_settings, 
     assert result.exit_code == 1, result.output
     assert result.output.splitlines()[1].startswith("discount_pct")
     text = (out / "ranker_monitor_skew.prom").read_text()
-    line = next(l for l in text.splitlines() if l.startswith('ranker_skew_mismatch_rate{feature="discount_pct"'))
+    line = next(row for row in text.splitlines() if row.startswith('ranker_skew_mismatch_rate{feature="discount_pct"'))
     assert float(line.split()[-1]) > 0.3
     empty = _cli(["monitor", "online", "--log-uri", bug_dir.resolve().as_uri(), "--events", str(tmp_path)],
                  monkeypatch, registry_settings)

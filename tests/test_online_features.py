@@ -8,6 +8,7 @@ embedded sqlite store and on Redis, and known/sold match the online store's list
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import threading
 import time
@@ -73,7 +74,8 @@ class _Universe:
 
 def _compare_random_requests(settings, seed: int) -> int:
     from ranker.features.store import feature_store, service_spec
-    from ranker.serving.features import OnlineFeatures, feast_reference
+    from ranker.features.reference import feast_reference
+    from ranker.serving.features import OnlineFeatures
 
     store = feature_store(settings)
     universe = _Universe(settings, datetime.now(timezone.utc))
@@ -279,7 +281,7 @@ def test_item_cache_table_is_an_lru_with_ttl():
     same hits with the same values. Below 16 rows an eviction takes exactly what the insert needs."""
     from collections import OrderedDict
 
-    from ranker.serving.features import _ItemCache
+    from ranker.serving.cache import ItemCache as _ItemCache
 
     rng = np.random.default_rng(3)
     for size in (1, 5, 12):
@@ -307,7 +309,7 @@ def test_item_cache_table_is_an_lru_with_ttl():
 
 
 def test_item_cache_table_batches():
-    from ranker.serving.features import _ItemCache
+    from ranker.serving.cache import ItemCache as _ItemCache
 
     def put(cache, keys, now=0.0):
         cache.put(keys, np.arange(len(keys), dtype=float)[:, None], np.array([[k] for k in keys], dtype=object), now)
@@ -343,15 +345,17 @@ def _listing_field(settings, n: int, ref: str):
     """A Redis client, the hash key and field of ``ref`` (view:feature) for the n-th live listing, and
     a recs request for that listing alone."""
     import redis as redis_py
-    from feast.infra.online_stores.helpers import _mmh3
 
-    from ranker.features.materialize import _string_entity_keys
+    from ranker.features.feast_compat import redis_field, string_entity_keys
+    from ranker.features.store import feature_store
 
     universe = _Universe(settings, datetime.now(timezone.utc))
     item = universe.live[n]
-    key = _string_entity_keys(["item_id"], [[item]], b"fashion_ranking")[0]
+    key = string_entity_keys(["item_id"], [[item]], b"fashion_ranking")[0]
     req = dict(user_id=universe.users_active[0], item_ids=[item], query=None, request_ts=1_790_000_000)
-    return redis_py.Redis.from_url(settings.redis_url), key, _mmh3(ref), req
+    view, feature = ref.split(":")
+    field = redis_field(feature_store(settings).get_feature_view(view), feature, versioning=False)
+    return redis_py.Redis.from_url(settings.redis_url), key, field, req
 
 
 @pytest.mark.redis
@@ -521,12 +525,12 @@ def test_redis_error_reply_is_store_unavailable_and_the_pool_stays_clean(redis_w
     the connection with unread replies is dropped, and the next fetch is exact again."""
     import redis as redis_py
 
-    from ranker.features.materialize import _string_entity_keys
+    from ranker.features.feast_compat import string_entity_keys
     from ranker.serving.features import OnlineFeatures, OnlineStoreUnavailable
 
     client = redis_py.Redis.from_url(redis_world.redis_url)
     with OnlineFeatures(redis_world, service="search_ranker_v1", timeout_s=5.0) as online:
-        key = _string_entity_keys(["item_id"], [["i-wrong-type"]], online._plan.project.encode())[0]
+        key = string_entity_keys(["item_id"], [["i-wrong-type"]], online._plan.project.encode())[0]
         client.set(key, b"not a hash")
         try:
             before = online.fetch(user_id="u1", item_ids=["i1", "i2"], query="dress", request_ts=1_790_000_000)
@@ -547,7 +551,7 @@ def test_round_two_is_read_while_round_one_is_placed_and_a_failure_drops_its_con
     request = dict(user_id="u1", item_ids=["i1", "i2", "i3"], query="dress", request_ts=1_790_000_000)
     with OnlineFeatures(redis_world, service="search_ranker_v1", timeout_s=5.0) as online:
         plan = online._plan
-        early = [i for i, needs in enumerate(plan.odfv_groups) if needs <= set(plan.round1_groups)]
+        early = [i for i, view in enumerate(plan.odfvs) if view.groups <= set(plan.round1_groups)]
         assert early, "the search service has on-demand views fed by round 1 alone (query x title)"
         before = online.fetch(**request)
         calls = []
@@ -555,18 +559,19 @@ def test_round_two_is_read_while_round_one_is_placed_and_a_failure_drops_its_con
         send, receive = backend.send, backend.receive
         backend.send = lambda reads, deadline=None: calls.append("send") or send(reads, deadline)
         backend.receive = lambda pending: calls.append("receive") or receive(pending)
-        fn, outputs, name = plan.odfvs[early[0]]
+        view = plan.odfvs[early[0]]
+        name = view.name
 
         def failing(inputs):
             calls.append(name)
             raise RuntimeError("a transformation bug")
 
-        plan.odfvs[early[0]] = (failing, outputs, name)
+        plan.odfvs[early[0]] = dataclasses.replace(view, function=failing)
         try:
             with pytest.raises(RuntimeError, match="transformation bug"):
                 online.fetch(**request)
         finally:
-            plan.odfvs[early[0]] = (fn, outputs, name)
+            plan.odfvs[early[0]] = view
         assert calls == ["send", "receive", "send", name]  # round 2 was in flight when it failed
         after = online.fetch(**request)
         _assert_bit_identical(after.matrix, before.matrix, "after a failure with round 2 in flight")

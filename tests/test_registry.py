@@ -672,9 +672,9 @@ def _fake_evaluate(monkeypatch, evidence: GateEvidence) -> list[dict]:
         calls.append({"challenger_dir": challenger_dir, "champion_dir": champion_dir})
         return evidence
 
-    module = types.ModuleType("ranker.training.evaluate")
+    module = types.ModuleType("ranker.registry.evidence")
     module.gate_evidence = gate_evidence
-    monkeypatch.setitem(sys.modules, "ranker.training.evaluate", module)
+    monkeypatch.setitem(sys.modules, "ranker.registry.evidence", module)
     return calls
 
 

@@ -42,7 +42,7 @@ def parse(stream: bytes, widths, table_of, names=None, columns=None, pieces=None
 
 
 def cells_of(stream: bytes, off, ln) -> list:
-    return [None if n < 0 else stream[o : o + n] for o, n in zip(off.tolist(), ln.tolist())]
+    return [None if n < 0 else stream[o : o + n] for o, n in zip(off.tolist(), ln.tolist(), strict=False)]
 
 
 def test_hmget_replies_survive_any_split():
@@ -140,7 +140,7 @@ def test_numbers_decode_like_protobuf():
     grid = (off.reshape(-1, 3), ln.reshape(-1, 3))
     n_slow = resp.decode_numbers(buf, grid[0], grid[1], out, slow)
     assert n_slow == int(slow.sum()) > 0
-    for v, got, is_slow in zip(values, out.ravel(), slow.ravel()):
+    for v, got, is_slow in zip(values, out.ravel(), slow.ravel(), strict=False):
         kind = None if v is None else v.WhichOneof("val")
         if kind == "string_val":
             assert is_slow and np.isnan(got)
@@ -158,11 +158,11 @@ def test_sqlite_path_decodes_like_protobuf():
     same values, and a number stored as a string is coerced like feature_matrix does."""
     from feast.protos.feast.types.Value_pb2 import Value
 
-    from ranker.serving.features import decode_numbers, decode_strings
+    from ranker.serving.values import decode_numbers, decode_strings
 
     values = _random_values(np.random.default_rng(1), 2000)
     got = decode_numbers([None if v is None else v.SerializeToString() for v in values])
-    for v, g in zip(values, got):
+    for v, g in zip(values, got, strict=False):
         kind = None if v is None else v.WhichOneof("val")
         np.testing.assert_equal(g, 12.5 if kind == "string_val" else np.nan if kind is None else float(getattr(v, kind)))
     words = ["", "dresses", "s00001", "größe M", "x" * 200, None]
@@ -186,7 +186,7 @@ def test_strings_span_and_group_exactly():
     stop = np.empty_like(start)
     resp.string_spans(buf, off.reshape(1, -1), ln.reshape(1, -1), start, stop)
     start, stop = start.ravel(), stop.ravel()
-    got = [stream[a:b].decode() if a >= 0 else None for a, b in zip(start.tolist(), stop.tolist())]
+    got = [stream[a:b].decode() if a >= 0 else None for a, b in zip(start.tolist(), stop.tolist(), strict=False)]
     assert got[: len(words)] == words
     assert start[-2] == -1 and start[-1] == -2
     first = np.empty(len(cells), dtype=np.int64)
@@ -215,9 +215,11 @@ def test_warm_up_compiles_every_kernel():
 def test_commands_carry_feast_serialized_keys(seed):
     """The Redis path writes a round's commands with one kernel call (no Python object per key);
     every command must carry exactly the key Feast's serialization gives (the reference
-    implementation, ``_string_entity_keys`` + project), whatever the values: non-ASCII, empty,
+    implementation, ``feast_compat.string_entity_keys`` + project), whatever the values: non-ASCII, empty,
     long, and a request value shared by every key of a read (user, query), written once per key."""
-    from ranker.serving.features import _EntityKeys, _FieldSet, _RedisBackend
+    from ranker.serving.plan import FieldSet as _FieldSet
+    from ranker.serving.reads import EntityKeys as _EntityKeys
+    from ranker.serving.redis_reader import RedisReader as _RedisBackend
 
     rng = np.random.default_rng(seed)
     alphabet = list("abcxyz019 _-") + ["é", "ß", "日", "\U0001f457"]
@@ -271,7 +273,9 @@ def test_string_cells_decode_exactly_also_off_the_fast_path():
     that is not a plain string message one by one, straight from the receive buffer."""
     from feast.protos.feast.types.Value_pb2 import Value
 
-    from ranker.serving.features import _FieldSet, _RedisBackend, _slow_string
+    from ranker.serving.plan import FieldSet as _FieldSet
+    from ranker.serving.redis_reader import RedisReader as _RedisBackend
+    from ranker.serving.values import slow_string as _slow_string
 
     cells = [Value(string_val="a\x00b").SerializeToString(), Value(string_val="größe M").SerializeToString(),
              None, Value(int64_val=3).SerializeToString(), Value(string_val="dress").SerializeToString()]

@@ -33,7 +33,8 @@ import pandas as pd
 
 from ranker.config import Settings
 from ranker.data import schema
-from ranker.errors import RankerError
+from ranker.data.log_io import LogImportError, parse_timestamps, read_any
+from ranker.data.log_io import clean_text as _text
 
 FORMATS = ("events", "interactions", "open-bandit")
 UNKNOWN = "unknown"
@@ -49,10 +50,6 @@ INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp")
 OPTIONAL_INTERACTION_COLUMNS = ("event_type", "value", "session_id", "query")
 EVENT_REQUIRED = ("event_type", "timestamp", "user_id", "item_id", "surface", "request_id", "position")
 MANIFEST = "import_manifest.json"
-
-
-class LogImportError(RankerError, ValueError):
-    """The file cannot be imported as asked; the message names the file, column or reason."""
 
 
 @dataclass
@@ -93,29 +90,6 @@ class ImportOptions:
             raise LogImportError(f"unknown format {self.fmt!r}; use one of {', '.join(FORMATS)}")
 
 
-def read_any(path: Path, *, what: str = "log") -> pd.DataFrame:
-    """Read CSV, TSV, JSON lines or parquet (by extension) with every column as text, so nothing
-    is coerced before validation."""
-    path = Path(path)
-    if not path.exists():
-        raise LogImportError(f"{what} file {path} not found")
-    if path.is_dir():
-        raise LogImportError(f"{what} {path} is a folder; give a .csv, .tsv, .jsonl or .parquet file")
-    suffix = "".join(path.suffixes[-2:]).lower()
-    try:
-        if suffix.endswith(".parquet"):
-            df = pd.read_parquet(path)
-            return df.astype({c: "object" for c in df.columns if df[c].dtype != object})
-        if suffix.endswith((".jsonl", ".ndjson", ".json")):
-            return pd.read_json(path, lines=True, dtype=False)
-        sep = "\t" if suffix.endswith((".tsv", ".tsv.gz")) else ","
-        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""])
-    except (ValueError, OSError) as exc:
-        raise LogImportError(f"{what} file {path} is not readable as {suffix or 'csv'}: {exc}") from None
-    except Exception as exc:  # pyarrow / parser errors of several types
-        raise LogImportError(f"{what} file {path} is not readable: {exc.__class__.__name__}: {exc}") from None
-
-
 def _require_columns(df: pd.DataFrame, needed, path: Path, fmt: str) -> None:
     missing = [c for c in needed if c not in df.columns]
     if missing:
@@ -123,30 +97,6 @@ def _require_columns(df: pd.DataFrame, needed, path: Path, fmt: str) -> None:
             f"{path}: missing column(s) {', '.join(missing)} for the {fmt} format "
             f"(found: {', '.join(map(str, df.columns)) or 'none'})"
         )
-
-
-def _text(s: pd.Series) -> pd.Series:
-    """Strings with surrounding blanks removed; empty and null become NA."""
-    out = s.astype("string").str.strip()
-    return out.mask(out == "")
-
-
-def parse_timestamps(s: pd.Series) -> pd.Series:
-    """UTC timestamps from ISO text (naive = UTC) or unix epochs (s, ms or us by magnitude);
-    unparsable values become NaT."""
-    text = _text(s)
-    numeric = pd.to_numeric(text, errors="coerce")
-    out = pd.Series(pd.NaT, index=s.index, dtype=schema.TS)
-    is_num = numeric.notna()
-    if is_num.any():
-        v = numeric[is_num].astype("float64")
-        unit_div = np.where(v.abs() > 1e14, 1e6, np.where(v.abs() > 1e11, 1e3, 1.0))
-        out[is_num] = pd.to_datetime((v / unit_div * 1e6).round().astype("int64"), unit="us", utc=True).astype(schema.TS)
-    rest = ~is_num & text.notna()
-    if rest.any():
-        parsed = pd.to_datetime(text[rest], utc=True, errors="coerce", format="mixed")
-        out[rest] = parsed.astype(schema.TS)
-    return out
 
 
 def _event_ids(df: pd.DataFrame, cols: list[str]) -> pd.Series:

@@ -42,7 +42,7 @@ def _user_key(frame: pd.DataFrame) -> pd.Series:
 def read_open_bandit(options, rej) -> tuple[int, pd.DataFrame, pd.DataFrame, dict]:
     """Read the campaign's logs of the chosen policies under ``options.path``; returns
     (rows read, events, item attributes, extra raw tables)."""
-    from ranker.data.importers import LogImportError, parse_timestamps, read_any
+    from ranker.data.log_io import LogImportError, parse_timestamps, read_any
 
     root = Path(options.path)
     if options.campaign not in CAMPAIGNS:

@@ -253,7 +253,7 @@ def simulate(config: SimConfig, *, raw_dir: Path, ground_truth_dir: Path) -> dic
             is_last = day == config.days - 1
             cutoff = NEVER if is_last else start_ms + (day + 1) * DAY_MS
             now, carry = batch.split_before(cutoff)
-            for code, n in zip(*np.unique(now.fields["type"], return_counts=True)):
+            for code, n in zip(*np.unique(now.fields["type"], return_counts=True), strict=False):
                 counts[schema.EVENT_TYPES[code]] += int(n)
             events_out.write(world.events_frame(now, first_event=events_out.rows + 1))
 
@@ -549,16 +549,9 @@ class _World:
         )
 
         # Engagement: clicks carry the position bias; deeper funnel steps need a click first.
-        n = len(item)
-        examine = position.astype(np.float64) ** -EXAMINE_EXPONENT
-        click = rng.random(n) < examine * _sigmoid(utility - CLICK_THRESHOLD)
-        save = click & (rng.random(n) < 0.25 * _sigmoid(utility - CLICK_THRESHOLD + 0.5))
-        bag = click & (rng.random(n) < 0.35 * _sigmoid(utility - CLICK_THRESHOLD + 0.5))
-        purchase = bag & (rng.random(n) < 0.65 * _sigmoid(utility - CLICK_THRESHOLD))
-        t_click = t_request + 1_500 + position * 800 + rng.exponential(12_000, size=n).astype(np.int64)
-        t_save = t_click + 2_000 + rng.exponential(40_000, size=n).astype(np.int64)
-        t_bag = t_click + 4_000 + rng.exponential(60_000, size=n).astype(np.int64)
-        t_purchase = t_bag + 20_000 + rng.exponential(360_000, size=n).astype(np.int64)
+        drawn = draw_engagement(rng, utility, position, t_request)
+        click, save, bag, purchase = drawn.click, drawn.save, drawn.add_to_bag, drawn.purchase
+        t_click, t_save, t_bag, t_purchase = drawn.t_click, drawn.t_save, drawn.t_add_to_bag, drawn.t_purchase
 
         # Sold-out dynamics: the first purchase of a listing wins (listings already sold in an
         # earlier step cannot be bought again), then every impression at or after the sale goes.
@@ -609,7 +602,7 @@ class _World:
         user's taste and half at random. Draws are with replacement, then de-duplicated.
         """
         cfg = self.config
-        n_categories, n_brands, n_colours = len(CATEGORIES), len(BRANDS), len(COLOURS)
+        n_brands, n_colours = len(BRANDS), len(COLOURS)
         is_active = (self.created_ms < step_end) & (self.sold_ms > step_start)
         active = np.flatnonzero(is_active)
         if len(active) == 0:
@@ -763,7 +756,7 @@ class _World:
         return pd.DataFrame({
             "user_id": _to_pandas_strings(self._ids("user", np.arange(1, n + 1))),
             "signup_at": _timestamps(self.signup_ms),
-            "size": pd.array(np.where(self.profile_has_size, size, None), dtype="string[pyarrow]"),
+            "size": pd.array(np.where(self.profile_has_size, size, np.full(n, None, dtype=object)), dtype="string[pyarrow]"),
         })
 
     def sellers_frame(self) -> pd.DataFrame:
@@ -785,7 +778,7 @@ class _EventBatch:
     @classmethod
     def empty(cls) -> "_EventBatch":
         dtypes = (np.int64, np.int8, np.int64, np.int64, np.int64, np.int64, bool, np.int64)
-        return cls({name: np.zeros(0, dtype=d) for name, d in zip(cls.FIELDS, dtypes)})
+        return cls({name: np.zeros(0, dtype=d) for name, d in zip(cls.FIELDS, dtypes, strict=False)})
 
     @classmethod
     def concat(cls, *batches: "_EventBatch") -> "_EventBatch":
@@ -837,6 +830,7 @@ class _ChunkWriter:
             return
         if self.writer is None:  # nothing was written: still leave a valid, empty table
             self.write(pd.DataFrame({name: [] for name in self.table.names}))
+        assert self.writer is not None  # write() opened it
         self.writer.close()
         self.tmp.replace(self.path)
 
@@ -885,6 +879,39 @@ def _query_code(cat: np.ndarray, colour: np.ndarray, brand: np.ndarray) -> np.nd
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
+
+
+@dataclass(frozen=True)
+class Engagement:
+    """What users do with the listings they were shown: per impression, whether they clicked,
+    saved, added to bag and bought, and when (epoch ms; only meaningful where the flag is set)."""
+
+    click: np.ndarray
+    save: np.ndarray
+    add_to_bag: np.ndarray
+    purchase: np.ndarray
+    t_click: np.ndarray
+    t_save: np.ndarray
+    t_add_to_bag: np.ndarray
+    t_purchase: np.ndarray
+
+
+def draw_engagement(rng: np.random.Generator, utility: np.ndarray, position: np.ndarray,
+                    t_request: np.ndarray | int) -> Engagement:
+    """The behaviour model: ``P(click) = examine(position) x sigmoid(utility - CLICK_THRESHOLD)``
+    with ``examine(p) = p^-EXAMINE_EXPONENT``; saves, add-to-bags and purchases need a click first.
+    Used by the simulator and by the live environment (:mod:`ranker.monitoring.live`)."""
+    n = len(utility)
+    examine = position.astype(np.float64) ** -EXAMINE_EXPONENT
+    click = rng.random(n) < examine * _sigmoid(utility - CLICK_THRESHOLD)
+    save = click & (rng.random(n) < 0.25 * _sigmoid(utility - CLICK_THRESHOLD + 0.5))
+    bag = click & (rng.random(n) < 0.35 * _sigmoid(utility - CLICK_THRESHOLD + 0.5))
+    purchase = bag & (rng.random(n) < 0.65 * _sigmoid(utility - CLICK_THRESHOLD))
+    t_click = t_request + 1_500 + position * 800 + rng.exponential(12_000, size=n).astype(np.int64)
+    t_save = t_click + 2_000 + rng.exponential(40_000, size=n).astype(np.int64)
+    t_bag = t_click + 4_000 + rng.exponential(60_000, size=n).astype(np.int64)
+    t_purchase = t_bag + 20_000 + rng.exponential(360_000, size=n).astype(np.int64)
+    return Engagement(click, save, bag, purchase, t_click, t_save, t_bag, t_purchase)
 
 
 def _empty_rows() -> dict:

@@ -31,7 +31,7 @@ COEC_PRIOR_CLICKS = 2.0
 # the zero row once a pair's 30-day window has emptied.
 PAIR_RETENTION_DAYS = 32
 
-TABLES = ("listings", "item_stats", "user_stats", "category_stats", "seller_stats", "user_category_stats", "query_category_stats")
+TABLES: tuple[str, ...] = ("listings", "item_stats", "user_stats", "category_stats", "seller_stats", "user_category_stats", "query_category_stats")
 # Generic tables (feature service generic_ranker_v1): built from any log, imported or simulated.
 # "Interactions" are all non-impression events; sparse rows (entities with an interaction in the
 # last PAIR_RETENTION_DAYS days), so an absent entity means "no interactions": counts default to 0.

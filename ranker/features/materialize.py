@@ -18,7 +18,6 @@ starting on historical data needs.
 
 from __future__ import annotations
 
-import struct
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,6 +27,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ranker.config import Settings
+from ranker.features.feast_compat import (
+    arrow_to_online_rows,
+    online_write_batch,
+    redis_ts_view_name,
+    string_entity_keys,
+)
 from ranker.errors import RankerError
 from ranker.features.store import feature_store
 
@@ -110,28 +115,6 @@ def encode_timestamp(ts_us: int) -> bytes:
     return out
 
 
-def _string_entity_keys(join_keys: list[str], columns: list[list[str]], project: bytes) -> list[bytes]:
-    """Feast's entity key serialization (version 3) for string join keys, plus the project name,
-    i.e. ``_redis_key``: count, then each sorted key name, then each value with its type."""
-    order = sorted(range(len(join_keys)), key=lambda i: join_keys[i])
-    head = [struct.pack("<I", len(join_keys))]
-    for i in order:
-        k = join_keys[i].encode("utf-8")
-        head.append(struct.pack("<II", 2, len(k)) + k)  # 2 = ValueType.STRING
-    prefix = b"".join(head)
-    type_tag = struct.pack("<I", 2)
-    cols = [columns[i] for i in order]
-    keys = []
-    for values in zip(*cols):
-        parts = [prefix]
-        for v in values:
-            e = v.encode("utf-8")
-            parts.append(type_tag + struct.pack("<I", len(e)) + e)
-        parts.append(project)
-        keys.append(b"".join(parts))
-    return keys
-
-
 def _resp(args: list[bytes]) -> bytes:
     parts = [b"*%d\r\n" % len(args)]
     for a in args:
@@ -160,7 +143,7 @@ def write_redis(client, *, project: str, view, table: pa.Table, ts_key_view: str
     for k in join_keys:
         if table.schema.field(k).type not in (pa.string(), pa.large_string()):
             raise MaterializeError(f"{view.name}: join key {k} must be a string column")
-    keys = _string_entity_keys(join_keys, [table.column(k).to_pylist() for k in join_keys], project.encode())
+    keys = string_entity_keys(join_keys, [table.column(k).to_pylist() for k in join_keys], project.encode())
     ts_field = f"_ts:{ts_key_view}".encode()
     ts_us = table.column("event_timestamp").cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
 
@@ -182,9 +165,9 @@ def write_redis(client, *, project: str, view, table: pa.Table, ts_key_view: str
         encoded = [encode_values(table.column(f.name), str(f.dtype)) for f in fields]
         commands = []
         written = 0
-        for i in np.flatnonzero(keep):
+        for i in np.flatnonzero(keep).tolist():
             args = [b"HSET", keys[i], ts_field, encode_timestamp(ts_us[i])]
-            for name, col in zip(names, encoded):
+            for name, col in zip(names, encoded, strict=True):
                 args.append(name)
                 args.append(col[i])
             commands.append(_resp(args))
@@ -258,9 +241,6 @@ def materialize(settings: Settings, *, end: datetime | None = None, full: bool =
 
     Returns per-view rows written, the interval, seconds and rows/s.
     """
-    from feast.infra.online_stores.redis import _versioned_fv_name
-    from feast.utils import _convert_arrow_to_proto
-
     end = end or datetime.now(timezone.utc)
     if end.tzinfo is None:
         raise MaterializeError("--end must carry a timezone (e.g. 2026-11-25T00:00:00+00:00)")
@@ -286,17 +266,16 @@ def materialize(settings: Settings, *, end: datetime | None = None, full: bool =
         t0 = time.perf_counter()
         if client is not None:
             written = write_redis(
-                client, project=store.project, view=view, table=table, ts_key_view=_versioned_fv_name(view, store.config)
+                client, project=store.project, view=view, table=table, ts_key_view=redis_ts_view_name(view, store.config)
             )
             if progress is not None:
                 progress.update(table.num_rows)
         else:
-            provider = store._get_provider()
             join_keys = {c.name: c.dtype.to_value_type() for c in view.entity_columns}
             written = 0
             for batch in table.to_batches(max_chunksize=BATCH_ROWS):
-                rows = _convert_arrow_to_proto(batch, view, join_keys)
-                provider.online_write_batch(store.config, view, rows, None)
+                rows = arrow_to_online_rows(batch, view, join_keys)
+                online_write_batch(store, view, rows)
                 written += len(rows)
                 if progress is not None:
                     progress.update(len(rows))

@@ -35,21 +35,12 @@ from typing import List, Union
 import numpy as np
 import pandas as pd
 from feast.infra.offline_stores import offline_utils
-from feast.infra.offline_stores.duckdb import (
-    DuckDBOfflineStore,
-    DuckDBOfflineStoreConfig,
-    _read_data_source,
-    _validate_lance_feature_views,
-    _write_data_source,
-)
-from feast.infra.offline_stores.ibis import (
-    IbisRetrievalJob,
-    _get_entity_df_event_timestamp_range,
-    _get_entity_schema,
-    _to_utc,
-)
+from feast.infra.offline_stores.duckdb import DuckDBOfflineStore, DuckDBOfflineStoreConfig
+from feast.infra.offline_stores.ibis import IbisRetrievalJob
 from feast.infra.offline_stores.offline_store import RetrievalMetadata
 from feast.on_demand_feature_view import OnDemandFeatureView
+
+from ranker.features import feast_compat
 
 TYPE = "ranker.features.offline.AsofDuckDBOfflineStore"
 _TS = "__ranker_feature_ts"
@@ -95,7 +86,7 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
                 config, feature_views, feature_refs, entity_df, registry, project,
                 full_feature_names=full_feature_names, filter_by_created_timestamp=filter_by_created_timestamp,
             )
-        _validate_lance_feature_views(feature_views)
+        feast_compat.validate_lance_feature_views(feature_views)
         with _quiet():
             return _asof_historical_features(config, feature_views, feature_refs, entity_df, registry, project,
                                              full_feature_names)
@@ -112,10 +103,10 @@ def _asof_historical_features(config, feature_views, feature_refs, entity_df, re
 
     utc = dt.Timestamp(timezone="UTC")
     # The same preparation of the entity rows as Feast's get_historical_features_ibis.
-    entity_schema = _get_entity_schema(entity_df=entity_df)
+    entity_schema = feast_compat.entity_schema(entity_df)
     ts_col = offline_utils.infer_event_timestamp_from_entity_df(entity_schema=entity_schema)
-    timestamp_range = _get_entity_df_event_timestamp_range(entity_df, ts_col)
-    entity_df = _to_utc(entity_df, ts_col)
+    timestamp_range = feast_compat.entity_timestamp_range(entity_df, ts_col)
+    entity_df = feast_compat.entity_rows_utc(entity_df, ts_col)
     lo, hi = _utc(timestamp_range[0]), _utc(timestamp_range[1])
     entity_columns = list(entity_df.columns)
     # Each view is joined on a narrow copy of the entity rows (row id, keys, timestamp) and its
@@ -128,7 +119,7 @@ def _asof_historical_features(config, feature_views, feature_refs, entity_df, re
         if view.batch_source is None:
             raise ValueError(f"Feature view '{view.name}' has no batch_source and cannot be queried.")
         source = view.batch_source
-        table = _read_data_source(source, str(config.repo_path))
+        table = feast_compat.read_data_source(source, str(config.repo_path))
         for old_name, new_name in source.field_mapping.items():
             if old_name in table.columns:
                 table = table.rename({new_name: old_name})
@@ -184,7 +175,7 @@ def _asof_historical_features(config, feature_views, feature_refs, entity_df, re
             min_event_timestamp=timestamp_range[0],
             max_event_timestamp=timestamp_range[1],
         ),
-        data_source_writer=_write_data_source,
+        data_source_writer=feast_compat.write_data_source,
         staging_location=config.offline_store.staging_location,
         staging_location_endpoint_override=config.offline_store.staging_location_endpoint_override,
         repo_path=str(config.repo_path),

@@ -127,20 +127,30 @@ def feature_store(settings: Settings):
         ) from None
 
 
+def _forget_definition_modules(repo: Path) -> None:
+    """Drop already imported definition modules (``on_demand``, ``features.listing``...) named like
+    this repository's files: Feast imports them by name, so a second apply in the same process
+    (another home, or an edited file) would otherwise register the first one's definitions."""
+    names = {p.stem for p in repo.glob("*.py")} | {p.name for p in repo.iterdir() if p.is_dir()}
+    for name, module in list(sys.modules.items()):
+        origin = getattr(module, "__file__", None) or ""
+        if name.split(".")[0] in names and not origin.startswith(sys.prefix):
+            del sys.modules[name]
+
+
 def apply(settings: Settings) -> dict:
     """Register every definition in ``feature_repo/`` (the programmatic ``feast apply``) and create
     the online tables. Returns counts of what the registry now holds."""
-    from feast.repo_operations import _get_repo_contents, apply_total_with_repo_instance
+    from ranker.features.feast_compat import apply_repo, repo_contents
 
     settings.feast_dir.mkdir(parents=True, exist_ok=True)
     store = feature_store(settings)
     log = io.StringIO()
+    _forget_definition_modules(settings.feature_repo)
     with in_feature_repo(settings.feature_repo), contextlib.redirect_stdout(log):
         try:
-            repo = _get_repo_contents(settings.feature_repo, store.config.project, store.config)
-            apply_total_with_repo_instance(
-                store, store.config.project, store.registry, repo, skip_source_validation=False
-            )
+            repo = repo_contents(settings.feature_repo, store.config.project, store.config)
+            apply_repo(store, repo)
         except SystemExit as exc:  # Feast exits on some invalid definitions
             raise FeatureRepoError(f"feast apply failed: {log.getvalue().strip() or exc}") from None
     store.refresh_registry()

@@ -111,7 +111,8 @@ def _factorize_text_general(column) -> tuple[np.ndarray, list]:
         if all(e.dictionary.equals(first) for e in encoded[1:]):
             codes = [e.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64) for e in encoded]
             return np.concatenate(codes), first.to_pylist()
-        pieces, uniques = [], []
+        pieces: list[np.ndarray] = []
+        uniques: list = []
         for e in encoded:  # a dictionary per chunk: offset each chunk's codes
             idx = e.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
             pieces.append(np.where(idx >= 0, idx + len(uniques), -1))
@@ -175,7 +176,7 @@ def _size_match(size, user_size) -> np.ndarray:
                     keys, user = sizes, users[0]
                     table = {s: _size_code(s, user) for s in set(sizes)}
                 else:
-                    keys = list(zip(sizes, users))
+                    keys = list(zip(sizes, users, strict=False))
                     table = {k: _size_code(*k) for k in set(keys)}
                 codes = bytes(map(table.__getitem__, keys))
             except (TypeError, ValueError):  # an unhashable value, or one with no truth in ==
@@ -278,6 +279,7 @@ def _word_passes(needles: list, haystacks: list) -> np.ndarray:
     for needle in needles:
         found = np.frombuffer(bytes(map(operator.contains, haystacks, repeat(needle))), dtype=np.uint8)
         hits = found if hits is None else hits + found  # at most WORD_PASSES: no uint8 overflow
+    assert hits is not None, "a query has at least one word here"
     return np.true_divide(hits, len(needles), dtype=np.float64)
 
 
@@ -304,7 +306,7 @@ def _query_title_match_loop(queries: list, titles: list) -> np.ndarray:
     """Row by row, for queries that vary and titles that are not all strings."""
     out = [math.nan] * len(queries)
     last, q_set, q_n = None, None, 0
-    for i, (q, t) in enumerate(zip(queries, titles)):
+    for i, (q, t) in enumerate(zip(queries, titles, strict=False)):
         if q is not last:  # consecutive rows often share one query object: its words once
             last = q
             q_set = _WORDS[q] if isinstance(q, str) else None

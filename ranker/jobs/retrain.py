@@ -173,7 +173,7 @@ def _contenders(ctx: StepContext, name: str, version: str):
 def _gate(ctx: StepContext, challenger, champion, *, margin: float):
     """Challenger vs the current production model, on the challenger's holdout."""
     from ranker.registry.gate import evaluate_gate
-    from ranker.training.evaluate import gate_evidence
+    from ranker.registry.evidence import gate_evidence
 
     evidence = gate_evidence(ctx.settings, challenger_dir=challenger.path, champion_dir=champion.path if champion else None)
     return evaluate_gate(evidence, _policy(ctx.params, margin=margin))

@@ -270,11 +270,11 @@ def run_pipeline(
             # Earlier steps of the same group (all earlier steps when ungrouped) are prerequisites; they
             # may have run in another process (--step, one Airflow task per step).
             before = [by_name[s.name] for s in steps[: names.index(step.name)] if s.group == step.group]
-            blocked = next((b for b in before if b.get("status") == "blocked"), None)
-            if blocked is not None:
-                entry.update(status="skipped", reason=f"{blocked['name']} blocked: {blocked.get('reason')}", outputs={})
+            blocker = next((b for b in before if b.get("status") == "blocked"), None)
+            if blocker is not None:
+                entry.update(status="skipped", reason=f"{blocker['name']} blocked: {blocker.get('reason')}", outputs={})
                 _write_record(path, record)
-                echo(f"  {step.name:<22} skipped: {blocked['name']} was blocked")
+                echo(f"  {step.name:<22} skipped: {blocker['name']} was blocked")
                 continue
             missing = [b["name"] for b in before if b.get("status") not in ("succeeded", "skipped")]
             if missing:

@@ -63,7 +63,7 @@ class Experiment:
             return self.variants[0]
         digest = hashlib.sha256(f"{self.salt}:{self.surface}:{user_id}".encode()).digest()
         u = int.from_bytes(digest[:8], "big") / 2.0**64
-        for variant, bound in zip(self.variants, self._bounds):  # type: ignore[attr-defined]
+        for variant, bound in zip(self.variants, self._bounds, strict=False):  # type: ignore[attr-defined]
             if u < bound:
                 return variant
         return self.variants[-1]

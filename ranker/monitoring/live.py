@@ -4,7 +4,7 @@ The simulator wrote, for every logged impression, the hidden utility the user fe
 (``data/ground_truth/utility.parquet``). :class:`LiveEnvironment` takes logged requests (their
 user, surface, query and candidate listings, by default from the last day of the log), sends the
 candidates to the scorer in a shuffled order, and draws what the user does with the list it gets
-back, with the simulator's own behaviour model:
+back, with the simulator's own behaviour model (:func:`ranker.data.simulate.draw_engagement`):
 ``P(click) = examine(rank) x sigmoid(utility - CLICK_THRESHOLD)``, ``examine(p) = p^-0.3``; saves,
 add-to-bags and purchases need a click first. The events (impressions of the returned list and
 the engagement, under the scorer's ``request_id``) are appended as parquet files to the live event
@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from ranker.config import Settings
 from ranker.data import schema
-from ranker.data.simulate import CLICK_THRESHOLD, EXAMINE_EXPONENT
+from ranker.data.simulate import draw_engagement
 from ranker.errors import RankerError
 
 Sender = Callable[[dict], dict]
@@ -45,10 +45,6 @@ def live_events_dir(settings: Settings) -> Path:
 def live_utility_dir(settings: Settings) -> Path:
     """Where the replay writes the hidden utility of every served (request, item): evaluation only."""
     return settings.data_dir / "live" / "utility"
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
 
 
 @dataclass(frozen=True, eq=False)
@@ -100,7 +96,7 @@ class LiveEnvironment:
             self.requests.append(LoggedRequest(
                 request_id=str(rid), surface=str(part.surface.iloc[0]), user_id=str(part.user_id.iloc[0]),
                 query=None if q is None or (isinstance(q, float) and np.isnan(q)) else str(q),
-                items=tuple(part.item_id.astype(str)), utility=dict(zip(part.item_id.astype(str), part.true_utility)),
+                items=tuple(part.item_id.astype(str)), utility=dict(zip(part.item_id.astype(str), part.true_utility, strict=False)),
             ))
         self.rng = np.random.default_rng(seed)
 
@@ -121,21 +117,12 @@ class LiveEnvironment:
         rng = self.rng
         position = np.arange(1, n + 1)
         utility = np.array([request.utility.get(i, -np.inf) for i in ranked], dtype=np.float64)
-        p = _sigmoid(utility - CLICK_THRESHOLD)
-        click = rng.random(n) < position.astype(np.float64) ** -EXAMINE_EXPONENT * p
-        save = click & (rng.random(n) < 0.25 * _sigmoid(utility - CLICK_THRESHOLD + 0.5))
-        bag = click & (rng.random(n) < 0.35 * _sigmoid(utility - CLICK_THRESHOLD + 0.5))
-        purchase = bag & (rng.random(n) < 0.65 * p)
         t0 = at.value // 10**6  # ms
-        t_click = t0 + 1_500 + position * 800 + rng.exponential(12_000, size=n).astype(np.int64)
-        times = {
-            "impression": np.full(n, t0), "click": t_click,
-            "save": t_click + 2_000 + rng.exponential(40_000, size=n).astype(np.int64),
-            "add_to_bag": t_click + 4_000 + rng.exponential(60_000, size=n).astype(np.int64),
-        }
-        times["purchase"] = times["add_to_bag"] + 20_000 + rng.exponential(360_000, size=n).astype(np.int64)
-        flags = {"impression": np.ones(n, dtype=bool), "click": click, "save": save, "add_to_bag": bag,
-                 "purchase": purchase}
+        drawn = draw_engagement(rng, utility, position, t0)
+        times = {"impression": np.full(n, t0), "click": drawn.t_click, "save": drawn.t_save,
+                 "add_to_bag": drawn.t_add_to_bag, "purchase": drawn.t_purchase}
+        flags = {"impression": np.ones(n, dtype=bool), "click": drawn.click, "save": drawn.save,
+                 "add_to_bag": drawn.add_to_bag, "purchase": drawn.purchase}
         out = []
         for kind, flag in flags.items():
             for i in np.flatnonzero(flag):

@@ -92,7 +92,7 @@ def recompute(settings: Settings, frame: ServedFrame, rows: pd.DataFrame) -> np.
     from feast.errors import FeatureServiceNotFoundException
 
     from ranker.features.store import feature_store, in_feature_repo, service_spec
-    from ranker.training.dataset import feature_matrix
+    from ranker.features.matrix import feature_matrix
 
     store = feature_store(settings)
     spec = service_spec(store, frame.feature_service)

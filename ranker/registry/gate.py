@@ -1,6 +1,6 @@
 """The promotion gate: may a challenger model replace the champion?
 
-Pure functions over evidence computed elsewhere (``ranker.training.evaluate.gate_evidence`` scores
+Pure functions over evidence computed elsewhere (``ranker.registry.evidence.gate_evidence`` scores
 both models on the same holdout requests). Nothing here reads files except
 :func:`measure_predict_ms`, which times a model the caller points at.
 
@@ -240,7 +240,7 @@ def _check_slices(evidence: GateEvidence, policy: GatePolicy) -> GateCheck:
         if chall - champ < -policy.slice_tolerance - 1e-12:
             regressed.append(slice_name)
     scored = {k: v for k, v in deltas.items() if v is not None}
-    worst = min(scored, key=scored.get) if scored else None
+    worst = min(scored, key=lambda k: scored[k]) if scored else None
     ok = not regressed and not missing
     figures = {
         "tolerance": float(policy.slice_tolerance),

@@ -436,6 +436,7 @@ class Registry:
             current = None if stored is None else _pointer_from(stored.data, key=key)
             decision = compute(current)
             if decision is None:
+                assert current is not None  # compute declines only when the stage already serves the version
                 return PointerChange(name=name, stage=stage, action=action, from_version=current.version,
                                      to_version=current.version, changed=False)
             from_version, to_version, history = decision
@@ -514,7 +515,10 @@ class Registry:
     def _pick_version(self, name: str, *, version: str | None, stage: str | None) -> str:
         if (version is None) == (stage is None):
             raise RankerError("give exactly one of version or stage")
-        return version if version is not None else self.resolve(name, stage)
+        if version is not None:
+            return version
+        assert stage is not None
+        return self.resolve(name, stage)
 
 
 # -------------------------------------------------------------------------------------------- pure helpers

@@ -1,5 +1,5 @@
 """Serving-time code: the online feature path the scorer calls per request."""
 
-from ranker.serving.features import FeatureRows, OnlineFeatures, OnlineStoreUnavailable, feast_reference
+from ranker.serving.features import FeatureRows, OnlineFeatures, OnlineStoreUnavailable
 
-__all__ = ["FeatureRows", "OnlineFeatures", "OnlineStoreUnavailable", "feast_reference"]
+__all__ = ["FeatureRows", "OnlineFeatures", "OnlineStoreUnavailable"]

@@ -95,7 +95,7 @@ def batch_score(settings: Settings, options: BatchOptions, *, progress=None) -> 
     """Score every requested user's candidates; returns a summary (rows, users, seconds, path)."""
     from ranker.registry import Registry
     from ranker.serving.features import OnlineFeatures
-    from ranker.training.train import MODEL_NAMES
+    from ranker.surfaces import MODEL_NAMES
 
     users = read_users(options.users_file) if options.users_file else _all_users(settings)
     if not users:
@@ -109,7 +109,10 @@ def batch_score(settings: Settings, options: BatchOptions, *, progress=None) -> 
     started = time.perf_counter()
     now = datetime.now(timezone.utc)
     request_ts = int(now.timestamp())
-    out_users, out_items, out_scores, out_ranks = [], [], [], []
+    out_users: list[str] = []
+    out_items: list[str] = []
+    out_scores: list[float] = []
+    out_ranks: list[int] = []
     # Item-level values are the same for every user of the run: cache them for the duration of the job.
     with OnlineFeatures(settings, service=model.card["feature_service"], timeout_s=5.0, item_cache_ttl_s=3600.0) as features:
         for user in users:
@@ -171,7 +174,7 @@ def _lists(frame: pd.DataFrame) -> dict[str, str]:
             {
                 "model_version": str(group.model_version.iloc[0]),
                 "generated_at": group.generated_at.iloc[0].isoformat(),
-                "items": [{"item_id": i, "score": float(s)} for i, s in zip(group.item_id, group.score)],
+                "items": [{"item_id": i, "score": float(s)} for i, s in zip(group.item_id, group.score, strict=False)],
             }
         )
     return out
@@ -204,7 +207,8 @@ def read_online_topk(settings: Settings, surface: str, user_id: str) -> dict | N
     if settings.online_store == "redis":
         import redis
 
-        raw = redis.Redis.from_url(settings.redis_url, socket_timeout=1).get(f"ranker:topk:{surface}:{user_id}")
+        raw: bytes | None = redis.Redis.from_url(settings.redis_url, socket_timeout=1).get(  # type: ignore[assignment]
+            f"ranker:topk:{surface}:{user_id}")  # the sync client answers bytes; its stubs also allow an Awaitable
         return json.loads(raw) if raw else None
     db = settings.feast_dir / "online.db"
     with sqlite3.connect(db) as con:

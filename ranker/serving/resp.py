@@ -320,7 +320,7 @@ def _put_u32(out, p, value):
 def encode_commands(data, lengths, columns, reads, frames, out):
     """A round's commands, written into ``out``: per read, per entity key, the read's command head,
     the key as a RESP bulk string, the command tail. The key is Feast's serialized entity key of
-    string join keys plus the project (``ranker.features.materialize._string_entity_keys``): the
+    string join keys plus the project (``ranker.features.feast_compat.string_entity_keys``): the
     read's prefix (key count and names), then per value the STRING type (2) and its length as
     little-endian uint32 and its UTF-8 bytes, then the suffix.
 
@@ -382,9 +382,9 @@ def warm_up() -> None:
     """Compile (or load from the cache) every kernel for the argument types the scorer passes: a
     writable buffer (numba types a read-only one apart, and would compile again on the first
     request), contiguous and strided 2-D cell grids (a column block of a wider grid is strided)."""
-    one, a = b"$5\r\n\x35\x00\x00\x80\x3f\r\n", b"$3\r\n\x12\x01a\r\n"  # float_val 1.0, string_val "a"
-    hmget = b"*2\r\n" + one + a
-    hgetall = b"*6\r\n$4\r\nname\r\n" + a + b"$6\r\n_ts:fv\r\n$-1\r\n$4\r\nnum_\r\n" + one
+    one, text = b"$5\r\n\x35\x00\x00\x80\x3f\r\n", b"$3\r\n\x12\x01a\r\n"  # float_val 1.0, string_val "a"
+    hmget = b"*2\r\n" + one + text
+    hgetall = b"*6\r\n$4\r\nname\r\n" + text + b"$6\r\n_ts:fv\r\n$-1\r\n$4\r\nnum_\r\n" + one
     buf = np.frombuffer(bytearray(hmget + hgetall), dtype=np.uint8)  # writable, as the receive buffer is
     off = np.zeros(4, dtype=np.int64)
     ln = np.full(4, -1, dtype=np.int64)
@@ -407,15 +407,15 @@ def warm_up() -> None:
         group_spans(buf, a.ravel(), b.ravel(), first)
     if bytes(buf[a[0, 1]:b[0, 1]]) != b"a" or first[3] != 1:
         raise AssertionError("string kernel self-test failed")
-    out = np.empty(16, dtype=np.uint8)
-    n = gather_spans(buf, a.ravel(), b.ravel(), out)
-    if bytes(out[:n]) != b"\x00a\x00\x00a":
+    gathered = np.empty(16, dtype=np.uint8)
+    n = gather_spans(buf, a.ravel(), b.ravel(), gathered)
+    if bytes(gathered[:n]) != b"\x00a\x00\x00a":
         raise AssertionError("gather kernel self-test failed")
     data = np.frombuffer(b"ab", dtype=np.uint8)  # read-only, as the joined values and frames are
     frames = np.frombuffer(b"HPTS", dtype=np.uint8)
     reads = np.array([[1, 0, 2, 0, 1, 1, 1, 2, 1, 3, 1]], dtype=np.int64)
     columns = np.array([[0, 0, 0], [1, -1, 1]], dtype=np.int64)
-    out = np.empty(commands_size(reads, 3), dtype=np.uint8)
-    n = encode_commands(data, np.array([1], dtype=np.int64), columns, reads, frames, out)
-    if bytes(out[:n]) != b"H$20\r\nP\x02\x00\x00\x00\x01\x00\x00\x00a\x02\x00\x00\x00\x01\x00\x00\x00bS\r\nT":
+    encoded = np.empty(commands_size(reads, 3), dtype=np.uint8)
+    n = encode_commands(data, np.array([1], dtype=np.int64), columns, reads, frames, encoded)
+    if bytes(encoded[:n]) != b"H$20\r\nP\x02\x00\x00\x00\x01\x00\x00\x00a\x02\x00\x00\x00\x01\x00\x00\x00bS\r\nT":
         raise AssertionError("key kernel self-test failed")

@@ -28,6 +28,7 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -221,18 +222,6 @@ def _entity_frame(chunk: pa.Table, spec) -> pd.DataFrame:
         return pa.table(cols).to_pandas()
 
 
-def feature_matrix(frame: pd.DataFrame, spec) -> np.ndarray:
-    """The model's float32 input matrix in the service's feature order, defaults applied."""
-    cols = []
-    for name in spec.features:
-        values = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-        default = spec.defaults[name]
-        if not np.isnan(default):
-            values = np.where(np.isnan(values), default, values)
-        cols.append(values.astype(np.float32))
-    return np.column_stack(cols) if cols else np.empty((len(frame), 0), dtype=np.float32)
-
-
 def _feature_values(column: pa.ChunkedArray) -> np.ndarray:
     """One feature as float64 with NaN for missing, exactly as ``pd.to_numeric`` of the column's
     pandas form gives it (Arrow converts ints and floats directly; anything else goes through
@@ -244,7 +233,7 @@ def _feature_values(column: pa.ChunkedArray) -> np.ndarray:
 
 def _features_in_entity_order(table: pa.Table, spec, n: int) -> np.ndarray:
     """Feast's result (any row order) as the float32 matrix in entity-row order, defaults applied
-    as in :func:`feature_matrix`; column-major, so each feature column is contiguous."""
+    as in :func:`ranker.features.matrix.feature_matrix`; column-major, so each feature column is contiguous."""
     if table.num_rows != n:
         raise DatasetError(f"Feast returned {table.num_rows} rows for {n} entity rows")
     row = table.column("_row").to_numpy().astype(np.int64, copy=False)
@@ -419,7 +408,7 @@ def build_dataset(settings: Settings, options: DatasetOptions, *, progress=None,
     tmp.replace(path)
     ts = rows.column("event_timestamp").to_pandas()
     label_values, label_counts = np.unique(labels, return_counts=True)
-    manifest = {
+    manifest: dict[str, Any] = {
         "surface": options.surface,
         "feature_service": options.service,
         "features": list(spec.features),
@@ -435,7 +424,7 @@ def build_dataset(settings: Settings, options: DatasetOptions, *, progress=None,
         "rows": int(n),
         "groups": int(len(starts)),
         "positives": int((labels > 0).sum()),
-        "label_counts": {str(k): int(v) for k, v in zip(label_values, label_counts)},
+        "label_counts": {str(k): int(v) for k, v in zip(label_values, label_counts, strict=False)},
         "fingerprint": digest.hexdigest(),
         "path": str(path),
         "seconds": round(time.perf_counter() - started, 2),
@@ -481,7 +470,7 @@ def _output_table(chunk: pa.Table, spec, matrix: np.ndarray, schema: pa.Schema) 
     arrays = [pc.fill_null(a, "None") if pa.types.is_string(a.type) and a.null_count else a for a in arrays]
     # from_pandas: NaN becomes null, as pa.Table.from_pandas writes it
     arrays += [pa.array(matrix[:, j], from_pandas=True) for j in range(len(spec.features))]
-    arrays = [a.cast(field.type) if a.type != field.type else a for a, field in zip(arrays, schema)]
+    arrays = [a.cast(field.type) if a.type != field.type else a for a, field in zip(arrays, schema, strict=False)]
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
@@ -491,7 +480,7 @@ def _row_hashes(table: pa.Table) -> np.ndarray:
     dictionary encoding, whose hashes are by definition those of the strings (pandas itself
     categorises object columns before hashing them)."""
     columns = {}
-    for name, column in zip(table.column_names, table.columns):
+    for name, column in zip(table.column_names, table.columns, strict=False):
         if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
             encoded = pc.dictionary_encode(column.combine_chunks())
             categories = pd.Index(encoded.dictionary.to_numpy(zero_copy_only=False), dtype=object)

@@ -145,7 +145,7 @@ def score_rankers(settings: Settings, model: ModelArtefact, frame: pd.DataFrame,
     return scores
 
 
-def _slices(frame: pd.DataFrame, surface: str) -> dict[str, np.ndarray]:
+def slices_of(frame: pd.DataFrame, surface: str) -> dict[str, np.ndarray]:
     """Row masks of the evaluation slices."""
     has_query = frame["query"].astype(str).str.len().to_numpy() > 0
     masks = {f"surface={surface}": np.ones(len(frame), dtype=bool)}
@@ -160,7 +160,7 @@ def _slices(frame: pd.DataFrame, surface: str) -> dict[str, np.ndarray]:
     return {k: v for k, v in masks.items() if v.any()}
 
 
-def _finite(x: float) -> float | None:
+def finite_or_none(x: float) -> float | None:
     return float(x) if x is not None and math.isfinite(x) else None
 
 
@@ -173,7 +173,7 @@ def evaluate_frame(
     per_group = {name: metrics.per_group_metrics(groups, labels, s) for name, s in scores.items()}
     out: dict = {"test": {name: metrics.mean_metrics(t) for name, t in per_group.items()}}
     slices: dict = {}
-    for slice_name, mask in _slices(frame, surface).items():
+    for slice_name, mask in slices_of(frame, surface).items():
         sub = frame[mask]
         sub_groups = metrics.encode_groups(sub.request_id.to_numpy())
         slices[slice_name] = {}
@@ -181,9 +181,9 @@ def evaluate_frame(
             ndcg = metrics.per_group_metrics(sub_groups, sub.label.to_numpy(), s[mask], ks=(10,))["ndcg@10"]
             ci = metrics.bootstrap_mean_ci(ndcg.to_numpy(), n_boot=n_boot, seed=seed)
             slices[slice_name][name] = {
-                "ndcg@10": _finite(ci["mean"]),
-                "low": _finite(ci["low"]),
-                "high": _finite(ci["high"]),
+                "ndcg@10": finite_or_none(ci["mean"]),
+                "low": finite_or_none(ci["low"]),
+                "high": finite_or_none(ci["high"]),
                 "groups": int(ci["n"]),
             }
     out["slices"] = slices
@@ -194,16 +194,16 @@ def evaluate_frame(
         ci = metrics.paired_bootstrap_ci(
             per_group["model"]["ndcg@10"], per_group[name]["ndcg@10"], n_boot=n_boot, seed=seed
         )
-        out["ci"][f"model-vs-{name}"] = {"metric": "ndcg@10", **{k: _finite(v) if isinstance(v, float) else v for k, v in ci.items()}}
+        out["ci"][f"model-vs-{name}"] = {"metric": "ndcg@10", **{k: finite_or_none(v) if isinstance(v, float) else v for k, v in ci.items()}}
     if "oracle" in scores:
         utility = scores["oracle"]
         out["true_utility"] = {
-            name: _finite(float(metrics.graded_ndcg_against_utility(groups, utility, s, k=10).mean()))
+            name: finite_or_none(float(metrics.graded_ndcg_against_utility(groups, utility, s, k=10).mean()))
             for name, s in scores.items()
         }
-        out["oracle_fraction"] = _finite(metrics.oracle_fraction(out["true_utility"]))
+        out["oracle_fraction"] = finite_or_none(metrics.oracle_fraction(out["true_utility"]))
         if out["true_utility"].get("oracle"):
-            out["model_over_oracle"] = _finite(out["true_utility"]["model"] / out["true_utility"]["oracle"])
+            out["model_over_oracle"] = finite_or_none(out["true_utility"]["model"] / out["true_utility"]["oracle"])
     return out, per_group
 
 
@@ -241,7 +241,7 @@ def evaluate_model(settings: Settings, model_dir: Path, *, n_boot: int = 1000, s
         "feature_importance": model.card.get("feature_importance", {}),
         "score_distributions": {name: [float(v) for v in s[sample]] for name, s in scores.items()},
         "ndcg_curve": {
-            name: [_finite(v) for v in metrics.ndcg_curve(frame.request_id.to_numpy(), frame.label.to_numpy(), s)]
+            name: [finite_or_none(v) for v in metrics.ndcg_curve(frame.request_id.to_numpy(), frame.label.to_numpy(), s)]
             for name, s in scores.items()
         },
         "test_window": {
@@ -265,50 +265,3 @@ def _json_default(value):
     if isinstance(value, (np.floating, np.integer)):
         return value.item()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def gate_evidence(settings: Settings, *, challenger_dir: Path, champion_dir: Path | None):
-    """Evidence for the registry's promotion gate: both models scored on the challenger's test
-    requests (the most recent holdout), per request, in the same order."""
-    from ranker.features.store import FeatureRepoError, feature_store, service_spec
-    from ranker.registry.gate import GateEvidence, measure_predict_ms
-
-    challenger = load_model(challenger_dir)
-    frame, _ = holdout_frame(settings, challenger)
-    groups = metrics.encode_groups(frame.request_id.to_numpy())
-    labels = frame.label.to_numpy()
-    surface = challenger.card["surface"]
-
-    def per_request(model: ModelArtefact) -> tuple[np.ndarray, dict]:
-        scores = predict(model, frame)
-        ndcg = metrics.per_group_metrics(groups, labels, scores, ks=(10,))["ndcg@10"]
-        slices = {}
-        for name, mask in _slices(frame, surface).items():
-            sub_groups = metrics.encode_groups(frame.request_id.to_numpy()[mask])
-            values = metrics.per_group_metrics(sub_groups, labels[mask], scores[mask], ks=(10,))["ndcg@10"]
-            if np.isfinite(values).sum() >= MIN_GATE_SLICE_REQUESTS:
-                slices[name] = _finite(float(np.nanmean(values)))
-        return ndcg.to_numpy(dtype=np.float64), {k: v for k, v in slices.items() if v is not None}
-
-    challenger_ndcg, challenger_slices = per_request(challenger)
-    keep = np.isfinite(challenger_ndcg)
-    champion_ndcg = champion_slices = None
-    if champion_dir is not None:
-        champion = load_model(champion_dir)
-        champion_ndcg, champion_slices = per_request(champion)
-        keep &= np.isfinite(champion_ndcg)
-        champion_ndcg = champion_ndcg[keep]
-    try:
-        service_spec(feature_store(settings), challenger.card["feature_service"])
-        exists = True
-    except FeatureRepoError:
-        exists = False
-    return GateEvidence(
-        challenger_ndcg=challenger_ndcg[keep],
-        champion_ndcg=champion_ndcg,
-        challenger_slice_ndcg=challenger_slices,
-        champion_slice_ndcg=champion_slices,
-        feature_service_exists=exists,
-        predict_ms=measure_predict_ms(challenger.path / "model.txt"),
-        feature_service=challenger.card["feature_service"],
-    )

@@ -59,7 +59,7 @@ def _candidate_scores(settings: Settings, model, rows: pd.DataFrame, listings: p
     """For each logged row: (candidate item ids, model scores) with features fetched from Feast
     at the row's time."""
     from ranker.features.store import feature_store, in_feature_repo, service_spec
-    from ranker.training.dataset import feature_matrix
+    from ranker.features.matrix import feature_matrix
 
     lst = listings.set_index("item_id")
     entity = []
@@ -179,13 +179,13 @@ def evaluate_ips(settings: Settings, model_dir: Path, *, n_boot: int = 1000, see
     listings = schema.read_table(settings.raw_dir, schema.LISTINGS)
     cands = _candidate_scores(settings, model, test, listings)
     n_slots = int(props.position.max())
-    model_ranks = np.array([_tie_block(items, s, a) for (items, s), a in zip(cands, test.item_id)]).reshape(-1, 2)
+    model_ranks = np.array([_tie_block(items, s, a) for (items, s), a in zip(cands, test.item_id, strict=False)]).reshape(-1, 2)
     all_items = pd.Series(np.concatenate([items for items, _ in cands])).unique()
     pop = pd.Series(
         _popularity(settings, pd.Series(all_items), split, model.card["training_window"]["start"]), index=all_items
     )
     pop_ranks = np.array(
-        [_tie_block(items, pop.reindex(items).to_numpy(), a) for (items, _), a in zip(cands, test.item_id)]
+        [_tie_block(items, pop.reindex(items).to_numpy(), a) for (items, _), a in zip(cands, test.item_id, strict=False)]
     ).reshape(-1, 2)
     n_cand = np.array([len(items) for items, _ in cands], dtype=np.float64)
     rng = np.random.default_rng(seed)

@@ -190,11 +190,11 @@ def _summary_rows(evaluation: Mapping) -> tuple[list[str], list[list[str]]]:
 
 
 def _text_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=False)]
     # Names left-aligned, numbers right-aligned so decimal points line up.
     def line(cells: list[str]) -> str:
         return "  ".join(
-            cell.ljust(width) if i == 0 else cell.rjust(width) for i, (cell, width) in enumerate(zip(cells, widths))
+            cell.ljust(width) if i == 0 else cell.rjust(width) for i, (cell, width) in enumerate(zip(cells, widths, strict=False))
         ).rstrip()
 
     return "\n".join([line(header), line(["-" * w for w in widths]), *(line(row) for row in rows)])
@@ -327,7 +327,7 @@ def _plot_feature_importance(importance: Mapping) -> str | None:
     pairs = sorted(known, key=lambda pair: pair[1], reverse=True)[:TOP_FEATURES]
     if not pairs:
         return None
-    names, gains = zip(*reversed(pairs))  # largest at the top of a horizontal bar chart
+    names, gains = zip(*reversed(pairs), strict=False)  # largest at the top of a horizontal bar chart
     figure = Figure(figsize=(7, 1.0 + 0.28 * len(names)))
     axes = figure.add_subplot()
     axes.barh(range(len(names)), gains, color="#4c72b0")
@@ -401,7 +401,7 @@ def _plot_ndcg_curves(curves: Mapping, colours: Mapping[str, Any]) -> str | None
         points = [(k + 1, _number(v, f"['ndcg_curve'][{ranker!r}]")) for k, v in enumerate(curves[ranker] or [])]
         points = [(k, v) for k, v in points if v is not None]
         if points:
-            ks, vs = zip(*points)
+            ks, vs = zip(*points, strict=False)
             axes.plot(ks, vs, marker=".", label=ranker, color=colours.get(ranker))
             drawn = True
     if not drawn:

@@ -22,9 +22,8 @@ import pandas as pd
 
 from ranker.config import Settings
 from ranker.errors import RankerError
+from ranker.surfaces import MODEL_NAMES
 from ranker.training.dataset import SERVICES, load_dataset
-
-MODEL_NAMES = {"search": "search_ranker", "recs": "recs_ranker"}
 
 
 class TrainingError(RankerError):
@@ -112,7 +111,7 @@ def _with_positive(part: pd.DataFrame) -> pd.DataFrame:
 def _distribution(values: np.ndarray) -> dict:
     """Quantile bins of one feature on the training split, for drift (PSI) later."""
     finite = values[np.isfinite(values)]
-    summary = {"missing_rate": float(1 - len(finite) / max(len(values), 1))}
+    summary: dict[str, float | list[float]] = {"missing_rate": float(1 - len(finite) / max(len(values), 1))}
     if len(finite):
         edges = np.unique(np.quantile(finite, np.linspace(0, 1, 11)))
         counts, _ = np.histogram(finite, bins=edges) if len(edges) > 1 else (np.array([len(finite)]), edges)
@@ -240,7 +239,7 @@ def train_model(settings: Settings, options: TrainOptions, *, out_root: Path | N
         "valid_ndcg@10": float(booster.best_score["valid"]["ndcg@10"]),
         "feature_distributions": {f: _distribution(train_part[f].to_numpy(dtype=np.float64)) for f in features},
         "feature_importance": dict(
-            zip(features, (float(v) for v in booster.feature_importance(importance_type="gain", iteration=booster.best_iteration)))
+            zip(features, (float(v) for v in booster.feature_importance(importance_type="gain", iteration=booster.best_iteration)), strict=False)
         ),
         "library_versions": _versions(),
         "git_commit": _git_commit(),
