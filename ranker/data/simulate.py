@@ -896,14 +896,20 @@ class Engagement:
     t_purchase: np.ndarray
 
 
+def click_probability(utility: np.ndarray, position: np.ndarray) -> np.ndarray:
+    """``P(click) = examine(position) x sigmoid(utility - CLICK_THRESHOLD)``, ``examine(p) = p^-EXAMINE_EXPONENT``:
+    the behaviour model's click term, shared by :func:`draw_engagement` and the A/B simulations."""
+    examine = np.asarray(position, dtype=np.float64) ** -EXAMINE_EXPONENT
+    return examine * _sigmoid(np.asarray(utility, dtype=np.float64) - CLICK_THRESHOLD)
+
+
 def draw_engagement(rng: np.random.Generator, utility: np.ndarray, position: np.ndarray,
                     t_request: np.ndarray | int) -> Engagement:
     """The behaviour model: ``P(click) = examine(position) x sigmoid(utility - CLICK_THRESHOLD)``
     with ``examine(p) = p^-EXAMINE_EXPONENT``; saves, add-to-bags and purchases need a click first.
     Used by the simulator and by the live environment (:mod:`ranker.monitoring.live`)."""
     n = len(utility)
-    examine = position.astype(np.float64) ** -EXAMINE_EXPONENT
-    click = rng.random(n) < examine * _sigmoid(utility - CLICK_THRESHOLD)
+    click = rng.random(n) < click_probability(utility, position)
     save = click & (rng.random(n) < 0.25 * _sigmoid(utility - CLICK_THRESHOLD + 0.5))
     bag = click & (rng.random(n) < 0.35 * _sigmoid(utility - CLICK_THRESHOLD + 0.5))
     purchase = bag & (rng.random(n) < 0.65 * _sigmoid(utility - CLICK_THRESHOLD))

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from ranker.data.simulate import CLICK_THRESHOLD, EXAMINE_EXPONENT
+from ranker.data import simulate
 from ranker.monitoring import abstats as S
 from ranker.monitoring.abtest import Experiment, Variant
 
@@ -50,8 +50,7 @@ class SimulatedTraffic:
 
 def click_probability(utility: np.ndarray) -> np.ndarray:
     """The simulator's click model along a ranked list of utilities (rank 1 first)."""
-    rank = np.arange(1, len(utility) + 1, dtype=np.float64)
-    return rank ** -EXAMINE_EXPONENT / (1.0 + np.exp(-(np.asarray(utility, dtype=np.float64) - CLICK_THRESHOLD)))
+    return simulate.click_probability(utility, np.arange(1, len(utility) + 1))
 
 
 def traffic_from_environment(env: Any, *, k: int = 10) -> SimulatedTraffic:

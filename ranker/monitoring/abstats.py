@@ -155,14 +155,14 @@ def srm_check(users_per_variant: Mapping[str, int], weights: Mapping[str, float]
     w = np.array([weights[v] for v in names], dtype=np.float64)
     expected = total * w / w.sum()
     if len(names) < 2 or total == 0:
-        return {"observed": dict(users_per_variant), "expected": dict(zip(names, expected.tolist())), "chi2": None,
+        return {"observed": dict(users_per_variant), "expected": dict(zip(names, expected.tolist(), strict=False)), "chi2": None,
                 "dof": 0, "p_value": None, "threshold": p_threshold, "ok": not unknown,
                 "verdict": ("not applicable (one variant)" if not unknown
                             else f"users in unconfigured variants {unknown}")}
     chi2 = float(((observed - expected) ** 2 / expected).sum())
     p = float(stats.chi2.sf(chi2, len(names) - 1))
     ok = p >= p_threshold and not unknown
-    share = ", ".join(f"{v} {o / total:.1%} (expected {e / total:.1%})" for v, o, e in zip(names, observed, expected))
+    share = ", ".join(f"{v} {o / total:.1%} (expected {e / total:.1%})" for v, o, e in zip(names, observed, expected, strict=False))
     if unknown:
         verdict = f"SAMPLE RATIO MISMATCH: users in variants not configured: {', '.join(unknown)}"
     elif not ok:
@@ -170,7 +170,7 @@ def srm_check(users_per_variant: Mapping[str, int], weights: Mapping[str, float]
     else:
         verdict = f"ok (p = {p:.2f}): {share}"
     return {"observed": {v: int(users_per_variant.get(v, 0)) for v in [*names, *unknown]},
-            "expected": {v: float(e) for v, e in zip(names, expected)}, "chi2": chi2, "dof": len(names) - 1,
+            "expected": {v: float(e) for v, e in zip(names, expected, strict=False)}, "chi2": chi2, "dof": len(names) - 1,
             "p_value": p, "threshold": p_threshold, "ok": ok, "verdict": verdict}
 
 

@@ -254,7 +254,7 @@ def online_table(report: dict[str, Any]) -> str:
             seen_srm.add(c["surface"])
             lines.append(f"{c['surface']}: sample ratio {c['srm']['verdict']}")
             lines.append(f"{c['surface']}: decision rule {c['rule']}, alpha {report['alpha']}")
-        for m, label in zip(metrics, labels):
+        for m, label in zip(metrics, labels, strict=False):
             r = c[m]
             seq = r["sequential"]
             if not c["srm"]["ok"]:
