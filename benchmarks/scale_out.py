@@ -69,15 +69,15 @@ print(json.dumps(out))
 def _ranker(args: list[str], env: dict, label: str) -> None:
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", "from pipelines.cli import main; main()", *args], env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
     if proc.returncode != 0:
         sys.exit(f"{label} failed:\n{proc.stdout[-4000:]}")
     print(f"  {label:<24} {time.perf_counter() - t0:7.1f} s", flush=True)
 
 
 def _measure(task: str, env: dict, *extra: str) -> dict:
-    proc = subprocess.run([sys.executable, "-c", CHILD, task, *extra], env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run([sys.executable, "-c", CHILD, task, *extra], env=env, capture_output=True,
+                          text=True, check=False)
     if proc.returncode != 0:
         sys.exit(f"{task} failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -4,6 +4,7 @@ single-process training, close quality; partitions never split a request."""
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ def test_partitions_hold_whole_requests():
     ids = np.array(["a", "a", "a", "b", "c", "c", "d", "d", "d", "d", "e"])
     bounds = partition_bounds(ids, 3)
     assert bounds[0][0] == 0 and bounds[-1][1] == len(ids)
-    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+    assert all(a[1] == b[0] for a, b in pairwise(bounds))
     for lo, hi in bounds:
         assert lo < hi
         # a partition starts where a request starts

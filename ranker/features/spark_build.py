@@ -115,7 +115,7 @@ def _setup_statements() -> list[tuple[str, str]]:
         statement = "\n".join(line for line in statement.splitlines() if not line.strip().startswith("--")).strip()
         if not statement:
             continue
-        match = re.fullmatch(r"CREATE TABLE (\w+) AS\s+(.*)", statement, flags=re.S)
+        match = re.fullmatch(r"CREATE TABLE (\w+) AS\s+(.*)", statement, flags=re.DOTALL)
         if match is None:
             raise AssertionError(f"unexpected setup statement in ranker.features.build: {statement[:60]}")
         name, query = match.groups()
@@ -124,13 +124,15 @@ def _setup_statements() -> list[tuple[str, str]]:
 
 
 def _load_raw(spark: Any, raw_dir: Path) -> None:
+    from pyspark.errors import PySparkException
+
     for table in (schema.EVENTS, schema.LISTINGS, schema.USERS, schema.SELLERS):
         path = raw_dir / table.file
         if not path.exists():
             raise FeatureBuildError(f"{path} not found: run `ranker data simulate` or `ranker data import` first")
         try:
             frame = spark.read.parquet(str(path))
-        except Exception as exc:  # Spark raises AnalysisException for unreadable or nanosecond files
+        except PySparkException as exc:  # AnalysisException and kin: unreadable or nanosecond files
             raise FeatureBuildError(
                 f"{path} is not readable by Spark ({str(exc).splitlines()[0]}); timestamps must be microseconds"
             ) from None
