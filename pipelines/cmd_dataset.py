@@ -57,14 +57,19 @@ def register(cli: click.Group) -> None:
     @click.option("--seed", default=42, show_default=True, type=click.IntRange(0), help="LightGBM seed.")
     @click.option("--position-debias/--no-position-debias", default=False, show_default=True,
                   help="LightGBM's position-debiased LambdaRank (the `position` of lgb.Dataset).")
+    @click.option("--engine", type=click.Choice(["local", "dask"]), default=None,
+                  help="local: one LightGBM process; dask: lightgbm.dask on RANKER_DASK_SCHEDULER (or a LocalCluster). "
+                  "Default: RANKER_TRAIN_ENGINE, else local.")
     @click.pass_obj
-    def train(settings, surface, seed, position_debias) -> None:
+    def train(settings, surface, seed, position_debias, engine) -> None:
         """Train a LambdaRank model on the surface's training set (time-based split, early
         stopping on validation NDCG@10); writes artifacts/models/NAME/VERSION/{model.txt,card.json}."""
         import json
 
         from ranker.training.train import TrainOptions, train_model
 
+        if engine:
+            settings = settings.with_(train_engine=engine)
         out = train_model(settings, TrainOptions(surface=surface, seed=seed, position_debias=position_debias))
         card = json.loads((out / "card.json").read_text())
         click.echo(

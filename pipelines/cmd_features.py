@@ -29,8 +29,11 @@ def register(cli: click.Group) -> None:
     @click.option("--memory-limit", default="4GB", show_default=True, help="DuckDB memory limit (spills to disk beyond it).")
     @click.option("--threads", default=2, show_default=True, type=click.IntRange(1, 64), help="DuckDB threads.")
     @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+    @click.option("--engine", type=click.Choice(["duckdb", "spark"]), default=None,
+                  help="duckdb: this process; spark: PySpark on RANKER_SPARK_MASTER (default local[2], needs Java 17). "
+                  "Default: RANKER_FEATURE_ENGINE, else duckdb.")
     @click.pass_obj
-    def build(settings, memory_limit: str, threads: int, as_json: bool) -> None:
+    def build(settings, memory_limit: str, threads: int, as_json: bool, engine: str | None) -> None:
         """Compute the daily feature snapshots from data/raw into data/features (replaces them)."""
         from tqdm import tqdm
 
@@ -41,7 +44,13 @@ def register(cli: click.Group) -> None:
                 bar.set_postfix_str(name)
                 bar.update(1)
 
-            summary = build_features(settings, options=BuildOptions(memory_limit=memory_limit, threads=threads), progress=done)
+            if (engine or settings.feature_engine) == "spark":
+                from ranker.features.spark_build import build_features_spark
+
+                summary = build_features_spark(settings.with_(feature_engine="spark"), progress=done)
+            else:
+                summary = build_features(settings, options=BuildOptions(memory_limit=memory_limit, threads=threads),
+                                         progress=done)
         if as_json:
             click.echo(json.dumps(summary, indent=2))
             return

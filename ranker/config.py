@@ -21,6 +21,9 @@ from urllib.parse import urlparse
 from ranker.errors import RankerError
 
 ONLINE_STORES = ("sqlite", "redis")
+# Scale-out engines (docs/guides/scale-out.md): the default of each runs in this process.
+FEATURE_ENGINES = ("duckdb", "spark")
+TRAIN_ENGINES = ("local", "dask")
 
 
 class ConfigError(RankerError, ValueError):
@@ -39,8 +42,27 @@ class Settings:
     # Feast registry: empty = the file in data/feast/; a postgresql:// URL = Feast's shared SQL registry.
     feast_registry: str = ""
     extra: dict = field(default_factory=dict)
+    # Engine of `ranker features build` and of the point-in-time join of `ranker dataset build`.
+    feature_engine: str = "duckdb"
+    # Spark master for the spark engine: local[N] on one machine, spark://host:7077 (or yarn, k8s://...) on a cluster.
+    spark_master: str = "local[2]"
+    # Engine of `ranker train`: one LightGBM process, or lightgbm.dask on a Dask cluster.
+    train_engine: str = "local"
+    # Dask scheduler address (tcp://host:8786); empty = a LocalCluster of dask_workers processes.
+    dask_scheduler: str = ""
+    dask_workers: int = 2
 
     def __post_init__(self) -> None:
+        if self.feature_engine not in FEATURE_ENGINES:
+            raise ConfigError(
+                f"RANKER_FEATURE_ENGINE={self.feature_engine!r} is not supported; use one of {', '.join(FEATURE_ENGINES)}"
+            )
+        if self.train_engine not in TRAIN_ENGINES:
+            raise ConfigError(
+                f"RANKER_TRAIN_ENGINE={self.train_engine!r} is not supported; use one of {', '.join(TRAIN_ENGINES)}"
+            )
+        if self.dask_workers < 1:
+            raise ConfigError(f"RANKER_DASK_WORKERS={self.dask_workers} must be at least 1")
         if self.online_store not in ONLINE_STORES:
             raise ConfigError(
                 f"RANKER_ONLINE_STORE={self.online_store!r} is not supported; use one of {', '.join(ONLINE_STORES)}"
@@ -62,6 +84,11 @@ class Settings:
             redis_url=env.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
             registry_uri=env.get("RANKER_REGISTRY_URI", ""),
             feast_registry=env.get("RANKER_FEAST_REGISTRY", "").strip(),
+            feature_engine=env.get("RANKER_FEATURE_ENGINE", "duckdb").strip().lower() or "duckdb",
+            spark_master=env.get("RANKER_SPARK_MASTER", "").strip() or "local[2]",
+            train_engine=env.get("RANKER_TRAIN_ENGINE", "local").strip().lower() or "local",
+            dask_scheduler=env.get("RANKER_DASK_SCHEDULER", "").strip(),
+            dask_workers=_int_setting(env, "RANKER_DASK_WORKERS", 2),
         )
 
     def with_(self, **changes) -> "Settings":
@@ -110,3 +137,13 @@ class Settings:
         if parsed.scheme == "rediss":
             parts.append("ssl=true")
         return ",".join(parts)
+
+
+def _int_setting(env: dict, name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from None

@@ -154,10 +154,8 @@ def _versions() -> dict:
     }
 
 
-def fit(df: pd.DataFrame, features: list[str], options: TrainOptions, split: Split):
-    """Train on the split's train part with early stopping on its validation part."""
-    import lightgbm as lgb
-
+def fitting_parts(df: pd.DataFrame, options: TrainOptions, split: Split) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """The rows LightGBM fits on and validates with (requests with engagement) and its params."""
     parts = split.assign(request_time(df))
     train = _with_positive(df[parts == "train"])
     valid = _with_positive(df[parts == "valid"])
@@ -167,6 +165,14 @@ def fit(df: pd.DataFrame, features: list[str], options: TrainOptions, split: Spl
             "build the training set over a longer window"
         )
     params = {**DEFAULT_PARAMS, **options.params, "seed": options.seed, "num_threads": options.num_threads}
+    return train, valid, params
+
+
+def fit(df: pd.DataFrame, features: list[str], options: TrainOptions, split: Split):
+    """Train on the split's train part with early stopping on its validation part."""
+    import lightgbm as lgb
+
+    train, valid, params = fitting_parts(df, options, split)
 
     def dataset(part, reference=None):
         kwargs = {"position": part.position.to_numpy() - 1} if options.position_debias else {}
@@ -199,7 +205,19 @@ def train_model(settings: Settings, options: TrainOptions, *, out_root: Path | N
     df, manifest = load_dataset(settings, options.surface)
     features = manifest["features"]
     split = time_split(df, options)
-    booster, params, sizes = fit(df, features, options, split)
+    engine: dict = {"name": "local"}
+    if settings.train_engine == "dask":
+        from ranker.training.distributed import fit_dask
+
+        if options.position_debias:
+            raise TrainingError("--position-debias is not supported by the dask engine (lightgbm.dask); train locally")
+        train, valid, params = fitting_parts(df, options, split)
+        booster, engine = fit_dask(settings, train, valid, features, params=params,
+                                   num_boost_round=options.num_boost_round,
+                                   early_stopping_rounds=options.early_stopping_rounds, threads=options.num_threads)
+        sizes = {"train_rows": len(train), "valid_rows": len(valid)}
+    else:
+        booster, params, sizes = fit(df, features, options, split)
     model_text = booster.model_to_string(num_iteration=booster.best_iteration)
     sha = hashlib.sha256(model_text.encode()).hexdigest()
     created = datetime.now(timezone.utc).replace(microsecond=0)
@@ -234,6 +252,7 @@ def train_model(settings: Settings, options: TrainOptions, *, out_root: Path | N
             "fitted_rows": sizes,
         },
         "params": params,
+        "training_engine": engine,
         "options": {k: v for k, v in asdict(options).items() if k != "params"},
         "best_iteration": int(booster.best_iteration),
         "valid_ndcg@10": float(booster.best_score["valid"]["ndcg@10"]),

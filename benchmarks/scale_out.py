@@ -1,0 +1,152 @@
+"""Scale-out engines against the single-machine ones, in one run on the same world: the feature
+tables (DuckDB vs Spark ``local[2]``) and LambdaRank training (one LightGBM process vs
+``lightgbm.dask`` on a LocalCluster of 2 workers x 1 thread).
+
+    .venv/bin/python benchmarks/scale_out.py                      # scale 2: ~1M events, a few minutes
+    .venv/bin/python benchmarks/scale_out.py --scale 10           # ~5M events
+    .venv/bin/python benchmarks/scale_out.py --home /tmp/w2 --keep   # build a world once, reuse it
+
+Each measurement is a fresh process (its own peak RSS, getrusage ru_maxrss; for Spark and Dask
+that is the driver/client only: the JVM and the worker processes are children, reported as
+"children peak"). Printed beside the figures: the machine-speed probe before and after
+(``benchmarks/_stack.py``); the machine is shared, so the engines run alternately and the
+ratios within one run are the figures to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+CHILD = r"""
+import json, resource, sys, time, warnings
+warnings.filterwarnings("ignore")
+import numpy as np
+from ranker.config import Settings
+task = sys.argv[1]
+settings = Settings.from_env()
+out = {}
+t0 = time.perf_counter()
+if task == "features-duckdb":
+    from ranker.features.build import build_features
+    s = build_features(settings)
+    out["rows_out"] = sum(t["rows"] for t in s["tables"].values())
+elif task == "features-spark":
+    from ranker.features.spark_build import build_features_spark
+    s = build_features_spark(settings)
+    out["rows_out"] = sum(t["rows"] for t in s["tables"].values())
+elif task.startswith("train-"):
+    import json as _json
+    from ranker.training import metrics
+    from ranker.training.evaluate import holdout_frame, load_model, predict
+    from ranker.training.train import TrainOptions, train_model
+    engine = task.split("-", 1)[1]
+    model_dir = train_model(settings.with_(train_engine=engine), TrainOptions(surface=sys.argv[2]),
+                            out_root=settings.artifacts_dir / "bench_models" / engine)
+    card = _json.loads((model_dir / "card.json").read_text())
+    model = load_model(model_dir)
+    frame, _ = holdout_frame(settings, model)
+    ndcg = metrics.per_group_metrics(frame.request_id.to_numpy(), frame.label.to_numpy(), predict(model, frame), ks=(10,))
+    out.update(best_iteration=card["best_iteration"], test_ndcg10=float(np.nanmean(ndcg["ndcg@10"])),
+               fitted_rows=card["dataset"]["fitted_rows"]["train_rows"], engine=card["training_engine"])
+out["seconds"] = time.perf_counter() - t0
+out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+out["children_peak_rss_gb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6
+print(json.dumps(out))
+"""
+
+
+def _ranker(args: list[str], env: dict, label: str) -> None:
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", "from pipelines.cli import main; main()", *args], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
+    if proc.returncode != 0:
+        sys.exit(f"{label} failed:\n{proc.stdout[-4000:]}")
+    print(f"  {label:<24} {time.perf_counter() - t0:7.1f} s", flush=True)
+
+
+def _measure(task: str, env: dict, *extra: str) -> dict:
+    proc = subprocess.run([sys.executable, "-c", CHILD, task, *extra], env=env, capture_output=True,
+                          text=True, check=False)
+    if proc.returncode != 0:
+        sys.exit(f"{task} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _env(home: Path) -> dict:
+    env = {**os.environ, "RANKER_HOME": str(home), "PYTHONWARNINGS": "ignore"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def main() -> None:
+    from benchmarks._stack import machine_speed
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", type=float, default=2.0, help="Simulator scale of a new world (2: ~1M events).")
+    parser.add_argument("--home", type=Path, default=None, help="Use this RANKER_HOME (built there if needed).")
+    parser.add_argument("--keep", action="store_true", help="Keep the temporary world.")
+    parser.add_argument("--surface", choices=["search", "recs"], default="recs")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["features", "training"])
+    args = parser.parse_args()
+    home = args.home or Path(tempfile.mkdtemp(prefix="ranker-scale-out-", dir="/tmp"))
+    env = _env(home)
+    spark_home = home / "spark_copy"  # same raw data, its own feature folder
+    try:
+        print(machine_speed(), flush=True)
+        if not (home / "data" / "feast" / "registry.db").exists():
+            print(f"building a world at scale {args.scale:g} in {home}")
+            home.mkdir(parents=True, exist_ok=True)
+            if not (home / "feature_repo").exists():
+                shutil.copytree(REPO / "feature_repo", home / "feature_repo", ignore=shutil.ignore_patterns("__pycache__"))
+            _ranker(["data", "simulate", "--scale", f"{args.scale:g}"], env, "data simulate")
+            _ranker(["features", "build"], env, "features build")
+            _ranker(["features", "apply"], env, "features apply")
+        import pyarrow.parquet as pq
+
+        events = pq.ParquetFile(home / "data" / "raw" / "events.parquet").metadata.num_rows
+        print(f"world: {events:,} events, machine: {os.cpu_count()} cores\n")
+        if "features" not in args.skip:
+            (spark_home / "data").mkdir(parents=True, exist_ok=True)
+            if not (spark_home / "data" / "raw").exists():
+                (spark_home / "data" / "raw").symlink_to(home / "data" / "raw")
+            print(f"{'features build':<26} {'events':>11} {'seconds':>8} {'s per 1M':>9} {'peak GB':>8} {'children GB':>11}")
+            for engine, env_ in (("duckdb", env), ("spark", _env(spark_home)), ("duckdb", env)):
+                r = _measure(f"features-{engine}", env_)
+                print(f"{engine:<26} {events:>11,} {r['seconds']:>8.1f} {r['seconds'] / events * 1e6:>9.1f} "
+                      f"{r['peak_rss_gb']:>8.2f} {r['children_peak_rss_gb']:>11.2f}", flush=True)
+            print(machine_speed(), flush=True)
+        if "training" not in args.skip:
+            if not (home / "artifacts" / "datasets" / args.surface / "manifest.json").exists():
+                _ranker(["dataset", "build", "--surface", args.surface], env, f"dataset build {args.surface}")
+            print(f"\n{'training (' + args.surface + ')':<26} {'fit rows':>11} {'seconds':>8} {'s per 1M':>9} "
+                  f"{'trees':>6} {'s/tree':>7} {'test NDCG@10':>12} {'peak GB':>8} {'children GB':>11}")
+            for engine in ("local", "dask", "local"):
+                r = _measure(f"train-{engine}", env, args.surface)
+                trees = r["engine"].get("trees_trained", min(400, r["best_iteration"] + 40))
+                per_tree = f"{r['engine']['seconds_per_tree']:>7.3f}" if "seconds_per_tree" in r["engine"] else f"{'-':>7}"
+                print(f"{engine:<26} {r['fitted_rows']:>11,} {r['seconds']:>8.1f} {r['seconds'] / r['fitted_rows'] * 1e6:>9.1f} "
+                      f"{trees:>6} {per_tree} {r['test_ndcg10']:>12.4f} {r['peak_rss_gb']:>8.2f} "
+                      f"{r['children_peak_rss_gb']:>11.2f}", flush=True)
+            print("(local trees = best iteration + early_stopping_rounds, as LightGBM stops; seconds include loading "
+                  "the training set and writing the card)")
+            print(machine_speed(), flush=True)
+    finally:
+        if args.home is None and not args.keep:
+            shutil.rmtree(home, ignore_errors=True)
+        elif args.home is None:
+            print(f"world kept in {home}")
+
+
+if __name__ == "__main__":
+    main()
