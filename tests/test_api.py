@@ -692,6 +692,39 @@ def test_degraded_mode_when_redis_dies(world, models, served, tmp_path, private_
         assert sum(v for k, v in samples.items() if k[0] == "ranker_degraded_responses_total") >= 4
 
 
+@pytest.mark.redis
+def test_readiness_refuses_an_online_store_that_holds_nothing(world, models, served, tmp_path, private_redis,
+                                                              candidates):
+    """The new user's trap: a scorer pointed at a Redis nobody loaded answers every request with
+    defaults, not degraded. /readyz says why it is not ready until a plain materialize loads it; then
+    the scores equal those served from the loaded sqlite store."""
+    from ranker.features.materialize import materialize
+
+    _, url = private_redis
+    live = candidates[0][:12]
+    home = tmp_path / "home"  # a private copy: materializing must not touch the shared Feast registry
+    shutil.copytree(world.home, home, ignore=shutil.ignore_patterns("artifacts", "__pycache__"))
+    settings = Settings(home=home, online_store="redis", redis_url=url, registry_uri=served.registry_uri)
+    with running_app(settings) as app:
+        client = app.test_client()
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        body = ready.get_json()
+        assert body["surfaces"]["search"]["online_store"] == "empty"
+        assert "listing_fv" in body["surfaces"]["search"]["empty_views"]
+        assert any("holds no rows for" in r and "ranker features materialize" in r for r in body["reasons"])
+        summary = materialize(settings)  # not --full: the empty store's missing marker decides
+        assert summary["rows"] > 0 and {v["load"] for v in summary["views"].values()} == {"full"}
+        ready = client.get("/readyz")
+        assert ready.status_code == 200, ready.get_json()
+        from_redis = _rank(client, "recs", live).get_json()
+    with running_app(served) as app:
+        from_sqlite = _rank(app.test_client(), "recs", live).get_json()
+    assert from_redis["degraded"] is False
+    assert [(i["item_id"], i["score"]) for i in from_redis["items"]] == \
+        [(i["item_id"], i["score"]) for i in from_sqlite["items"]]
+
+
 # ------------------------------------------------------------------------------------------ gunicorn
 
 
