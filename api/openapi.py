@@ -119,11 +119,11 @@ _PATHS: dict[str, Any] = {
     },
     "/readyz": {
         "get": {
-            "summary": "Readiness: a model per surface and an answering online store",
+            "summary": "Readiness: a model per surface, and an online store that answers and holds its views",
             "operationId": "readyz",
             "responses": {
                 "200": {"description": "ready", **_json_content({"$ref": "#/components/schemas/Readiness"})},
-                "503": {"description": "not ready; reasons say why",
+                "503": {"description": "not ready (no model, store down, or a view the store holds no rows for); reasons say why",
                         **_json_content({"$ref": "#/components/schemas/Readiness"})},
             },
         }
