@@ -3,7 +3,7 @@
 #   docker build -t ranker-platform .                       # scorer: gunicorn on :8000, healthcheck on /readyz
 #   docker build -t ranker-jobs --target jobs .             # `ranker ...`: pipelines, registry, monitoring
 #   docker run --rm ranker-jobs pipeline daily --simulate
-# Settings come from the environment (README "Deploying"); nothing secret is baked in.
+# Settings come from the environment (docs/reference/settings.md, docs/guides/deploying.md); nothing secret is baked in.
 #
 # The base is pinned to a patch release and Debian release; pin the digest as well where builds must be
 # bit-for-bit repeatable (docker buildx imagetools inspect python:3.11.14-slim-bookworm).

@@ -36,7 +36,6 @@ from __future__ import annotations
 import gc
 import hmac
 import logging
-import os
 import time
 import uuid
 from dataclasses import dataclass

@@ -279,7 +279,8 @@ class ModelHolder:
                         entry["online_store"] = "empty"
                         entry["empty_views"] = empty
                         reasons.append(
-                            f"the online store holds no rows for {', '.join(empty)} (views of {model.feature_service}): "
+                            f"the online store holds no rows for {', '.join(empty)} "
+                            f"(views of {model.feature_service}): "
                             "run `ranker features materialize` against it"
                         )
                 if state.error:

@@ -123,7 +123,8 @@ _PATHS: dict[str, Any] = {
             "operationId": "readyz",
             "responses": {
                 "200": {"description": "ready", **_json_content({"$ref": "#/components/schemas/Readiness"})},
-                "503": {"description": "not ready (no model, store down, or a view the store holds no rows for); reasons say why",
+                "503": {"description": "not ready (no model, store down, or a view the store holds no rows for); "
+                                       "reasons say why",
                         **_json_content({"$ref": "#/components/schemas/Readiness"})},
             },
         }

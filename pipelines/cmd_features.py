@@ -106,7 +106,8 @@ def register(cli: click.Group) -> None:
         empty = [name for name, info in summary["views"].items() if not info["loaded"]]
         if empty:
             if not as_json:
-                click.echo(f"{len(empty)} view(s) hold no rows in this store: run `ranker features materialize`", err=True)
+                click.echo(f"{len(empty)} view(s) hold no rows in this store: run `ranker features materialize`",
+                           err=True)
             raise SystemExit(1)
 
 

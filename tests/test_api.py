@@ -852,7 +852,7 @@ def test_serve_refuses_a_bad_setting_before_starting_workers():
 ])
 def test_benchmark_scripts_run(served, script, args):
     """The scorer benchmarks run end to end on a trained home (their own redis-server and gunicorn)
-    and report error-free figures; the figures themselves are for the README, not asserted."""
+    and report error-free figures; the figures themselves are for docs/benchmarks.md, not asserted."""
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server binary not installed: the scorer benchmarks start their own")
     # A generous feature budget: "degraded 0" then means the store answered, whatever the host's hiccups.

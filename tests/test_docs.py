@@ -33,7 +33,8 @@ def test_generated_pages_are_deterministic_and_complete():
     settings = hooks.settings_page()
     assert all(f"`{s.env}`" in settings for s in ALL_SETTINGS)
     api = hooks.http_api_page()
-    assert all(f"`{method.upper()} {path}`" in api for path, methods in build_spec()["paths"].items() for method in methods)
+    routes = [(path, method) for path, methods in build_spec()["paths"].items() for method in methods]
+    assert all(f"`{method.upper()} {path}`" in api for path, method in routes)
     assert "`context.timestamp`" in api
     features = hooks.features_page()
     for name in ("listing_fv", "item_stats_fv", "user_listing_features", "search_ranker_v1", "recs_ranker_v1"):

@@ -57,7 +57,8 @@ def test_the_parser_accepts_exactly_what_the_schema_allows(body):
     except ApiError as exc:
         accepted = False
         assert exc.status in (400, 413, 422), exc.status
-    assert accepted == valid, f"parser {'accepts' if accepted else 'refuses'} but the schema says {'valid' if valid else 'invalid'}"
+    verdict = "valid" if valid else "invalid"
+    assert accepted == valid, f"parser {'accepts' if accepted else 'refuses'} but the schema says {verdict}"
 
 
 def test_the_served_document_carries_the_apps_limits():

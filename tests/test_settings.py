@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from api.app import DEFAULTS, ScorerConfig, check_config, config_from_env
+from api.app import DEFAULTS, check_config, config_from_env
 from api.settings import ALL_SETTINGS, SCORER_SETTINGS, SERVER_SETTINGS, ServerConfig, settings_markdown
 from ranker.config import PLATFORM_SETTINGS, ConfigError, Settings
 from tests.conftest import REPO_ROOT

@@ -94,9 +94,10 @@ def read_markers(settings: Settings, project: str, *, timeout_s: float = 5.0) ->
 
         client = redis.Redis.from_url(settings.redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         try:
-            raw = client.hgetall(redis_key(project))
+            raw: dict[bytes, bytes] = client.hgetall(redis_key(project))  # type: ignore[assignment]  # sync client
         except redis.RedisError as exc:
-            raise OnlineStateError(f"cannot read the materialization markers from Redis at {settings.redis_url}: {exc}") from None
+            raise OnlineStateError(
+                f"cannot read the materialization markers from Redis at {settings.redis_url}: {exc}") from None
         finally:
             client.close()
         return {k.decode(): Marker.from_json(k.decode(), v) for k, v in raw.items()}
@@ -130,7 +131,8 @@ def write_markers(settings: Settings, project: str, markers: Iterable[Marker]) -
         try:
             client.hset(redis_key(project), mapping={m.view: m.to_json() for m in markers})
         except redis.RedisError as exc:
-            raise OnlineStateError(f"cannot write the materialization markers to Redis at {settings.redis_url}: {exc}") from None
+            raise OnlineStateError(
+                f"cannot write the materialization markers to Redis at {settings.redis_url}: {exc}") from None
         finally:
             client.close()
         return
@@ -138,7 +140,8 @@ def write_markers(settings: Settings, project: str, markers: Iterable[Marker]) -
     path.parent.mkdir(parents=True, exist_ok=True)
     with sqlite3.connect(path, timeout=30) as con:
         con.execute(
-            f"CREATE TABLE IF NOT EXISTS {SQLITE_TABLE} (project TEXT, view TEXT, payload TEXT, PRIMARY KEY (project, view))"
+            f"CREATE TABLE IF NOT EXISTS {SQLITE_TABLE} "
+            "(project TEXT, view TEXT, payload TEXT, PRIMARY KEY (project, view))"
         )
         con.executemany(
             f"INSERT OR REPLACE INTO {SQLITE_TABLE} VALUES (?, ?, ?)", [(project, m.view, m.to_json()) for m in markers]
@@ -155,7 +158,8 @@ def next_marker(previous: Marker | None, *, view: str, end: datetime, rows_writt
     if full or previous is None:
         return Marker(view=view, end=end.isoformat(), written_at=now.isoformat(), rows_last_run=int(rows_written),
                       rows_total=int(rows_seen), full_load_at=now.isoformat(), newest_event=newest)
-    if previous.newest_event and (newest is None or datetime.fromisoformat(previous.newest_event) > newest_event):
+    if previous.newest_event and (newest_event is None
+                                  or datetime.fromisoformat(previous.newest_event) > newest_event):
         newest = previous.newest_event
     return Marker(view=view, end=end.isoformat(), written_at=now.isoformat(), rows_last_run=int(rows_written),
                   rows_total=previous.rows_total + int(rows_seen), full_load_at=previous.full_load_at,
