@@ -30,6 +30,13 @@ def serving(*, port: int, workers: int, env: Mapping[str, str] | None = None, lo
     """Run `ranker serve` in a child process and yield its base URL once ``/readyz`` answers 200;
     stop it (SIGTERM to its process group: workers flush on exit) when the block ends. RankerError
     when it exits or is not ready within ``ready_timeout_s``. Used by the demo and the benchmarks."""
+    import socket
+
+    with socket.socket() as probe:  # another process on the port would answer the readiness poll below
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            raise RankerError(f"port {port} on 127.0.0.1 is in use by another process; choose another") from None
     args = [sys.executable, "-m", "pipelines.cli", "serve", "--port", str(port), "--workers", str(workers)]
     if log_level:
         args += ["--log-level", log_level]
