@@ -101,6 +101,7 @@ def _serve_and_rank(port: int | None = None) -> None:
 
     from ranker.config import Settings
 
+    port = port or _free_port()
     settings = Settings.from_env()
     con = duckdb.connect()
     raw = settings.raw_dir
