@@ -127,3 +127,22 @@ def test_feast_sdk_finds_the_feature_tables_from_any_working_directory(world, tm
 
     uris = set(re.findall(r'uri: "([^"]+)"', plan.stdout))
     assert all(u.startswith(str(world.features_dir.resolve()) + "/") for u in uris), uris
+
+
+def test_each_home_registers_its_own_tables_when_one_process_applies_several(world, tmp_path):
+    """Feast imports definition files by top-level name (`data_sources`, ...): a second home applied
+    in the same process must not reuse the first home's modules and their absolute table paths."""
+    import shutil
+
+    from ranker.features.store import apply, feature_store
+    from tests.conftest import make_home
+
+    other = make_home(tmp_path / "other")
+    shutil.copytree(world.features_dir, other.features_dir)
+    apply(world)  # the world's modules are imported (and cached) first
+    apply(other)
+    for settings in (other, world):
+        path = feature_store(settings).get_data_source("listing_source").path
+        assert path == str(settings.features_dir.resolve() / "listings.parquet"), path
+    apply(world)  # and back: the world's registry points at the world's tables again
+    assert feature_store(world).get_data_source("listing_source").path.startswith(str(world.home.resolve()))
