@@ -3,7 +3,7 @@
 #   docker build -t ranker-platform .                       # scorer: gunicorn on :8000, healthcheck on /readyz
 #   docker build -t ranker-jobs --target jobs .             # `ranker ...`: pipelines, registry, monitoring
 #   docker run --rm ranker-jobs pipeline daily --simulate
-# Settings come from the environment (README "Deploying"); nothing secret is baked in.
+# Settings come from the environment (docs/reference/settings.md, docs/guides/deploying.md); nothing secret is baked in.
 #
 # The base is pinned to a patch release and Debian release; pin the digest as well where builds must be
 # bit-for-bit repeatable (docker buildx imagetools inspect python:3.11.14-slim-bookworm).
@@ -43,7 +43,7 @@ COPY --from=build /opt/venv /opt/venv
 COPY --from=build --chown=10001:10001 /opt/numba-cache /opt/numba-cache
 WORKDIR /app
 COPY feature_repo feature_repo
-COPY infra/gunicorn.conf.py infra/healthcheck.py infra/
+COPY infra/healthcheck.py infra/
 # data/ (feature tables, the file Feast registry) and artifacts/ (registry cache, run records) are the
 # only writable folders; mount volumes there. /tmp holds gunicorn's control socket and the metrics files.
 RUN mkdir -p data artifacts && chown ranker:ranker data artifacts
@@ -69,4 +69,5 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 CMD ["python", "/app/infra/healthcheck.py"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["tini", "--"]
-CMD ["gunicorn", "-c", "/app/infra/gunicorn.conf.py"]
+# The one gunicorn configuration (api/gunicorn_conf.py, installed with the package), as `ranker serve` loads it.
+CMD ["gunicorn", "-c", "python:api.gunicorn_conf"]

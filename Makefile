@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint serve clean example-open-bandit promtool stack
+.PHONY: install demo test lint serve clean example-open-bandit promtool stack docs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,9 @@ example-open-bandit: $(STAMP)  # real ZOZOTOWN logs: import -> features -> train
 
 stack: $(STAMP)  # redis-server + S3 server (moto) + gunicorn scorer on loopback: infra/docker-compose.yml without containers
 	$(BIN)/python -m infra.stack up --workers $${WORKERS:-2} $${PORT:+--port $$PORT}
+
+docs: $(STAMP)  # the documentation site, rebuilt on every save; `make test` builds it with --strict
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict -a 127.0.0.1:$${DOCS_PORT:-8001}
 
 serve: $(STAMP)
 	$(BIN)/ranker serve --port $${PORT:-8000} --workers $${WORKERS:-2}

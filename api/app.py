@@ -36,7 +36,6 @@ from __future__ import annotations
 import gc
 import hmac
 import logging
-import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -51,6 +50,7 @@ from werkzeug.exceptions import HTTPException
 from api.metrics import Metrics
 from api.models import ItemMemory, ModelHolder, ServingModel
 from api.schemas import ApiError, RankRequest, error_body, finite_or_none, parse_json_body, parse_rank_request
+from api.settings import SCORER_SETTINGS, check_values, parse_env
 from ranker.config import ConfigError, Settings
 from ranker.errors import RankerError
 from ranker.monitoring.abtest import load_variants
@@ -58,80 +58,14 @@ from ranker.surfaces import MODEL_NAMES
 
 log = logging.getLogger("api")
 
-# Defaults of the scorer's own settings; every key can be set in the environment under the same name.
-DEFAULTS: dict[str, Any] = {
-    "RANKER_API_TOKEN": "",  # empty: /v1/rank is open and /admin/* refuses every call
-    "RANKER_MAX_CANDIDATES": 1000,
-    "RANKER_FEATURE_TIMEOUT_MS": 50.0,  # feature fetch budget; past it the request degrades
-    "RANKER_RELOAD_INTERVAL_S": 30.0,  # registry poll period; 0 = only POST /admin/reload
-    "RANKER_ITEM_CACHE_TTL_S": 0.0,  # item feature cache staleness bound; 0 = no cache
-    "RANKER_SURFACES": "search,recs",
-    "RANKER_FETCH_THREADS": 8,  # threads for readiness pings and warm-up fetches (requests fetch inline, with a deadline)
-    # Predict with the model's trees compiled by ranker.serving.trees when they verify bit-identical
-    # to LightGBM at load (otherwise, or when off, LightGBM's own predict).
-    "RANKER_COMPILED_TREES": True,
-    "MAX_CONTENT_LENGTH": 1 << 20,  # request body limit in bytes (env: RANKER_MAX_BODY_BYTES)
-    # Sum /metrics over gunicorn workers (PROMETHEUS_MULTIPROC_DIR); set by api/gunicorn_conf.py.
-    "RANKER_METRICS_MULTIPROCESS": False,
-    # A/B variants per surface (JSON text or a mapping; or a JSON file) and the assignment salt.
-    "RANKER_VARIANTS": "",
-    "RANKER_VARIANTS_FILE": "",
-    "RANKER_AB_SALT": "",
-    # Served-feature log: where (empty = {home}/data/served_log, file:///..., s3://...), how much.
-    "RANKER_SERVED_LOG_URI": "",
-    "RANKER_SERVED_LOG_SAMPLE": 0.1,
-    "RANKER_SERVED_LOG_QUEUE": 2000,
-    "RANKER_SERVED_LOG_ROTATE_ROWS": 50_000,
-    "RANKER_SERVED_LOG_ROTATE_S": 60.0,
-}
-_ENV_PARSERS: dict[str, tuple[str, type]] = {
-    "RANKER_API_TOKEN": ("RANKER_API_TOKEN", str),
-    "RANKER_MAX_CANDIDATES": ("RANKER_MAX_CANDIDATES", int),
-    "RANKER_FEATURE_TIMEOUT_MS": ("RANKER_FEATURE_TIMEOUT_MS", float),
-    "RANKER_RELOAD_INTERVAL_S": ("RANKER_RELOAD_INTERVAL_S", float),
-    "RANKER_ITEM_CACHE_TTL_S": ("RANKER_ITEM_CACHE_TTL_S", float),
-    "RANKER_SURFACES": ("RANKER_SURFACES", str),
-    "RANKER_FETCH_THREADS": ("RANKER_FETCH_THREADS", int),
-    "RANKER_COMPILED_TREES": ("RANKER_COMPILED_TREES", bool),
-    "MAX_CONTENT_LENGTH": ("RANKER_MAX_BODY_BYTES", int),
-    "RANKER_METRICS_MULTIPROCESS": ("RANKER_METRICS_MULTIPROCESS", bool),
-    "RANKER_VARIANTS": ("RANKER_VARIANTS", str),
-    "RANKER_VARIANTS_FILE": ("RANKER_VARIANTS_FILE", str),
-    "RANKER_AB_SALT": ("RANKER_AB_SALT", str),
-    "RANKER_SERVED_LOG_URI": ("RANKER_SERVED_LOG_URI", str),
-    "RANKER_SERVED_LOG_SAMPLE": ("RANKER_SERVED_LOG_SAMPLE", float),
-    "RANKER_SERVED_LOG_QUEUE": ("RANKER_SERVED_LOG_QUEUE", int),
-    "RANKER_SERVED_LOG_ROTATE_ROWS": ("RANKER_SERVED_LOG_ROTATE_ROWS", int),
-    "RANKER_SERVED_LOG_ROTATE_S": ("RANKER_SERVED_LOG_ROTATE_S", float),
-}
+# The scorer's settings are declared once, in api/settings.py; these are derived from them.
+DEFAULTS: dict[str, Any] = {setting.key: setting.default for setting in SCORER_SETTINGS}
 TOP_CONTRIBUTIONS = 5
 
 
 def config_from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The scorer settings present in ``env`` (default ``os.environ``), parsed; ConfigError names a bad one."""
-    env = os.environ if env is None else env
-    out: dict[str, Any] = {}
-    for key, (variable, kind) in _ENV_PARSERS.items():
-        raw = env.get(variable)
-        if raw is None or (kind is not str and not raw.strip()):
-            continue
-        try:
-            if kind is bool:
-                out[key] = _parse_bool(raw)
-            else:
-                out[key] = kind(raw.strip()) if kind is not str else raw.strip()
-        except ValueError:
-            raise ConfigError(f"{variable}={raw!r} is not a valid {kind.__name__}") from None
-    return out
-
-
-def _parse_bool(raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError(raw)
+    return parse_env(SCORER_SETTINGS, env)
 
 
 @dataclass(frozen=True)
@@ -146,11 +80,16 @@ class ScorerConfig:
     surfaces: tuple[str, ...]
     fetch_threads: int
     compiled_trees: bool = True
+    max_body_bytes: int = 1 << 20
+    metrics_multiprocess: bool = False
     experiments: Any = None  # dict: surface -> ranker.monitoring.abtest.Experiment
     served_log: Any = None  # ranker.monitoring.servedlog.ServedLogConfig
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "ScorerConfig":
+        """Validate ``config`` (app.config: :data:`DEFAULTS`, environment, overrides) against the
+        declared settings' rules; ConfigError names the first setting that breaks its rule."""
+        check_values(SCORER_SETTINGS, config)
         surfaces = config["RANKER_SURFACES"]
         if isinstance(surfaces, str):
             surfaces = tuple(s.strip() for s in surfaces.split(",") if s.strip())
@@ -169,22 +108,14 @@ class ScorerConfig:
             surfaces=surfaces,
             fetch_threads=int(config["RANKER_FETCH_THREADS"]),
             compiled_trees=bool(config["RANKER_COMPILED_TREES"]),
+            max_body_bytes=int(config["MAX_CONTENT_LENGTH"]),
+            metrics_multiprocess=bool(config["RANKER_METRICS_MULTIPROCESS"]),
             experiments=load_variants(
                 config.get("RANKER_VARIANTS") or "", str(config.get("RANKER_VARIANTS_FILE") or ""),
                 surfaces=surfaces, salt=str(config.get("RANKER_AB_SALT") or ""),
             ),
             served_log=_served_log_config(config),
         )
-        checks = [
-            (out.max_candidates >= 1, "RANKER_MAX_CANDIDATES must be >= 1"),
-            (out.feature_timeout_s > 0, "RANKER_FEATURE_TIMEOUT_MS must be > 0"),
-            (out.reload_interval_s >= 0, "RANKER_RELOAD_INTERVAL_S must be >= 0 (0 disables polling)"),
-            (out.item_cache_ttl_s >= 0, "RANKER_ITEM_CACHE_TTL_S must be >= 0 (0 disables the cache)"),
-            (out.fetch_threads >= 1, "RANKER_FETCH_THREADS must be >= 1"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
         return out
 
 
@@ -384,7 +315,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, settings: Settin
     config = ScorerConfig.from_config(app.config)
     settings = settings or Settings.from_env()
 
-    metrics = Metrics(multiprocess=bool(app.config["RANKER_METRICS_MULTIPROCESS"]))
+    metrics = Metrics(multiprocess=config.metrics_multiprocess)
     models = ModelHolder(
         settings, surfaces=config.surfaces, feature_timeout_s=config.feature_timeout_s,
         item_cache_ttl_s=config.item_cache_ttl_s, metrics=metrics, fetch_threads=config.fetch_threads,
@@ -414,7 +345,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, settings: Settin
 
 def freeze_heap() -> None:
     """Collect once and move every start-up object to the permanent generation: later gen-2
-    collections skip them, which removed ~100 ms p99 spikes (see ARCHITECTURE.md)."""
+    collections skip them, which removed ~100 ms p99 spikes (docs/internals.md, "How the scorer stays fast")."""
     gc.collect()
     gc.freeze()
 

@@ -1,6 +1,10 @@
-"""gunicorn settings of the scorer (``ranker serve`` loads them; also usable directly with
-``gunicorn -c python:api.gunicorn_conf``).
+"""The one gunicorn configuration of the scorer: ``ranker serve`` and ``make serve`` load it (their
+``--host/--port/--workers/--log-level`` options override those settings), ``make stack``
+(``infra/stack.py``) and the container image run ``gunicorn -c python:api.gunicorn_conf``.
+``tests/test_gunicorn_conf.py`` checks that all of them load this module with the same hooks.
 
+The numbers come from the environment (declared in :data:`api.settings.SERVER_SETTINGS`: defaults,
+rules, help; a bad value stops the start with one line), so one image serves any size of host.
 Workers load the app after the fork (no ``preload_app``): each worker owns its models, feature
 path, registry poller thread and fetch pool, since threads do not survive a fork.
 """
@@ -9,22 +13,41 @@ from __future__ import annotations
 
 import os
 
-bind = os.environ.get("RANKER_BIND", "127.0.0.1:8000")
-workers = int(os.environ.get("RANKER_WORKERS", "2"))
+from api.settings import ServerConfig
+from ranker.config import ConfigError
+
+try:
+    _server = ServerConfig.from_env()
+except ConfigError as _exc:
+    raise SystemExit(f"error: {_exc}") from None
+
+bind = _server.bind
+workers = _server.workers
 # CPU-bound scoring: one request at a time per process; scale with workers. Measured here
 # (benchmarks/rank_load.py, 2 workers, 200 candidates): sync 437 req/s; gthread with 2 or 4
 # threads per worker 265 req/s (GIL hand-offs between the threads of a worker cost more than the
 # Redis waits they overlap), and no latency gain from its keep-alive.
 worker_class = "sync"
-timeout = 30
-graceful_timeout = 10
-keepalive = 2
+timeout = _server.timeout
+graceful_timeout = _server.graceful_timeout
+keepalive = _server.keepalive  # used by threaded/async workers only; kept for a switch of worker class
+max_requests = _server.max_requests
+max_requests_jitter = _server.max_requests_jitter
 wsgi_app = "api.app:create_app()"
 errorlog = "-"
-loglevel = os.environ.get("RANKER_LOG_LEVEL", "info")
-# gunicorn 27 opens a control socket under ~/.gunicorn unless told otherwise; keep it per instance.
+accesslog = _server.accesslog
+loglevel = _server.loglevel
+proc_name = "ranker-scorer"
+# Worker heartbeats on tmpfs: a container's overlay filesystem can stall them into false timeouts.
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+# gunicorn 27 opens a control socket under ~/.gunicorn unless told otherwise (the image's home is
+# read-only): put it under XDG_RUNTIME_DIR when set, else go without it.
 if os.environ.get("XDG_RUNTIME_DIR"):
     control_socket = os.path.join(os.environ["XDG_RUNTIME_DIR"], "gunicorn.ctl")
+else:
+    control_socket_disable = True
+
+HOOKS = ("on_starting", "post_fork", "post_worker_init", "worker_exit", "child_exit")
 
 
 def on_starting(server) -> None:

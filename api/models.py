@@ -209,6 +209,7 @@ class ModelHolder:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.pool = ThreadPoolExecutor(max_workers=max(1, int(fetch_threads)), thread_name_prefix="ranker-store")
+        self._service_views: dict[str, tuple[str, tuple[str, ...]]] = {}  # service -> (project, batch views)
 
     # ------------------------------------------------------------------------------------- reading
 
@@ -232,8 +233,31 @@ class ModelHolder:
             log.debug("ping of %s failed: %r", model.feature_service, exc)
             return False
 
+    def empty_views(self, model: ServingModel, *, timeout_s: float) -> list[str] | None:
+        """The views of the model's feature service that the online store holds no rows for
+        (per the materialization markers written with the data; :mod:`ranker.features.online_state`),
+        or None when that cannot be told within ``timeout_s``. Never raises."""
+        from ranker.features import online_state
+
+        def check() -> list[str]:
+            service = model.feature_service
+            if service not in self._service_views:  # a registry read, once per service
+                self._service_views[service] = online_state.service_views(self.settings, service)
+            project, views = self._service_views[service]
+            markers = online_state.read_markers(self.settings, project, timeout_s=timeout_s)
+            return online_state.missing_views(markers, views)
+
+        future = self.pool.submit(check)
+        try:
+            return future.result(timeout=timeout_s)
+        except Exception as exc:  # noqa: BLE001 - unknown contents are reported by the ping, not here
+            future.cancel()
+            log.debug("materialization markers of %s unreadable: %r", model.feature_service, exc)
+            return None
+
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """(ready, per-surface detail): ready iff every surface has a model whose store answers ping."""
+        """(ready, per-surface detail): ready iff every surface has a model whose store answers ping
+        and holds rows for every view of the model's feature service."""
         ready = True
         detail: dict[str, Any] = {}
         for surface in self.surfaces:
@@ -249,6 +273,16 @@ class ModelHolder:
                 entry["online_store"] = "ok" if store_ok else "unavailable"
                 if not store_ok:
                     reasons.append(f"the online store does not answer for {model.feature_service}")
+                else:
+                    empty = self.empty_views(model, timeout_s=max(1.0, 2 * self.feature_timeout_s))
+                    if empty:
+                        entry["online_store"] = "empty"
+                        entry["empty_views"] = empty
+                        reasons.append(
+                            f"the online store holds no rows for {', '.join(empty)} "
+                            f"(views of {model.feature_service}): "
+                            "run `ranker features materialize` against it"
+                        )
                 if state.error:
                     entry["last_reload_error"] = state.error
             variants = self.experiments[surface].variants

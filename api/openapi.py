@@ -1,5 +1,7 @@
 """The OpenAPI 3 document of the scorer, written by hand (it is the contract clients read);
-``tests/test_api.py`` checks that its paths and methods are exactly the app's routes."""
+``tests/test_api.py`` checks that its paths and methods are exactly the app's routes. The request
+body's schema is not written here: it comes from :func:`api.schemas.rank_request_schema`, beside
+the parser it describes, with the serving app's surfaces and candidate limit."""
 
 from __future__ import annotations
 
@@ -29,28 +31,6 @@ _SCHEMAS: dict[str, Any] = {
                     "message": {"type": "string", "description": "what went wrong and what to do"},
                 },
             }
-        },
-    },
-    "RankRequest": {
-        "type": "object",
-        "required": ["surface", "user_id", "items"],
-        "properties": {
-            "surface": {"type": "string", "enum": ["search", "recs"]},
-            "user_id": {"type": "string", "minLength": 1, "maxLength": 256, "description": "unknown users rank with defaults"},
-            "items": {
-                "type": "array", "minItems": 1, "maxItems": 1000,
-                "description": "candidate listing ids (at most RANKER_MAX_CANDIDATES, default 1000); duplicates are "
-                               "dropped keeping the first occurrence",
-                "items": {"type": "string", "minLength": 1, "maxLength": 256},
-            },
-            "query": {"type": ["string", "null"], "maxLength": 512, "description": "search text (search surface)"},
-            "context": {
-                "type": "object",
-                "properties": {"timestamp": {"type": "number", "description": "request time in unix seconds (replay); default now"}},
-                "additionalProperties": True,
-            },
-            "limit": {"type": "integer", "minimum": 1, "description": "return only the top `limit` items"},
-            "explain": {"type": "boolean", "default": False, "description": "add feature values and contributions"},
         },
     },
     "RankedItem": {
@@ -139,11 +119,12 @@ _PATHS: dict[str, Any] = {
     },
     "/readyz": {
         "get": {
-            "summary": "Readiness: a model per surface and an answering online store",
+            "summary": "Readiness: a model per surface, and an online store that answers and holds its views",
             "operationId": "readyz",
             "responses": {
                 "200": {"description": "ready", **_json_content({"$ref": "#/components/schemas/Readiness"})},
-                "503": {"description": "not ready; reasons say why",
+                "503": {"description": "not ready (no model, store down, or a view the store holds no rows for); "
+                                       "reasons say why",
                         **_json_content({"$ref": "#/components/schemas/Readiness"})},
             },
         }
@@ -179,7 +160,19 @@ _PATHS: dict[str, Any] = {
 
 
 def build_spec(app: Any = None) -> dict[str, Any]:
-    """The OpenAPI document (``app`` is accepted for a future server URL; the contract is static)."""
+    """The OpenAPI document; the request schema follows ``app``'s surfaces and candidate limit
+    (the defaults without an app)."""
+    from api.schemas import rank_request_schema
+
+    if app is not None and "ranker" in app.extensions:
+        config = app.extensions["ranker"].config
+        surfaces, max_candidates = config.surfaces, config.max_candidates
+    else:
+        from api.app import DEFAULTS
+
+        surfaces = tuple(s.strip() for s in str(DEFAULTS["RANKER_SURFACES"]).split(",") if s.strip())
+        max_candidates = int(DEFAULTS["RANKER_MAX_CANDIDATES"])
+    schemas = {**_SCHEMAS, "RankRequest": rank_request_schema(surfaces=surfaces, max_candidates=max_candidates)}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -189,7 +182,7 @@ def build_spec(app: Any = None) -> dict[str, Any]:
         },
         "paths": _PATHS,
         "components": {
-            "schemas": _SCHEMAS,
+            "schemas": schemas,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }

@@ -6,6 +6,12 @@ wrong type or value (unknown surface, empty items, limit < 1...). Unknown top-le
 ignored so clients can send fields a later version understands; the response names them
 (``ignored_fields``) so a misspelt optional field (``querry``) does not go unnoticed.
 
+The request's JSON Schema (:func:`rank_request_schema`, served in ``/openapi.json``) is written
+here, beside the parser, and the two are held to each other: ``tests/test_request_schema.py`` feeds
+both the same edge cases (a body the parser accepts is valid under the schema and the reverse), and
+schemathesis fuzzes a live scorer from the document in ``make test``. ``null`` means "not given" for
+every optional field, in both.
+
 Duplicated item ids are de-duplicated (the first occurrence keeps its place): candidate generators
 that merge several sources produce duplicates routinely, and failing the whole ranking for it would
 hurt the user more than the client bug. The response lists every item once.
@@ -22,7 +28,44 @@ import orjson
 
 MAX_ID_LENGTH = 256
 MAX_QUERY_LENGTH = 512
+MAX_LIMIT = (1 << 63) - 1  # JSON integers beyond 64 bits arrive as floats: the schema bounds limit
 REQUEST_FIELDS = frozenset({"surface", "user_id", "items", "query", "context", "limit", "explain"})
+
+
+def rank_request_schema(*, surfaces: tuple[str, ...], max_candidates: int) -> dict[str, Any]:
+    """The JSON Schema of a ``/v1/rank`` body that :func:`parse_rank_request` accepts with these
+    settings (a body it refuses with 400/413/422 is invalid here, except a body that is not valid
+    JSON or UTF-8, which no schema describes)."""
+    id_string = {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH}
+    return {
+        "type": "object",
+        "required": ["surface", "user_id", "items"],
+        "properties": {
+            "surface": {"type": "string", "enum": list(surfaces), "description": "the surface to rank for"},
+            "user_id": {**id_string, "pattern": r"\S", "description": "unknown users rank with defaults"},
+            "items": {
+                "type": "array", "minItems": 1, "maxItems": int(max_candidates),
+                "description": f"candidate listing ids (at most RANKER_MAX_CANDIDATES, here {max_candidates}; more is "
+                               "413); duplicates are dropped keeping the first occurrence",
+                "items": id_string,
+            },
+            "query": {"type": ["string", "null"], "maxLength": MAX_QUERY_LENGTH,
+                      "description": "search text (search surface); blank or null: no query"},
+            "context": {
+                "type": ["object", "null"],
+                "properties": {"timestamp": {
+                    "type": ["number", "null"], "exclusiveMinimum": 0,
+                    "description": "request time in unix seconds (replay); null or absent: now"}},
+                "additionalProperties": True,
+            },
+            "limit": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_LIMIT,
+                      "description": "return only the top `limit` items; null: all"},
+            "explain": {"type": ["boolean", "null"], "default": False,
+                        "description": "add feature values and contributions"},
+        },
+        "additionalProperties": True,
+        "description": "top-level fields not listed are ignored and named in the answer's ignored_fields",
+    }
 
 
 class ApiError(Exception):
@@ -167,10 +210,14 @@ def parse_rank_request(
 
     limit = payload.get("limit")
     if limit is not None:
+        if isinstance(limit, float) and limit.is_integer():
+            limit = int(limit)  # JSON has one number type: 2.0 is the integer 2 (as in JSON Schema)
         if isinstance(limit, bool) or not isinstance(limit, int):
             raise _invalid(f"limit must be an integer, got {_type_name(limit)}")
         if limit < 1:
             raise _invalid(f"limit must be >= 1, got {limit}")
+        if limit > MAX_LIMIT:
+            raise _invalid(f"limit must be at most {MAX_LIMIT}, got {limit}")
 
     explain = payload.get("explain", False)
     if explain is None:

@@ -1,13 +1,24 @@
-"""Where feature values come from: parquet tables written by `ranker features build` (paths are
-relative to this folder), and request-time data that only exists when a ranking is asked for."""
+"""Where feature values come from: parquet tables written by `ranker features build`, and
+request-time data that only exists when a ranking is asked for.
+
+The tables live in ``data/features/`` beside this folder (the platform home). Their paths are made
+absolute when Feast imports this file (``feast apply``, ``ranker features apply``), so the registry
+holds paths that resolve wherever the SDK or the CLI is later called from: a notebook in the
+repository root, a job in another folder. Moving the home means applying again.
+"""
+
+from pathlib import Path
 
 from feast import Field, FileSource, PushSource, RequestSource
 from feast.types import Int64, String
 
+# The home's feature tables: <home>/data/features/, <home> being the folder that holds feature_repo/.
+FEATURE_TABLES = Path(__file__).resolve().parent.parent / "data" / "features"
+
 # Listing attributes: a row when the listing goes live and a row when it sells.
 listing_source = FileSource(
     name="listing_source",
-    path="../data/features/listings.parquet",
+    path=str(FEATURE_TABLES / "listings.parquet"),
     timestamp_field="event_timestamp",
     description="Listing attributes and sold status, one row per change.",
 )
@@ -19,25 +30,25 @@ listing_status_push = PushSource(name="listing_status_push", batch_source=listin
 # Daily snapshots of windowed engagement aggregates, each computed from events strictly before
 # its event_timestamp.
 item_stats_source = FileSource(
-    name="item_stats_source", path="../data/features/item_stats.parquet", timestamp_field="event_timestamp"
+    name="item_stats_source", path=str(FEATURE_TABLES / "item_stats.parquet"), timestamp_field="event_timestamp"
 )
 user_stats_source = FileSource(
-    name="user_stats_source", path="../data/features/user_stats.parquet", timestamp_field="event_timestamp"
+    name="user_stats_source", path=str(FEATURE_TABLES / "user_stats.parquet"), timestamp_field="event_timestamp"
 )
 category_stats_source = FileSource(
-    name="category_stats_source", path="../data/features/category_stats.parquet", timestamp_field="event_timestamp"
+    name="category_stats_source", path=str(FEATURE_TABLES / "category_stats.parquet"), timestamp_field="event_timestamp"
 )
 seller_stats_source = FileSource(
-    name="seller_stats_source", path="../data/features/seller_stats.parquet", timestamp_field="event_timestamp"
+    name="seller_stats_source", path=str(FEATURE_TABLES / "seller_stats.parquet"), timestamp_field="event_timestamp"
 )
 user_category_source = FileSource(
     name="user_category_source",
-    path="../data/features/user_category_stats.parquet",
+    path=str(FEATURE_TABLES / "user_category_stats.parquet"),
     timestamp_field="event_timestamp",
 )
 query_category_source = FileSource(
     name="query_category_source",
-    path="../data/features/query_category_stats.parquet",
+    path=str(FEATURE_TABLES / "query_category_stats.parquet"),
     timestamp_field="event_timestamp",
 )
 

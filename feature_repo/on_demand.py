@@ -3,7 +3,7 @@ impression's timestamp).
 
 The logic lives in `ranker.features.transforms`, shared with the scorer's fast path. Feast stores
 each function's source and re-executes it, so the bodies import what they use. (Feast 0.67 rejects
-descriptions on on-demand fields; the README's feature table documents them.)
+descriptions on on-demand fields; the feature table of docs/concepts/feature-store.md documents them.)
 """
 
 import pandas as pd

@@ -6,7 +6,7 @@ compose service        here                            what it does
 ``redis``              a private ``redis-server``      Feast online store (RANKER_ONLINE_STORE=redis)
 ``registry`` (MinIO)   moto's S3 server (``moto_server``)  model registry bucket (RANKER_REGISTRY_URI=s3://...)
 ``jobs``               ``ranker pipeline daily`` etc.  features into Redis, models into the bucket
-``scorer``             gunicorn -c infra/gunicorn.conf.py  the Flask scorer, polling the registry
+``scorer``             gunicorn -c python:api.gunicorn_conf  the Flask scorer, polling the registry
 =====================  ==============================  ==============================================
 
 Prometheus and Grafana are left out here (they would scrape ``/metrics``; see the compose file).
@@ -38,7 +38,7 @@ import urllib.request
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-GUNICORN_CONF = REPO_ROOT / "infra" / "gunicorn.conf.py"
+GUNICORN_CONF = "python:api.gunicorn_conf"  # the one gunicorn configuration: the image's and `ranker serve`'s
 
 
 class StackError(RuntimeError):
@@ -191,7 +191,7 @@ class LocalStack:
         env = {**self.env, "RANKER_BIND": f"127.0.0.1:{port}", "RANKER_WORKERS": str(self.workers),
                "RANKER_LOG_LEVEL": "warning", "XDG_RUNTIME_DIR": str(runtime),
                "PROMETHEUS_MULTIPROC_DIR": str(runtime / "prometheus")}
-        proc = self._popen("scorer", [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF)], env=env)
+        proc = self._popen("scorer", [sys.executable, "-m", "gunicorn", "-c", GUNICORN_CONF], env=env)
         self.scorer_url = f"http://127.0.0.1:{port}"
         route = "/readyz" if wait_ready else "/healthz"
         try:

@@ -87,5 +87,46 @@ def register(cli: click.Group) -> None:
             return
         for name, info in summary["views"].items():
             rate = f"{info['rows_per_s']:,} rows/s" if info.get("rows_per_s") else info.get("note", "")
-            click.echo(f"  {name:<20} {info['rows']:>9,} rows  {rate}")
+            click.echo(f"  {name:<20} {info['rows']:>9,} rows  {info.get('load', ''):<11} {rate}")
         click.echo(f"{summary['rows']:,} rows into {summary['online_store']} in {summary['seconds']} s")
+
+    @features.command("status")
+    @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+    @click.pass_obj
+    def status_cmd(settings, as_json: bool) -> None:
+        """Show, per feature view, what the online store holds and how old it is (the marker that
+        `ranker features materialize` writes into the store with the data). Exit 1 when a view holds no rows."""
+        from ranker.features.online_state import status
+
+        summary = status(settings)
+        if as_json:
+            click.echo(json.dumps(summary, indent=2))
+        else:
+            click.echo(f"online store: {summary['store']} (project {summary['project']})")
+            for name, info in summary["views"].items():
+                if not info["loaded"]:
+                    click.echo(f"  {name:<26} EMPTY   {info['reason']}")
+                    continue
+                newest = f"{info['newest_event'][:19]} ({_age(info['age_s'])} old)" if info["newest_event"] else "?"
+                click.echo(
+                    f"  {name:<26} loaded  ~{info['rows_total']:>7,} rows, newest {newest}; "
+                    f"last run {_age(info['since_run_s'])} ago wrote {info['rows_last_run']:,}"
+                )
+        empty = [name for name, info in summary["views"].items() if not info["loaded"]]
+        if empty:
+            if not as_json:
+                click.echo(f"{len(empty)} view(s) hold no rows in this store: run `ranker features materialize`",
+                           err=True)
+            raise SystemExit(1)
+
+
+def _age(seconds: float) -> str:
+    """A short human duration: 45 s, 12 min, 5.2 h, 3.1 d."""
+    seconds = abs(float(seconds))
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"

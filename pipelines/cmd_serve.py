@@ -30,6 +30,13 @@ def serving(*, port: int, workers: int, env: Mapping[str, str] | None = None, lo
     """Run `ranker serve` in a child process and yield its base URL once ``/readyz`` answers 200;
     stop it (SIGTERM to its process group: workers flush on exit) when the block ends. RankerError
     when it exits or is not ready within ``ready_timeout_s``. Used by the demo and the benchmarks."""
+    import socket
+
+    with socket.socket() as probe:  # another process on the port would answer the readiness poll below
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            raise RankerError(f"port {port} on 127.0.0.1 is in use by another process; choose another") from None
     args = [sys.executable, "-m", "pipelines.cli", "serve", "--port", str(port), "--workers", str(workers)]
     if log_level:
         args += ["--log-level", log_level]
@@ -75,39 +82,51 @@ def _run_gunicorn(*, host: str, port: int, workers: int, log_level: str) -> None
             folder.mkdir()
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
 
+        # The command's options are the server settings of the one gunicorn configuration
+        # (api/gunicorn_conf.py, which the image and `make stack` load too): pass them the same way.
+        os.environ.update({"RANKER_BIND": f"{host}:{port}", "RANKER_WORKERS": str(workers),
+                           "RANKER_LOG_LEVEL": log_level})
         # A bad RANKER_* setting: one error line now, not a worker that fails to boot. (Imported only
         # now: prometheus_client picks its multiprocess mode from the variable above when imported.)
         from api.app import check_config
+        from api.settings import ServerConfig
 
         check_config()
-        from gunicorn.app.base import BaseApplication
-
-        class ScorerServer(BaseApplication):
-            def load_config(self) -> None:
-                from api import gunicorn_conf
-
-                for key in dir(gunicorn_conf):
-                    if key in self.cfg.settings and key != "wsgi_app":
-                        self.cfg.set(key, getattr(gunicorn_conf, key))
-                self.cfg.set("bind", [f"{host}:{port}"])
-                self.cfg.set("workers", workers)
-                self.cfg.set("loglevel", log_level)
-                self.cfg.set("control_socket", str(runtime / "gunicorn.ctl"))
-                self.cfg.set("proc_name", "ranker-scorer")
-
-            def load(self):
-                from api.app import create_app
-
-                return create_app()
-
+        ServerConfig.from_env()
+        server = scorer_server()
         click.echo(f"scorer: http://{host}:{port} ({workers} gunicorn workers)", err=True)
-        ScorerServer().run()
+        server.run()
     finally:
         shutil.rmtree(runtime, ignore_errors=True)
 
 
+GUNICORN_CONFIG = "python:api.gunicorn_conf"  # the one configuration: `ranker serve`, `make stack`, the image
+
+
+def scorer_server():
+    """gunicorn's application for the scorer, configured exactly as ``gunicorn -c python:api.gunicorn_conf``
+    (the image's command): gunicorn's own loader reads the module, settings and hooks alike."""
+    from gunicorn.app.wsgiapp import WSGIApplication
+
+    class ScorerServer(WSGIApplication):
+        def load_config(self) -> None:
+            self.load_config_from_module_name_or_filename(GUNICORN_CONFIG)
+            self.app_uri = self.cfg.wsgi_app
+
+    return ScorerServer()
+
+
+def _settings_epilog() -> str:
+    """The scorer's settings for ``--help``, from their one declaration (api/settings.py)."""
+    from api.settings import SCORER_SETTINGS, settings_help
+
+    lines = settings_help(SCORER_SETTINGS).splitlines()
+    return "\b\nScorer settings (environment; all of them: docs/reference/settings.md):\n" + "\n".join(
+        f"  {line}" for line in lines)
+
+
 def register(cli: click.Group) -> None:
-    @cli.command("serve")
+    @cli.command("serve", epilog=_settings_epilog())
     @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0 for all).")
     @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="TCP port.")
     @click.option(
@@ -124,11 +143,8 @@ def register(cli: click.Group) -> None:
         """Serve the ranking API: POST /v1/rank, /healthz, /readyz, /metrics, /openapi.json, POST /admin/reload.
 
         Each worker loads the production model of every surface from the registry and polls it for
-        promotions. Scorer settings come from the environment: RANKER_API_TOKEN (bearer token; admin
-        routes need it), RANKER_MAX_CANDIDATES (1000), RANKER_FEATURE_TIMEOUT_MS (50),
-        RANKER_RELOAD_INTERVAL_S (30, 0 = no polling), RANKER_ITEM_CACHE_TTL_S (0),
-        RANKER_SURFACES (search,recs), RANKER_MAX_BODY_BYTES (1 MiB), RANKER_COMPILED_TREES (1). With several workers,
-        PROMETHEUS_MULTIPROC_DIR (created when unset) lets /metrics add up every worker.
+        promotions. gunicorn runs with api/gunicorn_conf.py, the container image's configuration too.
+        With several workers, PROMETHEUS_MULTIPROC_DIR (created when unset) lets /metrics add up every worker.
         """
         import logging
 

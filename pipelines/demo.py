@@ -83,7 +83,16 @@ def _summary() -> None:
         )
 
 
-def _serve_and_rank(port: int = 8642) -> None:
+def _free_port() -> int:
+    """A free loopback port: a fixed one could be another process's (another demo's scorer would answer)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _serve_and_rank(port: int | None = None) -> None:
     """Start the scorer (gunicorn, one worker), send a few ranking requests, print them, stop it."""
     import json
     import urllib.request
@@ -92,6 +101,7 @@ def _serve_and_rank(port: int = 8642) -> None:
 
     from ranker.config import Settings
 
+    port = port or _free_port()
     settings = Settings.from_env()
     con = duckdb.connect()
     raw = settings.raw_dir
@@ -133,7 +143,7 @@ def _scorer(**kwargs):
         sys.exit(f"demo stopped: {exc}")
 
 
-def _monitoring_summary(port: int = 8643, requests: int = 2000) -> None:
+def _monitoring_summary(port: int | None = None, requests: int = 2000) -> None:
     """Monitoring: an A/B on search (production vs a deliberately no-skill model in staging) served
     by a scorer that logs every request; the simulator acts as the live marketplace; then skew,
     drift and online metrics per variant, summarised (full output: the `ranker monitor` commands)."""
@@ -146,6 +156,7 @@ def _monitoring_summary(port: int = 8643, requests: int = 2000) -> None:
     from ranker.registry import Registry
 
     warnings.filterwarnings("ignore")
+    port = port or _free_port()
     settings = Settings.from_env()
     since = datetime.now(timezone.utc).isoformat(timespec="seconds")
     print("\n== Monitoring ==")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, Callable
 from urllib.parse import urlparse
 
 from ranker.errors import RankerError
@@ -28,6 +29,80 @@ TRAIN_ENGINES = ("local", "dask")
 
 class ConfigError(RankerError, ValueError):
     """A setting is missing or malformed; the message says which and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment setting, declared once: what parses it, its default, its rule and help text.
+
+    The platform's are :data:`PLATFORM_SETTINGS` below; the scorer's and its server's are in
+    ``api/settings.py``. Defaults, parsing, validation, ``--help`` texts and the documentation's
+    settings tables are all produced from these declarations."""
+
+    env: str  # the environment variable
+    kind: type  # str, int, float or bool
+    default: Any
+    help: str
+    group: str = "platform"
+    key: str = ""  # where the parsed value goes (app.config key); default: the variable name
+    check: Callable[[Any], bool] | None = None
+    rule: str = ""  # what check demands, for messages and docs (e.g. ">= 1")
+    doc_default: str = ""  # how the docs show the default, when not the value itself
+    internal: bool = False  # set by the platform itself, not by users
+    secret: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            object.__setattr__(self, "key", self.env)
+
+    @property
+    def shown_default(self) -> str:
+        """The default as the docs and ``--help`` show it."""
+        if self.doc_default:
+            return self.doc_default
+        if self.kind is bool:
+            return "1" if self.default else "0"
+        if self.default == "":
+            return "empty"
+        if self.kind is float:
+            return f"{self.default:g}"
+        return f"`{self.default}`" if self.kind is str else str(self.default)
+
+
+def parse_bool(raw: str) -> bool:
+    """1/true/yes/on or 0/false/no/off (any case); ValueError otherwise."""
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(raw)
+
+
+def parse_setting(setting: Setting, raw: str) -> Any:
+    """The value of ``raw`` for ``setting``; ConfigError names the variable when it does not parse."""
+    try:
+        if setting.kind is bool:
+            return parse_bool(raw)
+        if setting.kind is str:
+            return raw.strip()
+        return setting.kind(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{setting.env}={raw!r} is not a valid {setting.kind.__name__}") from None
+
+
+PLATFORM_SETTINGS: tuple[Setting, ...] = (
+    Setting("RANKER_HOME", str, "", "the folder holding `feature_repo/`, `data/`, `artifacts/`",
+            doc_default="current folder"),
+    Setting("RANKER_ONLINE_STORE", str, "sqlite", "`sqlite` (embedded) or `redis`",
+            check=lambda v: v in ONLINE_STORES, rule="one of " + ", ".join(ONLINE_STORES)),
+    Setting("REDIS_URL", str, "redis://127.0.0.1:6379/0", "the Redis online store when `RANKER_ONLINE_STORE=redis`"),
+    Setting("RANKER_REGISTRY_URI", str, "", "model registry: `file:///abs/path` or `s3://bucket/prefix`",
+            doc_default="empty = `artifacts/registry`"),
+    Setting("RANKER_FEAST_REGISTRY", str, "", "Feast registry: a `postgresql://` URL selects Feast's SQL registry, "
+            "shared by scorers and jobs", doc_default="empty = `data/feast/registry.db`"),
+)
+_PLATFORM = {s.env: s for s in PLATFORM_SETTINGS}
 
 
 @dataclass(frozen=True)
@@ -77,18 +152,21 @@ class Settings:
     @classmethod
     def from_env(cls, env: dict | None = None) -> "Settings":
         env = dict(os.environ if env is None else env)
-        home = Path(env.get("RANKER_HOME") or Path.cwd()).resolve()
+
+        def value(name: str) -> str:
+            return str(env.get(name) or "").strip() or _PLATFORM[name].default
+
         return cls(
-            home=home,
-            online_store=env.get("RANKER_ONLINE_STORE", "sqlite").strip().lower() or "sqlite",
-            redis_url=env.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
-            registry_uri=env.get("RANKER_REGISTRY_URI", ""),
-            feast_registry=env.get("RANKER_FEAST_REGISTRY", "").strip(),
-            feature_engine=env.get("RANKER_FEATURE_ENGINE", "duckdb").strip().lower() or "duckdb",
-            spark_master=env.get("RANKER_SPARK_MASTER", "").strip() or "local[2]",
-            train_engine=env.get("RANKER_TRAIN_ENGINE", "local").strip().lower() or "local",
-            dask_scheduler=env.get("RANKER_DASK_SCHEDULER", "").strip(),
-            dask_workers=_int_setting(env, "RANKER_DASK_WORKERS", 2),
+            home=Path(value("RANKER_HOME") or Path.cwd()).resolve(),
+            online_store=value("RANKER_ONLINE_STORE").lower(),
+            redis_url=value("REDIS_URL"),
+            registry_uri=value("RANKER_REGISTRY_URI"),
+            feast_registry=value("RANKER_FEAST_REGISTRY"),
+            feature_engine=value("RANKER_FEATURE_ENGINE").lower(),
+            spark_master=value("RANKER_SPARK_MASTER"),
+            train_engine=value("RANKER_TRAIN_ENGINE").lower(),
+            dask_scheduler=value("RANKER_DASK_SCHEDULER"),
+            dask_workers=parse_setting(_PLATFORM["RANKER_DASK_WORKERS"], str(value("RANKER_DASK_WORKERS"))),
         )
 
     def with_(self, **changes) -> "Settings":
@@ -138,12 +216,3 @@ class Settings:
             parts.append("ssl=true")
         return ",".join(parts)
 
-
-def _int_setting(env: dict, name: str, default: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not an integer") from None

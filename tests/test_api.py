@@ -692,6 +692,39 @@ def test_degraded_mode_when_redis_dies(world, models, served, tmp_path, private_
         assert sum(v for k, v in samples.items() if k[0] == "ranker_degraded_responses_total") >= 4
 
 
+@pytest.mark.redis
+def test_readiness_refuses_an_online_store_that_holds_nothing(world, models, served, tmp_path, private_redis,
+                                                              candidates):
+    """The new user's trap: a scorer pointed at a Redis nobody loaded answers every request with
+    defaults, not degraded. /readyz says why it is not ready until a plain materialize loads it; then
+    the scores equal those served from the loaded sqlite store."""
+    from ranker.features.materialize import materialize
+
+    _, url = private_redis
+    live = candidates[0][:12]
+    home = tmp_path / "home"  # a private copy: materializing must not touch the shared Feast registry
+    shutil.copytree(world.home, home, ignore=shutil.ignore_patterns("artifacts", "__pycache__"))
+    settings = Settings(home=home, online_store="redis", redis_url=url, registry_uri=served.registry_uri)
+    with running_app(settings) as app:
+        client = app.test_client()
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        body = ready.get_json()
+        assert body["surfaces"]["search"]["online_store"] == "empty"
+        assert "listing_fv" in body["surfaces"]["search"]["empty_views"]
+        assert any("holds no rows for" in r and "ranker features materialize" in r for r in body["reasons"])
+        summary = materialize(settings)  # not --full: the empty store's missing marker decides
+        assert summary["rows"] > 0 and {v["load"] for v in summary["views"].values()} == {"full"}
+        ready = client.get("/readyz")
+        assert ready.status_code == 200, ready.get_json()
+        from_redis = _rank(client, "recs", live).get_json()
+    with running_app(served) as app:
+        from_sqlite = _rank(app.test_client(), "recs", live).get_json()
+    assert from_redis["degraded"] is False
+    assert [(i["item_id"], i["score"]) for i in from_redis["items"]] == \
+        [(i["item_id"], i["score"]) for i in from_sqlite["items"]]
+
+
 # ------------------------------------------------------------------------------------------ gunicorn
 
 
@@ -821,7 +854,7 @@ def test_serve_refuses_a_bad_setting_before_starting_workers():
 ])
 def test_benchmark_scripts_run(served, script, args):
     """The scorer benchmarks run end to end on a trained home (their own redis-server and gunicorn)
-    and report error-free figures; the figures themselves are for the README, not asserted."""
+    and report error-free figures; the figures themselves are for docs/benchmarks.md, not asserted."""
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server binary not installed: the scorer benchmarks start their own")
     # A generous feature budget: "degraded 0" then means the store answered, whatever the host's hiccups.
@@ -850,3 +883,71 @@ def test_benchmark_scripts_run(served, script, args):
         assert len(rows) == 4, out
         for line in rows:
             assert re.search(r"\| 3/3 \(cached 3/3, hit rate", line), line
+
+
+# ------------------------------------------------------------------------------------------ schema fuzzing
+
+
+@pytest.mark.slow
+def test_schemathesis_finds_no_failure(served):
+    """schemathesis against a live scorer (`ranker serve`, one gunicorn worker): its coverage cases
+    of the request schema, then schema-valid bodies (positive) and schema-invalid ones (negative) for
+    every operation of /openapi.json, a bounded number each, fixed seed; every check must pass: no 5xx, documented status codes and content
+    types, answers valid under the response schemas, valid data accepted and invalid data refused."""
+    import hypothesis
+    import schemathesis
+    from hypothesis import HealthCheck
+
+    from pipelines.cmd_serve import serving
+
+    port = _free_port()
+    env = {**os.environ, "RANKER_HOME": str(served.home), "RANKER_REGISTRY_URI": served.registry_uri,
+           "RANKER_FEATURE_TIMEOUT_MS": "5000", "RANKER_RELOAD_INTERVAL_S": "0", "RANKER_SERVED_LOG_SAMPLE": "0",
+           "RANKER_MAX_CANDIDATES": "50"}
+    env.pop("RANKER_ONLINE_STORE", None)
+    env.pop("RANKER_API_TOKEN", None)
+    failures: list[str] = []
+    with serving(port=port, workers=1, env=env, log_level="warning") as base:
+        schema = schemathesis.openapi.from_url(f"{base}/openapi.json")
+        # More candidates than RANKER_MAX_CANDIDATES is refused with 413 (documented), not 400/422.
+        rejection = schema.config.checks.negative_data_rejection
+        rejection.expected_statuses = [*rejection.expected_statuses, "413"]
+        operations = [result.ok() for result in schema.get_all_operations()]
+        assert {op.path for op in operations} >= {"/v1/rank", "/readyz", "/healthz"}
+        # 1. The coverage phase: schemathesis' systematic edge cases of the request schema (boundaries,
+        # each constraint broken once, nulls where the schema forbids them...), every one sent.
+        rank_op = next(op for op in operations if op.path == "/v1/rank")
+        modes = [schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE]
+        coverage = list(schema.iter_coverage_cases(rank_op, generation_modes=modes,
+                                                   generation_config=schema.config.generation_for(operation=rank_op)))
+        assert len(coverage) >= 50
+        for case in coverage:
+            try:
+                case.call_and_validate(base_url=base, timeout=30)
+            except AssertionError as exc:
+                failures.append(f"POST /v1/rank (coverage) {json.dumps(case.body)[:300]}: {str(exc)[:600]}")
+        # 2. Fuzzing: random valid and invalid requests, a bounded number per operation.
+        for operation in operations:
+            for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
+                if mode is schemathesis.GenerationMode.NEGATIVE and operation.path != "/v1/rank":
+                    continue  # the other routes take no parameters and no body: nothing to get wrong
+                if operation.path == "/admin/reload":
+                    continue  # needs the admin token, and reloads: tested in its own tests
+
+                @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
+                @hypothesis.settings(max_examples=40 if operation.path == "/v1/rank" else 5, deadline=None,
+                                     derandomize=True, database=None, suppress_health_check=list(HealthCheck),
+                                     phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate])
+                def run(case):
+                    try:
+                        case.call_and_validate(base_url=base, timeout=30)
+                    except AssertionError as exc:  # schemathesis' failures are AssertionError subclasses
+                        failures.append(f"{operation.method.upper()} {operation.path} ({mode.value}): "
+                                        f"{str(exc)[:600]}")
+                        raise
+
+                try:
+                    run()
+                except Exception:  # noqa: BLE001 - collected above with its case
+                    pass
+    assert not failures, "\n\n".join(failures)

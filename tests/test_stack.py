@@ -1,5 +1,5 @@
 """End to end on the `make stack` topology: a private redis-server, moto's S3 server as the model
-registry and the gunicorn scorer started with the image's config (infra/gunicorn.conf.py), all as
+registry and the gunicorn scorer started with the image's config (api/gunicorn_conf.py), all as
 local processes on loopback. Models go in and out through the `ranker registry` CLI only; the test
 sees the running scorer pick up promotions and a rollback without a restart."""
 

@@ -4,6 +4,7 @@ be trained and served on data nobody here generated. "Interactions" are all enga
 
 from datetime import timedelta
 
+from data_sources import FEATURE_TABLES
 from entities import category, item, user
 from feast import FeatureView, Field, FileSource
 from feast.types import Float32, Int64
@@ -12,17 +13,17 @@ from feast.types import Float32, Int64
 # while the entity had an interaction in the last 32 days, so an absent entity means "none".
 generic_item_stats_source = FileSource(
     name="generic_item_stats_source",
-    path="../data/features/generic_item_stats.parquet",
+    path=str(FEATURE_TABLES / "generic_item_stats.parquet"),
     timestamp_field="event_timestamp",
 )
 generic_user_stats_source = FileSource(
     name="generic_user_stats_source",
-    path="../data/features/generic_user_stats.parquet",
+    path=str(FEATURE_TABLES / "generic_user_stats.parquet"),
     timestamp_field="event_timestamp",
 )
 generic_user_category_source = FileSource(
     name="generic_user_category_source",
-    path="../data/features/generic_user_category_stats.parquet",
+    path=str(FEATURE_TABLES / "generic_user_category_stats.parquet"),
     timestamp_field="event_timestamp",
 )
 

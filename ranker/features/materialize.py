@@ -9,9 +9,12 @@ parquet source with DuckDB, reduced to the latest row per entity, and written:
   pipelined ``HSET`` commands. Like Feast, a row never overwrites a newer one already stored.
 * to any other online store (the embedded sqlite) through Feast's own ``online_write_batch``.
 
-``start`` is where the previous run for that view ended (Feast's registry records materialization
-intervals, so ``feast materialize-incremental`` and this command continue each other). Unlike
-Feast's first run, which only looks back one TTL, the first run loads the latest row of every
+``start`` is where the previous run for that view ended *in this online store*: a marker written
+into the store with the data (:mod:`ranker.features.online_state`) says what it holds, so a store
+that never received data (a new Redis after the demo loaded sqlite, a flushed one) gets a full load,
+although Feast's registry, which both stores share, records the sqlite run's interval. The interval
+is still recorded in Feast's registry (``feast materialize-incremental`` continues from it). Unlike
+Feast's first run, which only looks back one TTL, a full load offers the latest row of every
 entity: the online store then answers for the latest snapshot that exists, which is what a scorer
 starting on historical data needs.
 """
@@ -34,6 +37,7 @@ from ranker.features.feast_compat import (
     string_entity_keys,
 )
 from ranker.errors import RankerError
+from ranker.features.online_state import OnlineStateError, next_marker, read_markers, write_markers
 from ranker.features.store import feature_store
 
 BATCH_ROWS = 20_000
@@ -249,14 +253,18 @@ def materialize(settings: Settings, *, end: datetime | None = None, full: bool =
     if not views:
         raise MaterializeError("no feature views registered: run `ranker features apply` first")
     client = _redis_client(settings) if settings.online_store == "redis" else None
+    try:
+        markers = read_markers(settings, store.project)
+    except OnlineStateError as exc:
+        raise MaterializeError(str(exc)) from None
     summary: dict = {"online_store": settings.online_store, "end": end.isoformat(), "views": {}}
     total_rows, started = 0, time.perf_counter()
     for view in views:
         abs_path = str((settings.feature_repo / view.batch_source.path).resolve())
         if not Path(abs_path).exists():
             raise MaterializeError(f"{abs_path} not found: run `ranker features build` first")
-        intervals = view.materialization_intervals
-        start = None if full or not intervals else max(e for _, e in intervals)
+        marker = markers.get(view.name)
+        start = None if full or marker is None else marker.end_time
         if start is not None and start >= end:
             summary["views"][view.name] = {"rows": 0, "start": start.isoformat(), "note": "up to date"}
             continue
@@ -287,10 +295,19 @@ def materialize(settings: Settings, *, end: datetime | None = None, full: bool =
         else:
             interval_start = end
         store.registry.apply_materialization(view, store.project, interval_start, end, commit=True)
+        try:  # after the data it describes: an interrupted run leaves the previous marker, and reruns
+            write_markers(settings, store.project, [next_marker(
+                marker, view=view.name, end=end, rows_written=written, rows_seen=table.num_rows,
+                newest_event=pc.max(table.column("event_timestamp")).as_py() if table.num_rows else None,
+                full=start is None,
+            )])
+        except OnlineStateError as exc:
+            raise MaterializeError(str(exc)) from None
         total_rows += written
         summary["views"][view.name] = {
             "rows": int(written),
             "start": start.isoformat() if start else None,
+            "load": "full" if start is None else "incremental",
             "seconds": round(seconds, 3),
             "rows_per_s": round(written / seconds) if seconds > 0 and written else None,
         }

@@ -24,11 +24,24 @@ class FeatureRepoError(RankerError):
     """The feature repository or its registry is missing or does not hold what was asked for."""
 
 
+def _forget_definition_modules(repo: Path) -> None:
+    """Drop the definition modules (``data_sources``, ``features.listing``, ...) a previous import
+    left in ``sys.modules``: Feast imports them by top-level name, so in a process that applies
+    several homes the second would silently reuse the first home's objects, sources and their
+    absolute table paths included."""
+    names = {p.stem for p in repo.glob("*.py")} | {p.name for p in repo.iterdir() if p.is_dir()}
+    for name in list(sys.modules):
+        if name.split(".", 1)[0] in names:
+            del sys.modules[name]
+
+
 @contextlib.contextmanager
 def in_feature_repo(repo: Path):
     """Feast imports definition files as top-level modules from the repo folder and resolves
-    relative paths from the working directory: enter it for the duration, then restore."""
+    relative paths from the working directory: enter it for the duration (with the modules of
+    any earlier repository forgotten, so this repository's files are the ones imported), then restore."""
     old_cwd = os.getcwd()
+    _forget_definition_modules(repo)
     sys.path.insert(0, str(repo))
     try:
         os.chdir(repo)
