@@ -37,6 +37,9 @@ class Settings:
     home: Path
     online_store: str = "sqlite"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Redis Cluster (RANKER_REDIS_CLUSTER=1 or a redis+cluster:// URL): REDIS_URL lists seed nodes,
+    # redis://h1:p1,h2:p2 (docs/guides/scale-out.md, "Redis Cluster").
+    redis_cluster: bool = False
     registry_uri: str = ""
     feast_project: str = "fashion_ranking"
     # Feast registry: empty = the file in data/feast/; a postgresql:// URL = Feast's shared SQL registry.
@@ -67,7 +70,9 @@ class Settings:
             raise ConfigError(
                 f"RANKER_ONLINE_STORE={self.online_store!r} is not supported; use one of {', '.join(ONLINE_STORES)}"
             )
-        if self.online_store == "redis":
+        if self.online_store == "redis" and self.redis_cluster:
+            self.redis_seeds  # noqa: B018 -- validates the seed list
+        elif self.online_store == "redis":
             parsed = urlparse(self.redis_url)
             if parsed.scheme not in ("redis", "rediss") or not parsed.hostname:
                 raise ConfigError(
@@ -82,6 +87,8 @@ class Settings:
             home=home,
             online_store=env.get("RANKER_ONLINE_STORE", "sqlite").strip().lower() or "sqlite",
             redis_url=env.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+            redis_cluster=env.get("RANKER_REDIS_CLUSTER", "").strip().lower() in ("1", "true", "yes")
+            or env.get("REDIS_URL", "").startswith("redis+cluster://"),
             registry_uri=env.get("RANKER_REGISTRY_URI", ""),
             feast_registry=env.get("RANKER_FEAST_REGISTRY", "").strip(),
             feature_engine=env.get("RANKER_FEATURE_ENGINE", "duckdb").strip().lower() or "duckdb",
@@ -124,8 +131,27 @@ class Settings:
         return self.home / "artifacts"
 
     @property
+    def redis_seeds(self) -> list[tuple[str, int]]:
+        """The cluster's seed nodes from REDIS_URL (``redis://h1:p1,h2:p2``; ``redis+cluster://`` alike)."""
+        scheme, sep, rest = self.redis_url.partition("://")
+        netloc = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+        seeds: list[tuple[str, int]] = []
+        for part in netloc.split(","):
+            host, _, port = part.strip().rpartition(":")
+            if not sep or scheme not in ("redis", "rediss", "redis+cluster") or not host or not port.isdigit():
+                raise ConfigError(
+                    f"REDIS_URL={self.redis_url!r} is not a cluster seed list; expected e.g. "
+                    "redis://127.0.0.1:7000,127.0.0.1:7001 with RANKER_REDIS_CLUSTER=1"
+                )
+            seeds.append((host, int(port)))
+        return seeds
+
+    @property
     def redis_connection_string(self) -> str:
-        """REDIS_URL in the ``host:port,db=N,password=...,ssl=true`` form Feast's Redis store expects."""
+        """REDIS_URL in the ``host:port,db=N,password=...,ssl=true`` form Feast's Redis store expects
+        (in cluster mode: the seed nodes, no db)."""
+        if self.redis_cluster:
+            return ",".join(f"{h}:{p}" for h, p in self.redis_seeds)
         parsed = urlparse(self.redis_url)
         parts = [f"{parsed.hostname}:{parsed.port or 6379}"]
         db = (parsed.path or "/0").lstrip("/") or "0"
