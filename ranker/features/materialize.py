@@ -169,13 +169,17 @@ class ClusterWriter:
     def write(self, *, project: str, view, table: pa.Table, ts_key_view: str) -> int:
         join_keys = [c.name for c in view.entity_columns]
         keys = string_entity_keys(join_keys, [table.column(k).to_pylist() for k in join_keys], project.encode())
+        from concurrent.futures import ThreadPoolExecutor
+
         node_of = self.owner[key_slots(keys)]
-        written = 0
-        for n, client in enumerate(self.clients):
-            rows = np.flatnonzero(node_of == n)
-            if len(rows):
-                written += write_redis(client, project=project, view=view, table=table.take(rows), ts_key_view=ts_key_view)
-        return written
+        parts = [(client, np.flatnonzero(node_of == n)) for n, client in enumerate(self.clients)]
+
+        def one(client, rows) -> int:
+            return write_redis(client, project=project, view=view, table=table.take(rows), ts_key_view=ts_key_view)
+
+        # one thread per master: one master's round trips overlap the others' encoding
+        with ThreadPoolExecutor(max_workers=len(parts)) as pool:
+            return sum(pool.map(lambda part: one(*part) if len(part[1]) else 0, parts))
 
 
 def _raw_slots(replies) -> list:
