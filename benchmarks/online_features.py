@@ -5,7 +5,11 @@ started here on a free loopback port.
 
     .venv/bin/python benchmarks/online_features.py                      # temp world, default demo size
     RANKER_HOME=/path/to/home .venv/bin/python benchmarks/online_features.py [--service recs_ranker_v1]
-        [--sizes 50 200 1000] [--requests 300] [--feast-requests 60] [--store redis|sqlite|both]
+        [--sizes 50 200 1000] [--requests 300] [--feast-requests 60] [--store redis|sqlite|both|cluster|redis+cluster]
+
+``cluster``: a private 3-master Redis Cluster (redis-server --cluster-enabled yes + redis-cli
+--cluster create on free loopback ports), read by the cluster reader; ``redis+cluster`` runs the
+single node then the cluster in one run (materialize rows/s and fetch latency side by side).
 
 Without RANKER_HOME a temporary world of the default demo size is built with the `ranker` CLI
 (`data simulate`, `features build`, `features apply`: ~20 s). With RANKER_HOME its feature tables and
@@ -90,6 +94,57 @@ def _start_redis(workdir: Path):
         if b"Ready to accept connections" in raw:
             return proc, port
     raise SystemExit("redis-server exited before it was ready")
+
+
+def _cluster_port(used: list) -> int:
+    """A free port <= 55535 whose cluster bus port (+10000) is free too."""
+    while True:
+        port = _free_port()
+        if port > 55535 or port in used:
+            continue
+        try:
+            with socket.socket() as bus:
+                bus.bind(("127.0.0.1", port + 10000))
+            return port
+        except OSError:
+            continue
+
+
+def _start_cluster(workdir: Path) -> tuple[list, str]:
+    """Three cluster-enabled redis-servers made one cluster (no replicas); (processes, seed URL)."""
+    import redis
+
+    binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    if binary is None or cli is None:
+        raise SystemExit("redis-server/redis-cli are not installed (the benchmark starts a private cluster)")
+    ports: list[int] = []
+    procs = []
+    for _ in range(3):
+        port = _cluster_port(ports)
+        ports.append(port)
+        d = workdir / str(port)
+        d.mkdir(parents=True)
+        procs.append(subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+             "--cluster-config-file", str(d / "nodes.conf"), "--dir", str(d), "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        ))
+    until = time.monotonic() + 60
+    for port in ports:
+        while True:
+            try:
+                if redis.Redis(port=port).ping():
+                    break
+            except redis.RedisError:
+                if time.monotonic() > until:
+                    raise SystemExit(f"redis-server on {port} did not start") from None
+    subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports), "--cluster-replicas", "0",
+                    "--cluster-yes"], check=True, capture_output=True, timeout=60)
+    for port in ports:
+        while redis.Redis(port=port).cluster("INFO").get("cluster_state") != "ok":
+            if time.monotonic() > until:
+                raise SystemExit(f"cluster node {port} not ok within 60 s")
+    return procs, "redis://" + ",".join(f"127.0.0.1:{p}" for p in ports)
 
 
 def _requests(settings, service: str, sizes: list[int], count: int, seed: int) -> dict:
@@ -209,7 +264,10 @@ def run(settings, args) -> None:
     t0 = time.perf_counter()
     summary = materialize(settings, full=True)
     where = settings.redis_url if settings.online_store == "redis" else "sqlite (temporary copy)"
-    print(f"\nonline store {settings.online_store}: {where}; materialized {summary['rows']:,} rows in {time.perf_counter() - t0:.1f} s")
+    kind = "redis cluster" if settings.redis_cluster else settings.online_store
+    seconds = time.perf_counter() - t0
+    print(f"\nonline store {kind}: {where}; materialized {summary['rows']:,} rows in {seconds:.1f} s "
+          f"({summary['rows'] / seconds:,.0f} rows/s)")
     store = feature_store(settings)
     spec = service_spec(store, args.service)
     requests = _requests(settings, args.service, args.sizes, args.requests, args.seed)
@@ -256,7 +314,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[50, 200, 1000])
     parser.add_argument("--requests", type=int, default=300, help="Timed requests per size for OnlineFeatures.")
     parser.add_argument("--feast-requests", type=int, default=60, help="Of those, how many also go through the slower Feast SDK.")
-    parser.add_argument("--store", choices=["redis", "sqlite", "both"], default="redis")
+    parser.add_argument("--store", choices=["redis", "sqlite", "both", "cluster", "redis+cluster"], default="redis")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -267,6 +325,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="online-features-bench-"))
     proc = None
+    cluster: list = []
     try:
         source = os.environ.get("RANKER_HOME")
         if source:
@@ -276,16 +335,22 @@ def main() -> None:
             print(f"building a world of the default demo size in {source_home}")
             _build_world(source_home)
         base = _bench_home(source_home, tmp / "bench")
-        if args.store in ("redis", "both"):
+        if args.store in ("redis", "both", "redis+cluster"):
             (tmp / "redis").mkdir()
             proc, port = _start_redis(tmp / "redis")
             run(base.with_(online_store="redis", redis_url=f"redis://127.0.0.1:{port}/0"), args)
+        if args.store in ("cluster", "redis+cluster"):
+            cluster, seeds = _start_cluster(tmp / "cluster")
+            run(base.with_(online_store="redis", redis_cluster=True, redis_url=seeds), args)
         if args.store in ("sqlite", "both"):
             run(base, args)
     finally:
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=10)
+        for node in cluster:
+            os.killpg(node.pid, 15)
+            node.wait(timeout=10)
         shutil.rmtree(tmp, ignore_errors=True)
     print(_stack.machine_speed())
 

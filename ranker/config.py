@@ -96,7 +96,10 @@ PLATFORM_SETTINGS: tuple[Setting, ...] = (
             doc_default="current folder"),
     Setting("RANKER_ONLINE_STORE", str, "sqlite", "`sqlite` (embedded) or `redis`",
             check=lambda v: v in ONLINE_STORES, rule="one of " + ", ".join(ONLINE_STORES)),
-    Setting("REDIS_URL", str, "redis://127.0.0.1:6379/0", "the Redis online store when `RANKER_ONLINE_STORE=redis`"),
+    Setting("REDIS_URL", str, "redis://127.0.0.1:6379/0", "the Redis online store when `RANKER_ONLINE_STORE=redis` "
+            "(a Redis Cluster: seed nodes `redis://h1:p1,h2:p2` or `redis+cluster://...`)"),
+    Setting("RANKER_REDIS_CLUSTER", bool, False, "the Redis online store is a Redis Cluster (`REDIS_URL` lists seed "
+            "nodes); also implied by a `redis+cluster://` URL"),
     Setting("RANKER_REGISTRY_URI", str, "", "model registry: `file:///abs/path` or `s3://bucket/prefix`",
             doc_default="empty = `artifacts/registry`"),
     Setting("RANKER_FEAST_REGISTRY", str, "", "Feast registry: a `postgresql://` URL selects Feast's SQL registry, "
@@ -112,6 +115,9 @@ class Settings:
     home: Path
     online_store: str = "sqlite"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Redis Cluster (RANKER_REDIS_CLUSTER=1 or a redis+cluster:// URL): REDIS_URL lists seed nodes,
+    # redis://h1:p1,h2:p2 (docs/guides/scale-out.md, "Redis Cluster").
+    redis_cluster: bool = False
     registry_uri: str = ""
     feast_project: str = "fashion_ranking"
     # Feast registry: empty = the file in data/feast/; a postgresql:// URL = Feast's shared SQL registry.
@@ -142,7 +148,9 @@ class Settings:
             raise ConfigError(
                 f"RANKER_ONLINE_STORE={self.online_store!r} is not supported; use one of {', '.join(ONLINE_STORES)}"
             )
-        if self.online_store == "redis":
+        if self.online_store == "redis" and self.redis_cluster:
+            self.redis_seeds  # noqa: B018 -- validates the seed list
+        elif self.online_store == "redis":
             parsed = urlparse(self.redis_url)
             if parsed.scheme not in ("redis", "rediss") or not parsed.hostname:
                 raise ConfigError(
@@ -160,6 +168,8 @@ class Settings:
             home=Path(value("RANKER_HOME") or Path.cwd()).resolve(),
             online_store=value("RANKER_ONLINE_STORE").lower(),
             redis_url=value("REDIS_URL"),
+            redis_cluster=parse_setting(_PLATFORM["RANKER_REDIS_CLUSTER"], str(value("RANKER_REDIS_CLUSTER")))
+            or value("REDIS_URL").startswith("redis+cluster://"),
             registry_uri=value("RANKER_REGISTRY_URI"),
             feast_registry=value("RANKER_FEAST_REGISTRY"),
             feature_engine=value("RANKER_FEATURE_ENGINE").lower(),
@@ -202,8 +212,27 @@ class Settings:
         return self.home / "artifacts"
 
     @property
+    def redis_seeds(self) -> list[tuple[str, int]]:
+        """The cluster's seed nodes from REDIS_URL (``redis://h1:p1,h2:p2``; ``redis+cluster://`` alike)."""
+        scheme, sep, rest = self.redis_url.partition("://")
+        netloc = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+        seeds: list[tuple[str, int]] = []
+        for part in netloc.split(","):
+            host, _, port = part.strip().rpartition(":")
+            if not sep or scheme not in ("redis", "rediss", "redis+cluster") or not host or not port.isdigit():
+                raise ConfigError(
+                    f"REDIS_URL={self.redis_url!r} is not a cluster seed list; expected e.g. "
+                    "redis://127.0.0.1:7000,127.0.0.1:7001 with RANKER_REDIS_CLUSTER=1"
+                )
+            seeds.append((host, int(port)))
+        return seeds
+
+    @property
     def redis_connection_string(self) -> str:
-        """REDIS_URL in the ``host:port,db=N,password=...,ssl=true`` form Feast's Redis store expects."""
+        """REDIS_URL in the ``host:port,db=N,password=...,ssl=true`` form Feast's Redis store expects
+        (in cluster mode: the seed nodes, no db)."""
+        if self.redis_cluster:
+            return ",".join(f"{h}:{p}" for h, p in self.redis_seeds)
         parsed = urlparse(self.redis_url)
         parts = [f"{parsed.hostname}:{parsed.port or 6379}"]
         db = (parsed.path or "/0").lstrip("/") or "0"

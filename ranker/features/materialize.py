@@ -7,6 +7,8 @@ parquet source with DuckDB, reduced to the latest row per entity, and written:
   entity key = Feast's serialized entity key + project; fields ``murmur3("{view}:{feature}")``
   holding serialized ``Value`` protobufs; ``_ts:{view}`` holding the event timestamp), sent as raw
   pipelined ``HSET`` commands. Like Feast, a row never overwrites a newer one already stored.
+  On a Redis Cluster (``RANKER_REDIS_CLUSTER=1``) the rows are split by the master serving their
+  key's hash slot, each master written in turn with the same pipelines (:class:`ClusterWriter`).
 * to any other online store (the embedded sqlite) through Feast's own ``online_write_batch``.
 
 ``start`` is where the previous run for that view ended *in this online store*: a marker written
@@ -22,6 +24,7 @@ starting on historical data needs.
 from __future__ import annotations
 
 import time
+from functools import partial
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -38,6 +41,7 @@ from ranker.features.feast_compat import (
 )
 from ranker.errors import RankerError
 from ranker.features.online_state import OnlineStateError, next_marker, read_markers, write_markers
+from ranker.features.slots import key_slots, slot_map
 from ranker.features.store import feature_store
 
 BATCH_ROWS = 20_000
@@ -137,6 +141,56 @@ def _redis_client(settings: Settings):
     except redis.RedisError as exc:
         raise MaterializeError(f"Redis at {settings.redis_url} is not reachable ({exc}); start it or fix REDIS_URL") from None
     return client
+
+
+class ClusterWriter:
+    """Writes to a Redis Cluster: each view's rows split by the master serving their keys' hash
+    slot (slot map read once per run by ``CLUSTER SLOTS``), then written to each master with
+    :func:`write_redis`, whose pipelines hold one node's keys only."""
+
+    def __init__(self, settings: Settings) -> None:
+        import redis
+
+        self.seeds = settings.redis_seeds
+        replies = None
+        for host, port in self.seeds:
+            try:
+                replies = redis.Redis(host=host, port=port, socket_timeout=30, socket_connect_timeout=5).execute_command(
+                    "CLUSTER SLOTS"
+                )
+                break
+            except redis.RedisError as exc:
+                last = exc
+        if replies is None:
+            raise MaterializeError(
+                f"no Redis Cluster seed of REDIS_URL={settings.redis_url} answered ({last}); start it or fix REDIS_URL"
+            ) from None
+        self.nodes, self.owner = slot_map(_raw_slots(replies))
+        if (self.owner < 0).any():
+            raise MaterializeError("the Redis Cluster does not cover every hash slot: fix it (redis-cli --cluster fix)")
+        self.clients = [redis.Redis(host=h, port=p, socket_timeout=30, socket_connect_timeout=5) for h, p in self.nodes]
+
+    def write(self, *, project: str, view, table: pa.Table, ts_key_view: str) -> int:
+        join_keys = [c.name for c in view.entity_columns]
+        keys = string_entity_keys(join_keys, [table.column(k).to_pylist() for k in join_keys], project.encode())
+        from concurrent.futures import ThreadPoolExecutor
+
+        node_of = self.owner[key_slots(keys)]
+        parts = [(client, np.flatnonzero(node_of == n)) for n, client in enumerate(self.clients)]
+
+        def one(client, rows) -> int:
+            return write_redis(client, project=project, view=view, table=table.take(rows), ts_key_view=ts_key_view)
+
+        # one thread per master: one master's round trips overlap the others' encoding
+        with ThreadPoolExecutor(max_workers=len(parts)) as pool:
+            return sum(pool.map(lambda part: one(*part) if len(part[1]) else 0, parts))
+
+
+def _raw_slots(replies) -> list:
+    """redis-py's parsed CLUSTER SLOTS (a dict by range) back in the raw reply's shape."""
+    if isinstance(replies, dict):
+        return [[start, end, list(info["primary"])] for (start, end), info in replies.items()]
+    return list(replies)
 
 
 def write_redis(client, *, project: str, view, table: pa.Table, ts_key_view: str) -> int:
@@ -252,7 +306,12 @@ def materialize(settings: Settings, *, end: datetime | None = None, full: bool =
     views = [v for v in store.list_feature_views() if v.online]
     if not views:
         raise MaterializeError("no feature views registered: run `ranker features apply` first")
-    client = _redis_client(settings) if settings.online_store == "redis" else None
+    client = None
+    cluster = None
+    if settings.online_store == "redis" and settings.redis_cluster:
+        cluster = ClusterWriter(settings)
+    elif settings.online_store == "redis":
+        client = _redis_client(settings)
     try:
         markers = read_markers(settings, store.project)
     except OnlineStateError as exc:
@@ -272,10 +331,9 @@ def materialize(settings: Settings, *, end: datetime | None = None, full: bool =
             progress.set_description(view.name)
         table = _latest_rows(view, abs_path, start, end)
         t0 = time.perf_counter()
-        if client is not None:
-            written = write_redis(
-                client, project=store.project, view=view, table=table, ts_key_view=redis_ts_view_name(view, store.config)
-            )
+        if client is not None or cluster is not None:
+            write = cluster.write if cluster is not None else partial(write_redis, client)
+            written = write(project=store.project, view=view, table=table, ts_key_view=redis_ts_view_name(view, store.config))
             if progress is not None:
                 progress.update(table.num_rows)
         else:

@@ -85,6 +85,19 @@ def store_name(settings: Settings) -> str:
     return f"sqlite {sqlite_path(settings)}"
 
 
+def _redis(settings: Settings, *, timeout_s: float, connect_timeout_s: float) -> Any:
+    """A client of the Redis online store: one server, or a Redis Cluster (the marker is one key, so
+    redis-py's cluster client routes it to the master of its slot)."""
+    import redis
+
+    if settings.redis_cluster:
+        from redis.cluster import ClusterNode, RedisCluster
+
+        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in settings.redis_seeds],
+                            socket_timeout=timeout_s, socket_connect_timeout=connect_timeout_s)
+    return redis.Redis.from_url(settings.redis_url, socket_timeout=timeout_s, socket_connect_timeout=connect_timeout_s)
+
+
 def read_markers(settings: Settings, project: str, *, timeout_s: float = 5.0) -> dict[str, Marker]:
     """Every view's marker in the selected online store (empty for a store that was never loaded).
 
@@ -92,7 +105,7 @@ def read_markers(settings: Settings, project: str, *, timeout_s: float = 5.0) ->
     if settings.online_store == "redis":
         import redis
 
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        client = _redis(settings, timeout_s=timeout_s, connect_timeout_s=timeout_s)
         try:
             raw: dict[bytes, bytes] = client.hgetall(redis_key(project))  # type: ignore[assignment]  # sync client
         except redis.RedisError as exc:
@@ -127,7 +140,7 @@ def write_markers(settings: Settings, project: str, markers: Iterable[Marker]) -
     if settings.online_store == "redis":
         import redis
 
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=30, socket_connect_timeout=5)
+        client = _redis(settings, timeout_s=30, connect_timeout_s=5)
         try:
             client.hset(redis_key(project), mapping={m.view: m.to_json() for m in markers})
         except redis.RedisError as exc:

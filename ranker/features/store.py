@@ -66,6 +66,8 @@ def repo_config(settings: Settings):
     raw = yaml.safe_load(os.path.expandvars(yaml_path.read_text()))
     if settings.online_store == "redis":
         raw["online_store"] = {"type": "redis", "connection_string": settings.redis_connection_string}
+        if settings.redis_cluster:
+            raw["online_store"]["redis_type"] = "redis_cluster"
     offline = raw.get("offline_store") or {}
     if isinstance(offline, dict) and offline.get("type", "dask") == "duckdb":
         from ranker.features.offline import TYPE

@@ -74,6 +74,7 @@ from ranker.serving.reads import (
     place_all,
     store_reads,
 )
+from ranker.serving.cluster_reader import ClusterReader
 from ranker.serving.redis_reader import RedisReader
 from ranker.serving.sqlite_reader import SqliteReader
 
@@ -126,8 +127,11 @@ class OnlineFeatures:
         self.feature_names: tuple[str, ...] = tuple(self.spec.features)
         self._plan = Plan(store, self.spec)
         self._project = self._plan.project.encode()
-        self._backend: RedisReader | SqliteReader
-        if settings.online_store == "redis":
+        self._backend: RedisReader | ClusterReader | SqliteReader
+        if settings.online_store == "redis" and settings.redis_cluster:
+            self._backend = ClusterReader(settings.redis_seeds, timeout_s, self._plan.map_names, self._plan.map_columns,
+                                          key_suffix=self._project)
+        elif settings.online_store == "redis":
             self._backend = RedisReader(settings.redis_url, timeout_s, self._plan.map_names, self._plan.map_columns,
                                         key_suffix=self._project)
         else:  # its keys: the serialized entity key alone
