@@ -19,7 +19,7 @@ Spark writes the joined rows, ordered by entity row, to parquet (nothing is coll
 driver). :func:`historical_feature_chunks` then reads that folder back in the build's chunks and
 runs the on-demand views with Feast's own ``transform_arrow``, as Feast's ``RetrievalJob`` does
 for the DuckDB store, so the downstream steps (defaults, parquet, fingerprint) are shared.
-``tests/test_spark_dataset.py`` checks both engines give the same fingerprint.
+``tests/test_scale_out_spark.py`` checks both engines give the same training set and fingerprint.
 """
 
 from __future__ import annotations
