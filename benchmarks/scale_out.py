@@ -1,5 +1,6 @@
 """Scale-out engines against the single-machine ones, in one run on the same world: the feature
-tables (DuckDB vs Spark ``local[2]``) and LambdaRank training (one LightGBM process vs
+tables (DuckDB vs Spark ``local[2]``), the point-in-time training set (Feast's DuckDB offline store
+vs the Spark as-of join) and LambdaRank training (one LightGBM process vs
 ``lightgbm.dask`` on a LocalCluster of 2 workers x 1 thread).
 
     .venv/bin/python benchmarks/scale_out.py                      # scale 2: ~1M events, a few minutes
@@ -45,6 +46,13 @@ elif task == "features-spark":
     from ranker.features.spark_build import build_features_spark
     s = build_features_spark(settings)
     out["rows_out"] = sum(t["rows"] for t in s["tables"].values())
+elif task.startswith("dataset-"):
+    from ranker.training.dataset import DatasetOptions, build_dataset
+    timings = {}
+    m = build_dataset(settings, DatasetOptions(surface=sys.argv[2]), engine=task.split("-", 1)[1], timings=timings)
+    out.update(rows=m["rows"], fingerprint=m["fingerprint"],
+               join_seconds=sum(v for k, v in timings.items() if k not in ("labels", "feast_setup")),
+               stages={k: round(v, 1) for k, v in timings.items()})
 elif task.startswith("train-"):
     import json as _json
     from ranker.training import metrics
@@ -97,7 +105,7 @@ def main() -> None:
     parser.add_argument("--home", type=Path, default=None, help="Use this RANKER_HOME (built there if needed).")
     parser.add_argument("--keep", action="store_true", help="Keep the temporary world.")
     parser.add_argument("--surface", choices=["search", "recs"], default="recs")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["features", "training"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["features", "pit", "training"])
     args = parser.parse_args()
     home = args.home or Path(tempfile.mkdtemp(prefix="ranker-scale-out-", dir="/tmp"))
     env = _env(home)
@@ -125,6 +133,18 @@ def main() -> None:
                 r = _measure(f"features-{engine}", env_)
                 print(f"{engine:<26} {events:>11,} {r['seconds']:>8.1f} {r['seconds'] / events * 1e6:>9.1f} "
                       f"{r['peak_rss_gb']:>8.2f} {r['children_peak_rss_gb']:>11.2f}", flush=True)
+            print(machine_speed(), flush=True)
+        if "pit" not in args.skip:
+            print(f"\n{'PIT training set (' + args.surface + ')':<26} {'rows':>11} {'seconds':>8} {'join s':>7} "
+                  f"{'join s/1M':>9} {'peak GB':>8} {'children GB':>11}  fingerprint")
+            for engine in ("duckdb", "spark", "duckdb"):
+                r = _measure(f"dataset-{engine}", env, args.surface)
+                print(f"{engine:<26} {r['rows']:>11,} {r['seconds']:>8.1f} {r['join_seconds']:>7.1f} "
+                      f"{r['join_seconds'] / r['rows'] * 1e6:>9.1f} {r['peak_rss_gb']:>8.2f} "
+                      f"{r['children_peak_rss_gb']:>11.2f}  {r['fingerprint'][:16]}", flush=True)
+                print(f"    stages (s): {r['stages']}", flush=True)
+            print("(join s: all but labelling and Feast's setup; Spark's includes starting its session; the JVM is "
+                  "not a waited child, so its memory is not in children GB)")
             print(machine_speed(), flush=True)
         if "training" not in args.skip:
             if not (home / "artifacts" / "datasets" / args.surface / "manifest.json").exists():

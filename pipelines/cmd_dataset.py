@@ -25,9 +25,12 @@ def register(cli: click.Group) -> None:
                   help="Implicit feedback: each engagement event becomes a group with this many negatives sampled "
                   "from the listings available at that moment (0 = the logged impressions).")
     @click.option("--negatives-seed", default=0, show_default=True, type=click.IntRange(0), help="Seed of the sampling.")
+    @click.option("--engine", type=click.Choice(["duckdb", "spark"]), default=None,
+                  help="Point-in-time join: duckdb (Feast's offline store) or spark (as-of join on RANKER_SPARK_MASTER, "
+                  "needs Java 17). Default: RANKER_FEATURE_ENGINE, else duckdb.")
     @click.pass_obj
     def build(settings, surface, start, end, attribution_hours, feature_service, chunk_rows, negatives,
-              negatives_seed) -> None:
+              negatives_seed, engine) -> None:
         """Label impressions (purchase 4 > add_to_bag 3 > save 2 > click 1 > shown 0) and fetch
         their features from Feast at impression time; writes artifacts/datasets/SURFACE/."""
         from tqdm import tqdm
@@ -45,7 +48,7 @@ def register(cli: click.Group) -> None:
             negatives_seed=negatives_seed,
         )
         with tqdm(desc=f"dataset {surface}", unit="rows") as bar:
-            manifest = build_dataset(settings, options, progress=bar)
+            manifest = build_dataset(settings, options, progress=bar, engine=engine)
         click.echo(
             f"{manifest['rows']:,} rows, {manifest['groups']:,} requests, {manifest['positives']:,} positives, "
             f"{len(manifest['features'])} features from {manifest['feature_service']} in {manifest['seconds']} s\n"

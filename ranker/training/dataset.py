@@ -200,6 +200,12 @@ def _drop_adjacent_duplicates(table: pa.Table) -> pa.Table:
 def _entity_frame(chunk: pa.Table, spec) -> pd.DataFrame:
     """Only what Feast needs: join keys, the impression time, request-time inputs and a row id.
     Strings stay Arrow-backed (no Python object per value); Feast hands them to DuckDB as is."""
+    with pd.option_context("future.infer_string", True):
+        return _entity_table(chunk, spec).to_pandas()
+
+
+def _entity_table(chunk: pa.Table, spec) -> pa.Table:
+    """The columns of :func:`_entity_frame` as Arrow (the spark engine writes them to parquet)."""
     ts = chunk.column("event_timestamp")
     if ts.type.tz is None:  # naive times are UTC
         ts = ts.cast(pa.timestamp(ts.type.unit, tz="UTC"))
@@ -218,8 +224,7 @@ def _entity_frame(chunk: pa.Table, spec) -> pd.DataFrame:
         cols["query"] = chunk.column("query")
     if "query_text" in spec.request_fields:
         cols["query_text"] = chunk.column("query")
-    with pd.option_context("future.infer_string", True):
-        return pa.table(cols).to_pandas()
+    return pa.table(cols)
 
 
 def _feature_values(column: pa.ChunkedArray) -> np.ndarray:
@@ -303,10 +308,16 @@ def _duckdb_settings(con, values: dict) -> dict:
     return previous
 
 
-def build_dataset(settings: Settings, options: DatasetOptions, *, progress=None, timings: dict | None = None) -> dict:
+def build_dataset(settings: Settings, options: DatasetOptions, *, progress=None, timings: dict | None = None,
+                  engine: str | None = None) -> dict:
     """Build the training set for a surface; returns the manifest (also written beside it).
 
+    ``engine`` runs the point-in-time join: ``duckdb`` (Feast's ``get_historical_features``) or
+    ``spark`` (:mod:`ranker.features.spark_offline`, same rows); default ``settings.feature_engine``.
     ``timings``, when given, receives the seconds spent per stage (for benchmarks)."""
+    engine = engine or settings.feature_engine
+    if engine not in ("duckdb", "spark"):
+        raise DatasetError(f"unknown engine {engine!r}; use duckdb or spark")
     import ibis
 
     started = time.perf_counter()
@@ -382,22 +393,26 @@ def build_dataset(settings: Settings, options: DatasetOptions, *, progress=None,
     sink = _ChunkSink(finish_chunk)
     t = tick("prepare", t)
     try:
-        with in_feature_repo(settings.feature_repo):
-            for lo, hi in boundaries:
-                chunk = rows.slice(lo, hi - lo)
-                entity_df = _entity_frame(chunk, spec)
-                t = tick("entity_frame", t)
-                job = store.get_historical_features(entity_df=entity_df, features=service)
-                t = tick("feast_plan", t)
-                # Feast's on-demand views hand the whole result to pandas once per view: with
-                # Arrow-backed strings that costs no Python object per value.
-                with pd.option_context("future.infer_string", True):
-                    result = job.to_arrow()
-                t = tick("feast_execute", t)
-                del entity_df, job
-                sink.put(chunk, result)
-                del result
-                t = tick("sink_wait", t)
+        if engine == "spark":
+            _spark_chunks(settings, store, options, spec, rows, boundaries, out_dir, sink, tick)
+            t = time.perf_counter()
+        else:
+            with in_feature_repo(settings.feature_repo):
+                for lo, hi in boundaries:
+                    chunk = rows.slice(lo, hi - lo)
+                    entity_df = _entity_frame(chunk, spec)
+                    t = tick("entity_frame", t)
+                    job = store.get_historical_features(entity_df=entity_df, features=service)
+                    t = tick("feast_plan", t)
+                    # Feast's on-demand views hand the whole result to pandas once per view: with
+                    # Arrow-backed strings that costs no Python object per value.
+                    with pd.option_context("future.infer_string", True):
+                        result = job.to_arrow()
+                    t = tick("feast_execute", t)
+                    del entity_df, job
+                    sink.put(chunk, result)
+                    del result
+                    t = tick("sink_wait", t)
         sink.close()
         t = tick("sink_wait", t)
     finally:
@@ -426,6 +441,7 @@ def build_dataset(settings: Settings, options: DatasetOptions, *, progress=None,
         "positives": int((labels > 0).sum()),
         "label_counts": {str(k): int(v) for k, v in zip(label_values, label_counts, strict=False)},
         "fingerprint": digest.hexdigest(),
+        "engine": engine,
         "path": str(path),
         "seconds": round(time.perf_counter() - started, 2),
         "options": {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in asdict(options).items()},
@@ -438,6 +454,41 @@ def build_dataset(settings: Settings, options: DatasetOptions, *, progress=None,
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
     tick("finish", t)
     return manifest
+
+
+def _spark_chunks(settings: Settings, store, options: DatasetOptions, spec, rows: pa.Table,
+                  boundaries: list[tuple[int, int]], out_dir: Path, sink: _ChunkSink, tick) -> None:
+    """The point-in-time join on Spark: the entity rows go to parquet, Spark joins and writes the
+    features (ordered by row), the sink gets them back chunk by chunk with the on-demand features."""
+    import shutil
+
+    from ranker.features.spark_build import spark_session
+    from ranker.features.spark_offline import historical_feature_chunks, pit_join_to_parquet
+
+    t = time.perf_counter()
+    # Spark skips files whose names start with a dot: a working folder of plain names.
+    work = settings.data_dir / "tmp" / f"dataset-spark-{options.surface}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    entity_path, features_path = work / "entities.parquet", work / "features.parquet"
+    pq.write_table(_entity_table(rows, spec), entity_path, coerce_timestamps="us", allow_truncated_timestamps=True)
+    t = tick("entity_frame", t)
+    try:
+        with spark_session(settings, app_name="ranker-dataset") as spark:
+            t = tick("spark_setup", t)
+            odfvs = pit_join_to_parquet(spark, settings, store, options.service, entity_path, features_path)
+        t = tick("spark_join", t)
+        with in_feature_repo(settings.feature_repo):
+            for (lo, hi), result in zip(boundaries, historical_feature_chunks(features_path, boundaries, odfvs),
+                                        strict=True):
+                t = tick("feast_execute", t)
+                sink.put(rows.slice(lo, hi - lo), result)
+                del result
+                t = tick("sink_wait", t)
+        sink.close()
+        tick("sink_wait", t)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _output_frame(chunk: pa.Table, spec, matrix: np.ndarray) -> pd.DataFrame:
