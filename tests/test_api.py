@@ -894,9 +894,7 @@ def test_schemathesis_finds_no_failure(served):
     of the request schema, then schema-valid bodies (positive) and schema-invalid ones (negative) for
     every operation of /openapi.json, a bounded number each, fixed seed; every check must pass: no 5xx, documented status codes and content
     types, answers valid under the response schemas, valid data accepted and invalid data refused."""
-    import hypothesis
     import schemathesis
-    from hypothesis import HealthCheck
 
     from pipelines.cmd_serve import serving
 
@@ -934,20 +932,28 @@ def test_schemathesis_finds_no_failure(served):
                 if operation.path == "/admin/reload":
                     continue  # needs the admin token, and reloads: tested in its own tests
 
-                @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
-                @hypothesis.settings(max_examples=40 if operation.path == "/v1/rank" else 5, deadline=None,
-                                     derandomize=True, database=None, suppress_health_check=list(HealthCheck),
-                                     phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate])
-                def run(case):
-                    try:
-                        case.call_and_validate(base_url=base, timeout=30)
-                    except AssertionError as exc:  # schemathesis' failures are AssertionError subclasses
-                        failures.append(f"{operation.method.upper()} {operation.path} ({mode.value}): "
-                                        f"{str(exc)[:600]}")
-                        raise
-
+                run = _fuzz_case(operation, mode, base, failures)
                 try:
                     run()
                 except Exception:  # noqa: BLE001 - collected above with its case
                     pass
     assert not failures, "\n\n".join(failures)
+
+
+def _fuzz_case(operation, mode, base: str, failures: list[str]):
+    """One Hypothesis test of ``operation`` in ``mode``: each failing case is recorded in ``failures``."""
+    import hypothesis
+    from hypothesis import HealthCheck
+
+    @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
+    @hypothesis.settings(max_examples=40 if operation.path == "/v1/rank" else 5, deadline=None,
+                         derandomize=True, database=None, suppress_health_check=list(HealthCheck),
+                         phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate])
+    def run(case):
+        try:
+            case.call_and_validate(base_url=base, timeout=30)
+        except AssertionError as exc:  # schemathesis' failures are AssertionError subclasses
+            failures.append(f"{operation.method.upper()} {operation.path} ({mode.value}): {str(exc)[:600]}")
+            raise
+
+    return run

@@ -30,9 +30,10 @@ def _forget_definition_modules(repo: Path) -> None:
     several homes the second would silently reuse the first home's objects, sources and their
     absolute table paths included."""
     names = {p.stem for p in repo.glob("*.py")} | {p.name for p in repo.iterdir() if p.is_dir()}
-    for name in list(sys.modules):
-        if name.split(".", 1)[0] in names:
-            del sys.modules[name]
+    for name, module in list(sys.modules.items()):
+        origin = getattr(module, "__file__", None) or ""
+        if name.split(".", 1)[0] in names and not origin.startswith(sys.prefix):
+            del sys.modules[name]  # an installed package of the same name stays
 
 
 @contextlib.contextmanager
@@ -142,17 +143,6 @@ def feature_store(settings: Settings):
         ) from None
 
 
-def _forget_definition_modules(repo: Path) -> None:
-    """Drop already imported definition modules (``on_demand``, ``features.listing``...) named like
-    this repository's files: Feast imports them by name, so a second apply in the same process
-    (another home, or an edited file) would otherwise register the first one's definitions."""
-    names = {p.stem for p in repo.glob("*.py")} | {p.name for p in repo.iterdir() if p.is_dir()}
-    for name, module in list(sys.modules.items()):
-        origin = getattr(module, "__file__", None) or ""
-        if name.split(".")[0] in names and not origin.startswith(sys.prefix):
-            del sys.modules[name]
-
-
 def apply(settings: Settings) -> dict:
     """Register every definition in ``feature_repo/`` (the programmatic ``feast apply``) and create
     the online tables. Returns counts of what the registry now holds."""
@@ -161,7 +151,6 @@ def apply(settings: Settings) -> dict:
     settings.feast_dir.mkdir(parents=True, exist_ok=True)
     store = feature_store(settings)
     log = io.StringIO()
-    _forget_definition_modules(settings.feature_repo)
     with in_feature_repo(settings.feature_repo), contextlib.redirect_stdout(log):
         try:
             repo = repo_contents(settings.feature_repo, store.config.project, store.config)
