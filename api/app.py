@@ -111,8 +111,10 @@ class ScorerConfig:
             max_body_bytes=int(config["MAX_CONTENT_LENGTH"]),
             metrics_multiprocess=bool(config["RANKER_METRICS_MULTIPROCESS"]),
             experiments=load_variants(
-                config.get("RANKER_VARIANTS") or "", str(config.get("RANKER_VARIANTS_FILE") or ""),
-                surfaces=surfaces, salt=str(config.get("RANKER_AB_SALT") or ""),
+                config.get("RANKER_VARIANTS") or "",
+                str(config.get("RANKER_VARIANTS_FILE") or ""),
+                surfaces=surfaces,
+                salt=str(config.get("RANKER_AB_SALT") or ""),
             ),
             served_log=_served_log_config(config),
         )
@@ -149,8 +151,9 @@ class Ranking:
 class Scorer:
     """The app's long-lived state: settings, models (with the store pool), item memory and metrics."""
 
-    def __init__(self, *, settings: Settings, config: ScorerConfig, models: ModelHolder, metrics: Metrics,
-                 served_log: Any = None) -> None:
+    def __init__(
+        self, *, settings: Settings, config: ScorerConfig, models: ModelHolder, metrics: Metrics, served_log: Any = None
+    ) -> None:
         from ranker.serving.features import FetchDeadlineExceeded, OnlineStoreUnavailable
 
         self.settings = settings
@@ -168,8 +171,11 @@ class Scorer:
         now = time.monotonic()
         if now - self._last_warning.get(key, -1e9) >= 10.0:
             self._last_warning[key] = now
-            log.warning(message + " (repeats are logged every 10 s; see ranker_degraded_responses_total)",
-                        *args, exc_info=exc_info)
+            log.warning(
+                message + " (repeats are logged every 10 s; see ranker_degraded_responses_total)",
+                *args,
+                exc_info=exc_info,
+            )
 
     def fetch(self, model: ServingModel, req: RankRequest) -> tuple[Any, str | None]:
         """(FeatureRows, None) or (None, reason) when the store failed or missed the budget.
@@ -181,21 +187,30 @@ class Scorer:
         """
         try:
             rows = model.features.fetch(
-                user_id=req.user_id, item_ids=req.items, query=req.query, request_ts=req.request_ts,
+                user_id=req.user_id,
+                item_ids=req.items,
+                query=req.query,
+                request_ts=req.request_ts,
                 deadline=time.monotonic() + self.config.feature_timeout_s,
             )
             return rows, None
         except self.deadline_exceeded:
-            self._warn(f"timeout:{req.surface}", "feature fetch for %s missed its %.0f ms budget; degraded answer",
-                       req.surface, self.config.feature_timeout_s * 1e3)
+            self._warn(
+                f"timeout:{req.surface}",
+                "feature fetch for %s missed its %.0f ms budget; degraded answer",
+                req.surface,
+                self.config.feature_timeout_s * 1e3,
+            )
             return None, "timeout"
         except self.store_unavailable as exc:
-            self._warn(f"unavailable:{req.surface}", "online store unavailable for %s: %s; degraded answer",
-                       req.surface, exc)
+            self._warn(
+                f"unavailable:{req.surface}", "online store unavailable for %s: %s; degraded answer", req.surface, exc
+            )
             return None, "store_unavailable"
         except Exception:  # noqa: BLE001 - a broken feature path degrades the answer, it does not fail it
-            self._warn(f"error:{req.surface}", "feature fetch for %s failed; degraded answer", req.surface,
-                       exc_info=True)
+            self._warn(
+                f"error:{req.surface}", "feature fetch for %s failed; degraded answer", req.surface, exc_info=True
+            )
             return None, "error"
 
     def score(self, model: ServingModel, req: RankRequest, rows: Any, degraded_reason: str | None) -> "Ranking":
@@ -236,8 +251,14 @@ class Scorer:
         removed = len(item_ids) - len(keep)
         if removed:
             metrics.removed_sold.labels(req.surface).inc(removed)
-        return Ranking(item_ids=kept_ids, scores=scores, order=order, matrix=matrix, removed_sold=removed,
-                       degraded_reason=None if rows is not None else degraded_reason)
+        return Ranking(
+            item_ids=kept_ids,
+            scores=scores,
+            order=order,
+            matrix=matrix,
+            removed_sold=removed,
+            degraded_reason=None if rows is not None else degraded_reason,
+        )
 
     def model_for(self, req: RankRequest) -> tuple[ServingModel | None, str]:
         """(model, variant name) for the request: the user's A/B variant; when that variant has no
@@ -246,14 +267,19 @@ class Scorer:
         variant = experiment.assign(req.user_id).name
         model = self.models.get(req.surface, variant)
         if model is None and variant != experiment.variants[0].name:
-            self._warn(f"variant:{req.surface}:{variant}", "variant %s of %s has no model; the control serves",
-                       variant, req.surface)
+            self._warn(
+                f"variant:{req.surface}:{variant}",
+                "variant %s of %s has no model; the control serves",
+                variant,
+                req.surface,
+            )
             variant = experiment.variants[0].name
             model = self.models.get(req.surface)
         return model, variant
 
-    def log_served(self, *, request_id: str, req: RankRequest, model: ServingModel, variant: str,
-                   ranking: "Ranking") -> None:
+    def log_served(
+        self, *, request_id: str, req: RankRequest, model: ServingModel, variant: str, ranking: "Ranking"
+    ) -> None:
         """Hand the answer to the served-feature log (sampled). Cheap and never raises: the record
         holds the arrays this request already owns (the kept rows' matrix: the fetch's own array,
         made for this request and never written after, or its indexed copy) and the queue never waits."""
@@ -266,11 +292,22 @@ class Scorer:
             ranks = np.zeros(len(ranking.item_ids), dtype=np.int32)
             ranks[ranking.order] = np.arange(1, len(ranking.order) + 1, dtype=np.int32)
             record = ServedRecord(
-                request_id=request_id, request_ts=float(req.request_ts), logged_at=time.time(),
-                surface=req.surface, user_id=req.user_id, query=req.query, model_name=model.name,
-                model_version=model.version, variant=variant, feature_service=model.feature_service,
-                feature_names=model.feature_names, degraded=ranking.degraded_reason is not None,
-                item_ids=ranking.item_ids, scores=ranking.scores, ranks=ranks, matrix=ranking.matrix,
+                request_id=request_id,
+                request_ts=float(req.request_ts),
+                logged_at=time.time(),
+                surface=req.surface,
+                user_id=req.user_id,
+                query=req.query,
+                model_name=model.name,
+                model_version=model.version,
+                variant=variant,
+                feature_service=model.feature_service,
+                feature_names=model.feature_names,
+                degraded=ranking.degraded_reason is not None,
+                item_ids=ranking.item_ids,
+                scores=ranking.scores,
+                ranks=ranks,
+                matrix=ranking.matrix,
             )
             if writer.submit(record):
                 self.metrics.served_log_requests.inc()
@@ -292,8 +329,9 @@ def check_config(env: Mapping[str, str] | None = None) -> ScorerConfig:
     return ScorerConfig.from_config({**DEFAULTS, **config_from_env(env)})
 
 
-def create_app(test_config: Mapping[str, Any] | None = None, *, settings: Settings | None = None,
-               features_factory: Any = None) -> Flask:
+def create_app(
+    test_config: Mapping[str, Any] | None = None, *, settings: Settings | None = None, features_factory: Any = None
+) -> Flask:
     """Build the scorer.
 
     Args:
@@ -317,16 +355,23 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, settings: Settin
 
     metrics = Metrics(multiprocess=config.metrics_multiprocess)
     models = ModelHolder(
-        settings, surfaces=config.surfaces, feature_timeout_s=config.feature_timeout_s,
-        item_cache_ttl_s=config.item_cache_ttl_s, metrics=metrics, fetch_threads=config.fetch_threads,
-        experiments=config.experiments, features_factory=features_factory, compile_trees=config.compiled_trees,
+        settings,
+        surfaces=config.surfaces,
+        feature_timeout_s=config.feature_timeout_s,
+        item_cache_ttl_s=config.item_cache_ttl_s,
+        metrics=metrics,
+        fetch_threads=config.fetch_threads,
+        experiments=config.experiments,
+        features_factory=features_factory,
+        compile_trees=config.compiled_trees,
     )
     served_log = None
     if config.served_log.sample_rate > 0:
         from ranker.monitoring.servedlog import ServedLogWriter, log_store
 
-        served_log = ServedLogWriter(log_store(settings, config.served_log.uri), config.served_log,
-                                     on_event=metrics.served_log_event)
+        served_log = ServedLogWriter(
+            log_store(settings, config.served_log.uri), config.served_log, on_event=metrics.served_log_event
+        )
     scorer = Scorer(settings=settings, config=config, models=models, metrics=metrics, served_log=served_log)
     app.extensions["ranker"] = scorer
     for surface in config.surfaces:
@@ -358,9 +403,7 @@ def scorer() -> Scorer:
 
 
 def _json(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    response = current_app.response_class(
-        orjson.dumps(body), status=status, mimetype="application/json"
-    )
+    response = current_app.response_class(orjson.dumps(body), status=status, mimetype="application/json")
     for key, value in (headers or {}).items():
         response.headers[key] = value
     return response
@@ -407,7 +450,8 @@ def _require_token(*, admin: bool) -> None:
     if not expected:
         if admin:
             raise ApiError(
-                403, "admin_disabled",
+                403,
+                "admin_disabled",
                 "admin routes are disabled: set RANKER_API_TOKEN on the scorer and send it as "
                 "'Authorization: Bearer <token>'",
             )
@@ -415,11 +459,19 @@ def _require_token(*, admin: bool) -> None:
     scheme, _, supplied = request.headers.get("Authorization", "").partition(" ")
     challenge = 'Bearer realm="ranker"'
     if scheme.lower() != "bearer" or not supplied.strip():
-        raise ApiError(401, "unauthorized", "missing bearer token: send 'Authorization: Bearer <RANKER_API_TOKEN>'",
-                       headers={"WWW-Authenticate": challenge})
+        raise ApiError(
+            401,
+            "unauthorized",
+            "missing bearer token: send 'Authorization: Bearer <RANKER_API_TOKEN>'",
+            headers={"WWW-Authenticate": challenge},
+        )
     if not hmac.compare_digest(supplied.strip().encode("utf-8"), expected.encode("utf-8")):
-        raise ApiError(401, "unauthorized", "invalid bearer token",
-                       headers={"WWW-Authenticate": challenge + ', error="invalid_token"'})
+        raise ApiError(
+            401,
+            "unauthorized",
+            "invalid bearer token",
+            headers={"WWW-Authenticate": challenge + ', error="invalid_token"'},
+        )
 
 
 # ------------------------------------------------------------------------------------------ ranking
@@ -449,17 +501,25 @@ def rank() -> Response:
     state = scorer()
     metrics = state.metrics
     if request.mimetype != "application/json":
-        raise ApiError(415, "unsupported_media_type",
-                       f"send the body as application/json (got {request.mimetype or 'no content type'})")
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"send the body as application/json (got {request.mimetype or 'no content type'})",
+        )
     req = parse_rank_request(
         parse_json_body(request.get_data(cache=False)),
-        surfaces=state.config.surfaces, max_candidates=state.config.max_candidates,
+        surfaces=state.config.surfaces,
+        max_candidates=state.config.max_candidates,
     )
     g.surface = req.surface
     model, variant = state.model_for(req)  # read once: a concurrent reload cannot change it under us
     if model is None:
-        raise ApiError(503, "no_model", f"no production model is loaded for surface {req.surface!r}: "
-                       f"{state.models.state(req.surface).error or 'promote one and POST /admin/reload'}")
+        raise ApiError(
+            503,
+            "no_model",
+            f"no production model is loaded for surface {req.surface!r}: "
+            f"{state.models.state(req.surface).error or 'promote one and POST /admin/reload'}",
+        )
     t_parse = time.perf_counter()
     metrics.observe_stage(req.surface, "parse", t_parse - g.started)
     metrics.child(metrics.candidates, req.surface).observe(len(req.items))

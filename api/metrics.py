@@ -56,78 +56,114 @@ class Metrics:
                 log.warning(
                     "RANKER_METRICS_MULTIPROCESS is set but prometheus_client is not in multiprocess mode "
                     "(PROMETHEUS_MULTIPROC_DIR=%r must be an existing folder before the workers start); "
-                    "/metrics reports this process only", folder,
+                    "/metrics reports this process only",
+                    folder,
                 )
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.stage_seconds = Histogram(
-            "ranker_rank_stage_seconds", "Latency of /v1/rank per stage (parse, fetch, predict, serialise) and total.",
-            ["surface", "stage"], buckets=LATENCY_BUCKETS, registry=r,
+            "ranker_rank_stage_seconds",
+            "Latency of /v1/rank per stage (parse, fetch, predict, serialise) and total.",
+            ["surface", "stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.requests = Counter(
             "ranker_rank_requests", "Ranking requests by surface and HTTP status.", ["surface", "status"], registry=r
         )
         self.errors = Counter("ranker_errors", "Error responses by error code (any route).", ["type"], registry=r)
         self.degraded = Counter(
-            "ranker_degraded_responses", "Responses ranked by the fallback because features were unavailable.",
-            ["surface", "reason"], registry=r,
+            "ranker_degraded_responses",
+            "Responses ranked by the fallback because features were unavailable.",
+            ["surface", "reason"],
+            registry=r,
         )
         self.candidates = Histogram(
-            "ranker_rank_candidates", "Candidate items per ranking request (after de-duplication).",
-            ["surface"], buckets=CANDIDATE_BUCKETS, registry=r,
+            "ranker_rank_candidates",
+            "Candidate items per ranking request (after de-duplication).",
+            ["surface"],
+            buckets=CANDIDATE_BUCKETS,
+            registry=r,
         )
         self.removed_sold = Counter(
             "ranker_removed_sold_items", "Candidates removed because the listing is sold.", ["surface"], registry=r
         )
         self.unknown_items = Counter(
-            "ranker_unknown_items", "Candidates unknown to the online store (ranked as cold-start listings).",
-            ["surface"], registry=r,
+            "ranker_unknown_items",
+            "Candidates unknown to the online store (ranked as cold-start listings).",
+            ["surface"],
+            registry=r,
         )
         self.cache_hits = Counter("ranker_item_cache_hits", "Item feature cache hits.", ["surface"], registry=r)
         self.cache_misses = Counter("ranker_item_cache_misses", "Item feature cache misses.", ["surface"], registry=r)
         self.model_info = Gauge(
-            "ranker_model_info", "1 for the model version a surface serves (0 for versions it served before).",
-            ["surface", "name", "version"], registry=r, multiprocess_mode="livemax",
+            "ranker_model_info",
+            "1 for the model version a surface serves (0 for versions it served before).",
+            ["surface", "name", "version"],
+            registry=r,
+            multiprocess_mode="livemax",
         )
         self.model_loaded = Gauge(
-            "ranker_model_loaded", "1 when the surface has a model loaded.", ["surface"], registry=r,
+            "ranker_model_loaded",
+            "1 when the surface has a model loaded.",
+            ["surface"],
+            registry=r,
             multiprocess_mode="livemin",
         )
         self.model_loads = Counter(
-            "ranker_model_loads", "Model load attempts by surface and result (loaded, failed).",
-            ["surface", "result"], registry=r,
+            "ranker_model_loads",
+            "Model load attempts by surface and result (loaded, failed).",
+            ["surface", "result"],
+            registry=r,
         )
         # A/B and the served-feature log (ranker.monitoring).
         self.variant_requests = Counter(
-            "ranker_variant_requests", "Ranking requests answered by each A/B variant.", ["surface", "variant"],
+            "ranker_variant_requests",
+            "Ranking requests answered by each A/B variant.",
+            ["surface", "variant"],
             registry=r,
         )
         self.variant_info = Gauge(
-            "ranker_variant_model_info", "1 for the model version an A/B variant serves.",
-            ["surface", "variant", "version"], registry=r, multiprocess_mode="livemax",
+            "ranker_variant_model_info",
+            "1 for the model version an A/B variant serves.",
+            ["surface", "variant", "version"],
+            registry=r,
+            multiprocess_mode="livemax",
         )
         self.model_created = Gauge(
-            "ranker_model_created_timestamp_seconds", "When the served model version was trained (unix s).",
-            ["surface", "variant"], registry=r, multiprocess_mode="livemin",
+            "ranker_model_created_timestamp_seconds",
+            "When the served model version was trained (unix s).",
+            ["surface", "variant"],
+            registry=r,
+            multiprocess_mode="livemin",
         )
         self.registry_check = Gauge(
             "ranker_model_last_check_timestamp_seconds",
             "Last time the scorer checked the registry for promotions (unix s; the oldest worker).",
-            ["surface"], registry=r, multiprocess_mode="livemin",
+            ["surface"],
+            registry=r,
+            multiprocess_mode="livemin",
         )
         self.served_log_rows = Counter(
-            "ranker_served_log_rows", "(request, item) rows written to the served-feature log.", registry=r,
+            "ranker_served_log_rows",
+            "(request, item) rows written to the served-feature log.",
+            registry=r,
         )
         self.served_log_requests = Counter(
-            "ranker_served_log_requests", "Requests sampled and queued for the served-feature log.", registry=r,
+            "ranker_served_log_requests",
+            "Requests sampled and queued for the served-feature log.",
+            registry=r,
         )
         self.served_log_files = Counter(
-            "ranker_served_log_files", "Parquet files written by the served-feature log.", registry=r,
+            "ranker_served_log_files",
+            "Parquet files written by the served-feature log.",
+            registry=r,
         )
         self.served_log_dropped = Counter(
             "ranker_served_log_dropped",
             "Served-log records dropped: queue_full (requests), write_error (rows), error (requests).",
-            ["reason"], registry=r,
+            ["reason"],
+            registry=r,
         )
         self._cache_seen: dict[int, tuple[int, int]] = {}
         self._children: dict = {}  # (metric, label values) -> its series (child)
@@ -151,14 +187,15 @@ class Metrics:
         elif kind == "file":
             self.served_log_files.inc(n)
         elif kind.startswith("dropped_"):
-            self.served_log_dropped.labels(kind[len("dropped_"):]).inc(n)
+            self.served_log_dropped.labels(kind[len("dropped_") :]).inc(n)
 
     def registry_checked(self, surface: str, at: float) -> None:
         """The registry answered for every variant of ``surface`` (unix s): the stale-reload alert's clock."""
         self.registry_check.labels(surface).set(at)
 
-    def variant_swapped(self, surface: str, variant: str, old_version: str | None, new_version: str,
-                        *, created_at: str | None = None) -> None:
+    def variant_swapped(
+        self, surface: str, variant: str, old_version: str | None, new_version: str, *, created_at: str | None = None
+    ) -> None:
         if old_version is not None and old_version != new_version:
             self.variant_info.labels(surface, variant, old_version).set(0)
         self.variant_info.labels(surface, variant, new_version).set(1)

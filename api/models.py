@@ -181,7 +181,9 @@ class ModelHolder:
     ) -> None:
         unknown = [s for s in surfaces if s not in MODEL_NAMES]
         if unknown:
-            raise RankerError(f"unknown surface(s) {', '.join(unknown)} in RANKER_SURFACES; use {', '.join(MODEL_NAMES)}")
+            raise RankerError(
+                f"unknown surface(s) {', '.join(unknown)} in RANKER_SURFACES; use {', '.join(MODEL_NAMES)}"
+            )
         if registry is None:
             from ranker.registry import Registry
 
@@ -202,7 +204,8 @@ class ModelHolder:
         self._state = {s: SurfaceState(name=MODEL_NAMES[s]) for s in self.surfaces}
         self._variant_state = {
             (s, v.name): (self._state[s] if i == 0 else SurfaceState(name=MODEL_NAMES[s]))
-            for s in self.surfaces for i, v in enumerate(self.experiments[s].variants)
+            for s in self.surfaces
+            for i, v in enumerate(self.experiments[s].variants)
         }
         self._refresh_lock = threading.Lock()
         self._retired: list[tuple[float, Any]] = []
@@ -263,11 +266,16 @@ class ModelHolder:
         for surface in self.surfaces:
             model = self.get(surface)
             state = self._state[surface]
-            entry: dict[str, Any] = {"model": state.name, "version": model.version if model else None,
-                                     "predictor": model.predictor if model else None}
+            entry: dict[str, Any] = {
+                "model": state.name,
+                "version": model.version if model else None,
+                "predictor": model.predictor if model else None,
+            }
             reasons = []
             if model is None:
-                reasons.append(f"no {STAGE} model loaded for {state.name}" + (f": {state.error}" if state.error else ""))
+                reasons.append(
+                    f"no {STAGE} model loaded for {state.name}" + (f": {state.error}" if state.error else "")
+                )
             else:
                 store_ok = self.ping(model, timeout_s=max(1.0, 2 * self.feature_timeout_s))
                 entry["online_store"] = "ok" if store_ok else "unavailable"
@@ -290,8 +298,11 @@ class ModelHolder:
                 entry["variants"] = {}
                 for v in variants:
                     vm = self.get(surface, v.name)
-                    entry["variants"][v.name] = {"model": v.model, "weight": v.weight,
-                                                 "version": vm.version if vm else None}
+                    entry["variants"][v.name] = {
+                        "model": v.model,
+                        "weight": v.weight,
+                        "version": vm.version if vm else None,
+                    }
                     if vm is None:
                         reasons.append(f"variant {v.name} ({v.model}) has no model loaded")
             entry["reasons"] = reasons
@@ -371,10 +382,12 @@ class ModelHolder:
                 self.metrics.model_loads.labels(surface, "loaded").inc()
             old = current.version if current is not None and not still_used else None
             self.metrics.model_swapped(surface, state.name, old, version)
-            self.metrics.variant_swapped(surface, variant, current.version if current else None, version,
-                                         created_at=model.card.get("created_at"))
-        log.info("%s/%s: serving %s %s (was %s)", surface, variant, state.name, version,
-                 current.version if current else None)
+            self.metrics.variant_swapped(
+                surface, variant, current.version if current else None, version, created_at=model.card.get("created_at")
+            )
+        log.info(
+            "%s/%s: serving %s %s (was %s)", surface, variant, state.name, version, current.version if current else None
+        )
         return {**out, "status": "loaded", "version": version}
 
     def _build(self, surface: str, name: str, version: str) -> ServingModel:
@@ -390,7 +403,9 @@ class ModelHolder:
                 f"{list(card['features'])[:3]}... ({len(card['features'])})"
             )
         features = self.features_factory(
-            self.settings, service=card["feature_service"], timeout_s=self.feature_timeout_s,
+            self.settings,
+            service=card["feature_service"],
+            timeout_s=self.feature_timeout_s,
             item_cache_ttl_s=self.item_cache_ttl_s,
         )
         try:
@@ -409,8 +424,15 @@ class ModelHolder:
         compiled = self._compile(booster, surface, version)
         self._warm_up(features, booster, surface)
         return ServingModel(
-            surface=surface, name=name, version=version, card=card, booster=booster, features=features,
-            feature_names=tuple(card["features"]), loaded_at=time.time(), compiled=compiled,
+            surface=surface,
+            name=name,
+            version=version,
+            card=card,
+            booster=booster,
+            features=features,
+            feature_names=tuple(card["features"]),
+            loaded_at=time.time(),
+            compiled=compiled,
         )
 
     def _compile(self, booster: Any, surface: str, version: str) -> Any:
@@ -428,8 +450,9 @@ class ModelHolder:
             log.info("%s %s: serving with LightGBM's predict (%s)", surface, version, exc)
             return None
         except Exception:  # noqa: BLE001 - the plain LightGBM path always works
-            log.warning("%s %s: compiling the trees failed; serving with LightGBM's predict", surface, version,
-                        exc_info=True)
+            log.warning(
+                "%s %s: compiling the trees failed; serving with LightGBM's predict", surface, version, exc_info=True
+            )
             return None
         log.info("%s %s: compiled trees verified bit-identical to LightGBM", surface, version)
         return compiled

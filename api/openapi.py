@@ -41,7 +41,8 @@ _SCHEMAS: dict[str, Any] = {
             "score": {"type": "number", "description": "model score (degraded: last-known item_clicks_7d)"},
             "rank": {"type": "integer", "minimum": 1},
             "features": {
-                "type": ["object", "null"], "additionalProperties": {"type": ["number", "null"]},
+                "type": ["object", "null"],
+                "additionalProperties": {"type": ["number", "null"]},
                 "description": "explain only: feature values served (null = missing); null when degraded",
             },
             "contributions": {
@@ -50,8 +51,12 @@ _SCHEMAS: dict[str, Any] = {
                 "properties": {
                     "bias": {"type": "number"},
                     "top": {
-                        "type": "array", "maxItems": 5,
-                        "items": {"type": "object", "properties": {"feature": {"type": "string"}, "value": {"type": "number"}}},
+                        "type": "array",
+                        "maxItems": 5,
+                        "items": {
+                            "type": "object",
+                            "properties": {"feature": {"type": "string"}, "value": {"type": "number"}},
+                        },
                     },
                     "other": {"type": "number", "description": "sum of the remaining features' contributions"},
                 },
@@ -64,8 +69,11 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {
             "request_id": {"type": "string", "description": "uuid4 hex, also in the X-Request-ID header"},
             "model": {"type": "object", "properties": {"name": {"type": "string"}, "version": {"type": "string"}}},
-            "variant": {"type": "string", "description": "A/B variant the user is assigned to (RANKER_VARIANTS; "
-                        "salted hash of user_id); 'control' when the surface has no experiment"},
+            "variant": {
+                "type": "string",
+                "description": "A/B variant the user is assigned to (RANKER_VARIANTS; "
+                "salted hash of user_id); 'control' when the surface has no experiment",
+            },
             "items": {"type": "array", "items": {"$ref": "#/components/schemas/RankedItem"}},
             "removed_sold": {"type": "integer", "description": "candidates removed because the listing is sold"},
             "duplicates_removed": {"type": "integer", "description": "repeated candidate ids dropped"},
@@ -75,7 +83,8 @@ _SCHEMAS: dict[str, Any] = {
             },
             "degraded_reason": {"type": "string", "enum": ["store_unavailable", "timeout", "error"]},
             "ignored_fields": {
-                "type": "array", "items": {"type": "string"},
+                "type": "array",
+                "items": {"type": "string"},
                 "description": "top-level request fields this scorer does not know and ignored (present only when any)",
             },
         },
@@ -99,8 +108,10 @@ _PATHS: dict[str, Any] = {
             "security": [{"bearer": []}, {}],
             "requestBody": {"required": True, **_json_content({"$ref": "#/components/schemas/RankRequest"})},
             "responses": {
-                "200": {"description": "ranked items, sold listings removed",
-                        **_json_content({"$ref": "#/components/schemas/RankResponse"})},
+                "200": {
+                    "description": "ranked items, sold listings removed",
+                    **_json_content({"$ref": "#/components/schemas/RankResponse"}),
+                },
                 "400": _error("malformed JSON or a body that is not an object"),
                 "401": _error("missing or wrong bearer token (when RANKER_API_TOKEN is set)"),
                 "413": _error("body over the size limit or more candidates than RANKER_MAX_CANDIDATES"),
@@ -123,9 +134,11 @@ _PATHS: dict[str, Any] = {
             "operationId": "readyz",
             "responses": {
                 "200": {"description": "ready", **_json_content({"$ref": "#/components/schemas/Readiness"})},
-                "503": {"description": "not ready (no model, store down, or a view the store holds no rows for); "
-                                       "reasons say why",
-                        **_json_content({"$ref": "#/components/schemas/Readiness"})},
+                "503": {
+                    "description": "not ready (no model, store down, or a view the store holds no rows for); "
+                    "reasons say why",
+                    **_json_content({"$ref": "#/components/schemas/Readiness"}),
+                },
             },
         }
     },
@@ -133,7 +146,9 @@ _PATHS: dict[str, Any] = {
         "get": {
             "summary": "Prometheus metrics",
             "operationId": "metrics",
-            "responses": {"200": {"description": "exposition text", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+            "responses": {
+                "200": {"description": "exposition text", "content": {"text/plain": {"schema": {"type": "string"}}}}
+            },
         }
     },
     "/openapi.json": {
@@ -149,8 +164,10 @@ _PATHS: dict[str, Any] = {
             "operationId": "reloadModels",
             "security": [{"bearer": []}],
             "responses": {
-                "200": {"description": "per surface: loaded, unchanged, failed (current model kept) or no_model",
-                        **_json_content({"type": "object"})},
+                "200": {
+                    "description": "per surface: loaded, unchanged, failed (current model kept) or no_model",
+                    **_json_content({"type": "object"}),
+                },
                 "401": _error("missing or wrong bearer token"),
                 "403": _error("RANKER_API_TOKEN is not set: admin routes are disabled"),
             },

@@ -44,24 +44,40 @@ def rank_request_schema(*, surfaces: tuple[str, ...], max_candidates: int) -> di
             "surface": {"type": "string", "enum": list(surfaces), "description": "the surface to rank for"},
             "user_id": {**id_string, "pattern": r"\S", "description": "unknown users rank with defaults"},
             "items": {
-                "type": "array", "minItems": 1, "maxItems": int(max_candidates),
+                "type": "array",
+                "minItems": 1,
+                "maxItems": int(max_candidates),
                 "description": f"candidate listing ids (at most RANKER_MAX_CANDIDATES, here {max_candidates}; more is "
-                               "413); duplicates are dropped keeping the first occurrence",
+                "413); duplicates are dropped keeping the first occurrence",
                 "items": id_string,
             },
-            "query": {"type": ["string", "null"], "maxLength": MAX_QUERY_LENGTH,
-                      "description": "search text (search surface); blank or null: no query"},
+            "query": {
+                "type": ["string", "null"],
+                "maxLength": MAX_QUERY_LENGTH,
+                "description": "search text (search surface); blank or null: no query",
+            },
             "context": {
                 "type": ["object", "null"],
-                "properties": {"timestamp": {
-                    "type": ["number", "null"], "exclusiveMinimum": 0,
-                    "description": "request time in unix seconds (replay); null or absent: now"}},
+                "properties": {
+                    "timestamp": {
+                        "type": ["number", "null"],
+                        "exclusiveMinimum": 0,
+                        "description": "request time in unix seconds (replay); null or absent: now",
+                    }
+                },
                 "additionalProperties": True,
             },
-            "limit": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_LIMIT,
-                      "description": "return only the top `limit` items; null: all"},
-            "explain": {"type": ["boolean", "null"], "default": False,
-                        "description": "add feature values and contributions"},
+            "limit": {
+                "type": ["integer", "null"],
+                "minimum": 1,
+                "maximum": MAX_LIMIT,
+                "description": "return only the top `limit` items; null: all",
+            },
+            "explain": {
+                "type": ["boolean", "null"],
+                "default": False,
+                "description": "add feature values and contributions",
+            },
         },
         "additionalProperties": True,
         "description": "top-level fields not listed are ignored and named in the answer's ignored_fields",
@@ -182,7 +198,8 @@ def parse_rank_request(
         raise _invalid("items is empty; send at least one candidate item id")
     if len(items) > max_candidates:
         raise ApiError(
-            413, "too_many_candidates",
+            413,
+            "too_many_candidates",
             f"{len(items)} candidates is more than the limit of {max_candidates} (RANKER_MAX_CANDIDATES); "
             "send fewer or split the request",
         )

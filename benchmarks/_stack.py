@@ -30,8 +30,11 @@ def private_redis():
         raise SystemExit("redis-server is not installed: the benchmarks measure the Redis online store")
     port = free_port()
     workdir = tempfile.mkdtemp(prefix="bench-redis-")
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", workdir],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", workdir],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     for raw in proc.stdout:
         if b"Ready to accept connections" in raw:
             break
@@ -62,14 +65,26 @@ def request_bodies(settings, *, surface: str, candidates: int, n: int, seed: int
     con = duckdb.connect()
     raw = settings.raw_dir
     users = [r[0] for r in con.execute(f"SELECT user_id FROM read_parquet('{raw}/users.parquet')").fetchall()]
-    items = [r[0] for r in con.execute(f"SELECT item_id FROM read_parquet('{raw}/listings.parquet') WHERE sold_at IS NULL").fetchall()]
-    queries = [r[0] for r in con.execute(
-        f"SELECT DISTINCT query FROM read_parquet('{raw}/events.parquet') WHERE query IS NOT NULL LIMIT 500").fetchall()]
+    items = [
+        r[0]
+        for r in con.execute(
+            f"SELECT item_id FROM read_parquet('{raw}/listings.parquet') WHERE sold_at IS NULL"
+        ).fetchall()
+    ]
+    queries = [
+        r[0]
+        for r in con.execute(
+            f"SELECT DISTINCT query FROM read_parquet('{raw}/events.parquet') WHERE query IS NOT NULL LIMIT 500"
+        ).fetchall()
+    ]
     rng = np.random.default_rng(seed)
     bodies = []
     for _ in range(n):
-        body = {"surface": surface, "user_id": str(rng.choice(users)),
-                "items": [str(x) for x in rng.choice(items, size=candidates, replace=False)]}
+        body = {
+            "surface": surface,
+            "user_id": str(rng.choice(users)),
+            "items": [str(x) for x in rng.choice(items, size=candidates, replace=False)],
+        }
         if surface == "search":
             body["query"] = str(rng.choice(queries))
         bodies.append(body)
@@ -82,8 +97,14 @@ def gunicorn(settings, *, workers: int, extra_env: dict | None = None):
     from pipelines.cmd_serve import serving
 
     port = free_port()
-    env = {**os.environ, "RANKER_HOME": str(settings.home), "RANKER_ONLINE_STORE": settings.online_store,
-           "REDIS_URL": settings.redis_url, "RANKER_RELOAD_INTERVAL_S": "0", **(extra_env or {})}
+    env = {
+        **os.environ,
+        "RANKER_HOME": str(settings.home),
+        "RANKER_ONLINE_STORE": settings.online_store,
+        "REDIS_URL": settings.redis_url,
+        "RANKER_RELOAD_INTERVAL_S": "0",
+        **(extra_env or {}),
+    }
     with serving(port=port, workers=workers, env=env, log_level="warning", ready_timeout_s=180) as base:
         yield base
 
@@ -104,8 +125,10 @@ class HttpClient:
         self.sock: socket.socket | None = None
 
     def post(self, body: bytes, path: str = "/v1/rank") -> tuple[int, bytes]:
-        request = (b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
-                   % (path.encode(), self.address[0].encode(), len(body))) + body
+        request = (
+            b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+            % (path.encode(), self.address[0].encode(), len(body))
+        ) + body
         for attempt in range(2):
             fresh = self.sock is None
             try:
@@ -194,8 +217,7 @@ def machine_speed() -> str:
         t0 = time.thread_time()
         table.take(index).sum()
         memory = min(memory, time.thread_time() - t0)
-    return (f"machine speed: reference loop {loop * 1000:.0f} ms, random reads {memory * 1000:.0f} ms "
-            "(lower is faster)")
+    return f"machine speed: reference loop {loop * 1000:.0f} ms, random reads {memory * 1000:.0f} ms (lower is faster)"
 
 
 def summary(samples_ms: list[float]) -> str:
@@ -207,4 +229,16 @@ def dumps(body: dict) -> bytes:
     return json.dumps(body).encode()
 
 
-__all__ = ["free_port", "private_redis", "redis_settings", "request_bodies", "gunicorn", "HttpClient", "stage_totals", "stage_means", "summary", "dumps", "Path"]
+__all__ = [
+    "free_port",
+    "private_redis",
+    "redis_settings",
+    "request_bodies",
+    "gunicorn",
+    "HttpClient",
+    "stage_totals",
+    "stage_means",
+    "summary",
+    "dumps",
+    "Path",
+]

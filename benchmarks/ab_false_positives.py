@@ -47,24 +47,34 @@ def main() -> None:
     env = LiveEnvironment(Settings.from_env(), surfaces=("search",), last_days=args.last_days, seed=args.seed)
     traffic = traffic_from_environment(env)
     options = SequentialOptions(step=args.step)
-    print(f"traffic: {len(traffic.shown):,} logged search requests of {len(set(traffic.user_ids)):,} users; "
-          f"{args.requests:,} requests per experiment, a look every {args.step}; alpha {options.alpha}, "
-          f"tau {options.relative_tau:.0%} of the control mean, burn-in {options.burn_in_users} users per variant")
-    aa = run_experiments(traffic, experiments=args.experiments, requests=args.requests, options=options,
-                         seed=args.seed)
+    print(
+        f"traffic: {len(traffic.shown):,} logged search requests of {len(set(traffic.user_ids)):,} users; "
+        f"{args.requests:,} requests per experiment, a look every {args.step}; alpha {options.alpha}, "
+        f"tau {options.relative_tau:.0%} of the control mean, burn-in {options.burn_in_users} users per variant"
+    )
+    aa = run_experiments(traffic, experiments=args.experiments, requests=args.requests, options=options, seed=args.seed)
     print(f"\nA/A, {aa['experiments']:,} experiments (~{aa['users_per_experiment']:.0f} users each): share decided")
     print(f"  mSPRT (always valid, every look)      {_rate(aa['msprt_decided'])}")
     print(f"  user-level fixed horizon (end only)   {_rate(aa['fixed_horizon_decided'])}")
     print(f"  request-level, re-checked every look  {_rate(aa['peeking_decided'])}   <- the retired rule")
     print(f"\nA/B, {args.experiments // 4:,} experiments per effect: power (decided in the true direction)")
-    print(f"  {'oracle share':<13} {'true CTR@10 gain':>17}  {'mSPRT':<32} {'fixed horizon (end)':<32} "
-          "median decided at")
+    print(
+        f"  {'oracle share':<13} {'true CTR@10 gain':>17}  {'mSPRT':<32} {'fixed horizon (end)':<32} median decided at"
+    )
     for share in (0.25, 0.5, 1.0):
-        ab = run_experiments(traffic, experiments=args.experiments // 4, requests=args.requests, effect_share=share,
-                             options=options, seed=args.seed + 1)
+        ab = run_experiments(
+            traffic,
+            experiments=args.experiments // 4,
+            requests=args.requests,
+            effect_share=share,
+            options=options,
+            seed=args.seed + 1,
+        )
         median = "-" if ab["median_decided_at"] is None else f"{ab['median_decided_at']:.0f} requests"
-        print(f"  {share:<13.2f} {ab['true_effect']:>+17.4f}  {_rate(ab['msprt_power']):<32} "
-              f"{_rate(ab['fixed_horizon_power']):<32} {median}")
+        print(
+            f"  {share:<13.2f} {ab['true_effect']:>+17.4f}  {_rate(ab['msprt_power']):<32} "
+            f"{_rate(ab['fixed_horizon_power']):<32} {median}"
+        )
     print(f"\n{time.perf_counter() - started:.0f} s")
 
 

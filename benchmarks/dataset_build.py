@@ -98,17 +98,25 @@ def _measure(mode: str, args, env: dict) -> dict:
 
 def _line(name: str, r: dict) -> str:
     rate = r["rows"] / r["seconds"]
-    return (f"{name:<34} {r['rows']:>11,} {r['seconds']:>9.1f} {rate:>10,.0f} {1e6 / rate:>9.1f} "
-            f"{r['peak_rss_gb']:>8.2f} {r['total_s']:>9.1f}")
+    return (
+        f"{name:<34} {r['rows']:>11,} {r['seconds']:>9.1f} {rate:>10,.0f} {1e6 / rate:>9.1f} "
+        f"{r['peak_rss_gb']:>8.2f} {r['total_s']:>9.1f}"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scale", type=float, default=2.0, help="Simulator scale of a new world (20: ~5.2M search rows).")
+    parser.add_argument(
+        "--scale", type=float, default=2.0, help="Simulator scale of a new world (20: ~5.2M search rows)."
+    )
     parser.add_argument("--surface", choices=["search", "recs"], default="search")
-    parser.add_argument("--home", type=Path, default=None, help="Use this RANKER_HOME (built there if it has no features yet).")
+    parser.add_argument(
+        "--home", type=Path, default=None, help="Use this RANKER_HOME (built there if it has no features yet)."
+    )
     parser.add_argument("--keep", action="store_true", help="Keep the temporary world.")
-    parser.add_argument("--chunk-rows", type=int, default=None, help="Entity rows per Feast call (default: DatasetOptions').")
+    parser.add_argument(
+        "--chunk-rows", type=int, default=None, help="Entity rows per Feast call (default: DatasetOptions')."
+    )
     parser.add_argument("--anchor-rows", type=int, default=1_000_000, help="Rows of the unchunked anchor call.")
     parser.add_argument("--no-anchor", action="store_true")
     args = parser.parse_args()
@@ -126,7 +134,9 @@ def main() -> None:
             print(f"building a world at scale {args.scale:g} in {home}")
             home.mkdir(parents=True, exist_ok=True)
             if not (home / "feature_repo").exists():
-                shutil.copytree(REPO / "feature_repo", home / "feature_repo", ignore=shutil.ignore_patterns("__pycache__"))
+                shutil.copytree(
+                    REPO / "feature_repo", home / "feature_repo", ignore=shutil.ignore_patterns("__pycache__")
+                )
             _run([*ranker, "data", "simulate", "--scale", f"{args.scale:g}"], env, "data simulate")
             _run([*ranker, "features", "build"], env, "features build")
             _run([*ranker, "features", "apply"], env, "features apply")

@@ -35,8 +35,15 @@ def main() -> None:
         settings = _stack.redis_settings(redis_url)
         common = {"RANKER_RELOAD_INTERVAL_S": 0, "RANKER_SURFACES": args.surface}
         off = create_app({**common, "RANKER_SERVED_LOG_SAMPLE": 0.0}, settings=settings)
-        on = create_app({**common, "RANKER_SERVED_LOG_SAMPLE": 1.0, "RANKER_SERVED_LOG_URI": Path(folder).as_uri(),
-                         "RANKER_SERVED_LOG_ROTATE_S": 5.0}, settings=settings)
+        on = create_app(
+            {
+                **common,
+                "RANKER_SERVED_LOG_SAMPLE": 1.0,
+                "RANKER_SERVED_LOG_URI": Path(folder).as_uri(),
+                "RANKER_SERVED_LOG_ROTATE_S": 5.0,
+            },
+            settings=settings,
+        )
         state = on.extensions["ranker"]
         handoff_us: list[float] = []
         original = state.log_served
@@ -48,8 +55,9 @@ def main() -> None:
 
         state.log_served = timed
         clients = {"logging off (anchor)": off.test_client(), "logging every request": on.test_client()}
-        bodies = _stack.request_bodies(settings, surface=args.surface, candidates=args.candidates,
-                                       n=args.requests + 30, seed=7)
+        bodies = _stack.request_bodies(
+            settings, surface=args.surface, candidates=args.candidates, n=args.requests + 30, seed=7
+        )
         samples: dict[str, list[float]] = {name: [] for name in clients}
         for i, body in enumerate(bodies):
             payload = _stack.dumps(body)
@@ -66,17 +74,23 @@ def main() -> None:
         state.served_log.flush(timeout=60)
         flush_s = time.perf_counter() - t0
         writer = state.served_log
-        print(f"{args.surface}, {args.candidates} candidates, {args.requests} timed requests per scorer, Redis online "
-              f"store, in-process (Flask test client), interleaved")
+        print(
+            f"{args.surface}, {args.candidates} candidates, {args.requests} timed requests per scorer, Redis online "
+            f"store, in-process (Flask test client), interleaved"
+        )
         for name, values in samples.items():
             print(f"  {name:<24} {_stack.summary(values)}")
         a, b = (np.asarray(v) for v in samples.values())
-        print(f"  difference (on - off)    p50 {np.percentile(b, 50) - np.percentile(a, 50):+7.3f} ms  "
-              f"mean {b.mean() - a.mean():+7.3f} ms")
+        print(
+            f"  difference (on - off)    p50 {np.percentile(b, 50) - np.percentile(a, 50):+7.3f} ms  "
+            f"mean {b.mean() - a.mean():+7.3f} ms"
+        )
         h = np.asarray(handoff_us[30:])
         print(f"  hot-path hand-off        p50 {np.percentile(h, 50):7.1f} us  p99 {np.percentile(h, 99):7.1f} us")
-        print(f"  writer: {writer.written_rows:,} rows in {len(writer.files)} files, {writer.dropped} dropped; "
-              f"final flush {flush_s:.2f} s")
+        print(
+            f"  writer: {writer.written_rows:,} rows in {len(writer.files)} files, {writer.dropped} dropped; "
+            f"final flush {flush_s:.2f} s"
+        )
         off.extensions["ranker"].close()
         state.close()
         print("caveat: a shared 2-core machine; compare the two rows of this run, not numbers across runs")

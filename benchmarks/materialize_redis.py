@@ -20,7 +20,9 @@ import _stack
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--views", nargs="*", default=["item_stats_fv", "listing_fv", "user_category_fv", "user_stats_fv"])
+    parser.add_argument(
+        "--views", nargs="*", default=["item_stats_fv", "listing_fv", "user_category_fv", "user_stats_fv"]
+    )
     parser.add_argument("--feast-max-rows", type=int, default=100_000, help="Cap rows for Feast's slower writer.")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -37,14 +39,22 @@ def main() -> None:
         ours = base.with_(online_store="redis", redis_url=f"{server}/1")
         feasts = base.with_(online_store="redis", redis_url=f"{server}/2")
         end = datetime.now(timezone.utc)
-        print(f"{'view':<18} {'rows':>9} {'ours s':>8} {'ours rows/s':>12} {'feast rows':>10} {'feast s':>8} {'feast rows/s':>13} {'speed-up':>8}")
+        print(
+            f"{'view':<18} {'rows':>9} {'ours s':>8} {'ours rows/s':>12} {'feast rows':>10} {'feast s':>8} {'feast rows/s':>13} {'speed-up':>8}"
+        )
         for name in args.views:
             store = feature_store(ours)
             view = store.get_feature_view(name)
             table = _latest_rows(view, str((base.feature_repo / view.batch_source.path).resolve()), None, end)
             client = redis.Redis.from_url(ours.redis_url)
             t0 = time.perf_counter()
-            n = write_redis(client, project=store.project, view=view, table=table, ts_key_view=redis_ts_view_name(view, store.config))
+            n = write_redis(
+                client,
+                project=store.project,
+                view=view,
+                table=table,
+                ts_key_view=redis_ts_view_name(view, store.config),
+            )
             ours_s = time.perf_counter() - t0
             fstore = feature_store(feasts)
             sub = table.slice(0, min(args.feast_max_rows, table.num_rows))
@@ -53,7 +63,9 @@ def main() -> None:
             online_write_batch(fstore, view, rows)
             feast_s = time.perf_counter() - t0
             ours_rate, feast_rate = n / ours_s, sub.num_rows / feast_s
-            print(f"{name:<18} {n:>9,} {ours_s:>8.2f} {ours_rate:>12,.0f} {sub.num_rows:>10,} {feast_s:>8.2f} {feast_rate:>13,.0f} {ours_rate / feast_rate:>7.1f}x")
+            print(
+                f"{name:<18} {n:>9,} {ours_s:>8.2f} {ours_rate:>12,.0f} {sub.num_rows:>10,} {feast_s:>8.2f} {feast_rate:>13,.0f} {ours_rate / feast_rate:>7.1f}x"
+            )
 
 
 if __name__ == "__main__":

@@ -57,8 +57,9 @@ def _build_world(home: Path) -> None:
     env["RANKER_HOME"] = str(home)
     for args in (["data", "simulate"], ["features", "build"], ["features", "apply"]):
         print(f"$ ranker {' '.join(args)}", flush=True)
-        done = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], env=env, cwd=REPO_ROOT,
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "pipelines.cli", *args], env=env, cwd=REPO_ROOT, capture_output=True, text=True
+        )
         if done.returncode != 0:
             raise SystemExit(f"`ranker {' '.join(args)}` failed:\n{done.stdout}\n{done.stderr}")
 
@@ -88,7 +89,8 @@ def _start_redis(workdir: Path):
     port = _free_port()
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     for raw in proc.stdout:
         if b"Ready to accept connections" in raw:
@@ -124,11 +126,30 @@ def _start_cluster(workdir: Path) -> tuple[list, str]:
         ports.append(port)
         d = workdir / str(port)
         d.mkdir(parents=True)
-        procs.append(subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-             "--cluster-config-file", str(d / "nodes.conf"), "--dir", str(d), "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        ))
+        procs.append(
+            subprocess.Popen(
+                [
+                    binary,
+                    "--port",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    str(d / "nodes.conf"),
+                    "--dir",
+                    str(d),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
     until = time.monotonic() + 60
     for port in ports:
         while True:
@@ -138,8 +159,12 @@ def _start_cluster(workdir: Path) -> tuple[list, str]:
             except redis.RedisError:
                 if time.monotonic() > until:
                     raise SystemExit(f"redis-server on {port} did not start") from None
-    subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports), "--cluster-replicas", "0",
-                    "--cluster-yes"], check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports), "--cluster-replicas", "0", "--cluster-yes"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     for port in ports:
         while redis.Redis(port=port).cluster("INFO").get("cluster_state") != "ok":
             if time.monotonic() > until:
@@ -197,8 +222,11 @@ def _identical(a, b) -> bool:
     if a.matrix.shape != b.matrix.shape or not np.array_equal(a.matrix, b.matrix, equal_nan=True):
         return False
     both = ~np.isnan(b.matrix)
-    return bool(np.array_equal(a.matrix[both].view(np.uint32), b.matrix[both].view(np.uint32))
-                and np.array_equal(a.known, b.known) and np.array_equal(a.sold, b.sold))
+    return bool(
+        np.array_equal(a.matrix[both].view(np.uint32), b.matrix[both].view(np.uint32))
+        and np.array_equal(a.known, b.known)
+        and np.array_equal(a.sold, b.sold)
+    )
 
 
 def _breakdown(online, reqs: list[dict]) -> None:
@@ -216,6 +244,7 @@ def _breakdown(online, reqs: list[dict]) -> None:
                 return fn(*a, **k)
             finally:
                 spent[label] = spent.get(label, 0.0) + time.perf_counter() - t0
+
         return wrapper
 
     import dataclasses
@@ -225,7 +254,9 @@ def _breakdown(online, reqs: list[dict]) -> None:
 
     backend = online._backend
     saved = list(online._plan.odfvs)
-    online._plan.odfvs = [dataclasses.replace(v, function=timed("of which on-demand functions", v.function)) for v in saved]
+    online._plan.odfvs = [
+        dataclasses.replace(v, function=timed("of which on-demand functions", v.function)) for v in saved
+    ]
     for method in ("send", "receive"):  # every round is sent, then received (round 2 after the work it overlaps)
         setattr(backend, method, timed("store round trips", getattr(backend, method)))
     place_all = features.place_all
@@ -249,10 +280,17 @@ def _breakdown(online, reqs: list[dict]) -> None:
         assembly.add, assembly.matrix = add, matrix
         online._plan.odfvs = saved
     n = len(reqs[0]["item_ids"])
-    order = ["total fetch", "store round trips", "place blocks", "assemble (matrix, defaults, on-demand)",
-             "of which on-demand functions"]
-    print(f"stages for {n} candidates, cache off (median ms per request): "
-          + ", ".join(f"{label} {np.median(per_request[label]) * 1000:.2f}" for label in order if label in per_request))
+    order = [
+        "total fetch",
+        "store round trips",
+        "place blocks",
+        "assemble (matrix, defaults, on-demand)",
+        "of which on-demand functions",
+    ]
+    print(
+        f"stages for {n} candidates, cache off (median ms per request): "
+        + ", ".join(f"{label} {np.median(per_request[label]) * 1000:.2f}" for label in order if label in per_request)
+    )
 
 
 def run(settings, args) -> None:
@@ -266,8 +304,10 @@ def run(settings, args) -> None:
     where = settings.redis_url if settings.online_store == "redis" else "sqlite (temporary copy)"
     kind = "redis cluster" if settings.redis_cluster else settings.online_store
     seconds = time.perf_counter() - t0
-    print(f"\nonline store {kind}: {where}; materialized {summary['rows']:,} rows in {seconds:.1f} s "
-          f"({summary['rows'] / seconds:,.0f} rows/s)")
+    print(
+        f"\nonline store {kind}: {where}; materialized {summary['rows']:,} rows in {seconds:.1f} s "
+        f"({summary['rows'] / seconds:,.0f} rows/s)"
+    )
     store = feature_store(settings)
     spec = service_spec(store, args.service)
     requests = _requests(settings, args.service, args.sizes, args.requests, args.seed)
@@ -280,10 +320,14 @@ def run(settings, args) -> None:
     feast_reference(store, spec, **warm)
     gc.collect()
     gc.freeze()
-    print(f"service {args.service} ({len(spec.features)} features), {args.requests} requests per size "
-          f"(Feast SDK: the first {args.feast_requests}); load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
-    head = (f"{'candidates':>10} | {'fetch p50':>9} {'p99':>7} | {'cached p50':>10} {'p99':>7} | "
-            f"{'Feast SDK p50':>13} {'p99':>7} | {'speed-up p50':>12} {'p99':>6} {'cached p50':>10} | identical")
+    print(
+        f"service {args.service} ({len(spec.features)} features), {args.requests} requests per size "
+        f"(Feast SDK: the first {args.feast_requests}); load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs"
+    )
+    head = (
+        f"{'candidates':>10} | {'fetch p50':>9} {'p99':>7} | {'cached p50':>10} {'p99':>7} | "
+        f"{'Feast SDK p50':>13} {'p99':>7} | {'speed-up p50':>12} {'p99':>6} {'cached p50':>10} | identical"
+    )
     print(head)
     print("-" * len(head))
     for size in args.sizes:
@@ -299,9 +343,11 @@ def run(settings, args) -> None:
         same = sum(_identical(a, b) for a, b in zip(ours, feast_rows, strict=False))
         same_cached = sum(_identical(a, b) for a, b in zip(cached_rows, feast_rows, strict=False))
         (o50, o99), (c50, c99), (f50, f99) = _pct(ours_ms), _pct(cached_ms), _pct(feast_ms)
-        print(f"{size:>10} | {o50:>7.2f}ms {o99:>5.2f}ms | {c50:>8.2f}ms {c99:>5.2f}ms | {f50:>11.2f}ms {f99:>5.2f}ms | "
-              f"{f50 / o50:>11.1f}x {f99 / o99:>5.1f}x {f50 / c50:>9.1f}x | {same}/{n_feast} "
-              f"(cached {same_cached}/{n_feast}, hit rate {hits / max(1, hits + misses):.0%})")
+        print(
+            f"{size:>10} | {o50:>7.2f}ms {o99:>5.2f}ms | {c50:>8.2f}ms {c99:>5.2f}ms | {f50:>11.2f}ms {f99:>5.2f}ms | "
+            f"{f50 / o50:>11.1f}x {f99 / o99:>5.1f}x {f50 / c50:>9.1f}x | {same}/{n_feast} "
+            f"(cached {same_cached}/{n_feast}, hit rate {hits / max(1, hits + misses):.0%})"
+        )
     _breakdown(plain, requests[200] if 200 in requests else requests[args.sizes[0]])
     gc.unfreeze()
     plain.close()
@@ -313,7 +359,9 @@ def main() -> None:
     parser.add_argument("--service", default="search_ranker_v1")
     parser.add_argument("--sizes", type=int, nargs="+", default=[50, 200, 1000])
     parser.add_argument("--requests", type=int, default=300, help="Timed requests per size for OnlineFeatures.")
-    parser.add_argument("--feast-requests", type=int, default=60, help="Of those, how many also go through the slower Feast SDK.")
+    parser.add_argument(
+        "--feast-requests", type=int, default=60, help="Of those, how many also go through the slower Feast SDK."
+    )
     parser.add_argument("--store", choices=["redis", "sqlite", "both", "cluster", "redis+cluster"], default="redis")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()

@@ -32,12 +32,17 @@ def main() -> None:
             for debias in (False, True):
                 clicks, truth = [], []
                 for seed in range(args.seeds):
-                    out = train_model(settings, TrainOptions(surface=surface, seed=seed, position_debias=debias),
-                                      out_root=Path(tmp) / f"{surface}-{debias}-{seed}")
+                    out = train_model(
+                        settings,
+                        TrainOptions(surface=surface, seed=seed, position_debias=debias),
+                        out_root=Path(tmp) / f"{surface}-{debias}-{seed}",
+                    )
                     metrics = evaluate_model(settings, out, n_boot=100, write=False)["metrics"]
                     clicks.append(metrics["test"]["model"]["ndcg@10"])
                     truth.append((metrics.get("true_utility") or {}).get("model", float("nan")))
-                print(f"{surface:<8} {str(debias):<16} {sum(clicks) / len(clicks):>14.4f} {sum(truth) / len(truth):>13.4f}")
+                print(
+                    f"{surface:<8} {str(debias):<16} {sum(clicks) / len(clicks):>14.4f} {sum(truth) / len(truth):>13.4f}"
+                )
 
 
 if __name__ == "__main__":

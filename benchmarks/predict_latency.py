@@ -30,8 +30,15 @@ def synthetic_model(seed: int = 0):
     X = features(rng, groups * per_group, n_features)
     utility = np.nan_to_num(X) @ rng.normal(size=n_features) + rng.normal(size=len(X))
     grades = np.digitize(utility, np.quantile(utility, [0.5, 0.8, 0.95]))
-    params = {"objective": "lambdarank", "num_leaves": 31, "learning_rate": 0.05, "min_data_in_leaf": 5,
-              "verbose": -1, "seed": seed, "num_threads": 2}
+    params = {
+        "objective": "lambdarank",
+        "num_leaves": 31,
+        "learning_rate": 0.05,
+        "min_data_in_leaf": 5,
+        "verbose": -1,
+        "seed": seed,
+        "num_threads": 2,
+    }
     return lgb.train(params, lgb.Dataset(X, grades, group=[per_group] * groups), num_boost_round=300)
 
 
@@ -70,10 +77,14 @@ def main() -> None:
     t0 = time.perf_counter()
     compiled.verify(booster)
     verify_s = time.perf_counter() - t0
-    print(f"{what}: {compiled.num_trees} trees, {compiled.num_features} features, "
-          f"{compiled.nodes.size // 4:,} nodes, mean depth {compiled.depths.mean():.1f}")
-    print(f"  load: warm_up {warm_s:.2f} s, compile {build_s * 1e3:.0f} ms, verify on boundary probe "
-          f"{verify_s * 1e3:.0f} ms")
+    print(
+        f"{what}: {compiled.num_trees} trees, {compiled.num_features} features, "
+        f"{compiled.nodes.size // 4:,} nodes, mean depth {compiled.depths.mean():.1f}"
+    )
+    print(
+        f"  load: warm_up {warm_s:.2f} s, compile {build_s * 1e3:.0f} ms, verify on boundary probe "
+        f"{verify_s * 1e3:.0f} ms"
+    )
 
     predictors = {
         "Booster.predict 1 thread": lambda m: booster.predict(m, num_threads=1),
@@ -88,7 +99,7 @@ def main() -> None:
         for i in range(args.calls + warmup):
             matrix = features(rng, size, compiled.num_features)
             names = list(predictors)
-            names = names[i % 3:] + names[:i % 3]  # rotate the order: machine noise hits all alike
+            names = names[i % 3 :] + names[: i % 3]  # rotate the order: machine noise hits all alike
             scores = {}
             for name in names:
                 t0 = time.perf_counter()
@@ -100,11 +111,17 @@ def main() -> None:
             mismatches += not np.array_equal(scores["CompiledTrees.predict"].view(np.uint64), expected.view(np.uint64))
         for name, values in samples.items():
             print(f"  {size:>5} rows  {name:<26} {_stack.summary(values)}")
-        speedup = np.percentile(samples["Booster.predict 1 thread"], 50) / np.percentile(samples["CompiledTrees.predict"], 50)
-        print(f"  {size:>5} rows  compiled p50 is {speedup:.1f}x faster than Booster.predict 1 thread; "
-              f"bit-identical on {args.calls + warmup - mismatches} of {args.calls + warmup} matrices")
+        speedup = np.percentile(samples["Booster.predict 1 thread"], 50) / np.percentile(
+            samples["CompiledTrees.predict"], 50
+        )
+        print(
+            f"  {size:>5} rows  compiled p50 is {speedup:.1f}x faster than Booster.predict 1 thread; "
+            f"bit-identical on {args.calls + warmup - mismatches} of {args.calls + warmup} matrices"
+        )
         if mismatches:
-            raise SystemExit(f"{mismatches} matrices scored differently: the compiled trees are not exact for this model")
+            raise SystemExit(
+                f"{mismatches} matrices scored differently: the compiled trees are not exact for this model"
+            )
     print("caveat: a shared 2-core machine; compare the rows of this run, not numbers across runs")
 
 

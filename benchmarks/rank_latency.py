@@ -46,18 +46,24 @@ def main() -> None:
         booster = model.booster()
         store = feature_store(settings)
         spec = service_spec(store, model.card["feature_service"])
-        app = create_app({"RANKER_RELOAD_INTERVAL_S": 0, "RANKER_ITEM_CACHE_TTL_S": args.item_cache_ttl}, settings=settings)
+        app = create_app(
+            {"RANKER_RELOAD_INTERVAL_S": 0, "RANKER_ITEM_CACHE_TTL_S": args.item_cache_ttl}, settings=settings
+        )
         freeze_heap()  # as gunicorn's post_worker_init does for the served app
         client = app.test_client()
-        print(f"{args.surface} model {model.name} {model.version}, {len(spec.features)} features, "
-              f"{model.booster().num_trees()} trees, Redis online store, item cache "
-              f"{f'{args.item_cache_ttl:g} s' if args.item_cache_ttl else 'off'}")
+        print(
+            f"{args.surface} model {model.name} {model.version}, {len(spec.features)} features, "
+            f"{model.booster().num_trees()} trees, Redis online store, item cache "
+            f"{f'{args.item_cache_ttl:g} s' if args.item_cache_ttl else 'off'}"
+        )
         extra_env = {"RANKER_ITEM_CACHE_TTL_S": str(args.item_cache_ttl)}
         paths = ("http", "in-process") if args.no_anchor else ("http", "in-process", "anchor")
         with _stack.gunicorn(settings, workers=1, extra_env=extra_env) as base:
             conn = _stack.HttpClient(base)
             for size in args.sizes:
-                bodies = _stack.request_bodies(settings, surface=args.surface, candidates=size, n=args.requests + 30, seed=size)
+                bodies = _stack.request_bodies(
+                    settings, surface=args.surface, candidates=size, n=args.requests + 30, seed=size
+                )
                 results = {}
                 for name in paths:
                     samples, errors = [], 0
@@ -71,8 +77,14 @@ def main() -> None:
                         elif name == "in-process":
                             status = client.post("/v1/rank", data=payload, content_type="application/json").status_code
                         else:
-                            rows = feast_reference(store, spec, user_id=body["user_id"], item_ids=body["items"],
-                                                   query=body.get("query"), request_ts=int(time.time()))
+                            rows = feast_reference(
+                                store,
+                                spec,
+                                user_id=body["user_id"],
+                                item_ids=body["items"],
+                                query=body.get("query"),
+                                request_ts=int(time.time()),
+                            )
                             booster.predict(rows.matrix, num_threads=1)
                             status = 200
                         elapsed = (time.perf_counter() - t0) * 1000
@@ -81,9 +93,13 @@ def main() -> None:
                             errors += status != 200
                     results[name] = samples
                     rps = 1000 / (sum(samples) / len(samples))
-                    print(f"  {size:>5} candidates  {name:<10} {_stack.summary(samples)}  {rps:7.0f} req/s sequential  errors {errors}")
+                    print(
+                        f"  {size:>5} candidates  {name:<10} {_stack.summary(samples)}  {rps:7.0f} req/s sequential  errors {errors}"
+                    )
                     if name == "http":
-                        print(f"  {size:>5} candidates  {'':<10} {_stack.stage_means(before, _stack.stage_totals(base, args.surface))}")
+                        print(
+                            f"  {size:>5} candidates  {'':<10} {_stack.stage_means(before, _stack.stage_totals(base, args.surface))}"
+                        )
                 if "anchor" in results:
                     import numpy as np
 

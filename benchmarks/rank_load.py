@@ -35,8 +35,12 @@ import _stack
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clients", type=int, default=4,
-                        help="Client threads (gunicorn's sync workers take one connection each: 2 per worker saturate them).")
+    parser.add_argument(
+        "--clients",
+        type=int,
+        default=4,
+        help="Client threads (gunicorn's sync workers take one connection each: 2 per worker saturate them).",
+    )
     parser.add_argument("--requests", type=int, default=4000, help="Total requests (bounded load).")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--candidates", type=int, default=200)
@@ -44,26 +48,35 @@ def main() -> None:
     parser.add_argument("--item-cache-ttl", type=float, default=0.0, help="RANKER_ITEM_CACHE_TTL_S (0: no cache).")
     parser.add_argument("--rates", type=float, nargs="*", help="Open loop: offered requests/s, one run per rate.")
     parser.add_argument("--duration", type=float, default=10.0, help="Open loop: seconds per offered rate.")
-    parser.add_argument("--connections", type=int, default=16,
-                        help="Open loop: sender threads (each one connection); more than the server can take at once.")
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=16,
+        help="Open loop: sender threads (each one connection); more than the server can take at once.",
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
 
     print(_stack.machine_speed())
     with _stack.private_redis() as redis_url:
         settings = _stack.redis_settings(redis_url)
-        bodies = [_stack.dumps(b) for b in _stack.request_bodies(settings, surface=args.surface,
-                                                                candidates=args.candidates, n=500, seed=1)]
+        bodies = [
+            _stack.dumps(b)
+            for b in _stack.request_bodies(settings, surface=args.surface, candidates=args.candidates, n=500, seed=1)
+        ]
         extra_env = {"RANKER_ITEM_CACHE_TTL_S": str(args.item_cache_ttl)}
         with _stack.gunicorn(settings, workers=args.workers, extra_env=extra_env) as base:
             if args.rates:
                 _stack.HttpClient(base).post(bodies[0])  # warm the workers before the first schedule
-                print(f"open loop: {args.candidates} candidates ({args.surface}), {args.workers} gunicorn workers, "
-                      f"{args.connections} connections, {args.duration:g} s per rate, Redis online store, item cache "
-                      f"{f'{args.item_cache_ttl:g} s' if args.item_cache_ttl else 'off'}; latency from the scheduled send")
+                print(
+                    f"open loop: {args.candidates} candidates ({args.surface}), {args.workers} gunicorn workers, "
+                    f"{args.connections} connections, {args.duration:g} s per rate, Redis online store, item cache "
+                    f"{f'{args.item_cache_ttl:g} s' if args.item_cache_ttl else 'off'}; latency from the scheduled send"
+                )
                 for rate in args.rates:
-                    print("  " + _open_loop(base, bodies, rate=rate, duration=args.duration,
-                                            connections=args.connections))
+                    print(
+                        "  " + _open_loop(base, bodies, rate=rate, duration=args.duration, connections=args.connections)
+                    )
                 print(_stack.machine_speed())
                 return
             lock = threading.Lock()
@@ -99,14 +112,21 @@ def main() -> None:
                 t.join()
             seconds = time.perf_counter() - started
             cpu = {k: v - cpu_before.get(k, 0.0) for k, v in _cpu_seconds().items()}
-        print(f"{args.requests} requests x {args.candidates} candidates ({args.surface}), {args.clients} clients, "
-              f"{args.workers} gunicorn workers, Redis online store, item cache "
-              f"{f'{args.item_cache_ttl:g} s' if args.item_cache_ttl else 'off'}")
-        print(f"  throughput {args.requests / seconds:7.0f} req/s   errors {outcome['errors']}   degraded {outcome['degraded']}")
+        print(
+            f"{args.requests} requests x {args.candidates} candidates ({args.surface}), {args.clients} clients, "
+            f"{args.workers} gunicorn workers, Redis online store, item cache "
+            f"{f'{args.item_cache_ttl:g} s' if args.item_cache_ttl else 'off'}"
+        )
+        print(
+            f"  throughput {args.requests / seconds:7.0f} req/s   errors {outcome['errors']}   degraded {outcome['degraded']}"
+        )
         print(f"  latency    {_stack.summary(latencies)}")
-        print("  CPU ms per request: " + ", ".join(f"{k} {v / args.requests * 1000:.2f}" for k, v in cpu.items())
-              + f" (the machine has {os.cpu_count()} cores: {os.cpu_count() * 1000 / args.requests * seconds:.2f} "
-              "core-ms per request were available)")
+        print(
+            "  CPU ms per request: "
+            + ", ".join(f"{k} {v / args.requests * 1000:.2f}" for k, v in cpu.items())
+            + f" (the machine has {os.cpu_count()} cores: {os.cpu_count() * 1000 / args.requests * seconds:.2f} "
+            "core-ms per request were available)"
+        )
     print(_stack.machine_speed())
 
 
@@ -150,9 +170,11 @@ def _open_loop(base: str, bodies: list[bytes], *, rate: float, duration: float, 
         t.join()
     elapsed = time.perf_counter() - start
     p = np.percentile(latencies, [50, 90, 99, 99.9])
-    return (f"offered {rate:6.0f} req/s  achieved {n / elapsed:6.0f} req/s  latency p50 {p[0]:7.2f}  p90 {p[1]:7.2f}  "
-            f"p99 {p[2]:7.2f}  p99.9 {p[3]:7.2f}  max {latencies.max():7.2f} ms  errors {int((status_of != 200).sum())}  "
-            f"degraded {int(degraded.sum())}  sent late {late.mean() * 100:.0f}%")
+    return (
+        f"offered {rate:6.0f} req/s  achieved {n / elapsed:6.0f} req/s  latency p50 {p[0]:7.2f}  p90 {p[1]:7.2f}  "
+        f"p99 {p[2]:7.2f}  p99.9 {p[3]:7.2f}  max {latencies.max():7.2f} ms  errors {int((status_of != 200).sum())}  "
+        f"degraded {int(degraded.sum())}  sent late {late.mean() * 100:.0f}%"
+    )
 
 
 def _cpu_seconds() -> dict[str, float]:

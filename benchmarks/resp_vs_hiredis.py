@@ -54,7 +54,9 @@ class HiredisReader:
             nums = grid[:, : fs.n_num]
             text = np.empty((k, fs.n - fs.n_num), dtype=object)
             if text.size:
-                text[:] = np.array(decode_strings(grid[:, fs.n_num :].ravel().tolist()), dtype=object).reshape(text.shape)
+                text[:] = np.array(decode_strings(grid[:, fs.n_num :].ravel().tolist()), dtype=object).reshape(
+                    text.shape
+                )
             values = decode_numbers(nums.ravel().tolist()).reshape(nums.shape)
             out.append(Block(values, nums != None, text))  # noqa: E711 - element-wise on an object array
         return out
@@ -88,8 +90,9 @@ def main() -> None:
     with _stack.private_redis() as redis_url:
         settings = _stack.redis_settings(redis_url)
         service = "search_ranker_v1" if args.surface == "search" else "recs_ranker_v1"
-        bodies = _stack.request_bodies(settings, surface=args.surface, candidates=args.candidates,
-                                       n=args.requests + 20, seed=3)
+        bodies = _stack.request_bodies(
+            settings, surface=args.surface, candidates=args.candidates, n=args.requests + 20, seed=3
+        )
         ours = OnlineFeatures(settings, service=service, timeout_s=5.0)
         library = OnlineFeatures(settings, service=service, timeout_s=5.0)
         library._backend = HiredisReader(settings.redis_url, library._project)
@@ -97,8 +100,9 @@ def main() -> None:
         samples: dict = {name: [] for name in readers}
         mismatches = 0
         for i, body in enumerate(bodies):
-            request = dict(user_id=body["user_id"], item_ids=body["items"], query=body.get("query"),
-                           request_ts=int(time.time()))
+            request = dict(
+                user_id=body["user_id"], item_ids=body["items"], query=body.get("query"), request_ts=int(time.time())
+            )
             names = list(readers) if i % 2 == 0 else list(readers)[::-1]
             rows = {}
             for name in names:
@@ -108,13 +112,17 @@ def main() -> None:
                     samples[name].append((time.perf_counter() - t0) * 1000)
             a, b = (rows[n].matrix for n in readers)
             mismatches += not (np.array_equal(a, b, equal_nan=True) and a.tobytes() == b.tobytes())
-        print(f"full fetch of {args.candidates} candidates ({service}, cache off), {args.requests} requests "
-              f"each, alternating, Redis online store:")
+        print(
+            f"full fetch of {args.candidates} candidates ({service}, cache off), {args.requests} requests "
+            f"each, alternating, Redis online store:"
+        )
         for name, values in samples.items():
             print(f"  {name:<20} {_stack.summary(values)}")
         ratio = np.percentile(samples["redis-py + hiredis"], 50) / np.percentile(samples["numba RESP kernels"], 50)
-        print(f"  redis-py + hiredis p50 / numba p50 = {ratio:.2f}; identical matrices on "
-              f"{len(bodies) - mismatches} of {len(bodies)} requests")
+        print(
+            f"  redis-py + hiredis p50 / numba p50 = {ratio:.2f}; identical matrices on "
+            f"{len(bodies) - mismatches} of {len(bodies)} requests"
+        )
         ours.close()
         library.close()
     print(_stack.machine_speed())

@@ -76,16 +76,23 @@ print(json.dumps(out))
 
 def _ranker(args: list[str], env: dict, label: str) -> None:
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", "from pipelines.cli import main; main()", *args], env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", "from pipelines.cli import main; main()", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        check=False,
+    )
     if proc.returncode != 0:
         sys.exit(f"{label} failed:\n{proc.stdout[-4000:]}")
     print(f"  {label:<24} {time.perf_counter() - t0:7.1f} s", flush=True)
 
 
 def _measure(task: str, env: dict, *extra: str) -> dict:
-    proc = subprocess.run([sys.executable, "-c", CHILD, task, *extra], env=env, capture_output=True,
-                          text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, task, *extra], env=env, capture_output=True, text=True, check=False
+    )
     if proc.returncode != 0:
         sys.exit(f"{task} failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -116,7 +123,9 @@ def main() -> None:
             print(f"building a world at scale {args.scale:g} in {home}")
             home.mkdir(parents=True, exist_ok=True)
             if not (home / "feature_repo").exists():
-                shutil.copytree(REPO / "feature_repo", home / "feature_repo", ignore=shutil.ignore_patterns("__pycache__"))
+                shutil.copytree(
+                    REPO / "feature_repo", home / "feature_repo", ignore=shutil.ignore_patterns("__pycache__")
+                )
             _ranker(["data", "simulate", "--scale", f"{args.scale:g}"], env, "data simulate")
             _ranker(["features", "build"], env, "features build")
             _ranker(["features", "apply"], env, "features apply")
@@ -128,38 +137,59 @@ def main() -> None:
             (spark_home / "data").mkdir(parents=True, exist_ok=True)
             if not (spark_home / "data" / "raw").exists():
                 (spark_home / "data" / "raw").symlink_to(home / "data" / "raw")
-            print(f"{'features build':<26} {'events':>11} {'seconds':>8} {'s per 1M':>9} {'peak GB':>8} {'children GB':>11}")
+            print(
+                f"{'features build':<26} {'events':>11} {'seconds':>8} {'s per 1M':>9} {'peak GB':>8} {'children GB':>11}"
+            )
             for engine, env_ in (("duckdb", env), ("spark", _env(spark_home)), ("duckdb", env)):
                 r = _measure(f"features-{engine}", env_)
-                print(f"{engine:<26} {events:>11,} {r['seconds']:>8.1f} {r['seconds'] / events * 1e6:>9.1f} "
-                      f"{r['peak_rss_gb']:>8.2f} {r['children_peak_rss_gb']:>11.2f}", flush=True)
+                print(
+                    f"{engine:<26} {events:>11,} {r['seconds']:>8.1f} {r['seconds'] / events * 1e6:>9.1f} "
+                    f"{r['peak_rss_gb']:>8.2f} {r['children_peak_rss_gb']:>11.2f}",
+                    flush=True,
+                )
             print(machine_speed(), flush=True)
         if "pit" not in args.skip:
-            print(f"\n{'PIT training set (' + args.surface + ')':<26} {'rows':>11} {'seconds':>8} {'join s':>7} "
-                  f"{'join s/1M':>9} {'peak GB':>8} {'children GB':>11}  fingerprint")
+            print(
+                f"\n{'PIT training set (' + args.surface + ')':<26} {'rows':>11} {'seconds':>8} {'join s':>7} "
+                f"{'join s/1M':>9} {'peak GB':>8} {'children GB':>11}  fingerprint"
+            )
             for engine in ("duckdb", "spark", "duckdb"):
                 r = _measure(f"dataset-{engine}", env, args.surface)
-                print(f"{engine:<26} {r['rows']:>11,} {r['seconds']:>8.1f} {r['join_seconds']:>7.1f} "
-                      f"{r['join_seconds'] / r['rows'] * 1e6:>9.1f} {r['peak_rss_gb']:>8.2f} "
-                      f"{r['children_peak_rss_gb']:>11.2f}  {r['fingerprint'][:16]}", flush=True)
+                print(
+                    f"{engine:<26} {r['rows']:>11,} {r['seconds']:>8.1f} {r['join_seconds']:>7.1f} "
+                    f"{r['join_seconds'] / r['rows'] * 1e6:>9.1f} {r['peak_rss_gb']:>8.2f} "
+                    f"{r['children_peak_rss_gb']:>11.2f}  {r['fingerprint'][:16]}",
+                    flush=True,
+                )
                 print(f"    stages (s): {r['stages']}", flush=True)
-            print("(join s: all but labelling and Feast's setup; Spark's includes starting its session; the JVM is "
-                  "not a waited child, so its memory is not in children GB)")
+            print(
+                "(join s: all but labelling and Feast's setup; Spark's includes starting its session; the JVM is "
+                "not a waited child, so its memory is not in children GB)"
+            )
             print(machine_speed(), flush=True)
         if "training" not in args.skip:
             if not (home / "artifacts" / "datasets" / args.surface / "manifest.json").exists():
                 _ranker(["dataset", "build", "--surface", args.surface], env, f"dataset build {args.surface}")
-            print(f"\n{'training (' + args.surface + ')':<26} {'fit rows':>11} {'seconds':>8} {'s per 1M':>9} "
-                  f"{'trees':>6} {'s/tree':>7} {'test NDCG@10':>12} {'peak GB':>8} {'children GB':>11}")
+            print(
+                f"\n{'training (' + args.surface + ')':<26} {'fit rows':>11} {'seconds':>8} {'s per 1M':>9} "
+                f"{'trees':>6} {'s/tree':>7} {'test NDCG@10':>12} {'peak GB':>8} {'children GB':>11}"
+            )
             for engine in ("local", "dask", "local"):
                 r = _measure(f"train-{engine}", env, args.surface)
                 trees = r["engine"].get("trees_trained", min(400, r["best_iteration"] + 40))
-                per_tree = f"{r['engine']['seconds_per_tree']:>7.3f}" if "seconds_per_tree" in r["engine"] else f"{'-':>7}"
-                print(f"{engine:<26} {r['fitted_rows']:>11,} {r['seconds']:>8.1f} {r['seconds'] / r['fitted_rows'] * 1e6:>9.1f} "
-                      f"{trees:>6} {per_tree} {r['test_ndcg10']:>12.4f} {r['peak_rss_gb']:>8.2f} "
-                      f"{r['children_peak_rss_gb']:>11.2f}", flush=True)
-            print("(local trees = best iteration + early_stopping_rounds, as LightGBM stops; seconds include loading "
-                  "the training set and writing the card)")
+                per_tree = (
+                    f"{r['engine']['seconds_per_tree']:>7.3f}" if "seconds_per_tree" in r["engine"] else f"{'-':>7}"
+                )
+                print(
+                    f"{engine:<26} {r['fitted_rows']:>11,} {r['seconds']:>8.1f} {r['seconds'] / r['fitted_rows'] * 1e6:>9.1f} "
+                    f"{trees:>6} {per_tree} {r['test_ndcg10']:>12.4f} {r['peak_rss_gb']:>8.2f} "
+                    f"{r['children_peak_rss_gb']:>11.2f}",
+                    flush=True,
+                )
+            print(
+                "(local trees = best iteration + early_stopping_rounds, as LightGBM stops; seconds include loading "
+                "the training set and writing the card)"
+            )
             print(machine_speed(), flush=True)
     finally:
         if args.home is None and not args.keep:

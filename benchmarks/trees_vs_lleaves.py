@@ -27,7 +27,7 @@ import numpy as np
 
 import _stack
 
-CHILD = r'''
+CHILD = r"""
 import json, sys, time
 import numpy as np
 import lightgbm as lgb
@@ -55,7 +55,7 @@ for key in matrices.files:
                          "max_abs_diff": float(np.max(np.abs(got - want))),
                          "bit_identical": bool(np.array_equal(got.view(np.uint64), want.view(np.uint64)))}
 print(json.dumps(out))
-'''
+"""
 
 
 def _ours(booster, compiled, matrices: dict, calls: int) -> dict:
@@ -72,8 +72,9 @@ def _ours(booster, compiled, matrices: dict, calls: int) -> dict:
             if i >= 20:
                 lib.append(a * 1e3)
                 ours.append(b * 1e3)
-        exact = np.array_equal(compiled.predict(X).view(np.uint64),
-                               booster.predict(X, raw_score=True, num_threads=1).view(np.uint64))
+        exact = np.array_equal(
+            compiled.predict(X).view(np.uint64), booster.predict(X, raw_score=True, num_threads=1).view(np.uint64)
+        )
         out[key] = {"booster_ms": float(np.median(lib)), "numba_ms": float(np.median(ours)), "bit_identical": exact}
     return out
 
@@ -102,22 +103,30 @@ def main() -> None:
         model_file, matrices_file = Path(tmp) / "model.txt", Path(tmp) / "matrices.npz"
         booster.save_model(str(model_file))
         np.savez(matrices_file, **matrices)
-        print(f"synthetic lambdarank: {compiled.num_trees} trees, {compiled.num_features} features; "
-              f"float32 matrices; medians of {args.calls} calls, 1 thread")
+        print(
+            f"synthetic lambdarank: {compiled.num_trees} trees, {compiled.num_features} features; "
+            f"float32 matrices; medians of {args.calls} calls, 1 thread"
+        )
         for r in range(args.rounds):
             ours = _ours(booster, compiled, matrices, args.calls)
-            child = subprocess.run([args.lleaves_python, "-c", CHILD, str(model_file), str(matrices_file),
-                                    str(args.calls)], capture_output=True, text=True, check=False)
+            child = subprocess.run(
+                [args.lleaves_python, "-c", CHILD, str(model_file), str(matrices_file), str(args.calls)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             if child.returncode != 0:
                 raise SystemExit(f"lleaves failed in {args.lleaves_python}:\n{child.stderr.strip()[-2000:]}")
             theirs = json.loads(child.stdout.strip().splitlines()[-1])
             print(f"round {r + 1} (lleaves compile {theirs['compile_s']:.1f} s):")
             for key in matrices:
                 a, b = ours[key], theirs["sizes"][key]
-                print(f"  {key:>5} rows  numba {a['numba_ms']:.3f} ms = {a['numba_ms'] / a['booster_ms']:.2f} x Booster "
-                      f"({a['booster_ms']:.3f} ms; bit-identical {a['bit_identical']})   "
-                      f"lleaves {b['lleaves_ms']:.3f} ms = {b['lleaves_ms'] / b['booster_ms']:.2f} x Booster "
-                      f"({b['booster_ms']:.3f} ms; bit-identical {b['bit_identical']}, max |diff| {b['max_abs_diff']:.1e})")
+                print(
+                    f"  {key:>5} rows  numba {a['numba_ms']:.3f} ms = {a['numba_ms'] / a['booster_ms']:.2f} x Booster "
+                    f"({a['booster_ms']:.3f} ms; bit-identical {a['bit_identical']})   "
+                    f"lleaves {b['lleaves_ms']:.3f} ms = {b['lleaves_ms'] / b['booster_ms']:.2f} x Booster "
+                    f"({b['booster_ms']:.3f} ms; bit-identical {b['bit_identical']}, max |diff| {b['max_abs_diff']:.1e})"
+                )
     print(_stack.machine_speed())
 
 

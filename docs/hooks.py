@@ -50,9 +50,18 @@ def _schema_type(schema: dict[str, Any]) -> str:
 
 
 def _constraints(schema: dict[str, Any]) -> str:
-    names = {"enum": "one of", "minLength": "min length", "maxLength": "max length", "minItems": "min items",
-             "maxItems": "max items", "minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "pattern": "pattern",
-             "default": "default"}
+    names = {
+        "enum": "one of",
+        "minLength": "min length",
+        "maxLength": "max length",
+        "minItems": "min items",
+        "maxItems": "max items",
+        "minimum": ">=",
+        "maximum": "<=",
+        "exclusiveMinimum": ">",
+        "pattern": "pattern",
+        "default": "default",
+    }
     parts = []
     for key, label in names.items():
         if key in schema:
@@ -80,9 +89,12 @@ def http_api_page() -> str:
     from api.openapi import build_spec
 
     spec = build_spec()
-    lines = [f"OpenAPI {spec['openapi']} document *{spec['info']['title']}*, version {spec['info']['version']}: "
-             "`GET /openapi.json` on a running scorer serves it (with that scorer's surfaces and candidate limit; "
-             "the figures below are the defaults).", ""]
+    lines = [
+        f"OpenAPI {spec['openapi']} document *{spec['info']['title']}*, version {spec['info']['version']}: "
+        "`GET /openapi.json` on a running scorer serves it (with that scorer's surfaces and candidate limit; "
+        "the figures below are the defaults).",
+        "",
+    ]
     lines += ["## Routes", "", "| method | path | summary | answers |", "| --- | --- | --- | --- |"]
     for path, methods in spec["paths"].items():
         for method, operation in methods.items():
@@ -105,9 +117,13 @@ def http_api_page() -> str:
             lines += [schema["description"].capitalize() + ".", ""]
         rows = _fields_table(schema)
         if rows:
-            lines += ["| field | type | required | constraints | meaning |", "| --- | --- | --- | --- | --- |",
-                      *rows, ""]
-    lines += ["## The whole document", "", "??? note \"openapi.json\"", "", "    ```json"]
+            lines += [
+                "| field | type | required | constraints | meaning |",
+                "| --- | --- | --- | --- | --- |",
+                *rows,
+                "",
+            ]
+    lines += ["## The whole document", "", '??? note "openapi.json"', "", "    ```json"]
     lines += ["    " + line for line in json.dumps(spec, indent=2).splitlines()]
     lines += ["    ```", ""]
     return "\n".join(lines)
@@ -131,35 +147,63 @@ def features_page() -> str:
     with in_feature_repo(repo):
         contents = parse_repo(repo)
     lines: list[str] = []
-    lines += ["## Feature views", "", "Batch features, loaded into the online store by `ranker features materialize`.",
-              ""]
+    lines += [
+        "## Feature views",
+        "",
+        "Batch features, loaded into the online store by `ranker features materialize`.",
+        "",
+    ]
     join_keys = {e.name: e.join_key for e in contents.entities}
     for view in sorted(contents.feature_views, key=lambda v: v.name):
         entities = ", ".join(f"`{join_keys.get(e, e)}`" for e in view.entities) or "none"
         seconds = view.ttl.total_seconds() if view.ttl else 0
         ttl = _duration(seconds) if seconds else "none (the latest row holds)"
         source = view.batch_source.name if view.batch_source is not None else "none"
-        lines += [f"### `{view.name}`", "", f"{view.description}".strip(), "",
-                  f"Entity keys: {entities}. TTL: {ttl}. Source: `{source}`.", "",
-                  "| feature | type | default | meaning |", "| --- | --- | --- | --- |"]
+        lines += [
+            f"### `{view.name}`",
+            "",
+            f"{view.description}".strip(),
+            "",
+            f"Entity keys: {entities}. TTL: {ttl}. Source: `{source}`.",
+            "",
+            "| feature | type | default | meaning |",
+            "| --- | --- | --- | --- |",
+        ]
         for field in view.features:
             default = (field.tags or {}).get("default", "missing")
             lines.append(f"| `{field.name}` | {field.dtype} | {default} | {field.description} |")
         lines.append("")
-    lines += ["## On-demand views", "", "Computed at request time, by the same function in training and serving. "
-              "Feast 0.67 rejects descriptions on on-demand fields: the meanings are in the table of "
-              "[Feature store](../concepts/feature-store.md#the-features).", ""]
+    lines += [
+        "## On-demand views",
+        "",
+        "Computed at request time, by the same function in training and serving. "
+        "Feast 0.67 rejects descriptions on on-demand fields: the meanings are in the table of "
+        "[Feature store](../concepts/feature-store.md#the-features).",
+        "",
+    ]
     for odfv in sorted(contents.on_demand_feature_views, key=lambda v: v.name):
         inputs = sorted([*odfv.source_feature_view_projections, *odfv.source_request_sources])
-        lines += [f"### `{odfv.name}`", "", f"{odfv.description}".strip(), "",
-                  f"Inputs: {', '.join(f'`{i}`' for i in inputs)}.", "",
-                  "| feature | type |", "| --- | --- |"]
+        lines += [
+            f"### `{odfv.name}`",
+            "",
+            f"{odfv.description}".strip(),
+            "",
+            f"Inputs: {', '.join(f'`{i}`' for i in inputs)}.",
+            "",
+            "| feature | type |",
+            "| --- | --- |",
+        ]
         for field in odfv.features:
             lines.append(f"| `{field.name}` | {field.dtype} |")
         lines.append("")
-    lines += ["## Feature services", "", "The model contracts: a model card names its service; the scorer fetches it.",
-              "",
-              "| service | features | views | description |", "| --- | --- | --- | --- |"]
+    lines += [
+        "## Feature services",
+        "",
+        "The model contracts: a model card names its service; the scorer fetches it.",
+        "",
+        "| service | features | views | description |",
+        "| --- | --- | --- | --- |",
+    ]
     for service in sorted(contents.feature_services, key=lambda s: s.name):
         projections = service.feature_view_projections
         count = sum(len(p.features) for p in projections)
@@ -178,6 +222,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
 
 def render(markdown: str) -> str:
     """Replace every generation marker of a page by its generated Markdown."""
+
     def generated(match: re.Match) -> str:
         name = match.group(1)
         if name not in GENERATORS:

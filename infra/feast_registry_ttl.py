@@ -24,14 +24,19 @@ def _line(label: str, samples: list[float]) -> str:
     a = np.asarray(samples)
     if a.size == 0:
         return f"{label:<42} n=0"
-    return (f"{label:<42} n={a.size:<5} p50 {np.percentile(a, 50):6.1f} ms  p99 {np.percentile(a, 99):6.1f} ms  "
-            f"max {a.max():6.1f} ms")
+    return (
+        f"{label:<42} n={a.size:<5} p50 {np.percentile(a, 50):6.1f} ms  p99 {np.percentile(a, 99):6.1f} ms  "
+        f"max {a.max():6.1f} ms"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres",
-                        help="a PostgreSQL URL allowed to CREATE/DROP DATABASE")
+    parser.add_argument(
+        "--pg",
+        default="postgresql://postgres@127.0.0.1:5432/postgres",
+        help="a PostgreSQL URL allowed to CREATE/DROP DATABASE",
+    )
     parser.add_argument("--seconds", type=float, default=12.0, help="how long to alternate requests")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -51,12 +56,25 @@ def main() -> None:
         settings = Settings.from_env().with_(feast_registry=f"{base}/{database}")
         store_module.apply(settings)
         sql_config = store_module.sql_registry_config
-        store_module.sql_registry_config = lambda url, file_registry: {**sql_config(url, file_registry), "cache_ttl_seconds": 1}
+        store_module.sql_registry_config = lambda url, file_registry: {
+            **sql_config(url, file_registry),
+            "cache_ttl_seconds": 1,
+        }
         store = store_module.feature_store(settings)
         service = store.get_feature_service("search_ranker_v1")
         items = pd.read_parquet(settings.features_dir / "listings.parquet").item_id.drop_duplicates().head(100).tolist()
-        rows = [{"user_id": "u000001", "item_id": item, "seller_id": "s1", "category": "dresses", "query": "black dress",
-                 "request_ts": 1_790_000_000, "query_text": "black dress"} for item in items]
+        rows = [
+            {
+                "user_id": "u000001",
+                "item_id": item,
+                "seller_id": "s1",
+                "category": "dresses",
+                "query": "black dress",
+                "request_ts": 1_790_000_000,
+                "query_text": "black dress",
+            }
+            for item in items
+        ]
         plain, refreshed, fast_path = [], [], []
         with OnlineFeatures(settings, service="search_ranker_v1") as fast:
             deadline = time.monotonic() + args.seconds

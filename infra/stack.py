@@ -51,7 +51,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until(predicate, *, timeout_s: float, what: str, interval_s: float = 0.1, proc: subprocess.Popen | None = None):
+def wait_until(
+    predicate, *, timeout_s: float, what: str, interval_s: float = 0.1, proc: subprocess.Popen | None = None
+):
     """Poll ``predicate`` until it returns something truthy or the deadline passes (no blind sleeps)."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -92,9 +94,17 @@ class LocalStack:
         bucket, prefix: where the model registry lives in the S3 server.
     """
 
-    def __init__(self, home: Path, *, workers: int = 2, reload_interval_s: float = 5.0,
-                 surfaces: tuple[str, ...] = ("search", "recs"), bucket: str = "ranker-models",
-                 prefix: str = "registry", extra_env: dict | None = None) -> None:
+    def __init__(
+        self,
+        home: Path,
+        *,
+        workers: int = 2,
+        reload_interval_s: float = 5.0,
+        surfaces: tuple[str, ...] = ("search", "recs"),
+        bucket: str = "ranker-models",
+        prefix: str = "registry",
+        extra_env: dict | None = None,
+    ) -> None:
         self.home = Path(home).resolve()
         self.workers = workers
         self.reload_interval_s = reload_interval_s
@@ -128,14 +138,28 @@ class LocalStack:
         }
 
     def exports(self) -> str:
-        keys = ("RANKER_HOME", "RANKER_ONLINE_STORE", "REDIS_URL", "RANKER_REGISTRY_URI", "AWS_ENDPOINT_URL",
-                "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+        keys = (
+            "RANKER_HOME",
+            "RANKER_ONLINE_STORE",
+            "REDIS_URL",
+            "RANKER_REGISTRY_URI",
+            "AWS_ENDPOINT_URL",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_DEFAULT_REGION",
+        )
         return "export " + " ".join(f"{k}={self.env[k]}" for k in keys) + f" SCORER={self.scorer_url}"
 
     def _popen(self, name: str, argv: list[str], *, env: dict | None = None) -> subprocess.Popen:
         log = open(self.workdir / f"{name}.log", "wb")
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO_ROOT),
-                                env={**os.environ, **(env or {})}, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=str(REPO_ROOT),
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
         log.close()
         self.procs[name] = proc
         return proc
@@ -152,10 +176,28 @@ class LocalStack:
         port = free_port()
         data = self.workdir / "redis"
         data.mkdir()
-        proc = self._popen("redis", [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                     "--appendonly", "no", "--dir", str(data)])
-        wait_until(lambda: "Ready to accept connections" in self.log_tail("redis"), timeout_s=20,
-                   what="redis-server", proc=proc)
+        proc = self._popen(
+            "redis",
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(data),
+            ],
+        )
+        wait_until(
+            lambda: "Ready to accept connections" in self.log_tail("redis"),
+            timeout_s=20,
+            what="redis-server",
+            proc=proc,
+        )
         self.redis_url = f"redis://127.0.0.1:{port}/0"
         return self.redis_url
 
@@ -170,15 +212,22 @@ class LocalStack:
         self.s3_endpoint = endpoint
         import boto3
 
-        client = boto3.session.Session(aws_access_key_id="stack", aws_secret_access_key="stack",
-                                       region_name="us-east-1").client("s3", endpoint_url=endpoint)
+        client = boto3.session.Session(
+            aws_access_key_id="stack", aws_secret_access_key="stack", region_name="us-east-1"
+        ).client("s3", endpoint_url=endpoint)
         client.create_bucket(Bucket=self.bucket)
         return endpoint
 
     def ranker(self, *args: str, check: bool = True, timeout_s: float = 900) -> subprocess.CompletedProcess:
         """Run a `ranker` command against the stack (the jobs container of the compose file)."""
-        result = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=str(REPO_ROOT),
-                                env={**os.environ, **self.env}, capture_output=True, text=True, timeout=timeout_s)
+        result = subprocess.run(
+            [sys.executable, "-m", "pipelines.cli", *args],
+            cwd=str(REPO_ROOT),
+            env={**os.environ, **self.env},
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
         if check and result.returncode != 0:
             raise StackError(f"`ranker {' '.join(args)}` exited {result.returncode}: {result.stderr.strip()[-2000:]}")
         return result
@@ -188,15 +237,25 @@ class LocalStack:
         port = port or free_port()
         runtime = self.workdir / "scorer"
         (runtime / "prometheus").mkdir(parents=True)
-        env = {**self.env, "RANKER_BIND": f"127.0.0.1:{port}", "RANKER_WORKERS": str(self.workers),
-               "RANKER_LOG_LEVEL": "warning", "XDG_RUNTIME_DIR": str(runtime),
-               "PROMETHEUS_MULTIPROC_DIR": str(runtime / "prometheus")}
+        env = {
+            **self.env,
+            "RANKER_BIND": f"127.0.0.1:{port}",
+            "RANKER_WORKERS": str(self.workers),
+            "RANKER_LOG_LEVEL": "warning",
+            "XDG_RUNTIME_DIR": str(runtime),
+            "PROMETHEUS_MULTIPROC_DIR": str(runtime / "prometheus"),
+        }
         proc = self._popen("scorer", [sys.executable, "-m", "gunicorn", "-c", GUNICORN_CONF], env=env)
         self.scorer_url = f"http://127.0.0.1:{port}"
         route = "/readyz" if wait_ready else "/healthz"
         try:
-            wait_until(lambda: http_json(self.scorer_url + route, timeout_s=2)[0] == 200, timeout_s=timeout_s,
-                       what=f"the scorer's {route}", interval_s=0.2, proc=proc)
+            wait_until(
+                lambda: http_json(self.scorer_url + route, timeout_s=2)[0] == 200,
+                timeout_s=timeout_s,
+                what=f"the scorer's {route}",
+                interval_s=0.2,
+                proc=proc,
+            )
         except StackError as exc:
             raise StackError(f"{exc}\n{self.log_tail('scorer')}") from None
         return self.scorer_url
@@ -263,7 +322,9 @@ def up(args: argparse.Namespace) -> int:
         stack.ranker("features", "materialize", "--full")
         stack.timings["features"] = time.perf_counter() - step
         step = time.perf_counter()
-        trained = all(list((settings.artifacts_dir / "models" / MODEL_NAMES[s]).glob("*/card.json")) for s in stack.surfaces)
+        trained = all(
+            list((settings.artifacts_dir / "models" / MODEL_NAMES[s]).glob("*/card.json")) for s in stack.surfaces
+        )
         if trained:
             for surface in stack.surfaces:
                 stack.ranker("deploy", "--surface", surface)  # newest local model -> bucket -> gate -> production
@@ -279,8 +340,11 @@ def up(args: argparse.Namespace) -> int:
         print(f"\nstack ready in {total:.1f} s (" + ", ".join(f"{k} {v:.1f} s" for k, v in stack.timings.items()) + ")")
         print(f"scorer {stack.scorer_url}  serving {versions}")
         print("\nIn another shell:\n  " + stack.exports())
-        print("  curl -s $SCORER/readyz; ranker registry list; ranker pipeline retrain   # promotions reach the "
-              f"scorer within {args.reload_interval:g} s\nCtrl-C stops everything.", flush=True)
+        print(
+            "  curl -s $SCORER/readyz; ranker registry list; ranker pipeline retrain   # promotions reach the "
+            f"scorer within {args.reload_interval:g} s\nCtrl-C stops everything.",
+            flush=True,
+        )
         while not stop["now"]:
             if stack.procs["scorer"].poll() is not None:
                 print("the scorer exited:\n" + stack.log_tail("scorer"), file=sys.stderr)

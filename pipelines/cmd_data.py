@@ -18,21 +18,55 @@ def register(cli: click.Group) -> None:
     defaults = SimConfig()
 
     @data.command()
-    @click.option("--seed", type=click.IntRange(min=0), default=defaults.seed, show_default=True,
-                  help="Random seed; the same seed and options give byte-identical files.")
-    @click.option("--users", type=click.IntRange(min=1), default=defaults.users, show_default=True,
-                  help="Buyers (before --scale).")
-    @click.option("--items", type=click.IntRange(min=1), default=defaults.items, show_default=True,
-                  help="Listings in stock at the start (before --scale).")
-    @click.option("--new-items-per-day", type=click.IntRange(min=0), default=defaults.new_items_per_day,
-                  show_default=True, help="New listings per day (before --scale).")
-    @click.option("--days", type=click.IntRange(min=1, max=3660), default=defaults.days, show_default=True,
-                  help="Days of traffic to simulate.")
-    @click.option("--start", type=click.DateTime(formats=["%Y-%m-%d"]), default=defaults.start.isoformat(),
-                  show_default=True, help="First simulated day (UTC), YYYY-MM-DD.")
-    @click.option("--scale", type=click.FloatRange(min=0, min_open=True, max=1000), default=defaults.scale,
-                  show_default=True,
-                  help="Multiplies users, initial and daily listings (requests per user stay the same).")
+    @click.option(
+        "--seed",
+        type=click.IntRange(min=0),
+        default=defaults.seed,
+        show_default=True,
+        help="Random seed; the same seed and options give byte-identical files.",
+    )
+    @click.option(
+        "--users",
+        type=click.IntRange(min=1),
+        default=defaults.users,
+        show_default=True,
+        help="Buyers (before --scale).",
+    )
+    @click.option(
+        "--items",
+        type=click.IntRange(min=1),
+        default=defaults.items,
+        show_default=True,
+        help="Listings in stock at the start (before --scale).",
+    )
+    @click.option(
+        "--new-items-per-day",
+        type=click.IntRange(min=0),
+        default=defaults.new_items_per_day,
+        show_default=True,
+        help="New listings per day (before --scale).",
+    )
+    @click.option(
+        "--days",
+        type=click.IntRange(min=1, max=3660),
+        default=defaults.days,
+        show_default=True,
+        help="Days of traffic to simulate.",
+    )
+    @click.option(
+        "--start",
+        type=click.DateTime(formats=["%Y-%m-%d"]),
+        default=defaults.start.isoformat(),
+        show_default=True,
+        help="First simulated day (UTC), YYYY-MM-DD.",
+    )
+    @click.option(
+        "--scale",
+        type=click.FloatRange(min=0, min_open=True, max=1000),
+        default=defaults.scale,
+        show_default=True,
+        help="Multiplies users, initial and daily listings (requests per user stay the same).",
+    )
     @click.pass_obj
     def simulate(settings, seed, users, items, new_items_per_day, days, start, scale) -> None:
         """Simulate a second-hand fashion marketplace into data/raw/ (+ hidden utility).
@@ -49,36 +83,74 @@ def register(cli: click.Group) -> None:
         from ranker.data.simulate import simulate as run
 
         config = SimConfig(
-            seed=seed, users=users, items=items, new_items_per_day=new_items_per_day,
-            days=days, start=start.date(), scale=scale,
+            seed=seed,
+            users=users,
+            items=items,
+            new_items_per_day=new_items_per_day,
+            days=days,
+            start=start.date(),
+            scale=scale,
         )
         summary = run(config, raw_dir=settings.raw_dir, ground_truth_dir=settings.ground_truth_dir)
         click.echo(_describe(summary))
 
-
     @data.command("import")
-    @click.option("--format", "fmt", type=click.Choice(["events", "interactions", "open-bandit"]), required=True,
-                  help="events: our schema (impressions + engagement); interactions: user_id, item_id, timestamp "
-                  "[, event_type, value, session_id, query]; open-bandit: the Open Bandit Dataset folder.")
+    @click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(["events", "interactions", "open-bandit"]),
+        required=True,
+        help="events: our schema (impressions + engagement); interactions: user_id, item_id, timestamp "
+        "[, event_type, value, session_id, query]; open-bandit: the Open Bandit Dataset folder.",
+    )
     @click.argument("path", type=click.Path(path_type=Path))
-    @click.option("--items", type=click.Path(path_type=Path, dir_okay=False), default=None,
-                  help="Listing attributes: item_id plus any of category, brand, price, created_at, sold_at, ...")
-    @click.option("--users", type=click.Path(path_type=Path, dir_okay=False), default=None,
-                  help="User profiles: user_id [, signup_at, size].")
+    @click.option(
+        "--items",
+        type=click.Path(path_type=Path, dir_okay=False),
+        default=None,
+        help="Listing attributes: item_id plus any of category, brand, price, created_at, sold_at, ...",
+    )
+    @click.option(
+        "--users",
+        type=click.Path(path_type=Path, dir_okay=False),
+        default=None,
+        help="User profiles: user_id [, signup_at, size].",
+    )
     @click.option("--strict", is_flag=True, help="Fail (write nothing) if any row is rejected.")
-    @click.option("--min-value", type=float, default=None,
-                  help="interactions: reject (and count) rows whose value (e.g. a rating) is below this.")
-    @click.option("--sold-on-purchase", is_flag=True,
-                  help="A purchase sells the listing (unique second-hand items): sets its sold_at.")
-    @click.option("--campaign", type=click.Choice(["all", "men", "women"]), default="all", show_default=True,
-                  help="open-bandit: which campaign.")
-    @click.option("--policies", default="random,bts", show_default=True,
-                  help="open-bandit: logging policies to import, comma-separated.")
-    @click.option("--sample-rows", type=click.IntRange(min=1), default=None,
-                  help="open-bandit: seeded sample of rows per policy file (fast trials).")
+    @click.option(
+        "--min-value",
+        type=float,
+        default=None,
+        help="interactions: reject (and count) rows whose value (e.g. a rating) is below this.",
+    )
+    @click.option(
+        "--sold-on-purchase",
+        is_flag=True,
+        help="A purchase sells the listing (unique second-hand items): sets its sold_at.",
+    )
+    @click.option(
+        "--campaign",
+        type=click.Choice(["all", "men", "women"]),
+        default="all",
+        show_default=True,
+        help="open-bandit: which campaign.",
+    )
+    @click.option(
+        "--policies",
+        default="random,bts",
+        show_default=True,
+        help="open-bandit: logging policies to import, comma-separated.",
+    )
+    @click.option(
+        "--sample-rows",
+        type=click.IntRange(min=1),
+        default=None,
+        help="open-bandit: seeded sample of rows per policy file (fast trials).",
+    )
     @click.pass_obj
-    def import_cmd(settings, fmt, path, items, users, strict, min_value, sold_on_purchase, campaign, policies,
-                   sample_rows) -> None:
+    def import_cmd(
+        settings, fmt, path, items, users, strict, min_value, sold_on_purchase, campaign, policies, sample_rows
+    ) -> None:
         """Import an external log at PATH into data/raw/ (events, listings, users, sellers).
 
         Every rejected row is counted per reason (missing value, unparsable timestamp, duplicate,
@@ -88,9 +160,16 @@ def register(cli: click.Group) -> None:
         from ranker.data.importers import ImportOptions, describe, import_log
 
         options = ImportOptions(
-            fmt=fmt, path=path, items=items, users=users, strict=strict, min_value=min_value,
-            sold_on_purchase=sold_on_purchase, campaign=campaign,
-            policies=tuple(p.strip() for p in policies.split(",") if p.strip()), sample_rows=sample_rows,
+            fmt=fmt,
+            path=path,
+            items=items,
+            users=users,
+            strict=strict,
+            min_value=min_value,
+            sold_on_purchase=sold_on_purchase,
+            campaign=campaign,
+            policies=tuple(p.strip() for p in policies.split(",") if p.strip()),
+            sample_rows=sample_rows,
         )
         click.echo(describe(import_log(settings, options)))
 

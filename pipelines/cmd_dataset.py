@@ -16,21 +16,45 @@ def register(cli: click.Group) -> None:
     @click.option("--surface", type=click.Choice(["search", "recs"]), required=True, help="Which ranked lists.")
     @click.option("--start", default=None, help="First impression time (UTC date or date-time). Default: all data.")
     @click.option("--end", default=None, help="Impressions before this time (UTC). Default: all data.")
-    @click.option("--attribution-hours", default=24.0, show_default=True, type=float,
-                  help="Engagement up to this long after an impression counts towards its label.")
-    @click.option("--feature-service", default=None, help="Override the surface's feature service (e.g. search_ranker_v2).")
-    @click.option("--chunk-rows", default=1_000_000, show_default=True, type=click.IntRange(1000),
-                  help="Entity rows sent to Feast per call (bounds memory: ~5 GB peak at 1M).")
-    @click.option("--negatives", default=0, show_default=True, type=click.IntRange(0),
-                  help="Implicit feedback: each engagement event becomes a group with this many negatives sampled "
-                  "from the listings available at that moment (0 = the logged impressions).")
-    @click.option("--negatives-seed", default=0, show_default=True, type=click.IntRange(0), help="Seed of the sampling.")
-    @click.option("--engine", type=click.Choice(["duckdb", "spark"]), default=None,
-                  help="Point-in-time join: duckdb (Feast's offline store) or spark (as-of join on RANKER_SPARK_MASTER, "
-                  "needs Java 17). Default: RANKER_FEATURE_ENGINE, else duckdb.")
+    @click.option(
+        "--attribution-hours",
+        default=24.0,
+        show_default=True,
+        type=float,
+        help="Engagement up to this long after an impression counts towards its label.",
+    )
+    @click.option(
+        "--feature-service", default=None, help="Override the surface's feature service (e.g. search_ranker_v2)."
+    )
+    @click.option(
+        "--chunk-rows",
+        default=1_000_000,
+        show_default=True,
+        type=click.IntRange(1000),
+        help="Entity rows sent to Feast per call (bounds memory: ~5 GB peak at 1M).",
+    )
+    @click.option(
+        "--negatives",
+        default=0,
+        show_default=True,
+        type=click.IntRange(0),
+        help="Implicit feedback: each engagement event becomes a group with this many negatives sampled "
+        "from the listings available at that moment (0 = the logged impressions).",
+    )
+    @click.option(
+        "--negatives-seed", default=0, show_default=True, type=click.IntRange(0), help="Seed of the sampling."
+    )
+    @click.option(
+        "--engine",
+        type=click.Choice(["duckdb", "spark"]),
+        default=None,
+        help="Point-in-time join: duckdb (Feast's offline store) or spark (as-of join on RANKER_SPARK_MASTER, "
+        "needs Java 17). Default: RANKER_FEATURE_ENGINE, else duckdb.",
+    )
     @click.pass_obj
-    def build(settings, surface, start, end, attribution_hours, feature_service, chunk_rows, negatives,
-              negatives_seed, engine) -> None:
+    def build(
+        settings, surface, start, end, attribution_hours, feature_service, chunk_rows, negatives, negatives_seed, engine
+    ) -> None:
         """Label impressions (purchase 4 > add_to_bag 3 > save 2 > click 1 > shown 0) and fetch
         their features from Feast at impression time; writes artifacts/datasets/SURFACE/."""
         from tqdm import tqdm
@@ -58,11 +82,19 @@ def register(cli: click.Group) -> None:
     @cli.command("train")
     @click.option("--surface", type=click.Choice(["search", "recs"]), required=True, help="Which ranked lists.")
     @click.option("--seed", default=42, show_default=True, type=click.IntRange(0), help="LightGBM seed.")
-    @click.option("--position-debias/--no-position-debias", default=False, show_default=True,
-                  help="LightGBM's position-debiased LambdaRank (the `position` of lgb.Dataset).")
-    @click.option("--engine", type=click.Choice(["local", "dask"]), default=None,
-                  help="local: one LightGBM process; dask: lightgbm.dask on RANKER_DASK_SCHEDULER (or a LocalCluster). "
-                  "Default: RANKER_TRAIN_ENGINE, else local.")
+    @click.option(
+        "--position-debias/--no-position-debias",
+        default=False,
+        show_default=True,
+        help="LightGBM's position-debiased LambdaRank (the `position` of lgb.Dataset).",
+    )
+    @click.option(
+        "--engine",
+        type=click.Choice(["local", "dask"]),
+        default=None,
+        help="local: one LightGBM process; dask: lightgbm.dask on RANKER_DASK_SCHEDULER (or a LocalCluster). "
+        "Default: RANKER_TRAIN_ENGINE, else local.",
+    )
     @click.pass_obj
     def train(settings, surface, seed, position_debias, engine) -> None:
         """Train a LambdaRank model on the surface's training set (time-based split, early
@@ -82,8 +114,20 @@ def register(cli: click.Group) -> None:
 
     @cli.command("evaluate")
     @click.argument("model_dir", type=click.Path(path_type=Path, file_okay=False))
-    @click.option("--bootstrap", default=1000, show_default=True, type=click.IntRange(100), help="Bootstrap resamples for intervals.")
-    @click.option("--seed", default=0, show_default=True, type=click.IntRange(0), help="Seed of the random baseline and the bootstrap.")
+    @click.option(
+        "--bootstrap",
+        default=1000,
+        show_default=True,
+        type=click.IntRange(100),
+        help="Bootstrap resamples for intervals.",
+    )
+    @click.option(
+        "--seed",
+        default=0,
+        show_default=True,
+        type=click.IntRange(0),
+        help="Seed of the random baseline and the bootstrap.",
+    )
     @click.pass_obj
     def evaluate(settings, model_dir: Path, bootstrap: int, seed: int) -> None:
         """Compare MODEL_DIR with the random, popularity, logged and (on simulated data) oracle
@@ -94,7 +138,9 @@ def register(cli: click.Group) -> None:
         evaluation = evaluate_model(settings, model_dir, n_boot=bootstrap, seed=seed)
         click.echo(evaluation_table(evaluation))
         failures = evaluation["metrics"]["quality_bar_failures"]
-        click.echo("quality bar: " + ("PASS (beats every baseline)" if not failures else "NOT MET: " + "; ".join(failures)))
+        click.echo(
+            "quality bar: " + ("PASS (beats every baseline)" if not failures else "NOT MET: " + "; ".join(failures))
+        )
         click.echo(f"report: {Path(model_dir) / 'report.html'}")
         if (settings.raw_dir / "propensities.parquet").exists():  # a log with logging propensities
             from ranker.training.ips import evaluate_ips, ips_table

@@ -26,12 +26,18 @@ def register(cli: click.Group) -> None:
         """Build feature tables, register them with Feast and load the online store."""
 
     @features.command("build")
-    @click.option("--memory-limit", default="4GB", show_default=True, help="DuckDB memory limit (spills to disk beyond it).")
+    @click.option(
+        "--memory-limit", default="4GB", show_default=True, help="DuckDB memory limit (spills to disk beyond it)."
+    )
     @click.option("--threads", default=2, show_default=True, type=click.IntRange(1, 64), help="DuckDB threads.")
     @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-    @click.option("--engine", type=click.Choice(["duckdb", "spark"]), default=None,
-                  help="duckdb: this process; spark: PySpark on RANKER_SPARK_MASTER (default local[2], needs Java 17). "
-                  "Default: RANKER_FEATURE_ENGINE, else duckdb.")
+    @click.option(
+        "--engine",
+        type=click.Choice(["duckdb", "spark"]),
+        default=None,
+        help="duckdb: this process; spark: PySpark on RANKER_SPARK_MASTER (default local[2], needs Java 17). "
+        "Default: RANKER_FEATURE_ENGINE, else duckdb.",
+    )
     @click.pass_obj
     def build(settings, memory_limit: str, threads: int, as_json: bool, engine: str | None) -> None:
         """Compute the daily feature snapshots from data/raw into data/features (replaces them)."""
@@ -40,6 +46,7 @@ def register(cli: click.Group) -> None:
         from ranker.features.build import TABLES, BuildOptions, build_features
 
         with tqdm(total=len(TABLES), desc="features", unit="table", disable=as_json) as bar:
+
             def done(name: str) -> None:
                 bar.set_postfix_str(name)
                 bar.update(1)
@@ -49,14 +56,17 @@ def register(cli: click.Group) -> None:
 
                 summary = build_features_spark(settings.with_(feature_engine="spark"), progress=done)
             else:
-                summary = build_features(settings, options=BuildOptions(memory_limit=memory_limit, threads=threads),
-                                         progress=done)
+                summary = build_features(
+                    settings, options=BuildOptions(memory_limit=memory_limit, threads=threads), progress=done
+                )
         if as_json:
             click.echo(json.dumps(summary, indent=2))
             return
         for name, info in summary["tables"].items():
             click.echo(f"  {name:<22} {info['rows']:>10,} rows  {info['path']}")
-        click.echo(f"snapshots {summary['snapshots']['first']} .. {summary['snapshots']['last']}, {summary['seconds']} s")
+        click.echo(
+            f"snapshots {summary['snapshots']['first']} .. {summary['snapshots']['last']}, {summary['seconds']} s"
+        )
 
     @features.command("apply")
     @click.pass_obj
@@ -70,7 +80,9 @@ def register(cli: click.Group) -> None:
 
     @features.command("materialize")
     @click.option("--end", default=None, help="Load rows up to this time (ISO, with timezone). Default: now.")
-    @click.option("--full", is_flag=True, help="Reload everything, not only rows since the last run (after rebuilding history).")
+    @click.option(
+        "--full", is_flag=True, help="Reload everything, not only rows since the last run (after rebuilding history)."
+    )
     @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
     @click.pass_obj
     def materialize_cmd(settings, end: str | None, full: bool, as_json: bool) -> None:
@@ -115,8 +127,9 @@ def register(cli: click.Group) -> None:
         empty = [name for name, info in summary["views"].items() if not info["loaded"]]
         if empty:
             if not as_json:
-                click.echo(f"{len(empty)} view(s) hold no rows in this store: run `ranker features materialize`",
-                           err=True)
+                click.echo(
+                    f"{len(empty)} view(s) hold no rows in this store: run `ranker features materialize`", err=True
+                )
             raise SystemExit(1)
 
 

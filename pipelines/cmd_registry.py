@@ -110,12 +110,27 @@ def register(cli: click.Group) -> None:
     @click.option("--to", "stage", type=click.Choice(STAGES), required=True, help="Stage to point at VERSION.")
     @click.option("--force", is_flag=True, help="Promote even if the gate fails (needs --reason; audited).")
     @click.option("--reason", default=None, help="Why; required with --force, recorded in the audit log.")
-    @click.option("--margin", type=float, default=defaults.margin, show_default=True,
-                  help="Lower 95% CI bound of NDCG@10 gain must reach this (negative = non-inferiority).")
-    @click.option("--slice-tolerance", type=float, default=defaults.slice_tolerance, show_default=True,
-                  help="Largest allowed NDCG@10 drop on any slice.")
-    @click.option("--predict-budget-ms", type=float, default=defaults.predict_budget_ms, show_default=True,
-                  help="Largest median predict time for 200 candidates.")
+    @click.option(
+        "--margin",
+        type=float,
+        default=defaults.margin,
+        show_default=True,
+        help="Lower 95% CI bound of NDCG@10 gain must reach this (negative = non-inferiority).",
+    )
+    @click.option(
+        "--slice-tolerance",
+        type=float,
+        default=defaults.slice_tolerance,
+        show_default=True,
+        help="Largest allowed NDCG@10 drop on any slice.",
+    )
+    @click.option(
+        "--predict-budget-ms",
+        type=float,
+        default=defaults.predict_budget_ms,
+        show_default=True,
+        help="Largest median predict time for 200 candidates.",
+    )
     @click.pass_context
     def promote(
         ctx: click.Context,
@@ -134,17 +149,42 @@ def register(cli: click.Group) -> None:
 
     @cli.command("deploy")
     @click.option("--surface", type=click.Choice(["search", "recs"]), required=True, help="Which ranker.")
-    @click.option("--model-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-                  help="Model folder to publish first. Default: the newest under artifacts/models/NAME/.")
-    @click.option("--margin", type=float, default=defaults.margin, show_default=True,
-                  help="Lower 95% CI bound of NDCG@10 gain must reach this (negative = non-inferiority).")
-    @click.option("--slice-tolerance", type=float, default=defaults.slice_tolerance, show_default=True,
-                  help="Largest allowed NDCG@10 drop on any slice.")
-    @click.option("--predict-budget-ms", type=float, default=defaults.predict_budget_ms, show_default=True,
-                  help="Largest median predict time for 200 candidates.")
+    @click.option(
+        "--model-dir",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=None,
+        help="Model folder to publish first. Default: the newest under artifacts/models/NAME/.",
+    )
+    @click.option(
+        "--margin",
+        type=float,
+        default=defaults.margin,
+        show_default=True,
+        help="Lower 95% CI bound of NDCG@10 gain must reach this (negative = non-inferiority).",
+    )
+    @click.option(
+        "--slice-tolerance",
+        type=float,
+        default=defaults.slice_tolerance,
+        show_default=True,
+        help="Largest allowed NDCG@10 drop on any slice.",
+    )
+    @click.option(
+        "--predict-budget-ms",
+        type=float,
+        default=defaults.predict_budget_ms,
+        show_default=True,
+        help="Largest median predict time for 200 candidates.",
+    )
     @click.pass_context
-    def deploy(ctx: click.Context, surface: str, model_dir: Path | None, margin: float, slice_tolerance: float,
-               predict_budget_ms: float) -> None:
+    def deploy(
+        ctx: click.Context,
+        surface: str,
+        model_dir: Path | None,
+        margin: float,
+        slice_tolerance: float,
+        predict_budget_ms: float,
+    ) -> None:
         """Publish the newest trained model of a surface, evaluate it against the production model on
         the same recent holdout, and promote it to production only if the gate passes (exit 1 if not)."""
         from ranker.training.train import MODEL_NAMES
@@ -153,10 +193,14 @@ def register(cli: click.Group) -> None:
         if model_dir is None:
             candidates = sorted((ctx.obj.artifacts_dir / "models" / name).glob("*/card.json"))
             if not candidates:
-                raise RankerError(f"no trained {name} under {ctx.obj.artifacts_dir / 'models' / name}: run `ranker train --surface {surface}`")
+                raise RankerError(
+                    f"no trained {name} under {ctx.obj.artifacts_dir / 'models' / name}: run `ranker train --surface {surface}`"
+                )
             model_dir = candidates[-1].parent
         published = _registry(ctx).publish(model_dir)
-        click.echo(f"published {published.name} {published.version}" + ("" if published.created else " (already there)"))
+        click.echo(
+            f"published {published.name} {published.version}" + ("" if published.created else " (already there)")
+        )
         policy = GatePolicy(margin=margin, slice_tolerance=slice_tolerance, predict_budget_ms=predict_budget_ms)
         _promote_through_gate(ctx, name, published.version, stage="production", policy=policy, force=False, reason=None)
 
@@ -182,13 +226,20 @@ def register(cli: click.Group) -> None:
             return
         for e in events:
             gate = e.get("gate") or {}
-            gate_note = "" if not gate else (" gate=pass" if gate.get("passed") else f" gate=FAIL({','.join(gate.get('failed', []))})")
-            click.echo(f"{e['when']} {e['action']:<8} {e.get('stage') or '-':<10} {e.get('from') or '-'} -> "
-                       f"{e.get('to')} by {e['who']}{gate_note}" + (f" reason={e['reason']!r}" if e.get("reason") else ""))
+            gate_note = (
+                ""
+                if not gate
+                else (" gate=pass" if gate.get("passed") else f" gate=FAIL({','.join(gate.get('failed', []))})")
+            )
+            click.echo(
+                f"{e['when']} {e['action']:<8} {e.get('stage') or '-':<10} {e.get('from') or '-'} -> "
+                f"{e.get('to')} by {e['who']}{gate_note}" + (f" reason={e['reason']!r}" if e.get("reason") else "")
+            )
 
 
-def _promote_through_gate(ctx: click.Context, name: str, version: str, *, stage: str, policy, force: bool,
-                          reason: str | None) -> None:
+def _promote_through_gate(
+    ctx: click.Context, name: str, version: str, *, stage: str, policy, force: bool, reason: str | None
+) -> None:
     """Evaluate VERSION against the production model on the same holdout, then move the pointer."""
     from ranker.registry.gate import evaluate_gate
     from ranker.registry.evidence import gate_evidence

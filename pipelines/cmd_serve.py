@@ -25,8 +25,14 @@ from ranker.errors import RankerError
 
 
 @contextlib.contextmanager
-def serving(*, port: int, workers: int, env: Mapping[str, str] | None = None, log_level: str | None = None,
-            ready_timeout_s: float = 120.0) -> Iterator[str]:
+def serving(
+    *,
+    port: int,
+    workers: int,
+    env: Mapping[str, str] | None = None,
+    log_level: str | None = None,
+    ready_timeout_s: float = 120.0,
+) -> Iterator[str]:
     """Run `ranker serve` in a child process and yield its base URL once ``/readyz`` answers 200;
     stop it (SIGTERM to its process group: workers flush on exit) when the block ends. RankerError
     when it exits or is not ready within ``ready_timeout_s``. Used by the demo and the benchmarks."""
@@ -84,8 +90,9 @@ def _run_gunicorn(*, host: str, port: int, workers: int, log_level: str) -> None
 
         # The command's options are the server settings of the one gunicorn configuration
         # (api/gunicorn_conf.py, which the image and `make stack` load too): pass them the same way.
-        os.environ.update({"RANKER_BIND": f"{host}:{port}", "RANKER_WORKERS": str(workers),
-                           "RANKER_LOG_LEVEL": log_level})
+        os.environ.update(
+            {"RANKER_BIND": f"{host}:{port}", "RANKER_WORKERS": str(workers), "RANKER_LOG_LEVEL": log_level}
+        )
         # A bad RANKER_* setting: one error line now, not a worker that fails to boot. (Imported only
         # now: prometheus_client picks its multiprocess mode from the variable above when imported.)
         from api.app import check_config
@@ -122,7 +129,8 @@ def _settings_epilog() -> str:
 
     lines = settings_help(SCORER_SETTINGS).splitlines()
     return "\b\nScorer settings (environment; all of them: docs/reference/settings.md):\n" + "\n".join(
-        f"  {line}" for line in lines)
+        f"  {line}" for line in lines
+    )
 
 
 def register(cli: click.Group) -> None:
@@ -130,13 +138,19 @@ def register(cli: click.Group) -> None:
     @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0 for all).")
     @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="TCP port.")
     @click.option(
-        "--workers", default=2, show_default=True, type=click.IntRange(0, 256),
+        "--workers",
+        default=2,
+        show_default=True,
+        type=click.IntRange(0, 256),
         help="gunicorn worker processes; 0 runs Flask's threaded dev server (local use only).",
     )
     @click.option("--dev", is_flag=True, help="Flask's threaded dev server (same as --workers 0).")
     @click.option(
-        "--log-level", default="info", show_default=True,
-        type=click.Choice(["debug", "info", "warning", "error"]), help="Server log level.",
+        "--log-level",
+        default="info",
+        show_default=True,
+        type=click.Choice(["debug", "info", "warning", "error"]),
+        help="Server log level.",
     )
     @click.pass_context
     def serve(ctx: click.Context, host: str, port: int, workers: int, dev: bool, log_level: str) -> None:

@@ -51,13 +51,19 @@ def _summary() -> None:
     store = feature_store(settings)
     print("\n== Summary ==")
     print(f"raw data        {raw}")
-    print(f"  users {n_users:,}  listings {n_items:,} ({n_sold:,} sold)  " + "  ".join(f"{k} {v:,}" for k, v in sorted(counts.items())))
+    print(
+        f"  users {n_users:,}  listings {n_items:,} ({n_sold:,} sold)  "
+        + "  ".join(f"{k} {v:,}" for k, v in sorted(counts.items()))
+    )
     print(f"feature tables  {settings.features_dir}")
     for path in sorted(settings.features_dir.glob("*.parquet")):
         rows = con.execute(f"SELECT count(*) FROM read_parquet('{path}')").fetchall()[0][0]
         print(f"  {path.stem:<22} {rows:>9,} rows")
     print(f"feast registry  {settings.feast_dir / 'registry.db'} (project {store.project})")
-    print(f"online store    {settings.online_store}" + (f" {settings.feast_dir / 'online.db'}" if settings.online_store == "sqlite" else f" {settings.redis_url}"))
+    print(
+        f"online store    {settings.online_store}"
+        + (f" {settings.feast_dir / 'online.db'}" if settings.online_store == "sqlite" else f" {settings.redis_url}")
+    )
     print("entities        " + ", ".join(sorted(e.name for e in store.list_entities())))
     for service in sorted(store.list_feature_services(), key=lambda s: s.name):
         spec = service_spec(store, service.name)
@@ -67,7 +73,13 @@ def _summary() -> None:
         "ORDER BY event_timestamp DESC, item_clicks_7d DESC LIMIT 1"
     ).fetchall()[0][0]
     online = store.get_online_features(
-        features=["listing_fv:title", "listing_fv:price", "listing_fv:is_sold", "item_stats_fv:item_clicks_7d", "item_stats_fv:item_ctr_7d"],
+        features=[
+            "listing_fv:title",
+            "listing_fv:price",
+            "listing_fv:is_sold",
+            "item_stats_fv:item_clicks_7d",
+            "item_stats_fv:item_ctr_7d",
+        ],
         entity_rows=[{"item_id": item}],
     ).to_dict()
     print("online lookup   " + ", ".join(f"{k}={v[0]}" for k, v in online.items()))
@@ -105,27 +117,46 @@ def _serve_and_rank(port: int | None = None) -> None:
     settings = Settings.from_env()
     con = duckdb.connect()
     raw = settings.raw_dir
-    user = con.execute(f"SELECT user_id FROM read_parquet('{raw}/events.parquet') WHERE event_type = 'click' "
-                       "GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 1").fetchall()[0][0]
-    live = [r[0] for r in con.execute(f"SELECT item_id FROM read_parquet('{raw}/listings.parquet') WHERE sold_at IS NULL "
-                                      "AND category = 'dresses' ORDER BY created_at DESC LIMIT 8").fetchall()]
-    sold = con.execute(f"SELECT item_id FROM read_parquet('{raw}/listings.parquet') WHERE sold_at IS NOT NULL "
-                       "ORDER BY sold_at LIMIT 1").fetchall()[0][0]
+    user = con.execute(
+        f"SELECT user_id FROM read_parquet('{raw}/events.parquet') WHERE event_type = 'click' "
+        "GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 1"
+    ).fetchall()[0][0]
+    live = [
+        r[0]
+        for r in con.execute(
+            f"SELECT item_id FROM read_parquet('{raw}/listings.parquet') WHERE sold_at IS NULL "
+            "AND category = 'dresses' ORDER BY created_at DESC LIMIT 8"
+        ).fetchall()
+    ]
+    sold = con.execute(
+        f"SELECT item_id FROM read_parquet('{raw}/listings.parquet') WHERE sold_at IS NOT NULL ORDER BY sold_at LIMIT 1"
+    ).fetchall()[0][0]
     print(f"\n$ ranker serve --port {port} --workers 1", flush=True)
     with _scorer(port=port, workers=1) as base:
         requests = [
-            {"surface": "search", "user_id": user, "query": "black dresses", "items": live + [sold, "i_brand_new"], "limit": 5},
+            {
+                "surface": "search",
+                "user_id": user,
+                "query": "black dresses",
+                "items": live + [sold, "i_brand_new"],
+                "limit": 5,
+            },
             {"surface": "recs", "user_id": user, "items": live, "limit": 5},
             {"surface": "recs", "user_id": "someone_new", "items": live[:4]},
         ]
         for body in requests:
-            req = urllib.request.Request(f"{base}/v1/rank", data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
+            req = urllib.request.Request(
+                f"{base}/v1/rank", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+            )
             with urllib.request.urlopen(req, timeout=10) as r:
                 answer = json.loads(r.read())
-            print(f"\nPOST /v1/rank {json.dumps({k: v for k, v in body.items() if k != 'items'})} ({len(body['items'])} candidates)")
-            print(f"  model {answer['model']['name']} {answer['model']['version']}  degraded={answer['degraded']}  "
-                  f"sold removed={answer.get('removed_sold', 0)}")
+            print(
+                f"\nPOST /v1/rank {json.dumps({k: v for k, v in body.items() if k != 'items'})} ({len(body['items'])} candidates)"
+            )
+            print(
+                f"  model {answer['model']['name']} {answer['model']['version']}  degraded={answer['degraded']}  "
+                f"sold removed={answer.get('removed_sold', 0)}"
+            )
             for item in answer["items"]:
                 print(f"  {item['rank']:>2}. {item['item_id']:<12} {item['score']:+.4f}")
 
@@ -166,12 +197,23 @@ def _monitoring_summary(port: int | None = None, requests: int = 2000) -> None:
     registry = Registry.from_settings(settings)
     registry.publish(folder)
     registry.promote(card["name"], card["version"], stage="staging", gate=None, force=True, reason="demo A/B treatment")
-    variants = {"search": [{"name": "control", "model": "production", "weight": 0.5},
-                           {"name": "treatment", "model": "staging", "weight": 0.5}]}
-    env = {**os.environ, "RANKER_SERVED_LOG_SAMPLE": "1", "RANKER_SERVED_LOG_ROTATE_S": "2",
-           "RANKER_VARIANTS": json.dumps(variants), "RANKER_RELOAD_INTERVAL_S": "0"}
-    print(f"$ RANKER_VARIANTS='{json.dumps(variants)}' RANKER_SERVED_LOG_SAMPLE=1 ranker serve --port {port} --workers 2",
-          flush=True)
+    variants = {
+        "search": [
+            {"name": "control", "model": "production", "weight": 0.5},
+            {"name": "treatment", "model": "staging", "weight": 0.5},
+        ]
+    }
+    env = {
+        **os.environ,
+        "RANKER_SERVED_LOG_SAMPLE": "1",
+        "RANKER_SERVED_LOG_ROTATE_S": "2",
+        "RANKER_VARIANTS": json.dumps(variants),
+        "RANKER_RELOAD_INTERVAL_S": "0",
+    }
+    print(
+        f"$ RANKER_VARIANTS='{json.dumps(variants)}' RANKER_SERVED_LOG_SAMPLE=1 ranker serve --port {port} --workers 2",
+        flush=True,
+    )
     # Two halves: the first is the served reference window of the drift check (like with like: the
     # same traffic, the same length, just earlier), the second the window judged.
     with _scorer(port=port, workers=2, env=env, log_level="warning") as base:  # workers flush the log on exit
@@ -186,29 +228,39 @@ def _monitoring_summary(port: int | None = None, requests: int = 2000) -> None:
     skew = run_skew(settings, threshold=0.01, rtol=1e-5, atol=1e-6, max_rows=20_000, **window)
     worst = skew["features"][0]
     verdict = "ok" if skew["ok"] else f"SKEW in {len(skew['failed'])} features ({', '.join(skew['failed'][:5])} ...)"
-    print(f"skew    {skew['rows']:,} served rows recomputed with Feast get_historical_features: {verdict} "
-          f"(worst {worst['feature']} {worst['mismatch_rate']:.2%} mismatches)")
-    drift_window = dict(since=middle, until=None, surface=None, log_uri="", reference_since=since,
-                        reference_until=middle)
+    print(
+        f"skew    {skew['rows']:,} served rows recomputed with Feast get_historical_features: {verdict} "
+        f"(worst {worst['feature']} {worst['mismatch_rate']:.2%} mismatches)"
+    )
+    drift_window = dict(
+        since=middle, until=None, surface=None, log_uri="", reference_since=since, reference_until=middle
+    )
     drift = run_drift(settings, threshold=0.25, score_threshold=0.25, min_rows=200, **drift_window)
     for m in drift["models"]:
         n_drift = sum(f["verdict"] == "drift" for f in m["features"])
         top = ", ".join(f"{f['feature']} {f['psi']:.3f} (healthy <= {f['threshold']:.3f})" for f in m["features"][:2])
         score = "-" if m["score_psi"] is None else f"{m['score_psi']:.3f}"
         state = "no drift" if not n_drift else f"DRIFT in {n_drift} features"
-        print(f"drift   {m['model_name']} {m['version']} vs the earlier served window: {state} "
-              f"({len(m['features'])} features within their healthy range: {len(m['features']) - n_drift}; "
-              f"closest to its threshold: {top}; score PSI {score})")
+        print(
+            f"drift   {m['model_name']} {m['version']} vs the earlier served window: {state} "
+            f"({len(m['features'])} features within their healthy range: {len(m['features']) - n_drift}; "
+            f"closest to its threshold: {top}; score PSI {score})"
+        )
     print(f"drift   verdict: {'no drift' if drift['ok'] else 'DRIFT: ' + ', '.join(drift['drifted'][:8])}")
-    shifted = run_drift(settings, threshold=0.25, score_threshold=0.25, min_rows=200, shift={"price": 100.0},
-                        **drift_window)
-    print("drift   injected check (served price x100, a unit change): flagged "
-          + (", ".join(shifted["drifted"]) or "NOTHING (the monitor is blind)"))
+    shifted = run_drift(
+        settings, threshold=0.25, score_threshold=0.25, min_rows=200, shift={"price": 100.0}, **drift_window
+    )
+    print(
+        "drift   injected check (served price x100, a unit change): flagged "
+        + (", ".join(shifted["drifted"]) or "NOTHING (the monitor is blind)")
+    )
     online, _ = run_online(settings, events=(), k=10, variants=json.dumps(variants), **window)
     print(online_table(online))
     _alert_replay(settings, skew=skew, drift=drift, online=online)
-    print(f"details: ranker monitor skew|online --since {since}; ranker monitor drift --since {middle} "
-          f"--reference-since {since} --reference-until {middle}; ranker monitor report --since {since}")
+    print(
+        f"details: ranker monitor skew|online --since {since}; ranker monitor drift --since {middle} "
+        f"--reference-since {since} --reference-until {middle}; ranker monitor report --since {since}"
+    )
 
 
 def _alert_replay(settings, *, skew: dict, drift: dict, online: dict) -> None:
@@ -222,8 +274,11 @@ def _alert_replay(settings, *, skew: dict, drift: dict, online: dict) -> None:
     from ranker.monitoring import export
     from ranker.monitoring.alertcheck import alerts_that_would_fire
 
-    registries = {"skew": export.skew_metrics(skew), "drift": export.drift_metrics(drift),
-                  "online": export.online_metrics(online)}
+    registries = {
+        "skew": export.skew_metrics(skew),
+        "drift": export.drift_metrics(drift),
+        "online": export.online_metrics(online),
+    }
     for name, registry in registries.items():
         export.export(registry, name, textfile_dir=settings.artifacts_dir / "monitoring" / "metrics")
     if shutil.which("promtool") is None:
@@ -231,8 +286,10 @@ def _alert_replay(settings, *, skew: dict, drift: dict, online: dict) -> None:
         return
     rules = Path(__file__).resolve().parents[1] / "infra" / "prometheus" / "alerts.yml"
     fired = alerts_that_would_fire([generate_latest(r).decode() for r in registries.values()], rules)
-    print("alerts  replayed through alerts.yml (promtool): "
-          + ("no monitor alert would fire" if not fired else "WOULD FIRE: " + ", ".join(fired)))
+    print(
+        "alerts  replayed through alerts.yml (promtool): "
+        + ("no monitor alert would fire" if not fired else "WOULD FIRE: " + ", ".join(fired))
+    )
 
 
 def main() -> None:

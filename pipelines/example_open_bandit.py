@@ -43,8 +43,16 @@ def prepare_home(home: Path) -> None:
     shutil.copytree(REPO_ROOT / "feature_repo", target, ignore=shutil.ignore_patterns("__pycache__"))
 
 
-def run(home: Path, data: Path, *, negatives: int = 20, seed: int = 0, sample_rows: int | None = None,
-        max_ips_rows: int | None = None, serve: bool = True) -> dict:
+def run(
+    home: Path,
+    data: Path,
+    *,
+    negatives: int = 20,
+    seed: int = 0,
+    sample_rows: int | None = None,
+    max_ips_rows: int | None = None,
+    serve: bool = True,
+) -> dict:
     """The whole example; returns the evaluation and off-policy results (used by the test)."""
     import json
 
@@ -72,15 +80,23 @@ def run(home: Path, data: Path, *, negatives: int = 20, seed: int = 0, sample_ro
     mat = materialize(settings, full=True)
     print(f"materialized {mat['rows']:,} rows into {mat['online_store']}")
     print("== training set (sampled groups, generic_ranker_v1)", flush=True)
-    manifest = build_dataset(settings, DatasetOptions(surface="recs", feature_service="generic_ranker_v1",
-                                                      negatives=negatives, negatives_seed=seed))
-    print(f"{manifest['rows']:,} rows, {manifest['groups']:,} groups ({manifest['positives']} clicks, "
-          f"{negatives} sampled negatives each), {len(manifest['features'])} features")
-    model_dir = train_model(settings, TrainOptions(surface="recs", seed=42, train_share=0.5, valid_share=0.15,
-                                                   params={"min_data_in_leaf": 20}))
+    manifest = build_dataset(
+        settings,
+        DatasetOptions(surface="recs", feature_service="generic_ranker_v1", negatives=negatives, negatives_seed=seed),
+    )
+    print(
+        f"{manifest['rows']:,} rows, {manifest['groups']:,} groups ({manifest['positives']} clicks, "
+        f"{negatives} sampled negatives each), {len(manifest['features'])} features"
+    )
+    model_dir = train_model(
+        settings,
+        TrainOptions(surface="recs", seed=42, train_share=0.5, valid_share=0.15, params={"min_data_in_leaf": 20}),
+    )
     card = json.loads((model_dir / "card.json").read_text())
-    print(f"== trained {card['name']} {card['version']}: best iteration {card['best_iteration']}, "
-          f"validation NDCG@10 {card['valid_ndcg@10']:.4f}")
+    print(
+        f"== trained {card['name']} {card['version']}: best iteration {card['best_iteration']}, "
+        f"validation NDCG@10 {card['valid_ndcg@10']:.4f}"
+    )
     evaluation = evaluate_model(settings, model_dir, n_boot=1000, seed=seed)
     print("== ranking metrics on the sampled test groups (no oracle on real data)")
     print(evaluation_table(evaluation))
@@ -90,8 +106,14 @@ def run(home: Path, data: Path, *, negatives: int = 20, seed: int = 0, sample_ro
     served = None
     if serve:
         served = _serve_one(settings, model_dir)
-    return {"import": report, "manifest": manifest, "model_dir": model_dir, "evaluation": evaluation,
-            "ips": ips, "served": served}
+    return {
+        "import": report,
+        "manifest": manifest,
+        "model_dir": model_dir,
+        "evaluation": evaluation,
+        "ips": ips,
+        "served": served,
+    }
 
 
 def _serve_one(settings, model_dir: Path) -> dict:
@@ -111,33 +133,48 @@ def _serve_one(settings, model_dir: Path) -> dict:
     if result.passed:
         registry.promote(published.name, published.version, stage="production", gate=result)
     else:
-        registry.promote(published.name, published.version, stage="production", gate=result, force=True,
-                         reason=f"example on a tiny real log: {result.summary()}")
+        registry.promote(
+            published.name,
+            published.version,
+            stage="production",
+            gate=result,
+            force=True,
+            reason=f"example on a tiny real log: {result.summary()}",
+        )
     listings = pd.read_parquet(settings.raw_dir / "listings.parquet")
     user = pd.read_parquet(settings.raw_dir / "events.parquet").user_id.iloc[-1]
     app = create_app(test_config={"RANKER_SURFACES": "recs", "RANKER_RELOAD_INTERVAL_S": 0}, settings=settings)
     try:
-        response = app.test_client().post("/v1/rank", json={"surface": "recs", "user_id": user,
-                                                             "items": listings.item_id.tolist(), "limit": 5})
+        response = app.test_client().post(
+            "/v1/rank", json={"surface": "recs", "user_id": user, "items": listings.item_id.tolist(), "limit": 5}
+        )
         body = response.get_json()
     finally:
         app.extensions["ranker"].close()
-    print(f"== scorer: POST /v1/rank for {user} over {len(listings)} items -> HTTP {response.status_code}, "
-          f"model {body.get('model', {}).get('version')}, top 5: "
-          + ", ".join(f"{i['item_id']} ({i['score']:.3f})" for i in body.get("items", [])))
+    print(
+        f"== scorer: POST /v1/rank for {user} over {len(listings)} items -> HTTP {response.status_code}, "
+        f"model {body.get('model', {}).get('version')}, top 5: "
+        + ", ".join(f"{i['item_id']} ({i['score']:.3f})" for i in body.get("items", []))
+    )
     return {"status": response.status_code, "body": body}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="The Open Bandit folder (random/, bts/).")
-    parser.add_argument("--home", type=Path, default=REPO_ROOT / "artifacts" / "open_bandit",
-                        help="RANKER_HOME of the imported data (kept apart from the demo).")
+    parser.add_argument(
+        "--home",
+        type=Path,
+        default=REPO_ROOT / "artifacts" / "open_bandit",
+        help="RANKER_HOME of the imported data (kept apart from the demo).",
+    )
     parser.add_argument("--negatives", type=int, default=20, help="Sampled negatives per click.")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if not args.data.is_dir():
-        sys.exit(f"error: {args.data} not found: the Open Bandit sample lives in ../shared/data/open_bandit (see its README)")
+        sys.exit(
+            f"error: {args.data} not found: the Open Bandit sample lives in ../shared/data/open_bandit (see its README)"
+        )
     from ranker.errors import RankerError
 
     try:

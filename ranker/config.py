@@ -92,30 +92,87 @@ def parse_setting(setting: Setting, raw: str) -> Any:
 
 
 PLATFORM_SETTINGS: tuple[Setting, ...] = (
-    Setting("RANKER_HOME", str, "", "the folder holding `feature_repo/`, `data/`, `artifacts/`",
-            doc_default="current folder"),
-    Setting("RANKER_ONLINE_STORE", str, "sqlite", "`sqlite` (embedded) or `redis`",
-            check=lambda v: v in ONLINE_STORES, rule="one of " + ", ".join(ONLINE_STORES)),
-    Setting("REDIS_URL", str, "redis://127.0.0.1:6379/0", "the Redis online store when `RANKER_ONLINE_STORE=redis` "
-            "(a Redis Cluster: seed nodes `redis://h1:p1,h2:p2` or `redis+cluster://...`)"),
-    Setting("RANKER_REDIS_CLUSTER", bool, False, "the Redis online store is a Redis Cluster (`REDIS_URL` lists seed "
-            "nodes); also implied by a `redis+cluster://` URL"),
-    Setting("RANKER_REGISTRY_URI", str, "", "model registry: `file:///abs/path` or `s3://bucket/prefix`",
-            doc_default="empty = `artifacts/registry`"),
-    Setting("RANKER_FEAST_REGISTRY", str, "", "Feast registry: a `postgresql://` URL selects Feast's SQL registry, "
-            "shared by scorers and jobs", doc_default="empty = `data/feast/registry.db`"),
-    Setting("RANKER_FEATURE_ENGINE", str, "duckdb", "engine of `ranker features build` and of the point-in-time "
-            "join of `ranker dataset build`: `duckdb` (this process) or `spark`",
-            check=lambda v: v.lower() in FEATURE_ENGINES, rule="one of " + ", ".join(FEATURE_ENGINES)),
-    Setting("RANKER_SPARK_MASTER", str, "local[2]", "Spark master of the spark engine (`local[N]`, "
-            "`spark://host:7077`, `yarn`, `k8s://...`)"),
-    Setting("RANKER_TRAIN_ENGINE", str, "local", "engine of `ranker train`: `local` (one LightGBM process) or "
-            "`dask` (lightgbm.dask)", check=lambda v: v.lower() in TRAIN_ENGINES,
-            rule="one of " + ", ".join(TRAIN_ENGINES)),
-    Setting("RANKER_DASK_SCHEDULER", str, "", "Dask scheduler address of the dask engine (`tcp://host:8786`)",
-            doc_default="empty = a LocalCluster of `RANKER_DASK_WORKERS` processes"),
-    Setting("RANKER_DASK_WORKERS", int, 2, "worker processes of the LocalCluster when no scheduler is set",
-            check=lambda v: v >= 1, rule="at least 1"),
+    Setting(
+        "RANKER_HOME",
+        str,
+        "",
+        "the folder holding `feature_repo/`, `data/`, `artifacts/`",
+        doc_default="current folder",
+    ),
+    Setting(
+        "RANKER_ONLINE_STORE",
+        str,
+        "sqlite",
+        "`sqlite` (embedded) or `redis`",
+        check=lambda v: v in ONLINE_STORES,
+        rule="one of " + ", ".join(ONLINE_STORES),
+    ),
+    Setting(
+        "REDIS_URL",
+        str,
+        "redis://127.0.0.1:6379/0",
+        "the Redis online store when `RANKER_ONLINE_STORE=redis` "
+        "(a Redis Cluster: seed nodes `redis://h1:p1,h2:p2` or `redis+cluster://...`)",
+    ),
+    Setting(
+        "RANKER_REDIS_CLUSTER",
+        bool,
+        False,
+        "the Redis online store is a Redis Cluster (`REDIS_URL` lists seed "
+        "nodes); also implied by a `redis+cluster://` URL",
+    ),
+    Setting(
+        "RANKER_REGISTRY_URI",
+        str,
+        "",
+        "model registry: `file:///abs/path` or `s3://bucket/prefix`",
+        doc_default="empty = `artifacts/registry`",
+    ),
+    Setting(
+        "RANKER_FEAST_REGISTRY",
+        str,
+        "",
+        "Feast registry: a `postgresql://` URL selects Feast's SQL registry, shared by scorers and jobs",
+        doc_default="empty = `data/feast/registry.db`",
+    ),
+    Setting(
+        "RANKER_FEATURE_ENGINE",
+        str,
+        "duckdb",
+        "engine of `ranker features build` and of the point-in-time "
+        "join of `ranker dataset build`: `duckdb` (this process) or `spark`",
+        check=lambda v: v.lower() in FEATURE_ENGINES,
+        rule="one of " + ", ".join(FEATURE_ENGINES),
+    ),
+    Setting(
+        "RANKER_SPARK_MASTER",
+        str,
+        "local[2]",
+        "Spark master of the spark engine (`local[N]`, `spark://host:7077`, `yarn`, `k8s://...`)",
+    ),
+    Setting(
+        "RANKER_TRAIN_ENGINE",
+        str,
+        "local",
+        "engine of `ranker train`: `local` (one LightGBM process) or `dask` (lightgbm.dask)",
+        check=lambda v: v.lower() in TRAIN_ENGINES,
+        rule="one of " + ", ".join(TRAIN_ENGINES),
+    ),
+    Setting(
+        "RANKER_DASK_SCHEDULER",
+        str,
+        "",
+        "Dask scheduler address of the dask engine (`tcp://host:8786`)",
+        doc_default="empty = a LocalCluster of `RANKER_DASK_WORKERS` processes",
+    ),
+    Setting(
+        "RANKER_DASK_WORKERS",
+        int,
+        2,
+        "worker processes of the LocalCluster when no scheduler is set",
+        check=lambda v: v >= 1,
+        rule="at least 1",
+    ),
 )
 _PLATFORM = {s.env: s for s in PLATFORM_SETTINGS}
 
@@ -256,4 +313,3 @@ class Settings:
         if parsed.scheme == "rediss":
             parts.append("ssl=true")
         return ",".join(parts)
-

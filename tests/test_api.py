@@ -75,8 +75,12 @@ def _registry(world: Settings, root: Path, publish: list[Path], promote: list[Pa
 @pytest.fixture(scope="module")
 def served(world, models, tmp_path_factory):
     """Settings of a registry serving both surfaces (never mutated by tests)."""
-    settings, _ = _registry(world, tmp_path_factory.mktemp("registry"), [models["search"], models["recs"]],
-                            [models["search"], models["recs"]])
+    settings, _ = _registry(
+        world,
+        tmp_path_factory.mktemp("registry"),
+        [models["search"], models["recs"]],
+        [models["search"], models["recs"]],
+    )
     return settings
 
 
@@ -169,8 +173,13 @@ def test_rank_returns_every_live_item_once_sorted_by_score(client, candidates, m
 
 def test_unknown_fields_are_ignored_and_named(client, candidates):
     live, _ = candidates
-    body = {"surface": "search", "user_id": "u000001", "items": live[:5], "query": "black dress",
-            "context": {"timestamp": REQUEST_TS}}
+    body = {
+        "surface": "search",
+        "user_id": "u000001",
+        "items": live[:5],
+        "query": "black dress",
+        "context": {"timestamp": REQUEST_TS},
+    }
     plain = client.post("/v1/rank", json=body).get_json()
     assert "ignored_fields" not in plain
     typo = client.post("/v1/rank", json={**body, "querry": "red", "limt": 2}).get_json()
@@ -197,7 +206,9 @@ def test_lightgbm_predictor_when_compiled_trees_are_off(app, served, candidates)
     with running_app(served, RANKER_COMPILED_TREES=False) as plain_app:
         assert plain_app.extensions["ranker"].models.get("search").predictor == "lightgbm"
         plain = _rank(plain_app.test_client(), "search", live).get_json()
-    assert [(i["item_id"], i["score"]) for i in plain["items"]] == [(i["item_id"], i["score"]) for i in compiled["items"]]
+    assert [(i["item_id"], i["score"]) for i in plain["items"]] == [
+        (i["item_id"], i["score"]) for i in compiled["items"]
+    ]
 
 
 def test_sold_listings_are_removed_and_counted(client, candidates):
@@ -273,8 +284,11 @@ def _big_body() -> bytes:
         (dict(data=b'{"surface": "recs"}', content_type="text/plain"), 415, "unsupported_media_type"),
         (dict(data=b'{"surface": "recs"}'), 415, "unsupported_media_type"),
         (dict(data=_big_body(), content_type="application/json"), 413, "payload_too_large"),
-        (dict(json={"surface": "recs", "user_id": "u", "items": [f"i{i}" for i in range(1001)]}), 413,
-         "too_many_candidates"),
+        (
+            dict(json={"surface": "recs", "user_id": "u", "items": [f"i{i}" for i in range(1001)]}),
+            413,
+            "too_many_candidates",
+        ),
         (dict(json={"surface": "shop", "user_id": "u", "items": ["a"]}), 422, "unknown_surface"),
         (dict(json={"surface": 3, "user_id": "u", "items": ["a"]}), 422, "invalid_request"),
         (dict(json={"surface": "recs", "items": ["a"]}), 422, "invalid_request"),
@@ -288,8 +302,11 @@ def _big_body() -> bytes:
         (dict(json={"surface": "recs", "user_id": "u", "items": ["a"], "explain": "yes"}), 422, "invalid_request"),
         (dict(json={"surface": "search", "user_id": "u", "items": ["a"], "query": 7}), 422, "invalid_request"),
         (dict(json={"surface": "recs", "user_id": "u", "items": ["a"], "context": []}), 422, "invalid_request"),
-        (dict(json={"surface": "recs", "user_id": "u", "items": ["a"], "context": {"timestamp": "x"}}), 422,
-         "invalid_request"),
+        (
+            dict(json={"surface": "recs", "user_id": "u", "items": ["a"], "context": {"timestamp": "x"}}),
+            422,
+            "invalid_request",
+        ),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
 )
@@ -341,8 +358,9 @@ def test_token_is_required_when_configured(served, candidates):
         _assert_error(_rank(client, "recs", live[:3], headers={"Authorization": "Bearer wrong"}), 401, "unauthorized")
         _assert_error(_rank(client, "recs", live[:3], headers={"Authorization": TOKEN}), 401, "unauthorized")
         # The token is checked before the body: no information leaks to an unauthenticated caller.
-        _assert_error(client.post("/v1/rank", data=b"junk", headers={"Authorization": "Bearer no"}), 401,
-                      "unauthorized")
+        _assert_error(
+            client.post("/v1/rank", data=b"junk", headers={"Authorization": "Bearer no"}), 401, "unauthorized"
+        )
         ok = _rank(client, "recs", live[:3], headers={"Authorization": f"Bearer {TOKEN}"})
         assert ok.status_code == 200
         _assert_error(client.post("/admin/reload"), 401, "unauthorized")
@@ -374,10 +392,16 @@ def test_config_layers_defaults_then_environment_then_test_config(served, monkey
         assert config.item_cache_ttl_s == DEFAULTS["RANKER_ITEM_CACHE_TTL_S"]
         client = app.test_client()
         headers = {"Authorization": "Bearer from-test"}
-        _assert_error(client.post("/v1/rank", headers=headers, json={"surface": "recs", "user_id": "u",
-                                                                     "items": list("abcdef")}), 413, "too_many_candidates")
-        _assert_error(client.post("/v1/rank", headers=headers, json={"surface": "search", "user_id": "u",
-                                                                     "items": ["a"]}), 422, "unknown_surface")
+        _assert_error(
+            client.post("/v1/rank", headers=headers, json={"surface": "recs", "user_id": "u", "items": list("abcdef")}),
+            413,
+            "too_many_candidates",
+        )
+        _assert_error(
+            client.post("/v1/rank", headers=headers, json={"surface": "search", "user_id": "u", "items": ["a"]}),
+            422,
+            "unknown_surface",
+        )
     with pytest.raises(ConfigError, match="RANKER_MAX_CANDIDATES"):
         config_from_env({"RANKER_MAX_CANDIDATES": "many"})
     with pytest.raises(ConfigError, match="RANKER_SURFACES"):
@@ -505,8 +529,12 @@ def _admin(client):
 def test_hot_reload_under_concurrent_requests(world, models, tmp_path, candidates):
     live, _ = candidates
     v1, v2 = _version(models["search"]), _version(models["search_v2"])
-    settings, registry = _registry(world, tmp_path / "registry", [models["search"], models["search_v2"], models["recs"]],
-                                   [models["search"], models["recs"]])
+    settings, registry = _registry(
+        world,
+        tmp_path / "registry",
+        [models["search"], models["search_v2"], models["recs"]],
+        [models["search"], models["recs"]],
+    )
     with running_app(settings, RANKER_API_TOKEN=TOKEN) as app:
         headers = {"Authorization": f"Bearer {TOKEN}"}
         assert _rank(app.test_client(), "search", live, headers=headers).get_json()["model"]["version"] == v1
@@ -541,7 +569,12 @@ def test_hot_reload_under_concurrent_requests(world, models, tmp_path, candidate
                 t.join(30)
         assert reload.status_code == 200
         assert reload.get_json()["surfaces"]["search"] | {"error": None} == {
-            "model": "search_ranker", "previous": v1, "status": "loaded", "version": v2, "error": None}
+            "model": "search_ranker",
+            "previous": v1,
+            "status": "loaded",
+            "version": v2,
+            "error": None,
+        }
         flat = [r for out in results for r in out]
         assert flat and all(status == 200 for status, _ in flat), {s for s, _ in flat}
         assert {version for _, version in flat} == {v1, v2}
@@ -562,8 +595,9 @@ def test_tampered_or_mismatched_model_is_refused_and_the_old_one_keeps_serving(w
     card.update(version=card["version"] + "-recs-service", feature_service="recs_ranker_v1")
     (wrong / "card.json").write_text(json.dumps(card))
     root = tmp_path / "registry"
-    settings, registry = _registry(world, root, [models["search"], models["search_v2"], models["recs"], wrong],
-                                   [models["search"], models["recs"]])
+    settings, registry = _registry(
+        world, root, [models["search"], models["search_v2"], models["recs"], wrong], [models["search"], models["recs"]]
+    )
     with running_app(settings, RANKER_API_TOKEN=TOKEN) as app:
         client = app.test_client()
         failed_key = ("ranker_model_loads_total", ("result", "failed"), ("surface", "search"))
@@ -589,8 +623,9 @@ def test_tampered_or_mismatched_model_is_refused_and_the_old_one_keeps_serving(w
 
 def test_poller_picks_up_a_promotion(world, models, tmp_path, candidates):
     v2 = _version(models["search_v2"])
-    settings, registry = _registry(world, tmp_path / "registry", [models["search"], models["search_v2"]],
-                                   [models["search"]])
+    settings, registry = _registry(
+        world, tmp_path / "registry", [models["search"], models["search_v2"]], [models["search"]]
+    )
     with running_app(settings, RANKER_SURFACES="search", RANKER_RELOAD_INTERVAL_S=0.05) as app:
         registry.promote("search_ranker", v2, stage="production", gate=None, force=True, reason="test")
         deadline = time.monotonic() + 30
@@ -612,8 +647,21 @@ def private_redis(tmp_path):
         pytest.skip("redis-server binary not installed: the degraded-mode test needs a real server")
     port = _free_port()
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     seen = []
     for raw in proc.stdout:
@@ -693,8 +741,9 @@ def test_degraded_mode_when_redis_dies(world, models, served, tmp_path, private_
 
 
 @pytest.mark.redis
-def test_readiness_refuses_an_online_store_that_holds_nothing(world, models, served, tmp_path, private_redis,
-                                                              candidates):
+def test_readiness_refuses_an_online_store_that_holds_nothing(
+    world, models, served, tmp_path, private_redis, candidates
+):
     """The new user's trap: a scorer pointed at a Redis nobody loaded answers every request with
     defaults, not degraded. /readyz says why it is not ready until a plain materialize loads it; then
     the scores equal those served from the loaded sqlite store."""
@@ -721,8 +770,9 @@ def test_readiness_refuses_an_online_store_that_holds_nothing(world, models, ser
     with running_app(served) as app:
         from_sqlite = _rank(app.test_client(), "recs", live).get_json()
     assert from_redis["degraded"] is False
-    assert [(i["item_id"], i["score"]) for i in from_redis["items"]] == \
-        [(i["item_id"], i["score"]) for i in from_sqlite["items"]]
+    assert [(i["item_id"], i["score"]) for i in from_redis["items"]] == [
+        (i["item_id"], i["score"]) for i in from_sqlite["items"]
+    ]
 
 
 # ------------------------------------------------------------------------------------------ gunicorn
@@ -749,7 +799,10 @@ def test_ranker_serve_runs_gunicorn(world, served, candidates, tmp_path):
     )
     proc = subprocess.Popen(
         [sys.executable, "-c", script, "serve", "--port", str(port), "--workers", "2", "--log-level", "warning"],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -766,9 +819,16 @@ def test_ranker_serve_runs_gunicorn(world, served, candidates, tmp_path):
             time.sleep(0.1)
         live, _ = candidates
         for _ in range(6):  # new connections: the two workers share them
-            response = requests.post(f"{base}/v1/rank", json={
-                "surface": "recs", "user_id": "u000001", "items": live[:10], "context": {"timestamp": REQUEST_TS}},
-                timeout=30)
+            response = requests.post(
+                f"{base}/v1/rank",
+                json={
+                    "surface": "recs",
+                    "user_id": "u000001",
+                    "items": live[:10],
+                    "context": {"timestamp": REQUEST_TS},
+                },
+                timeout=30,
+            )
             assert response.status_code == 200, response.text
             assert len(response.json()["items"]) == 10 and response.json()["degraded"] is False
         # Prometheus multiprocess mode: /metrics adds up both workers, whichever answers it.
@@ -816,8 +876,9 @@ def _check_connection_close(port: int) -> None:
         assert answer.startswith(b"HTTP/1.1 200")
         assert time.monotonic() - started < 1.0, "a worker waited for an idle client to close"
         # A body over the limit is answered (413) before it is read: bytes stay unread.
-        head = (b"POST /v1/rank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                b"Content-Length: %d\r\n\r\n" % (4 << 20))
+        head = b"POST /v1/rank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (
+            4 << 20
+        )
         sock, answer = _http_exchange(port, head + b" " * 30_000)
         sock.close()
         status, _, body = answer.partition(b"\r\n\r\n")
@@ -834,7 +895,9 @@ def test_serve_refuses_a_bad_setting_before_starting_workers():
     from pipelines import cli, cmd_serve
 
     cmd_serve.register(cli.cli)
-    result = CliRunner().invoke(cli.cli, ["serve", "--port", "0", "--workers", "1"], env={"RANKER_COMPILED_TREES": "maybe"})
+    result = CliRunner().invoke(
+        cli.cli, ["serve", "--port", "0", "--workers", "1"], env={"RANKER_COMPILED_TREES": "maybe"}
+    )
     assert result.exit_code == 2, result.output
     assert "RANKER_COMPILED_TREES='maybe' is not a valid bool" in result.output
     assert "Traceback" not in result.output
@@ -845,24 +908,37 @@ def test_serve_refuses_a_bad_setting_before_starting_workers():
 
 @pytest.mark.slow
 @pytest.mark.redis
-@pytest.mark.parametrize("script,args", [
-    ("rank_latency.py", ["--requests", "5", "--sizes", "5", "20", "--no-anchor"]),
-    ("rank_load.py", ["--requests", "60", "--candidates", "20", "--clients", "2"]),
-    ("rank_load.py", ["--rates", "20", "--duration", "1", "--candidates", "20", "--connections", "2"]),
-    ("resp_vs_hiredis.py", ["--requests", "5", "--candidates", "20"]),
-    ("online_features.py", ["--sizes", "5", "20", "--requests", "6", "--feast-requests", "3", "--store", "both"]),
-])
+@pytest.mark.parametrize(
+    "script,args",
+    [
+        ("rank_latency.py", ["--requests", "5", "--sizes", "5", "20", "--no-anchor"]),
+        ("rank_load.py", ["--requests", "60", "--candidates", "20", "--clients", "2"]),
+        ("rank_load.py", ["--rates", "20", "--duration", "1", "--candidates", "20", "--connections", "2"]),
+        ("resp_vs_hiredis.py", ["--requests", "5", "--candidates", "20"]),
+        ("online_features.py", ["--sizes", "5", "20", "--requests", "6", "--feast-requests", "3", "--store", "both"]),
+    ],
+)
 def test_benchmark_scripts_run(served, script, args):
     """The scorer benchmarks run end to end on a trained home (their own redis-server and gunicorn)
     and report error-free figures; the figures themselves are for docs/benchmarks.md, not asserted."""
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server binary not installed: the scorer benchmarks start their own")
     # A generous feature budget: "degraded 0" then means the store answered, whatever the host's hiccups.
-    env = {**os.environ, "RANKER_HOME": str(served.home), "RANKER_REGISTRY_URI": served.registry_uri,
-           "RANKER_FEATURE_TIMEOUT_MS": "5000"}
+    env = {
+        **os.environ,
+        "RANKER_HOME": str(served.home),
+        "RANKER_REGISTRY_URI": served.registry_uri,
+        "RANKER_FEATURE_TIMEOUT_MS": "5000",
+    }
     env.pop("RANKER_ONLINE_STORE", None)
-    proc = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / script), *args], env=env,
-                          capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    proc = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / script), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO_ROOT,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert out.count("machine speed:") == 2, out
@@ -899,9 +975,15 @@ def test_schemathesis_finds_no_failure(served):
     from pipelines.cmd_serve import serving
 
     port = _free_port()
-    env = {**os.environ, "RANKER_HOME": str(served.home), "RANKER_REGISTRY_URI": served.registry_uri,
-           "RANKER_FEATURE_TIMEOUT_MS": "5000", "RANKER_RELOAD_INTERVAL_S": "0", "RANKER_SERVED_LOG_SAMPLE": "0",
-           "RANKER_MAX_CANDIDATES": "50"}
+    env = {
+        **os.environ,
+        "RANKER_HOME": str(served.home),
+        "RANKER_REGISTRY_URI": served.registry_uri,
+        "RANKER_FEATURE_TIMEOUT_MS": "5000",
+        "RANKER_RELOAD_INTERVAL_S": "0",
+        "RANKER_SERVED_LOG_SAMPLE": "0",
+        "RANKER_MAX_CANDIDATES": "50",
+    }
     env.pop("RANKER_ONLINE_STORE", None)
     env.pop("RANKER_API_TOKEN", None)
     failures: list[str] = []
@@ -916,8 +998,11 @@ def test_schemathesis_finds_no_failure(served):
         # each constraint broken once, nulls where the schema forbids them...), every one sent.
         rank_op = next(op for op in operations if op.path == "/v1/rank")
         modes = [schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE]
-        coverage = list(schema.iter_coverage_cases(rank_op, generation_modes=modes,
-                                                   generation_config=schema.config.generation_for(operation=rank_op)))
+        coverage = list(
+            schema.iter_coverage_cases(
+                rank_op, generation_modes=modes, generation_config=schema.config.generation_for(operation=rank_op)
+            )
+        )
         assert len(coverage) >= 50
         for case in coverage:
             try:
@@ -946,9 +1031,14 @@ def _fuzz_case(operation, mode, base: str, failures: list[str]):
     from hypothesis import HealthCheck
 
     @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
-    @hypothesis.settings(max_examples=40 if operation.path == "/v1/rank" else 5, deadline=None,
-                         derandomize=True, database=None, suppress_health_check=list(HealthCheck),
-                         phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate])
+    @hypothesis.settings(
+        max_examples=40 if operation.path == "/v1/rank" else 5,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+        phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate],
+    )
     def run(case):
         try:
             case.call_and_validate(base_url=base, timeout=30)

@@ -35,7 +35,9 @@ def test_topk_lists_match_the_model_on_feast_features(production, tmp_path):
     users = pd.read_parquet(production.raw_dir / "users.parquet").user_id.astype(str).tolist()[:5] + ["u_unknown"]
     users_file = tmp_path / "users.txt"
     users_file.write_text("\n".join(users) + "\n")
-    summary = batch_score(production, BatchOptions(surface="recs", k=10, candidates=60, users_file=users_file, to_online=True))
+    summary = batch_score(
+        production, BatchOptions(surface="recs", k=10, candidates=60, users_file=users_file, to_online=True)
+    )
     lists = pd.read_parquet(summary["path"])
     assert summary["users"] == 6 and len(lists) == 60
     listings = pd.read_parquet(production.raw_dir / "listings.parquet")
@@ -51,7 +53,9 @@ def test_topk_lists_match_the_model_on_feast_features(production, tmp_path):
     spec = service_spec(store, model.card["feature_service"])
     items = candidate_items(production, 60)
     generated = lists.generated_at.iloc[0]
-    ref = feast_reference(store, spec, user_id=users[0], item_ids=items, query=None, request_ts=int(generated.timestamp()))
+    ref = feast_reference(
+        store, spec, user_id=users[0], item_ids=items, query=None, request_ts=int(generated.timestamp())
+    )
     scores = model.booster().predict(ref.matrix)
     expected = [items[i] for i in np.argsort(-scores, kind="stable")[:10]]
     assert list(lists[lists.user_id == users[0]].item_id) == expected

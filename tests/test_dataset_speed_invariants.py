@@ -78,8 +78,10 @@ def _as_dtype(values, kind):
         return pd.Series(clean, dtype=pd.ArrowDtype(pa.string()))
     if kind == "chunked":  # several Arrow chunks
         half = len(clean) // 2
-        parts = [pd.Series(clean[:half], dtype=pd.StringDtype("pyarrow", na_value=np.nan)),
-                 pd.Series(clean[half:], dtype=pd.StringDtype("pyarrow", na_value=np.nan))]
+        parts = [
+            pd.Series(clean[:half], dtype=pd.StringDtype("pyarrow", na_value=np.nan)),
+            pd.Series(clean[half:], dtype=pd.StringDtype("pyarrow", na_value=np.nan)),
+        ]
         return pd.concat(parts, ignore_index=True)
     raise AssertionError(kind)
 
@@ -137,18 +139,30 @@ def test_transforms_take_a_dict_of_arrays_and_lists(seed):
     gets a dict back: the values must be those of the DataFrame call, bit for bit."""
     rng = np.random.default_rng(seed)
     n = 300
+
     def nums(missing=0.2):
         x = rng.uniform(0, 200, n)
         x[rng.random(n) < missing] = np.nan
         return x
+
     cols = {
-        "request_ts": np.full(n, 1_790_000_000.0), "listing_created_epoch": 1_789_000_000.0 + nums() * 1000,
-        "price": nums(), "user_median_click_price_30d": nums(0.5), "category_median_price": nums(),
-        "user_price_index_30d": nums(0.5) / 100, "size": _texts(rng, n, 2), "user_size": [None if rng.random() < 0.3 else "m"] * n,
-        "query_text": [" ".join(rng.choice(WORDS, 2))] * n, "title": _texts(rng, n, 9),
+        "request_ts": np.full(n, 1_790_000_000.0),
+        "listing_created_epoch": 1_789_000_000.0 + nums() * 1000,
+        "price": nums(),
+        "user_median_click_price_30d": nums(0.5),
+        "category_median_price": nums(),
+        "user_price_index_30d": nums(0.5) / 100,
+        "size": _texts(rng, n, 2),
+        "user_size": [None if rng.random() < 0.3 else "m"] * n,
+        "query_text": [" ".join(rng.choice(WORDS, 2))] * n,
+        "title": _texts(rng, n, 9),
     }
     frame = pd.DataFrame({k: (pd.Series(v, dtype=object) if isinstance(v, list) else v) for k, v in cols.items()})
-    for fn in (transforms.listing_request_features, transforms.user_listing_features, transforms.query_listing_features):
+    for fn in (
+        transforms.listing_request_features,
+        transforms.user_listing_features,
+        transforms.query_listing_features,
+    ):
         want = fn(frame)
         got = fn(dict(cols))
         assert isinstance(got, dict) and list(got) == list(want.columns)
@@ -163,7 +177,9 @@ def test_transforms_on_edge_inputs():
     assert len(out) == 0 and out["query_title_match"].dtype == np.float32
     assert transforms._size_match(empty, empty).shape == (0,)
     nothing = pd.Series([None, None], dtype=object)
-    assert np.isnan(transforms.query_listing_features(pd.DataFrame({"query_text": nothing, "title": nothing})).query_title_match).all()
+    assert np.isnan(
+        transforms.query_listing_features(pd.DataFrame({"query_text": nothing, "title": nothing})).query_title_match
+    ).all()
     floats = pd.Series([np.nan, np.nan])  # an all-missing column arrives as float64 offline
     assert np.isnan(transforms._size_match(floats, floats)).all()
     # repeated words count once; a title word matching several query words counts for each
@@ -174,8 +190,24 @@ def test_transforms_on_edge_inputs():
 
 
 # -- the request-time fast paths (a dict of lists, ~200 rows) against the same references --------
-QUERIES = [None, np.nan, pd.NA, "", "   ", "red", "red red", "\u00a0", "é 日本", "re dres", "red, |", "red dress",
-           "red silk dress", "red silk dress zara", "red silk dress zara boots one size", "x\ty M m a"]
+QUERIES = [
+    None,
+    np.nan,
+    pd.NA,
+    "",
+    "   ",
+    "red",
+    "red red",
+    "\u00a0",
+    "é 日本",
+    "re dres",
+    "red, |",
+    "red dress",
+    "red silk dress",
+    "red silk dress zara",
+    "red silk dress zara boots one size",
+    "x\ty M m a",
+]
 ASCII_WORDS = ["red", "silk", "dress", "zara", "boots", "one", "size", "M", "m", "a", "x", "y", "red,", "|", "dresses"]
 ASCII_SPACES = [" ", " ", " ", "  ", "\t", "\x0b", "\x0c", "\r", "\x1c", "\x1d", "\x1e", "\x1f", " \t "]
 TITLES = ["ascii", "ascii_newline", "non_ascii", "some_none", "odd", "unhashable"]
@@ -184,8 +216,10 @@ TITLES = ["ascii", "ascii_newline", "non_ascii", "some_none", "odd", "unhashable
 def _ascii_titles(rng, n):
     """Titles of ASCII words between runs of any ASCII whitespace (str.split's), some leading or
     trailing, some with no words at all."""
+
     def space():
         return ASCII_SPACES[rng.integers(len(ASCII_SPACES))]
+
     out = []
     for _ in range(n):
         words = [ASCII_WORDS[i] for i in rng.integers(0, len(ASCII_WORDS), rng.integers(0, 7))]
@@ -233,7 +267,9 @@ def test_request_query_title_match_bit_identical(query, titles, form):
     want = _ref_query_title_match(pd.Series(list(queries), dtype=object), pd.Series(list(title), dtype=object))
     got = transforms.query_listing_features({"query_text": queries, "title": title})
     assert isinstance(got, dict) and _bits(got["query_title_match"]) == _bits(want)
-    frame = pd.DataFrame({"query_text": pd.Series(list(queries), dtype=object), "title": pd.Series(list(title), dtype=object)})
+    frame = pd.DataFrame(
+        {"query_text": pd.Series(list(queries), dtype=object), "title": pd.Series(list(title), dtype=object)}
+    )
     assert _bits(transforms.query_listing_features(frame)["query_title_match"].to_numpy()) == _bits(want)
 
 
@@ -245,7 +281,9 @@ def test_request_query_title_match_with_a_small_word_memo(monkeypatch):
     for query in ["red dress", "red silk dress zara boots"]:
         title = _texts(rng, 200, 6, odd_share=0.0)
         got = transforms.query_listing_features({"query_text": [query] * 200, "title": title})["query_title_match"]
-        assert _bits(got) == _bits(_ref_query_title_match(pd.Series([query] * 200, dtype=object), pd.Series(title, dtype=object)))
+        assert _bits(got) == _bits(
+            _ref_query_title_match(pd.Series([query] * 200, dtype=object), pd.Series(title, dtype=object))
+        )
         assert len(transforms._WORDS) <= 5
 
 
@@ -264,9 +302,17 @@ def test_request_size_match_bit_identical(user, sizes):
     users = _texts(rng, n, 1, odd_share=0.3) if isinstance(user, str) and user == "varies" else [user] * n
     want = _ref_size_match(pd.Series(size, dtype=object), pd.Series(users, dtype=object))
     assert _bits(transforms._size_match(size, users).astype(np.float32)) == _bits(want)
-    assert _bits(transforms._size_match(np.array(size + [None], dtype=object)[:-1], users).astype(np.float32)) == _bits(want)
-    cols = {"price": np.ones(n), "user_median_click_price_30d": np.ones(n), "category_median_price": np.ones(n),
-            "user_price_index_30d": np.ones(n), "size": size, "user_size": users}
+    assert _bits(transforms._size_match(np.array(size + [None], dtype=object)[:-1], users).astype(np.float32)) == _bits(
+        want
+    )
+    cols = {
+        "price": np.ones(n),
+        "user_median_click_price_30d": np.ones(n),
+        "category_median_price": np.ones(n),
+        "user_price_index_30d": np.ones(n),
+        "size": size,
+        "user_size": users,
+    }
     assert _bits(transforms.user_listing_features(cols)["size_match"]) == _bits(want)
 
 
@@ -284,15 +330,25 @@ def test_request_price_features_bit_identical(seed):
     the same bits as the formulas written out one step at a time."""
     rng = np.random.default_rng(seed)
     n = 400
-    odd = np.array([np.nan, -np.nan, np.copysign(np.nan, -1.0), 0.0, -0.0, -3.0, np.inf, -np.inf, 5e-324, 1e-300, 1e300, 1.0])
+    odd = np.array(
+        [np.nan, -np.nan, np.copysign(np.nan, -1.0), 0.0, -0.0, -3.0, np.inf, -np.inf, 5e-324, 1e-300, 1e300, 1.0]
+    )
+
     def column():
         x = rng.uniform(0.01, 300, n)
         pick = rng.random(n) < 0.4
         x[pick] = rng.choice(odd, int(pick.sum()))
         return x
+
     price, median, category_median, user_index = column(), column(), column(), column()
-    cols = {"price": price, "user_median_click_price_30d": median, "category_median_price": category_median,
-            "user_price_index_30d": user_index, "size": ["M"] * n, "user_size": ["M"] * n}
+    cols = {
+        "price": price,
+        "user_median_click_price_30d": median,
+        "category_median_price": category_median,
+        "user_price_index_30d": user_index,
+        "size": ["M"] * n,
+        "user_size": ["M"] * n,
+    }
     with np.errstate(over="ignore", under="ignore"):
         got = transforms.user_listing_features(cols)
         want = _ref_price_features(price, median, category_median, user_index)
@@ -405,16 +461,38 @@ def test_labelled_table_equals_labelled_impressions(tmp_path, surface):
 
     home = make_home(tmp_path / "labels")
     t0 = pd.Timestamp("2026-10-01T12:00:00", tz="UTC")
-    listings = pd.DataFrame({
-        "item_id": ["i1", "i2", "i3", "i4"], "seller_id": ["s1", "s1", "s2", "s3"], "title": "red dress",
-        "category": ["dresses", "dresses", "shoes", "bags"], "brand": "zara", "size": "M", "condition": "good",
-        "colour": "red", "price": 10.0, "original_price": 20.0, "created_at": t0 - pd.Timedelta(days=1), "sold_at": pd.NaT,
-    })
+    listings = pd.DataFrame(
+        {
+            "item_id": ["i1", "i2", "i3", "i4"],
+            "seller_id": ["s1", "s1", "s2", "s3"],
+            "title": "red dress",
+            "category": ["dresses", "dresses", "shoes", "bags"],
+            "brand": "zara",
+            "size": "M",
+            "condition": "good",
+            "colour": "red",
+            "price": 10.0,
+            "original_price": 20.0,
+            "created_at": t0 - pd.Timedelta(days=1),
+            "sold_at": pd.NaT,
+        }
+    )
     rows = []
 
     def ev(kind, seconds, request, item, position, surface="search", query="red dress", user="u1"):
-        rows.append(dict(event_id=f"e{len(rows)}", event_type=kind, timestamp=t0 + pd.Timedelta(seconds=seconds),
-                         user_id=user, item_id=item, surface=surface, request_id=request, position=position, query=query))
+        rows.append(
+            dict(
+                event_id=f"e{len(rows)}",
+                event_type=kind,
+                timestamp=t0 + pd.Timedelta(seconds=seconds),
+                user_id=user,
+                item_id=item,
+                surface=surface,
+                request_id=request,
+                position=position,
+                query=query,
+            )
+        )
 
     for r, (start, surf) in enumerate([(50, "search"), (0, "search"), (0, "recs"), (20, "search"), (20, "recs")]):
         q = None if surf == "recs" else "red dress"
@@ -436,6 +514,9 @@ def test_labelled_table_equals_labelled_impressions(tmp_path, surface):
     options = ds.DatasetOptions(surface=surface, attribution_hours=1.0)
     want = _reference_rows(home, options)
     got = ds._labelled_table(home, options).to_pandas()
-    assert len(got) < sum(1 for r in rows if r["event_type"] == "impression" and r["surface"] == surface) or surface == "recs"
+    assert (
+        len(got) < sum(1 for r in rows if r["event_type"] == "impression" and r["surface"] == surface)
+        or surface == "recs"
+    )
     pd.testing.assert_frame_equal(got, want.astype(got.dtypes.to_dict()), check_exact=True)
     assert got.label.max() > 0

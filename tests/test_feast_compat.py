@@ -60,8 +60,9 @@ def test_string_entity_keys_are_feasts_serialized_keys(seed):
         got = feast_compat.string_entity_keys(join_keys, columns, b"proj")
         order = sorted(range(len(join_keys)), key=lambda i: join_keys[i])
         for r, key in enumerate(got):
-            proto = EntityKey(join_keys=[join_keys[i] for i in order],
-                              entity_values=[Value(string_val=columns[i][r]) for i in order])
+            proto = EntityKey(
+                join_keys=[join_keys[i] for i in order], entity_values=[Value(string_val=columns[i][r]) for i in order]
+            )
             version = feast_compat.ENTITY_KEY_SERIALIZATION_VERSION
             want = serialize_entity_key(proto, entity_key_serialization_version=version)
             assert key == want + b"proj"
@@ -89,7 +90,8 @@ def test_repo_contents_are_what_apply_registered(world):
         repo = feast_compat.repo_contents(world.feature_repo, store.project, store.config)
     assert sorted(v.name for v in repo.feature_views) == sorted(v.name for v in store.list_feature_views())
     assert sorted(v.name for v in repo.on_demand_feature_views) == sorted(
-        v.name for v in store.list_on_demand_feature_views())
+        v.name for v in store.list_on_demand_feature_views()
+    )
 
 
 @pytest.mark.redis
@@ -131,13 +133,15 @@ def test_feasts_own_writer_rows_read_back_through_get_online_features(redis_home
     store = feature_store(redis_home)
     view = store.get_feature_view("user_stats_fv")
     frame = _row(view, {"user_id": "u-compat-writer"}, datetime(2026, 11, 2, tzinfo=timezone.utc))
-    rows = feast_compat.arrow_to_online_rows(pa.Table.from_pandas(frame), view,
-                                              {c.name: c.dtype.to_value_type() for c in view.entity_columns})
+    rows = feast_compat.arrow_to_online_rows(
+        pa.Table.from_pandas(frame), view, {c.name: c.dtype.to_value_type() for c in view.entity_columns}
+    )
     assert len(rows) == 1
     feast_compat.online_write_batch(store, view, rows)
     names = [f.name for f in view.features]
-    got = store.get_online_features(features=[f"user_stats_fv:{n}" for n in names],
-                                    entity_rows=[{"user_id": "u-compat-writer"}]).to_dict()
+    got = store.get_online_features(
+        features=[f"user_stats_fv:{n}" for n in names], entity_rows=[{"user_id": "u-compat-writer"}]
+    ).to_dict()
     for f in view.features:
         want = _SAMPLE.get(str(f.dtype), "x")
         assert got[f.name][0] == pytest.approx(want) if isinstance(want, float) else got[f.name][0] == want
@@ -165,9 +169,13 @@ def test_offline_helpers_prepare_entity_rows_as_feasts_duckdb_store():
     """The helpers ranker.features.offline borrows from Feast's ibis/DuckDB store (the whole store is
     pinned by tests/test_training.py: identical frames to Feast's own join): schema, timestamp
     range and UTC conversion of the entity rows."""
-    frame = pd.DataFrame({"user_id": ["u1", "u2", "u3"],
-                          "event_timestamp": pd.to_datetime(["2026-11-01 10:00", "2026-11-03 09:30", "2026-11-02 00:00"]),
-                          "request_ts": [1, 2, 3]})
+    frame = pd.DataFrame(
+        {
+            "user_id": ["u1", "u2", "u3"],
+            "event_timestamp": pd.to_datetime(["2026-11-01 10:00", "2026-11-03 09:30", "2026-11-02 00:00"]),
+            "request_ts": [1, 2, 3],
+        }
+    )
     schema = feast_compat.entity_schema(frame)
     assert set(schema) == {"user_id", "event_timestamp", "request_ts"}
     lo, hi = feast_compat.entity_timestamp_range(frame, "event_timestamp")

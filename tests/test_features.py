@@ -79,8 +79,12 @@ def test_windows_use_only_events_before_the_snapshot(world):
     for row in stats.itertuples():
         mine = events[events.item_id == row.item_id]
         s = row.event_timestamp
-        clicks_1d = ((mine.event_type == "click") & (mine.timestamp < s) & (mine.timestamp >= s - pd.Timedelta(days=1))).sum()
-        imps_7d = ((mine.event_type == "impression") & (mine.timestamp < s) & (mine.timestamp >= s - pd.Timedelta(days=7))).sum()
+        clicks_1d = (
+            (mine.event_type == "click") & (mine.timestamp < s) & (mine.timestamp >= s - pd.Timedelta(days=1))
+        ).sum()
+        imps_7d = (
+            (mine.event_type == "impression") & (mine.timestamp < s) & (mine.timestamp >= s - pd.Timedelta(days=7))
+        ).sum()
         assert row.item_clicks_1d == clicks_1d
         assert row.item_impressions_7d == imps_7d
 
@@ -115,7 +119,9 @@ def test_point_in_time_before_and_after_a_change(world):
         expected += [row.prev, row.user_clicks_30d]
     got = out.user_clicks_30d.to_numpy(dtype=float)
     # Sorting by user then time pairs each before/after in order.
-    ref = pd.DataFrame({"user_id": np.repeat(changed.sort_values(["user_id", "event_timestamp"]).user_id.values, 2), "v": expected})
+    ref = pd.DataFrame(
+        {"user_id": np.repeat(changed.sort_values(["user_id", "event_timestamp"]).user_id.values, 2), "v": expected}
+    )
     assert list(out.user_id) == list(ref.user_id)
     np.testing.assert_array_equal(got, ref.v.to_numpy(dtype=float))
 
@@ -151,7 +157,9 @@ def test_historical_matches_merge_asof_reference(world):
 
 def test_on_demand_features_offline(world):
     entity_df = _impressions_entity_df(world, 200, seed=5)
-    out = _historical(world, entity_df, ["listing_request_features:listing_age_hours", "listing_fv:listing_created_epoch"])
+    out = _historical(
+        world, entity_df, ["listing_request_features:listing_age_hours", "listing_fv:listing_created_epoch"]
+    )
     age = (out.request_ts - out.listing_created_epoch) / 3600.0
     np.testing.assert_allclose(out.listing_age_hours.to_numpy(float), age.astype("float32").to_numpy(float), rtol=1e-6)
     assert (out.listing_age_hours >= 0).all(), "an impression happened before its listing was created"
@@ -223,7 +231,10 @@ def test_redis_writer_is_byte_identical_to_feast(world, redis_server):
         view = store.get_feature_view(view_name)
         table = _latest_rows(view, str((world.feature_repo / view.batch_source.path).resolve()), None, end)
         write_redis(
-            redis_py.Redis.from_url(ours.redis_url), project=store.project, view=view, table=table,
+            redis_py.Redis.from_url(ours.redis_url),
+            project=store.project,
+            view=view,
+            table=table,
             ts_key_view=redis_ts_view_name(view, store.config),
         )
         fstore = feature_store(feasts)

@@ -23,10 +23,21 @@ def events(world) -> pd.DataFrame:
 def test_generic_service_contract(world):
     spec = service_spec(feature_store(world), "generic_ranker_v1")
     assert spec.features == (
-        "item_interactions_1d", "item_interactions_7d", "item_interactions_30d", "item_interaction_users_30d",
-        "item_interaction_trend", "item_hours_since_last_interaction", "item_shown_30d", "item_interaction_rate_30d",
-        "user_interactions_7d", "user_interactions_30d", "user_interaction_items_30d",
-        "user_hours_since_last_interaction", "user_shown_30d", "uc_interactions_30d", "uc_interaction_share_30d",
+        "item_interactions_1d",
+        "item_interactions_7d",
+        "item_interactions_30d",
+        "item_interaction_users_30d",
+        "item_interaction_trend",
+        "item_hours_since_last_interaction",
+        "item_shown_30d",
+        "item_interaction_rate_30d",
+        "user_interactions_7d",
+        "user_interactions_30d",
+        "user_interaction_items_30d",
+        "user_hours_since_last_interaction",
+        "user_shown_30d",
+        "uc_interactions_30d",
+        "uc_interaction_share_30d",
         "listing_age_hours",
     )
     assert set(spec.entity_keys) == {"item_id", "user_id", "category"} and spec.request_fields == ("request_ts",)
@@ -48,7 +59,9 @@ def test_item_windows_use_only_earlier_interactions(world, events):
         assert row.item_interactions_7d == len(in_7d)
         assert row.item_interactions_30d == len(in_30d)
         assert row.item_interaction_users_30d == in_30d.user_id.nunique()
-        shown = imps[(imps.item_id == row.item_id) & (imps.timestamp < s) & (imps.timestamp >= s - pd.Timedelta(days=30))]
+        shown = imps[
+            (imps.item_id == row.item_id) & (imps.timestamp < s) & (imps.timestamp >= s - pd.Timedelta(days=30))
+        ]
         assert row.item_shown_30d == len(shown)
         assert row.item_interaction_trend == pytest.approx((len(in_1d) + 1) / (len(in_7d) / 7 + 1), rel=1e-5)
         last = mine.timestamp.max()

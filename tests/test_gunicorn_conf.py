@@ -51,11 +51,17 @@ def test_image_stack_and_ranker_serve_load_the_same_gunicorn_configuration(tmp_p
     assert command[2] == GUNICORN_CONF == GUNICORN_CONFIG == "python:api.gunicorn_conf"
     assert not (REPO_ROOT / "infra" / "gunicorn.conf.py").exists(), "a second gunicorn configuration is back"
 
-    env = {"PATH": "/usr/bin:/bin", "XDG_RUNTIME_DIR": str(tmp_path), "RANKER_BIND": "127.0.0.1:9",
-           "RANKER_WORKERS": "3", "RANKER_LOG_LEVEL": "warning"}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "XDG_RUNTIME_DIR": str(tmp_path),
+        "RANKER_BIND": "127.0.0.1:9",
+        "RANKER_WORKERS": "3",
+        "RANKER_LOG_LEVEL": "warning",
+    }
     code = f"CMD = {command!r}\n" + _COMPARE
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["image"] == out["serve"]

@@ -30,17 +30,21 @@ def _import(tmp_path: Path, **kwargs) -> tuple[Settings, dict]:
 
 
 def test_interactions_minimal_columns_become_canonical_tables(tmp_path):
-    path = _write(tmp_path / "log.csv", [
-        {"user_id": "a", "item_id": "x", "timestamp": "2026-01-02T10:00:00Z"},
-        {"user_id": "a", "item_id": "y", "timestamp": "1767434400"},  # unix seconds: 2026-01-03T10:00Z
-        {"user_id": "b", "item_id": "x", "timestamp": "2026-01-04 08:30:00"},  # naive = UTC
-    ])
+    path = _write(
+        tmp_path / "log.csv",
+        [
+            {"user_id": "a", "item_id": "x", "timestamp": "2026-01-02T10:00:00Z"},
+            {"user_id": "a", "item_id": "y", "timestamp": "1767434400"},  # unix seconds: 2026-01-03T10:00Z
+            {"user_id": "b", "item_id": "x", "timestamp": "2026-01-04 08:30:00"},  # naive = UTC
+        ],
+    )
     settings, report = _import(tmp_path, fmt="interactions", path=path)
     assert report["rows_read"] == 3 and report["rows_imported"] == 3 and report["rejected"] == {}
     assert report["events"]["click"] == 3 and not report["has_impressions"]
     events = schema.read_table(settings.raw_dir, schema.EVENTS)
-    assert events.timestamp.tolist() == [pd.Timestamp(t, tz="UTC") for t in
-                                         ("2026-01-02T10:00", "2026-01-03T10:00", "2026-01-04T08:30")]
+    assert events.timestamp.tolist() == [
+        pd.Timestamp(t, tz="UTC") for t in ("2026-01-02T10:00", "2026-01-03T10:00", "2026-01-04T08:30")
+    ]
     assert set(events.surface) == {"recs"} and (events.position == 0).all() and events.event_id.is_unique
     listings = schema.read_table(settings.raw_dir, schema.LISTINGS).set_index("item_id")
     # a listing goes live at its first event; attributes the log lacks are "unknown"
@@ -54,23 +58,62 @@ def test_interactions_minimal_columns_become_canonical_tables(tmp_path):
 def test_interactions_rejections_are_counted_per_reason(tmp_path):
     rows = [
         {"user_id": "a", "item_id": "x", "timestamp": "2026-01-02T10:00:00Z", "event_type": "view", "value": "4"},
-        {"user_id": "a", "item_id": "x", "timestamp": "2026-01-02T10:00:00Z", "event_type": "view", "value": "4"},  # duplicate
-        {"user_id": "", "item_id": "x", "timestamp": "2026-01-02T11:00:00Z", "event_type": "view", "value": "3"},  # missing user
-        {"user_id": "b", "item_id": "", "timestamp": "2026-01-02T11:00:00Z", "event_type": "view", "value": "3"},  # missing item
+        {
+            "user_id": "a",
+            "item_id": "x",
+            "timestamp": "2026-01-02T10:00:00Z",
+            "event_type": "view",
+            "value": "4",
+        },  # duplicate
+        {
+            "user_id": "",
+            "item_id": "x",
+            "timestamp": "2026-01-02T11:00:00Z",
+            "event_type": "view",
+            "value": "3",
+        },  # missing user
+        {
+            "user_id": "b",
+            "item_id": "",
+            "timestamp": "2026-01-02T11:00:00Z",
+            "event_type": "view",
+            "value": "3",
+        },  # missing item
         {"user_id": "b", "item_id": "y", "timestamp": "not a time", "event_type": "view", "value": "5"},
         {"user_id": "b", "item_id": "y", "timestamp": "", "event_type": "view", "value": "5"},
         {"user_id": "b", "item_id": "y", "timestamp": "2026-01-03T11:00:00Z", "event_type": "teleport", "value": "5"},
-        {"user_id": "b", "item_id": "y", "timestamp": "2026-01-03T12:00:00Z", "event_type": "Add To Cart", "value": "five"},
-        {"user_id": "b", "item_id": "y", "timestamp": "2026-01-03T13:00:00Z", "event_type": "like", "value": "1"},  # < min
+        {
+            "user_id": "b",
+            "item_id": "y",
+            "timestamp": "2026-01-03T12:00:00Z",
+            "event_type": "Add To Cart",
+            "value": "five",
+        },
+        {
+            "user_id": "b",
+            "item_id": "y",
+            "timestamp": "2026-01-03T13:00:00Z",
+            "event_type": "like",
+            "value": "1",
+        },  # < min
         {"user_id": "c", "item_id": "z", "timestamp": "2026-01-04T13:00:00Z", "event_type": "order", "value": "5"},
-        {"user_id": "c", "item_id": "q", "timestamp": "2026-01-04T14:00:00Z", "event_type": "purchase", "value": "5"},  # unknown item
+        {
+            "user_id": "c",
+            "item_id": "q",
+            "timestamp": "2026-01-04T14:00:00Z",
+            "event_type": "purchase",
+            "value": "5",
+        },  # unknown item
     ]
-    items = _write(tmp_path / "items.csv", [
-        {"item_id": "x", "category": "dresses", "created_at": "2026-01-01T00:00:00Z"},
-        {"item_id": "y", "category": "shoes"},
-        {"item_id": "z", "category": "shoes", "created_at": "2026-01-05T00:00:00Z"},  # after its event: rejected
-        {"item_id": "w", "category": "bags", "created_at": "2026-01-01T00:00:00Z"},  # never interacted with
-    ])
+    items = _write(
+        tmp_path / "items.csv",
+        [
+            {"item_id": "x", "category": "dresses", "created_at": "2026-01-01T00:00:00Z"},
+            {"item_id": "y", "category": "shoes"},
+            {"item_id": "z", "category": "shoes", "created_at": "2026-01-05T00:00:00Z"},  # after its event: rejected
+            {"item_id": "w", "category": "bags", "created_at": "2026-01-01T00:00:00Z"},  # never interacted with
+        ],
+    )
     path = _write(tmp_path / "log.csv", rows)
     settings, report = _import(tmp_path, fmt="interactions", path=path, items=items, min_value=3)
     assert report["rejected"] == {
@@ -98,10 +141,27 @@ def test_interactions_rejections_are_counted_per_reason(tmp_path):
 
 
 def test_interactions_event_types_sessions_queries_and_sales(tmp_path):
-    path = _write(tmp_path / "log.jsonl.csv", [
-        {"user_id": "a", "item_id": "x", "timestamp": "2026-01-02T10:00:00Z", "event_type": "purchase", "session_id": "s1", "query": " Black  Dress "},
-        {"user_id": "a", "item_id": "y", "timestamp": "2026-01-02T10:01:00Z", "event_type": "wishlist", "session_id": "s1", "query": ""},
-    ])
+    path = _write(
+        tmp_path / "log.jsonl.csv",
+        [
+            {
+                "user_id": "a",
+                "item_id": "x",
+                "timestamp": "2026-01-02T10:00:00Z",
+                "event_type": "purchase",
+                "session_id": "s1",
+                "query": " Black  Dress ",
+            },
+            {
+                "user_id": "a",
+                "item_id": "y",
+                "timestamp": "2026-01-02T10:01:00Z",
+                "event_type": "wishlist",
+                "session_id": "s1",
+                "query": "",
+            },
+        ],
+    )
     settings, _ = _import(tmp_path, fmt="interactions", path=path, sold_on_purchase=True)
     events = schema.read_table(settings.raw_dir, schema.EVENTS).set_index("item_id")
     assert events.loc["x", "event_type"] == "purchase" and events.loc["y", "event_type"] == "save"
@@ -115,17 +175,95 @@ def test_interactions_event_types_sessions_queries_and_sales(tmp_path):
 def test_events_format_validates_positions_orphans_and_duplicates(tmp_path):
     base = {"surface": "recs", "request_id": "r1", "user_id": "a", "query": ""}
     rows = [
-        {**base, "event_id": "1", "event_type": "impression", "timestamp": "2026-01-02T10:00:00Z", "item_id": "x", "position": 1},
-        {**base, "event_id": "2", "event_type": "impression", "timestamp": "2026-01-02T10:00:00Z", "item_id": "y", "position": 2},
-        {**base, "event_id": "3", "event_type": "click", "timestamp": "2026-01-02T10:00:30Z", "item_id": "y", "position": 2},
-        {**base, "event_id": "3", "event_type": "save", "timestamp": "2026-01-02T10:00:40Z", "item_id": "y", "position": 2},  # dup id
-        {**base, "event_id": "4", "event_type": "click", "timestamp": "2026-01-02T09:59:00Z", "item_id": "x", "position": 1},  # before imp
-        {**base, "event_id": "5", "event_type": "click", "timestamp": "2026-01-02T10:01:00Z", "item_id": "z", "position": 3},  # never shown
-        {**base, "event_id": "6", "event_type": "impression", "timestamp": "2026-01-02T10:00:00Z", "item_id": "w", "position": 0},
-        {**base, "event_id": "7", "event_type": "impression", "timestamp": "2026-01-02T10:00:00Z", "item_id": "v", "position": "1.5"},
-        {**base, "event_id": "8", "event_type": "impression", "timestamp": "2026-01-02T10:00:00Z", "item_id": "u", "position": 3, "surface": "email"},
-        {**base, "event_id": "9", "event_type": "hover", "timestamp": "2026-01-02T10:00:00Z", "item_id": "u", "position": 3},
-        {**base, "event_id": "10", "event_type": "impression", "timestamp": "2026-01-02T10:00:00Z", "item_id": "x", "position": 1},  # same content as 1
+        {
+            **base,
+            "event_id": "1",
+            "event_type": "impression",
+            "timestamp": "2026-01-02T10:00:00Z",
+            "item_id": "x",
+            "position": 1,
+        },
+        {
+            **base,
+            "event_id": "2",
+            "event_type": "impression",
+            "timestamp": "2026-01-02T10:00:00Z",
+            "item_id": "y",
+            "position": 2,
+        },
+        {
+            **base,
+            "event_id": "3",
+            "event_type": "click",
+            "timestamp": "2026-01-02T10:00:30Z",
+            "item_id": "y",
+            "position": 2,
+        },
+        {
+            **base,
+            "event_id": "3",
+            "event_type": "save",
+            "timestamp": "2026-01-02T10:00:40Z",
+            "item_id": "y",
+            "position": 2,
+        },  # dup id
+        {
+            **base,
+            "event_id": "4",
+            "event_type": "click",
+            "timestamp": "2026-01-02T09:59:00Z",
+            "item_id": "x",
+            "position": 1,
+        },  # before imp
+        {
+            **base,
+            "event_id": "5",
+            "event_type": "click",
+            "timestamp": "2026-01-02T10:01:00Z",
+            "item_id": "z",
+            "position": 3,
+        },  # never shown
+        {
+            **base,
+            "event_id": "6",
+            "event_type": "impression",
+            "timestamp": "2026-01-02T10:00:00Z",
+            "item_id": "w",
+            "position": 0,
+        },
+        {
+            **base,
+            "event_id": "7",
+            "event_type": "impression",
+            "timestamp": "2026-01-02T10:00:00Z",
+            "item_id": "v",
+            "position": "1.5",
+        },
+        {
+            **base,
+            "event_id": "8",
+            "event_type": "impression",
+            "timestamp": "2026-01-02T10:00:00Z",
+            "item_id": "u",
+            "position": 3,
+            "surface": "email",
+        },
+        {
+            **base,
+            "event_id": "9",
+            "event_type": "hover",
+            "timestamp": "2026-01-02T10:00:00Z",
+            "item_id": "u",
+            "position": 3,
+        },
+        {
+            **base,
+            "event_id": "10",
+            "event_type": "impression",
+            "timestamp": "2026-01-02T10:00:00Z",
+            "item_id": "x",
+            "position": 1,
+        },  # same content as 1
     ]
     path = _write(tmp_path / "events.csv", rows)
     settings, report = _import(tmp_path, fmt="events", path=path)
@@ -139,7 +277,13 @@ def test_events_format_validates_positions_orphans_and_duplicates(tmp_path):
     }
     events = schema.read_table(settings.raw_dir, schema.EVENTS)
     assert sorted(events.event_id) == ["1", "2", "3"]
-    assert report["has_impressions"] and report["events"] == {"impression": 2, "click": 1, "save": 0, "add_to_bag": 0, "purchase": 0}
+    assert report["has_impressions"] and report["events"] == {
+        "impression": 2,
+        "click": 1,
+        "save": 0,
+        "add_to_bag": 0,
+        "purchase": 0,
+    }
 
 
 def test_missing_columns_and_unreadable_files_are_errors(tmp_path):
@@ -155,8 +299,11 @@ def test_missing_columns_and_unreadable_files_are_errors(tmp_path):
     with pytest.raises(LogImportError, match="not readable"):
         _import(tmp_path, fmt="interactions", path=bad)
     with pytest.raises(LogImportError, match="no valid rows"):
-        _import(tmp_path, fmt="interactions",
-                path=_write(tmp_path / "empty.csv", [{"user_id": "", "item_id": "x", "timestamp": "2026-01-02"}]))
+        _import(
+            tmp_path,
+            fmt="interactions",
+            path=_write(tmp_path / "empty.csv", [{"user_id": "", "item_id": "x", "timestamp": "2026-01-02"}]),
+        )
 
 
 def test_open_bandit_example_folder(tmp_path):
@@ -188,8 +335,14 @@ def test_open_bandit_example_folder(tmp_path):
 )
 def test_cli_errors_are_one_line(tmp_path, args, message):
     env = {"RANKER_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    result = subprocess.run([sys.executable, "-m", "pipelines.cli", "data", "import", *args], cwd=REPO,
-                            capture_output=True, text=True, env=env, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "data", "import", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and lines[0].startswith(message), result.stderr
@@ -199,10 +352,26 @@ def test_cli_errors_are_one_line(tmp_path, args, message):
 def test_cli_import_prints_the_report(tmp_path):
     env = {"RANKER_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
     result = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "data", "import", "--format", "interactions",
-         "examples/interactions.csv", "--items", "examples/items.csv"],
-        cwd=REPO, capture_output=True, text=True, env=env, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pipelines.cli",
+            "data",
+            "import",
+            "--format",
+            "interactions",
+            "examples/interactions.csv",
+            "--items",
+            "examples/items.csv",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert "Rejected 5 row(s): missing user_id: 1, unparsable timestamp: 1, unknown event_type: 1, duplicate: 1, " \
-           "unknown item_id: 1." in result.stdout
+    assert (
+        "Rejected 5 row(s): missing user_id: 1, unparsable timestamp: 1, unknown event_type: 1, duplicate: 1, "
+        "unknown item_id: 1." in result.stdout
+    )

@@ -18,10 +18,23 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("ranker", "api", "pipelines")
 COMPAT = "ranker/features/feast_compat.py"
 # Feast names that are internals even without a leading underscore (wire details of the online layout).
-FEAST_INTERNALS = {"compute_versioned_name", "compute_table_id", "serialize_entity_key", "serialize_entity_key_prefix",
-                   "repo_operations"}
-PRIVATE_ATTRIBUTES = {"_sock", "_get_provider", "_get_db_path", "_mmh3", "_versioned_fv_name",
-                      "_convert_arrow_to_proto", "_get_repo_contents", "_redis_key"}
+FEAST_INTERNALS = {
+    "compute_versioned_name",
+    "compute_table_id",
+    "serialize_entity_key",
+    "serialize_entity_key_prefix",
+    "repo_operations",
+}
+PRIVATE_ATTRIBUTES = {
+    "_sock",
+    "_get_provider",
+    "_get_db_path",
+    "_mmh3",
+    "_versioned_fv_name",
+    "_convert_arrow_to_proto",
+    "_get_repo_contents",
+    "_redis_key",
+}
 
 
 def _modules() -> dict[str, Path]:
@@ -127,7 +140,8 @@ def test_the_graph_sees_function_level_imports():
 def test_no_import_cycles():
     cycles = _cycles(_graph())
     assert not cycles, "import cycles (move the shared piece down into a module both import): " + "; ".join(
-        " <-> ".join(c) for c in cycles)
+        " <-> ".join(c) for c in cycles
+    )
 
 
 def test_no_two_way_package_ties_and_layers_hold():
@@ -141,13 +155,17 @@ def test_no_two_way_package_ties_and_layers_hold():
     two_way = sorted(f"{a} <-> {b}: {ties[(a, b)][0]}; {ties[(b, a)][0]}" for a, b in ties if (b, a) in ties and a < b)
     assert not two_way, "two-way package ties: " + " | ".join(two_way)
     forbidden = [
-        edge for (a, b), edges in ties.items() for edge in edges
+        edge
+        for (a, b), edges in ties.items()
+        for edge in edges
         if (a == "api" and b == "pipelines")
         or (a.split(".")[0] == "ranker" and b in ("api", "pipelines"))
         or (a == "ranker.serving" and b == "ranker.training")
     ]
-    assert not forbidden, "imports against the layering (pipelines > api > ranker; serving below training): " + \
-        "; ".join(sorted(forbidden))
+    assert not forbidden, (
+        "imports against the layering (pipelines > api > ranker; serving below training): "
+        + "; ".join(sorted(forbidden))
+    )
 
 
 def _private_feast_uses(path: Path) -> list[str]:
@@ -157,8 +175,11 @@ def _private_feast_uses(path: Path) -> list[str]:
         if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "feast":
             parts = (node.module or "").split(".")
             for alias in node.names:
-                if alias.name.startswith("_") or alias.name in FEAST_INTERNALS or \
-                        any(p.startswith("_") or p in FEAST_INTERNALS for p in parts):
+                if (
+                    alias.name.startswith("_")
+                    or alias.name in FEAST_INTERNALS
+                    or any(p.startswith("_") or p in FEAST_INTERNALS for p in parts)
+                ):
                     out.append(f"{path.relative_to(ROOT)}:{node.lineno} from {node.module} import {alias.name}")
         elif isinstance(node, ast.Import):
             for alias in node.names:
@@ -175,6 +196,8 @@ def test_only_feast_compat_touches_feasts_private_api():
     scanned = [p for folder in folders for p in sorted((ROOT / folder).rglob("*.py"))]
     allowed = {ROOT / COMPAT, ROOT / "tests" / "test_feast_compat.py", Path(__file__).resolve()}
     uses = [use for path in scanned if path not in allowed for use in _private_feast_uses(path)]
-    assert not uses, (f"Feast internals outside {COMPAT} (add a wrapper there, pinned in "
-                      "tests/test_feast_compat.py): " + "; ".join(uses))
+    assert not uses, (
+        f"Feast internals outside {COMPAT} (add a wrapper there, pinned in "
+        "tests/test_feast_compat.py): " + "; ".join(uses)
+    )
     assert _private_feast_uses(ROOT / COMPAT), "the scan finds the wrapped names in feast_compat itself"

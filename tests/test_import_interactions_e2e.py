@@ -73,8 +73,17 @@ def test_minimal_interactions_log_trains_and_serves(tmp_path):
     assert "logged" not in test and "oracle" not in test, "sampled groups have no logged order; real data no oracle"
     assert test["model"]["ndcg@10"] > test["random"]["ndcg@10"] + 0.05, test
     ranker("registry", "publish", str(model_dir))
-    ranker("registry", "promote", "recs_ranker", card["version"], "--to", "production", "--force",
-           "--reason", "first model on an imported log")
+    ranker(
+        "registry",
+        "promote",
+        "recs_ranker",
+        card["version"],
+        "--to",
+        "production",
+        "--force",
+        "--reason",
+        "first model on an imported log",
+    )
 
     listings = pd.read_parquet(settings.raw_dir / "listings.parquet")
     recent = log[pd.to_datetime(log.timestamp) >= pd.to_datetime(log.timestamp).max() - pd.Timedelta(days=7)]

@@ -34,7 +34,7 @@ def one_group(label, score, **kwargs) -> pd.Series:
 
 
 def _plain_metrics(labels_in_rank_order: np.ndarray, k: int, recall_at: int) -> dict[str, float]:
-    gains = 2.0 ** labels_in_rank_order - 1
+    gains = 2.0**labels_in_rank_order - 1
     discounts = 1 / np.log2(np.arange(len(gains)) + 2)
     ideal = np.sort(gains)[::-1]
     relevant = labels_in_rank_order > 0

@@ -35,8 +35,12 @@ from ranker.registry.store import LocalStore
 # online and point-in-time alike, that snapshot (within the one-day TTLs).
 REQUEST_TS = pd.Timestamp("2026-10-09T06:00:00", tz="UTC").timestamp()
 BASE = {"RANKER_RELOAD_INTERVAL_S": 0, "RANKER_FEATURE_TIMEOUT_MS": 5000, "RANKER_SERVED_LOG_SAMPLE": 1.0}
-AB = {"search": [{"name": "control", "model": "production", "weight": 0.5},
-                 {"name": "treatment", "model": "staging", "weight": 0.5}]}
+AB = {
+    "search": [
+        {"name": "control", "model": "production", "weight": 0.5},
+        {"name": "treatment", "model": "staging", "weight": 0.5},
+    ]
+}
 
 
 # ------------------------------------------------------------------------------------------ fixtures
@@ -72,9 +76,16 @@ def registry_settings(world, trained, tmp_path_factory) -> Settings:
 
 @contextlib.contextmanager
 def scorer(settings: Settings, log_dir: Path, features_factory=None, **config):
-    app = create_app(test_config={**BASE, "RANKER_SURFACES": "search",
-                                  "RANKER_SERVED_LOG_URI": log_dir.resolve().as_uri(), **config},
-                     settings=settings, features_factory=features_factory)
+    app = create_app(
+        test_config={
+            **BASE,
+            "RANKER_SURFACES": "search",
+            "RANKER_SERVED_LOG_URI": log_dir.resolve().as_uri(),
+            **config,
+        },
+        settings=settings,
+        features_factory=features_factory,
+    )
     try:
         yield app
     finally:
@@ -93,8 +104,14 @@ def _send(client, live_env, n: int, seed: int = 0) -> list[dict]:
     """n logged search requests replayed at REQUEST_TS; returns (request, answer) pairs."""
     out = []
     for request in live_env.sample(n):
-        body = {"surface": "search", "user_id": request.user_id, "items": list(request.items), "limit": 10,
-                "query": request.query or "", "context": {"timestamp": REQUEST_TS}}
+        body = {
+            "surface": "search",
+            "user_id": request.user_id,
+            "items": list(request.items),
+            "limit": 10,
+            "query": request.query or "",
+            "context": {"timestamp": REQUEST_TS},
+        }
         response = client.post("/v1/rank", json=body)
         assert response.status_code == 200, response.get_data(as_text=True)
         out.append({"request": request, "answer": response.get_json(), "body": body})
@@ -126,8 +143,9 @@ class SkewedFeatures:
 def _skewed_factory(settings, *, service, timeout_s, item_cache_ttl_s):
     from ranker.serving.features import OnlineFeatures
 
-    return SkewedFeatures(OnlineFeatures(settings, service=service, timeout_s=timeout_s,
-                                         item_cache_ttl_s=item_cache_ttl_s))
+    return SkewedFeatures(
+        OnlineFeatures(settings, service=service, timeout_s=timeout_s, item_cache_ttl_s=item_cache_ttl_s)
+    )
 
 
 # ------------------------------------------------------------------------------------------ served log
@@ -136,10 +154,21 @@ def _skewed_factory(settings, *, service, timeout_s, item_cache_ttl_s):
 def _record(i: int, n_items: int = 20, k: int = 3, surface: str = "search") -> ServedRecord:
     rng = np.random.default_rng(i)
     return ServedRecord(
-        request_id=f"r{i}", request_ts=1_790_000_000.0 + i, logged_at=time.time(), surface=surface, user_id=f"u{i}",
-        query=None, model_name="m", model_version="v1", variant="control", feature_service="svc",
-        feature_names=tuple(f"f{j}" for j in range(k)), degraded=False, item_ids=[f"i{j}" for j in range(n_items)],
-        scores=rng.normal(size=n_items), ranks=np.arange(1, n_items + 1, dtype=np.int32),
+        request_id=f"r{i}",
+        request_ts=1_790_000_000.0 + i,
+        logged_at=time.time(),
+        surface=surface,
+        user_id=f"u{i}",
+        query=None,
+        model_name="m",
+        model_version="v1",
+        variant="control",
+        feature_service="svc",
+        feature_names=tuple(f"f{j}" for j in range(k)),
+        degraded=False,
+        item_ids=[f"i{j}" for j in range(n_items)],
+        scores=rng.normal(size=n_items),
+        ranks=np.arange(1, n_items + 1, dtype=np.int32),
         matrix=rng.normal(size=(n_items, k)).astype(np.float32),
     )
 
@@ -190,8 +219,11 @@ def test_writer_rotates_by_time_and_survives_write_errors(tmp_path):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the log folder should be")
     events: dict[str, int] = {}
-    writer = ServedLogWriter(LocalStore(root=blocker), ServedLogConfig(sample_rate=1.0, rotate_seconds=0.05),
-                             on_event=lambda kind, n: events.__setitem__(kind, events.get(kind, 0) + n))
+    writer = ServedLogWriter(
+        LocalStore(root=blocker),
+        ServedLogConfig(sample_rate=1.0, rotate_seconds=0.05),
+        on_event=lambda kind, n: events.__setitem__(kind, events.get(kind, 0) + n),
+    )
     try:
         assert writer.submit(_record(1))
         deadline = time.monotonic() + 10
@@ -230,9 +262,11 @@ def test_reading_an_empty_log_says_what_to_do(tmp_path):
 
 
 def test_variant_assignment_is_deterministic_and_follows_weights():
-    experiments = parse_variants({"search": [{"name": "a", "model": "production", "weight": 3},
-                                             {"name": "b", "model": "staging", "weight": 7}]},
-                                 surfaces=("search", "recs"), salt="s1")
+    experiments = parse_variants(
+        {"search": [{"name": "a", "model": "production", "weight": 3}, {"name": "b", "model": "staging", "weight": 7}]},
+        surfaces=("search", "recs"),
+        salt="s1",
+    )
     search = experiments["search"]
     users = [f"u{i:06d}" for i in range(20_000)]
     first = [search.assign(u).name for u in users]
@@ -240,20 +274,24 @@ def test_variant_assignment_is_deterministic_and_follows_weights():
     share_a = first.count("a") / len(first)
     assert abs(share_a - 0.3) < 0.015, share_a
     assert {experiments["recs"].assign(u).name for u in users[:100]} == {"control"}  # no experiment: control
-    other_salt = parse_variants({"search": [{"name": "a", "weight": 3}, {"name": "b", "weight": 7}]},
-                                surfaces=("search",), salt="s2")["search"]
+    other_salt = parse_variants(
+        {"search": [{"name": "a", "weight": 3}, {"name": "b", "weight": 7}]}, surfaces=("search",), salt="s2"
+    )["search"]
     moved = np.mean([other_salt.assign(u).name != v for u, v in zip(users, first, strict=False)])
     assert 0.3 < moved < 0.55  # a new salt reshuffles (expected 2 * 0.3 * 0.7 = 0.42)
 
 
-@pytest.mark.parametrize("config, message", [
-    ("{not json", "not valid JSON"),
-    ({"shop": []}, "does not serve"),
-    ({"search": []}, "non-empty list"),
-    ({"search": [{"name": "a b"}]}, "name must be"),
-    ({"search": [{"name": "a", "weight": 0}]}, "weight must be"),
-    ({"search": [{"name": "a"}, {"name": "a"}]}, "repeats"),
-])
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ("{not json", "not valid JSON"),
+        ({"shop": []}, "does not serve"),
+        ({"search": []}, "non-empty list"),
+        ({"search": [{"name": "a b"}]}, "name must be"),
+        ({"search": [{"name": "a", "weight": 0}]}, "weight must be"),
+        ({"search": [{"name": "a"}, {"name": "a"}]}, "repeats"),
+    ],
+)
 def test_variant_config_errors_are_precise(config, message):
     from ranker.errors import RankerError
 
@@ -285,8 +323,12 @@ def test_scorer_logs_the_exact_served_vectors_with_variant(registry_settings, li
         expected_rows = {}
         for s in sent[:5]:
             model = models[s["answer"]["variant"]]
-            rows = model.features.fetch(user_id=s["body"]["user_id"], item_ids=s["body"]["items"],
-                                        query=s["body"]["query"], request_ts=REQUEST_TS)
+            rows = model.features.fetch(
+                user_id=s["body"]["user_id"],
+                item_ids=s["body"]["items"],
+                query=s["body"]["query"],
+                request_ts=REQUEST_TS,
+            )
             expected_rows[s["answer"]["request_id"]] = (s["body"]["items"], rows)
     assert "ranker_served_log_rows_total" in metrics
     clock = float(metrics.split('ranker_model_last_check_timestamp_seconds{surface="search"} ')[1].split()[0])
@@ -346,8 +388,7 @@ def test_a_failing_log_never_fails_a_request(registry_settings, live_env, tmp_pa
 # ------------------------------------------------------------------------------------------ skew
 
 
-def test_skew_is_clean_then_names_the_feature_transformed_differently_at_serving(registry_settings, live_env,
-                                                                                 tmp_path):
+def test_skew_is_clean_then_names_the_feature_transformed_differently_at_serving(registry_settings, live_env, tmp_path):
     from ranker.monitoring.skew import SkewOptions, skew_report
 
     clean_dir, bug_dir = tmp_path / "clean", tmp_path / "bug"
@@ -383,13 +424,26 @@ def _training_records(world: Settings, card: dict, *, shift: dict | None = None,
         matrix = part[features].to_numpy(dtype=np.float32).copy()
         for feature, factor in (shift or {}).items():
             matrix[:, features.index(feature)] *= np.float32(factor)
-        records.append(ServedRecord(
-            request_id=str(rid), request_ts=REQUEST_TS, logged_at=time.time(), surface="search",
-            user_id=str(part.user_id.iloc[0]), query=None, model_name=card["name"], model_version=card["version"],
-            variant="control", feature_service=card["feature_service"], feature_names=tuple(features),
-            degraded=False, item_ids=part.item_id.astype(str).tolist(), scores=np.zeros(len(part)),
-            ranks=np.arange(1, len(part) + 1, dtype=np.int32), matrix=matrix,
-        ))
+        records.append(
+            ServedRecord(
+                request_id=str(rid),
+                request_ts=REQUEST_TS,
+                logged_at=time.time(),
+                surface="search",
+                user_id=str(part.user_id.iloc[0]),
+                query=None,
+                model_name=card["name"],
+                model_version=card["version"],
+                variant="control",
+                feature_service=card["feature_service"],
+                feature_names=tuple(features),
+                degraded=False,
+                item_ids=part.item_id.astype(str).tolist(),
+                scores=np.zeros(len(part)),
+                ranks=np.arange(1, len(part) + 1, dtype=np.int32),
+                matrix=matrix,
+            )
+        )
     return records
 
 
@@ -401,8 +455,9 @@ def _log(records: list, folder: Path) -> list:
     return read_served_log(LocalStore(root=folder))
 
 
-def test_drift_quiet_on_the_training_population_and_catches_a_shifted_feature(world, registry_settings, trained,
-                                                                              tmp_path):
+def test_drift_quiet_on_the_training_population_and_catches_a_shifted_feature(
+    world, registry_settings, trained, tmp_path
+):
     from ranker.monitoring.drift import DriftOptions, cards_for, drift_report, reference_scores
 
     card = json.loads((trained["good"] / "card.json").read_text())
@@ -440,13 +495,26 @@ def day_frames(df: pd.DataFrame, card: dict, folder: Path, *, transform=None, ve
     records = []
     for rid, part in df.groupby("request_id", sort=True):
         matrix = part[features].to_numpy(dtype=np.float32)
-        records.append(ServedRecord(
-            request_id=str(rid), request_ts=REQUEST_TS, logged_at=time.time(), surface="search",
-            user_id=str(part.user_id.iloc[0]), query=None, model_name=card["name"],
-            model_version=version or card["version"], variant="control", feature_service=card["feature_service"],
-            feature_names=tuple(features), degraded=False, item_ids=part.item_id.astype(str).tolist(),
-            scores=np.zeros(len(part)), ranks=np.arange(1, len(part) + 1, dtype=np.int32), matrix=matrix,
-        ))
+        records.append(
+            ServedRecord(
+                request_id=str(rid),
+                request_ts=REQUEST_TS,
+                logged_at=time.time(),
+                surface="search",
+                user_id=str(part.user_id.iloc[0]),
+                query=None,
+                model_name=card["name"],
+                model_version=version or card["version"],
+                variant="control",
+                feature_service=card["feature_service"],
+                feature_names=tuple(features),
+                degraded=False,
+                item_ids=part.item_id.astype(str).tolist(),
+                scores=np.zeros(len(part)),
+                ranks=np.arange(1, len(part) + 1, dtype=np.int32),
+                matrix=matrix,
+            )
+        )
     return _log(records, folder)
 
 
@@ -463,10 +531,13 @@ def test_monitors_skip_and_name_an_unknown_model_version(registry_settings, trai
     day_frames(good, card, log_dir)
     day_frames(stale, card, log_dir, version="20200101T000000Z-deadbeef")
     uri = log_dir.resolve().as_uri()
-    drift = _cli(["monitor", "drift", "--log-uri", uri, "--json", "--textfile-dir", str(tmp_path / "prom"),
-                  "--min-rows", "10"], monkeypatch, registry_settings)
+    drift = _cli(
+        ["monitor", "drift", "--log-uri", uri, "--json", "--textfile-dir", str(tmp_path / "prom"), "--min-rows", "10"],
+        monkeypatch,
+        registry_settings,
+    )
     assert drift.exit_code in (0, 1), drift.output
-    report = json.loads(drift.output[:drift.output.rindex("}") + 1])
+    report = json.loads(drift.output[: drift.output.rindex("}") + 1])
     assert [m["version"] for m in report["models"]] == [card["version"]]
     (skipped,) = report["skipped_versions"]
     assert skipped["version"] == "20200101T000000Z-deadbeef" and skipped["rows"] == int(len(stale))
@@ -474,20 +545,42 @@ def test_monitors_skip_and_name_an_unknown_model_version(registry_settings, trai
     for key in ("feature", "psi", "healthy_high", "threshold", "verdict"):
         assert key in report["models"][0]["features"][0]
 
-    skew = _cli(["monitor", "skew", "--log-uri", uri, "--json", "--textfile-dir", str(tmp_path / "prom")],
-                monkeypatch, registry_settings)
+    skew = _cli(
+        ["monitor", "skew", "--log-uri", uri, "--json", "--textfile-dir", str(tmp_path / "prom")],
+        monkeypatch,
+        registry_settings,
+    )
     assert skew.exit_code in (0, 1) and "Traceback" not in skew.output, skew.output
-    skew_report = json.loads(skew.output[:skew.output.rindex("}") + 1])
+    skew_report = json.loads(skew.output[: skew.output.rindex("}") + 1])
     assert [s["version"] for s in skew_report["skipped_versions"]] == ["20200101T000000Z-deadbeef"]
     assert skew_report["rows"] == int(len(good))
 
-    events = pd.DataFrame({"event_type": "click", "timestamp": pd.Timestamp.now(tz="UTC"),
-                           "request_id": df.request_id.astype(str), "item_id": df.item_id.astype(str)})
+    events = pd.DataFrame(
+        {
+            "event_type": "click",
+            "timestamp": pd.Timestamp.now(tz="UTC"),
+            "request_id": df.request_id.astype(str),
+            "item_id": df.item_id.astype(str),
+        }
+    )
     events.to_parquet(tmp_path / "events.parquet")
-    online = _cli(["monitor", "online", "--log-uri", uri, "--json", "--events", str(tmp_path / "events.parquet"),
-                   "--textfile-dir", str(tmp_path / "prom")], monkeypatch, registry_settings)
+    online = _cli(
+        [
+            "monitor",
+            "online",
+            "--log-uri",
+            uri,
+            "--json",
+            "--events",
+            str(tmp_path / "events.parquet"),
+            "--textfile-dir",
+            str(tmp_path / "prom"),
+        ],
+        monkeypatch,
+        registry_settings,
+    )
     assert online.exit_code == 0, online.output
-    online_report = json.loads(online.output[:online.output.rindex("}") + 1])
+    online_report = json.loads(online.output[: online.output.rindex("}") + 1])
     assert [s["version"] for s in online_report["skipped_versions"]] == ["20200101T000000Z-deadbeef"]
     (group,) = online_report["groups"]
     assert group["requests"] == int(good.request_id.nunique()) and group["ctr@10"]["low"] is not None
@@ -518,8 +611,12 @@ def test_ab_through_the_scorer_finds_the_better_model(registry_settings, live_en
     by_variant = reqs.groupby("variant")["utility@10"].mean()
     assert by_variant["control"] > by_variant["treatment"], by_variant
     # This small world has ~150 searching users: a burn-in of 30 users per variant, not the default 100.
-    report = online_report(reqs, k=10, weights={"search": {"control": 0.5, "treatment": 0.5}},
-                           sequential=SequentialOptions(burn_in_users=30))
+    report = online_report(
+        reqs,
+        k=10,
+        weights={"search": {"control": 0.5, "treatment": 0.5}},
+        sequential=SequentialOptions(burn_in_users=30),
+    )
     assert {g["variant"] for g in report["groups"]} == {"control", "treatment"}
     (comparison,) = report["comparisons"]
     assert comparison["treatment"] == "treatment" and comparison["control"] == "control"
@@ -559,15 +656,18 @@ def _cli(args: list[str], monkeypatch, settings: Settings):
     return CliRunner().invoke(cli.cli, args)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["monitor", "skew", "--since", "yesterday-ish"], "--since='yesterday-ish' is not a time"),
-    (["monitor", "drift", "--since", "2026-10-09", "--until", "2026-10-08"], "is not after"),
-    (["monitor", "drift", "--log-uri", "ftp://x/y"], "RANKER_SERVED_LOG_URI"),
-    (["monitor", "drift", "--reference-offset", "soon"], "--reference-offset='soon' is not a duration"),
-    (["monitor", "online", "--variants", "{bad"], "is not valid JSON"),
-    (["monitor", "online", "--alpha", "2"], "alpha must be within (0, 1)"),
-    (["monitor", "ab-plan", "--mde", "0"], "--mde must be > 0"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["monitor", "skew", "--since", "yesterday-ish"], "--since='yesterday-ish' is not a time"),
+        (["monitor", "drift", "--since", "2026-10-09", "--until", "2026-10-08"], "is not after"),
+        (["monitor", "drift", "--log-uri", "ftp://x/y"], "RANKER_SERVED_LOG_URI"),
+        (["monitor", "drift", "--reference-offset", "soon"], "--reference-offset='soon' is not a duration"),
+        (["monitor", "online", "--variants", "{bad"], "is not valid JSON"),
+        (["monitor", "online", "--alpha", "2"], "alpha must be within (0, 1)"),
+        (["monitor", "ab-plan", "--mde", "0"], "--mde must be > 0"),
+    ],
+)
 def test_monitor_commands_reject_bad_input_in_one_line(args, message, registry_settings, monkeypatch, tmp_path):
     result = _cli(args, monkeypatch, registry_settings)
     assert result.exit_code == 2, result.output
@@ -579,13 +679,19 @@ def test_monitor_cli_skew_exit_codes_and_prometheus_textfile(registry_settings, 
     with scorer(registry_settings, bug_dir, features_factory=_skewed_factory) as app:
         _send(app.test_client(), live_env, 5)
     out = tmp_path / "prom"
-    result = _cli(["monitor", "skew", "--log-uri", bug_dir.resolve().as_uri(), "--textfile-dir", str(out)],
-                  monkeypatch, registry_settings)
+    result = _cli(
+        ["monitor", "skew", "--log-uri", bug_dir.resolve().as_uri(), "--textfile-dir", str(out)],
+        monkeypatch,
+        registry_settings,
+    )
     assert result.exit_code == 1, result.output
     assert result.output.splitlines()[1].startswith("discount_pct")
     text = (out / "ranker_monitor_skew.prom").read_text()
     line = next(row for row in text.splitlines() if row.startswith('ranker_skew_mismatch_rate{feature="discount_pct"'))
     assert float(line.split()[-1]) > 0.3
-    empty = _cli(["monitor", "online", "--log-uri", bug_dir.resolve().as_uri(), "--events", str(tmp_path)],
-                 monkeypatch, registry_settings)
+    empty = _cli(
+        ["monitor", "online", "--log-uri", bug_dir.resolve().as_uri(), "--events", str(tmp_path)],
+        monkeypatch,
+        registry_settings,
+    )
     assert empty.exit_code == 2 and "no events" in empty.output

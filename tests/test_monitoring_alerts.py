@@ -20,8 +20,10 @@ DASHBOARD = REPO_ROOT / "infra" / "grafana" / "dashboards" / "scorer.json"
 def _promtool() -> str:
     binary = shutil.which("promtool")
     if binary is None:
-        pytest.skip("promtool not installed: `make test` installs it with apt-get (Debian package prometheus); "
-                    "the rule unit tests need it")
+        pytest.skip(
+            "promtool not installed: `make test` installs it with apt-get (Debian package prometheus); "
+            "the rule unit tests need it"
+        )
     return binary
 
 
@@ -33,8 +35,9 @@ def test_alert_rules_are_valid():
 def test_alert_rule_unit_tests_pass():
     tests = sorted((PROM / "tests").glob("*.yml"))
     assert len(tests) >= 3
-    result = subprocess.run([_promtool(), "test", "rules", *map(str, tests)], capture_output=True, text=True,
-                            cwd=PROM, timeout=120)
+    result = subprocess.run(
+        [_promtool(), "test", "rules", *map(str, tests)], capture_output=True, text=True, cwd=PROM, timeout=120
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("SUCCESS") == len(tests)
 
@@ -60,16 +63,42 @@ def _known_metrics() -> set[str]:
     metrics.model_swapped("search", "search_ranker", None, "v1")
     texts = [generate_latest(metrics.registry).decode()]
     skew = {"rows": 1, "features": [{"feature": "f", "feature_service": "s", "mismatch_rate": 0.0}]}
-    drift = {"models": [{"surface": "search", "model_name": "m", "version": "v", "rows": 1, "judged": True,
-                         "features": [{"feature": "f", "psi": 0.1, "threshold": 0.2, "verdict": "ok"}],
-                         "score_psi": 0.1}]}
+    drift = {
+        "models": [
+            {
+                "surface": "search",
+                "model_name": "m",
+                "version": "v",
+                "rows": 1,
+                "judged": True,
+                "features": [{"feature": "f", "psi": 0.1, "threshold": 0.2, "verdict": "ok"}],
+                "score_psi": 0.1,
+            }
+        ]
+    }
     ci = {"mean": 0.1, "n": 1}
-    online = {"k": 10, "metrics": ["ctr@10"], "groups": [
-        {"surface": "search", "model_version": "v", "variant": "control", "requests": 1, "ctr@10": ci, "purchase": ci,
-         "ndcg@10": ci, "guardrails": {"latency_p99_ms": 12.0, "degraded_share": 0.0}}],
-        "comparisons": [{"surface": "search", "treatment": "t", "srm": {"p_value": 0.5}, "ctr@10": {"better": None}}]}
-    for registry in (export.skew_metrics(skew), export.drift_metrics(drift, materialized={"listing_fv": 1.0}),
-                     export.online_metrics(online)):
+    online = {
+        "k": 10,
+        "metrics": ["ctr@10"],
+        "groups": [
+            {
+                "surface": "search",
+                "model_version": "v",
+                "variant": "control",
+                "requests": 1,
+                "ctr@10": ci,
+                "purchase": ci,
+                "ndcg@10": ci,
+                "guardrails": {"latency_p99_ms": 12.0, "degraded_share": 0.0},
+            }
+        ],
+        "comparisons": [{"surface": "search", "treatment": "t", "srm": {"p_value": 0.5}, "ctr@10": {"better": None}}],
+    }
+    for registry in (
+        export.skew_metrics(skew),
+        export.drift_metrics(drift, materialized={"listing_fv": 1.0}),
+        export.online_metrics(online),
+    ):
         texts.append(generate_latest(registry).decode())
     return {s.name for text in texts for family in text_string_to_metric_families(text) for s in family.samples}
 
@@ -105,11 +134,14 @@ def test_dashboard_is_valid_grafana_json():
         assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24
 
 
-@pytest.mark.parametrize("srm_p, skew_rate, expected", [
-    (0.4, 0.0, []),
-    (1e-5, 0.0, ["RankerSampleRatioMismatch"]),
-    (0.4, 0.2, ["RankerTrainingServingSkew"]),
-])
+@pytest.mark.parametrize(
+    "srm_p, skew_rate, expected",
+    [
+        (0.4, 0.0, []),
+        (1e-5, 0.0, ["RankerSampleRatioMismatch"]),
+        (0.4, 0.2, ["RankerTrainingServingSkew"]),
+    ],
+)
 def test_exported_monitor_figures_replayed_through_the_rules(srm_p, skew_rate, expected):
     """The replay harness the demo uses (ranker.monitoring.alertcheck): quiet figures fire nothing,
     a broken split or a skewed feature fires exactly its rule."""
@@ -120,11 +152,24 @@ def test_exported_monitor_figures_replayed_through_the_rules(srm_p, skew_rate, e
     from ranker.monitoring.alertcheck import alerts_that_would_fire
 
     ci = {"mean": 0.1, "n": 1}
-    online = {"k": 10, "metrics": ["ctr@10"], "groups": [
-        {"surface": "search", "model_version": "v", "variant": "control", "requests": 1, "ctr@10": ci,
-         "guardrails": {"latency_p99_ms": 12.0, "degraded_share": 0.0}}],
-        "comparisons": [{"surface": "search", "treatment": "t", "srm": {"p_value": srm_p}, "ctr@10": {"better": None}}]}
+    online = {
+        "k": 10,
+        "metrics": ["ctr@10"],
+        "groups": [
+            {
+                "surface": "search",
+                "model_version": "v",
+                "variant": "control",
+                "requests": 1,
+                "ctr@10": ci,
+                "guardrails": {"latency_p99_ms": 12.0, "degraded_share": 0.0},
+            }
+        ],
+        "comparisons": [{"surface": "search", "treatment": "t", "srm": {"p_value": srm_p}, "ctr@10": {"better": None}}],
+    }
     skew = {"rows": 10, "features": [{"feature": "f", "feature_service": "s", "mismatch_rate": skew_rate}]}
-    texts = [generate_latest(export.online_metrics(online)).decode(),
-             generate_latest(export.skew_metrics(skew)).decode()]
+    texts = [
+        generate_latest(export.online_metrics(online)).decode(),
+        generate_latest(export.skew_metrics(skew)).decode(),
+    ]
     assert alerts_that_would_fire(texts, PROM / "alerts.yml") == expected

@@ -28,8 +28,11 @@ def steady(tmp_path_factory):
 
     warnings.filterwarnings("ignore", category=RuntimeWarning)
     settings = make_home(tmp_path_factory.mktemp("steady"))
-    simulate(SimConfig(seed=5, users=300, items=900, new_items_per_day=60, days=22, start=date(2026, 10, 1)),
-             raw_dir=settings.raw_dir, ground_truth_dir=settings.ground_truth_dir)
+    simulate(
+        SimConfig(seed=5, users=300, items=900, new_items_per_day=60, days=22, start=date(2026, 10, 1)),
+        raw_dir=settings.raw_dir,
+        ground_truth_dir=settings.ground_truth_dir,
+    )
     build_features(settings)
     apply(settings)
     build_dataset(settings, DatasetOptions(surface="search", chunk_rows=50_000))
@@ -86,8 +89,9 @@ def _alerts(report: dict) -> list[str]:
 
     if shutil.which("promtool") is None:
         pytest.skip("promtool not installed (`make test` installs the Debian package prometheus)")
-    return alerts_that_would_fire([generate_latest(drift_metrics(report)).decode()],
-                                  REPO_ROOT / "infra" / "prometheus" / "alerts.yml")
+    return alerts_that_would_fire(
+        [generate_latest(drift_metrics(report)).decode()], REPO_ROOT / "infra" / "prometheus" / "alerts.yml"
+    )
 
 
 @pytest.mark.parametrize("feature", ["price", "condition_score", "listing_age_hours"])

@@ -58,8 +58,9 @@ def test_small_catalogue_takes_only_what_was_live():
     listings = pd.DataFrame(
         {
             "item_id": ["pos", "live1", "live2", "future", "sold", "sold_later"],
-            "created_at": pd.to_datetime(["2026-01-01", "2026-01-02", "2026-01-03", "2026-01-11", "2026-01-01",
-                                          "2026-01-01"], utc=True),
+            "created_at": pd.to_datetime(
+                ["2026-01-01", "2026-01-02", "2026-01-03", "2026-01-11", "2026-01-01", "2026-01-01"], utc=True
+            ),
             "sold_at": pd.to_datetime([None, None, None, None, "2026-01-10T12:00:00", "2026-01-10T12:00:01"], utc=True),
         }
     )
@@ -76,8 +77,17 @@ def test_small_catalogue_takes_only_what_was_live():
 def test_sampled_groups_have_the_training_layout(world, recs_positives):
     pos, _ = recs_positives
     table = sampled_groups(world, DatasetOptions(surface="recs", negatives=4, negatives_seed=3)).to_pandas()
-    assert list(table.columns) == ["request_id", "event_timestamp", "user_id", "item_id", "position", "query",
-                                   "seller_id", "category", "label"]
+    assert list(table.columns) == [
+        "request_id",
+        "event_timestamp",
+        "user_id",
+        "item_id",
+        "position",
+        "query",
+        "seller_id",
+        "category",
+        "label",
+    ]
     sizes = table.groupby("request_id", sort=False).size()
     assert len(sizes) == len(pos) and (sizes == 5).all()
     assert (table.groupby("request_id").label.apply(lambda s: int((s > 0).sum())) == 1).all()
@@ -90,12 +100,20 @@ def test_sampled_groups_have_the_training_layout(world, recs_positives):
 def test_training_set_and_card_say_the_groups_are_sampled(world, tmp_path):
     from ranker.training.train import TrainOptions, train_model
 
-    manifest = build_dataset(world, DatasetOptions(surface="recs", feature_service="generic_ranker_v1",
-                                                   negatives=4, negatives_seed=0, chunk_rows=20_000))
+    manifest = build_dataset(
+        world,
+        DatasetOptions(
+            surface="recs", feature_service="generic_ranker_v1", negatives=4, negatives_seed=0, chunk_rows=20_000
+        ),
+    )
     assert manifest["sampled_groups"]["sampled"] and manifest["sampled_groups"]["negatives_per_positive"] == 4
     assert manifest["rows"] == 5 * manifest["groups"]
-    again = build_dataset(world, DatasetOptions(surface="recs", feature_service="generic_ranker_v1",
-                                                negatives=4, negatives_seed=0, chunk_rows=7_000))
+    again = build_dataset(
+        world,
+        DatasetOptions(
+            surface="recs", feature_service="generic_ranker_v1", negatives=4, negatives_seed=0, chunk_rows=7_000
+        ),
+    )
     assert again["fingerprint"] == manifest["fingerprint"], "seeded sampling and chunking give the same set"
     model = train_model(world, TrainOptions(surface="recs", num_boost_round=60), out_root=tmp_path)
     card = json.loads((model / "card.json").read_text())

@@ -47,23 +47,34 @@ def test_a_function_written_for_dataframes_only_gets_a_dataframe():
 
     def differs(inputs):
         scale = 2.0 if isinstance(inputs, dict) else 1.0
-        return {"x": np.asarray(inputs["price"], dtype=np.float64) * scale} if isinstance(inputs, dict) else \
-            pd.DataFrame({"x": inputs["price"].to_numpy(np.float64)})
+        return (
+            {"x": np.asarray(inputs["price"], dtype=np.float64) * scale}
+            if isinstance(inputs, dict)
+            else pd.DataFrame({"x": inputs["price"].to_numpy(np.float64)})
+        )
 
     assert not takes_mapping(frames_only, {"price": "num"})
     assert not takes_mapping(differs, {"price": "num"})
-    assert takes_mapping(transforms.user_listing_features, {
-        "price": "num", "size": "str", "user_median_click_price_30d": "num", "user_price_index_30d": "num",
-        "user_size": "str", "category_median_price": "num"})
+    assert takes_mapping(
+        transforms.user_listing_features,
+        {
+            "price": "num",
+            "size": "str",
+            "user_median_click_price_30d": "num",
+            "user_price_index_30d": "num",
+            "user_size": "str",
+            "category_median_price": "num",
+        },
+    )
 
 
-EDITED = '''
+EDITED = """
 def listing_request_features(inputs: pd.DataFrame) -> pd.DataFrame:
     # edited: minutes instead of hours, written for DataFrames only (Series methods)
     age = pd.to_numeric(inputs["request_ts"], errors="coerce").sub(
         pd.to_numeric(inputs["listing_created_epoch"], errors="coerce")).div(60.0)
     return pd.DataFrame({"listing_age_hours": age.astype("float32")})
-'''
+"""
 
 
 @pytest.mark.slow

@@ -24,6 +24,7 @@ REQUESTS_PER_SERVICE = 20  # per store: 40 random requests compared with Feast
 
 # --- helpers -----------------------------------------------------------------------------------------
 
+
 def _assert_bit_identical(got: np.ndarray, want: np.ndarray, msg: str = "") -> None:
     assert got.dtype == np.float32 and want.dtype == np.float32, msg
     assert got.shape == want.shape, msg
@@ -59,13 +60,21 @@ class _Universe:
         items = [str(i) for i in rng.permutation(np.array(items, dtype=object))]
         kind = rng.random()
         user = (
-            str(rng.choice(self.users_active)) if kind < 0.6
-            else str(rng.choice(self.users_idle)) if kind < 0.85
+            str(rng.choice(self.users_active))
+            if kind < 0.6
+            else str(rng.choice(self.users_idle))
+            if kind < 0.85
             else "u-unknown"
         )
         if service.startswith("search"):
             r = rng.random()
-            query = str(rng.choice(self.queries)) if r < 0.7 else "velvet unicorn boots" if r < 0.85 else rng.choice(["", None])
+            query = (
+                str(rng.choice(self.queries))
+                if r < 0.7
+                else "velvet unicorn boots"
+                if r < 0.85
+                else rng.choice(["", None])
+            )
         else:
             query = None
         now = int(datetime.now(timezone.utc).timestamp())
@@ -131,6 +140,7 @@ def redis_world(world, redis_server):
 
 # --- exactness ---------------------------------------------------------------------------------------
 
+
 def test_fetch_equals_feast_on_random_requests_sqlite(sqlite_world):
     assert _compare_random_requests(sqlite_world, seed=20261125) == 2 * REQUESTS_PER_SERVICE
 
@@ -146,7 +156,10 @@ def test_redis_and_sqlite_paths_agree(sqlite_world, redis_world):
 
     universe = _Universe(sqlite_world, datetime.now(timezone.utc))
     rng = np.random.default_rng(3)
-    with OnlineFeatures(sqlite_world, service="search_ranker_v1") as a, OnlineFeatures(redis_world, service="search_ranker_v1") as b:
+    with (
+        OnlineFeatures(sqlite_world, service="search_ranker_v1") as a,
+        OnlineFeatures(redis_world, service="search_ranker_v1") as b,
+    ):
         for _ in range(5):
             req = universe.request(rng, "search_ranker_v1")
             x, y = a.fetch(**req), b.fetch(**req)
@@ -203,6 +216,7 @@ def test_concurrent_fetches_are_consistent(store, request):
 
 # --- the item cache ------------------------------------------------------------------------------------
 
+
 def _cache_roundtrip(settings) -> None:
     from ranker.serving.features import OnlineFeatures
 
@@ -213,9 +227,10 @@ def _cache_roundtrip(settings) -> None:
         req["item_ids"] = req["item_ids"] + ["i-unknown-x"]
         unique = list(dict.fromkeys(req["item_ids"]))
         n_known = sum(i in universe.listing_sold for i in unique)
-        with OnlineFeatures(settings, service=service) as plain, OnlineFeatures(
-            settings, service=service, item_cache_ttl_s=60
-        ) as cached:
+        with (
+            OnlineFeatures(settings, service=service) as plain,
+            OnlineFeatures(settings, service=service, item_cache_ttl_s=60) as cached,
+        ):
             want = plain.fetch(**req)
             first = cached.fetch(**req)
             assert (cached.cache_hits, cached.cache_misses) == (0, len(unique))
@@ -403,6 +418,7 @@ def test_sold_flag_is_never_served_from_the_cache(redis_world):
 
 # --- failures ------------------------------------------------------------------------------------------
 
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -457,8 +473,9 @@ def test_redis_that_does_not_answer_times_out(world):
         online = OnlineFeatures(settings, service="recs_ranker_v1", timeout_s=5.0)
         t0 = time.perf_counter()
         with pytest.raises(FetchDeadlineExceeded, match="deadline"):
-            online.fetch(user_id="u1", item_ids=["i1"], query=None, request_ts=1_790_000_000,
-                         deadline=time.monotonic() + 0.15)
+            online.fetch(
+                user_id="u1", item_ids=["i1"], query=None, request_ts=1_790_000_000, deadline=time.monotonic() + 0.15
+            )
         elapsed = time.perf_counter() - t0
         assert 0.14 <= elapsed < 1.0, elapsed
         online.close()
@@ -475,11 +492,13 @@ def test_sqlite_fetch_past_its_deadline_is_interrupted(sqlite_world):
 
     with OnlineFeatures(sqlite_world, service="search_ranker_v1", timeout_s=5.0) as online:
         with pytest.raises(FetchDeadlineExceeded):
-            online.fetch(user_id="u1", item_ids=["i1"], query=None, request_ts=1_790_000_000,
-                         deadline=time.monotonic() - 0.001)
+            online.fetch(
+                user_id="u1", item_ids=["i1"], query=None, request_ts=1_790_000_000, deadline=time.monotonic() - 0.001
+            )
         # the connection is fine afterwards
-        rows = online.fetch(user_id="u1", item_ids=["i1"], query=None, request_ts=1_790_000_000,
-                            deadline=time.monotonic() + 5.0)
+        rows = online.fetch(
+            user_id="u1", item_ids=["i1"], query=None, request_ts=1_790_000_000, deadline=time.monotonic() + 5.0
+        )
         assert rows.matrix.shape == (1, len(online.feature_names))
 
 
@@ -495,8 +514,10 @@ def test_redis_connections_are_reused_across_threads(redis_world):
         online.fetch(user_id="u1", item_ids=["i1"], query=None, request_ts=1_790_000_000)
         before = client.info("clients")["connected_clients"]
         for _ in range(20):
-            thread = threading.Thread(target=online.fetch, kwargs=dict(
-                user_id="u1", item_ids=["i1", "i2"], query=None, request_ts=1_790_000_000))
+            thread = threading.Thread(
+                target=online.fetch,
+                kwargs=dict(user_id="u1", item_ids=["i1", "i2"], query=None, request_ts=1_790_000_000),
+            )
             thread.start()
             thread.join()
         assert client.info("clients")["connected_clients"] <= before
@@ -535,7 +556,9 @@ def test_redis_error_reply_is_store_unavailable_and_the_pool_stays_clean(redis_w
         try:
             before = online.fetch(user_id="u1", item_ids=["i1", "i2"], query="dress", request_ts=1_790_000_000)
             with pytest.raises(OnlineStoreUnavailable, match="WRONGTYPE"):
-                online.fetch(user_id="u1", item_ids=["i1", "i-wrong-type", "i2"], query="dress", request_ts=1_790_000_000)
+                online.fetch(
+                    user_id="u1", item_ids=["i1", "i-wrong-type", "i2"], query="dress", request_ts=1_790_000_000
+                )
             after = online.fetch(user_id="u1", item_ids=["i1", "i2"], query="dress", request_ts=1_790_000_000)
             _assert_bit_identical(after.matrix, before.matrix, "after an error reply")
         finally:
@@ -577,7 +600,8 @@ def test_round_two_is_read_while_round_one_is_placed_and_a_failure_drops_its_con
         _assert_bit_identical(after.matrix, before.matrix, "after a failure with round 2 in flight")
         # the connection was closed and handed back to the pool (not leaked with replies unread)
         assert backend._pool._created_connections == 1 and not backend._pool._in_use_connections - {
-            conn for _pid, conn in backend._idle}
+            conn for _pid, conn in backend._idle
+        }
 
 
 def test_missing_sqlite_store_raises_store_unavailable(world, tmp_path):
@@ -601,5 +625,3 @@ def test_unknown_service_is_a_clear_error(world):
 
     with pytest.raises(FeatureRepoError, match="search_ranker_v9"):
         OnlineFeatures(world, service="search_ranker_v9")
-
-

@@ -23,8 +23,11 @@ def _status_cli(settings: Settings) -> tuple[int, str, str]:
     from pipelines import cli
 
     cli._register()
-    env = {"RANKER_HOME": str(settings.home), "RANKER_ONLINE_STORE": settings.online_store,
-           "REDIS_URL": settings.redis_url}
+    env = {
+        "RANKER_HOME": str(settings.home),
+        "RANKER_ONLINE_STORE": settings.online_store,
+        "REDIS_URL": settings.redis_url,
+    }
     result = CliRunner().invoke(cli.cli, ["features", "status"], env=env)
     return result.exit_code, result.stdout, result.stderr
 
@@ -61,9 +64,14 @@ def test_an_empty_redis_gets_a_full_load_after_sqlite_was_loaded(world, redis_se
     assert code == 0 and "EMPTY" not in out and "loaded" in out
 
     # The values are there and are the latest offline ones (not the defaults).
-    online = feature_store(settings).get_online_features(
-        features=["item_stats_fv:item_impressions_7d", "listing_fv:price"], entity_rows=[{"item_id": "i0000001"}],
-    ).to_dict()
+    online = (
+        feature_store(settings)
+        .get_online_features(
+            features=["item_stats_fv:item_impressions_7d", "listing_fv:price"],
+            entity_rows=[{"item_id": "i0000001"}],
+        )
+        .to_dict()
+    )
     assert online["price"][0] is not None and online["item_impressions_7d"][0] is not None
 
     assert materialize(settings)["rows"] == 0, "an incremental rerun with no new data writes nothing"
@@ -114,8 +122,9 @@ def test_feast_sdk_finds_the_feature_tables_from_any_working_directory(world, tm
     elsewhere.mkdir()
     runs = [("feature_repo", world.home), (str(world.feature_repo), elsewhere)]
     for repo_path, cwd in runs:
-        proc = subprocess.run([sys.executable, "-c", _SDK_SCRIPT, repo_path, str(cwd)], capture_output=True,
-                              text=True, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-c", _SDK_SCRIPT, repo_path, str(cwd)], capture_output=True, text=True, timeout=300
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert proc.stdout.strip().splitlines()[-1] == "ok 2 True"
     feast = Path(sys.executable).with_name("feast")

@@ -51,8 +51,9 @@ def test_ips_recovers_the_ctr_of_a_known_ranking(logging):
         assert est["ips_ci"][0] < truth < est["ips_ci"][1], (assumption, est["ips"], truth)
         assert abs(est["snips"] - truth) < 0.15 * truth
     # the pbm estimator matches ~3x more rounds than the slot-wise one
-    assert (weights(blocks, slots, p, n_slots=3, theta=theta, assumption="pbm") > 0).sum() > \
-        2.5 * (weights(blocks, slots, p, n_slots=3, theta=theta, assumption="independent") > 0).sum()
+    assert (weights(blocks, slots, p, n_slots=3, theta=theta, assumption="pbm") > 0).sum() > 2.5 * (
+        weights(blocks, slots, p, n_slots=3, theta=theta, assumption="independent") > 0
+    ).sum()
     logged = clicks.mean()
     assert logged < truth, "the top-3 ranking must beat the logging policy here"
 
@@ -61,7 +62,9 @@ def test_tied_scores_share_the_slot():
     # an item tied with 3 others over ranks 1..4 is in slot 1 a quarter of the time
     w = weights(np.array([[1, 4]]), np.array([1]), np.array([0.5]), n_slots=3, theta=None, assumption="independent")
     assert w[0] == pytest.approx(0.25 / 0.5)
-    absent = weights(np.array([[0, 0]]), np.array([1]), np.array([0.5]), n_slots=3, theta=None, assumption="independent")
+    absent = weights(
+        np.array([[0, 0]]), np.array([1]), np.array([0.5]), n_slots=3, theta=None, assumption="independent"
+    )
     assert absent[0] == 0
 
 
@@ -72,7 +75,10 @@ def test_open_bandit_example_end_to_end(tmp_path):
     from pipelines.example_open_bandit import run
 
     result = run(tmp_path / "home", OPEN_BANDIT, negatives=10, seed=0, max_ips_rows=1500)
-    logs = {p: pd.read_csv(OPEN_BANDIT / p / "all" / "all.csv", usecols=["click", "propensity_score"]) for p in ("random", "bts")}
+    logs = {
+        p: pd.read_csv(OPEN_BANDIT / p / "all" / "all.csv", usecols=["click", "propensity_score"])
+        for p in ("random", "bts")
+    }
     report = result["import"]
     assert report["rows_read"] == report["rows_imported"] == sum(len(v) for v in logs.values())
     assert report["events"]["click"] == sum(int(v.click.sum()) for v in logs.values()) > 0

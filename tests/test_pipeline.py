@@ -21,9 +21,14 @@ SAMPLE = ["--simulate", "--scale", "0.15", "--days", "8", "--start", "2026-10-01
 
 def ranker_process(home: Path, *args: str) -> subprocess.CompletedProcess:
     """The real `ranker` entry point in a child process."""
-    result = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=REPO_ROOT,
-                            env={"RANKER_HOME": str(home), "PATH": "/usr/bin:/bin", "HOME": str(home)},
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *args],
+        cwd=REPO_ROOT,
+        env={"RANKER_HOME": str(home), "PATH": "/usr/bin:/bin", "HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -63,7 +68,9 @@ def test_daily_records_every_step_with_inputs_outputs_and_durations(home):
     assert record["status"] == "succeeded" and record["attempts"] == 1
     by = steps(record)
     assert [s["name"] for s in record["steps"]] == ["ingest", "features", "apply", "materialize"]
-    assert all(s["status"] == "succeeded" and s["seconds"] > 0 and s["started_at"] <= s["finished_at"] for s in by.values())
+    assert all(
+        s["status"] == "succeeded" and s["seconds"] > 0 and s["started_at"] <= s["finished_at"] for s in by.values()
+    )
     assert by["ingest"]["inputs"]["simulate"]["scale"] == 0.15
     assert by["ingest"]["outputs"]["rows"]["events"] > 10_000
     assert by["features"]["outputs"]["tables"]["item_stats"]["rows"] > 0
@@ -96,7 +103,10 @@ def test_a_failed_run_resumes_at_the_failed_step(home):
     finally:
         broken.unlink()
     assert failed.returncode == 2
-    assert failed.stderr.strip().splitlines()[-1].startswith("error: daily run daily-") and "step apply failed" in failed.stderr
+    assert (
+        failed.stderr.strip().splitlines()[-1].startswith("error: daily run daily-")
+        and "step apply failed" in failed.stderr
+    )
     assert "Traceback" not in failed.stderr
     record = newest(home, "daily")
     by = steps(record)
@@ -121,15 +131,18 @@ def test_resume_refuses_other_parameters_and_concurrent_runs(home):
     assert busy.returncode == 2 and "another daily run is in progress (run holder-run" in busy.stderr
 
 
-@pytest.mark.parametrize("args, message", [
-    (["daily", "--end", "yesterday"], "is not an ISO date/time"),
-    (["daily", "--end", "2026-10-09T00:00:00"], "has no timezone"),
-    (["daily", "--run-id", "../escape"], "must be 1-120 characters"),
-    (["daily", "--step", "nope"], "unknown step(s) nope of daily"),
-    (["retrain", "--start", "soon"], "--start"),
-    (["retrain", "--staging-margin", "0.1"], "must not be stricter"),
-    (["show", "daily", "no-such-run"], "no daily run 'no-such-run'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["daily", "--end", "yesterday"], "is not an ISO date/time"),
+        (["daily", "--end", "2026-10-09T00:00:00"], "has no timezone"),
+        (["daily", "--run-id", "../escape"], "must be 1-120 characters"),
+        (["daily", "--step", "nope"], "unknown step(s) nope of daily"),
+        (["retrain", "--start", "soon"], "--start"),
+        (["retrain", "--staging-margin", "0.1"], "must not be stricter"),
+        (["show", "daily", "no-such-run"], "no daily run 'no-such-run'"),
+    ],
+)
 def test_bad_input_is_a_one_line_error(home, args, message):
     result = ranker(home.home, "pipeline", *args, check=False)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
@@ -143,8 +156,13 @@ def test_a_step_error_is_recorded_with_its_traceback_and_the_run_raises(tmp_path
         raise ValueError("boom")
 
     with pytest.raises(PipelineError, match="step b failed: ValueError: boom"):
-        run_pipeline(settings, pipeline="unit", steps=[Step("a", lambda ctx: {"x": 1}), Step("b", explode)],
-                     params={}, echo=lambda line: None)
+        run_pipeline(
+            settings,
+            pipeline="unit",
+            steps=[Step("a", lambda ctx: {"x": 1}), Step("b", explode)],
+            params={},
+            echo=lambda line: None,
+        )
     record = list_records(settings, "unit")[-1]
     assert steps(record)["a"]["outputs"] == {"x": 1}
     assert "ValueError: boom" in steps(record)["b"]["traceback"]
@@ -158,13 +176,17 @@ def test_retrain_gates_staging_then_production_and_is_idempotent(home):
     out = ranker(home.home, "pipeline", "retrain", "--surface", "search", "--bootstrap", "200").stdout
     first = newest(home, "retrain")
     by = steps(first)
-    assert [s["name"] for s in first["steps"]] == [f"{k}:search" for k in
-                                                    ("dataset", "train", "evaluate", "publish", "staging", "production")]
+    assert [s["name"] for s in first["steps"]] == [
+        f"{k}:search" for k in ("dataset", "train", "evaluate", "publish", "staging", "production")
+    ]
     version = by["publish:search"]["outputs"]["version"]
     assert by["staging:search"]["status"] == "succeeded" and by["staging:search"]["outputs"]["gate"]["passed"]
     assert by["production:search"]["status"] == "blocked"
     gate = by["production:search"]["outputs"]["gate"]
-    assert gate["failed"] == ["quality_bar"] and {c["name"] for c in gate["checks"]} >= {"registry_roundtrip", "ndcg_vs_champion"}
+    assert gate["failed"] == ["quality_bar"] and {c["name"] for c in gate["checks"]} >= {
+        "registry_roundtrip",
+        "ndcg_vs_champion",
+    }
     assert next(c for c in gate["checks"] if c["name"] == "registry_roundtrip")["figures"]["max_abs_diff"] == 0.0
     assert f"search: {version} in staging only" in out
     assert registry.pointer("search_ranker", "staging").version == version
@@ -182,7 +204,9 @@ def test_retrain_gates_staging_then_production_and_is_idempotent(home):
     assert len(list((home.artifacts_dir / "models" / "search_ranker").iterdir())) == 1
 
     # Once more: production already serves this exact model, so nothing moves.
-    out = ranker(home.home, "pipeline", "retrain", "--surface", "search", "--bootstrap", "200", "--no-quality-bar").stdout
+    out = ranker(
+        home.home, "pipeline", "retrain", "--surface", "search", "--bootstrap", "200", "--no-quality-bar"
+    ).stdout
     by = steps(newest(home, "retrain"))
     assert by["staging:search"]["status"] == "blocked" and by["production:search"]["status"] == "skipped"
     assert "kept production: production already serves this model" in out

@@ -55,10 +55,28 @@ class Cluster:
         d = self.root / str(port)
         d.mkdir(exist_ok=True)
         self.procs[port] = subprocess.Popen(
-            [self.server, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-             "--cluster-config-file", str(d / "nodes.conf"), "--cluster-node-timeout", "1500",
-             "--dir", str(d), "--save", "", "--appendonly", "no"],
-            stdout=open(d / "log", "ab"), stderr=subprocess.STDOUT, start_new_session=True,  # noqa: SIM115
+            [
+                self.server,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                str(d / "nodes.conf"),
+                "--cluster-node-timeout",
+                "1500",
+                "--dir",
+                str(d),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=open(d / "log", "ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # noqa: SIM115
         )
         import redis
 
@@ -105,8 +123,18 @@ class Cluster:
         for port in self.ports:
             self.start(port)
         subprocess.run(
-            [self.cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports), "--cluster-replicas", "0",
-             "--cluster-yes"], check=True, capture_output=True, timeout=60,
+            [
+                self.cli,
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{p}" for p in self.ports),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
         )
         self.wait_ok()
 
@@ -169,8 +197,13 @@ def test_key_slots_follow_redis():
 def test_settings_read_the_cluster_mode():
     from ranker.config import ConfigError, Settings
 
-    s = Settings.from_env({"RANKER_ONLINE_STORE": "redis", "RANKER_REDIS_CLUSTER": "1",
-                           "REDIS_URL": "redis://10.0.0.1:7000,10.0.0.2:7001"})
+    s = Settings.from_env(
+        {
+            "RANKER_ONLINE_STORE": "redis",
+            "RANKER_REDIS_CLUSTER": "1",
+            "REDIS_URL": "redis://10.0.0.1:7000,10.0.0.2:7001",
+        }
+    )
     assert s.redis_cluster and s.redis_seeds == [("10.0.0.1", 7000), ("10.0.0.2", 7001)]
     assert s.redis_connection_string == "10.0.0.1:7000,10.0.0.2:7001"
     assert Settings.from_env({"REDIS_URL": "redis+cluster://h:1"}).redis_cluster

@@ -83,8 +83,15 @@ def _train_model_text(seed: int) -> str:
     rng = np.random.default_rng(seed)
     x = rng.random((200, len(FEATURES)))
     y = rng.integers(0, 4, 200)
-    params = {"objective": "lambdarank", "num_leaves": 7, "min_data_in_leaf": 5, "verbose": -1,
-              "seed": seed, "num_threads": 1, "deterministic": True}
+    params = {
+        "objective": "lambdarank",
+        "num_leaves": 7,
+        "min_data_in_leaf": 5,
+        "verbose": -1,
+        "seed": seed,
+        "num_threads": 1,
+        "deterministic": True,
+    }
     booster = lgb.train(params, lgb.Dataset(x, y, group=[10] * 20), num_boost_round=5)
     return booster.model_to_string()
 
@@ -94,8 +101,9 @@ def model_texts() -> list[str]:
     return [_train_model_text(seed) for seed in (1, 2, 3, 4)]
 
 
-def make_model_dir(root: Path, *, version: str, model_text: str, name: str = NAME,
-                   created_at: str = "2026-11-25T21:04:05Z", **extra) -> Path:
+def make_model_dir(
+    root: Path, *, version: str, model_text: str, name: str = NAME, created_at: str = "2026-11-25T21:04:05Z", **extra
+) -> Path:
     folder = root / f"{name}-{version}"
     folder.mkdir(parents=True)
     data = model_text.encode()
@@ -122,14 +130,23 @@ def published(reg, tmp_path, model_texts) -> list[str]:
     versions = []
     for i, text in enumerate(model_texts, start=1):
         version = f"20261125T21040{i}Z-v{i}"
-        reg.publish(make_model_dir(tmp_path / "out", version=version, model_text=text,
-                                   created_at=f"2026-11-25T21:04:0{i}Z"))
+        reg.publish(
+            make_model_dir(tmp_path / "out", version=version, model_text=text, created_at=f"2026-11-25T21:04:0{i}Z")
+        )
         versions.append(version)
     return versions
 
 
-def _evidence(*, delta: float = 0.05, n: int = 300, slice_drop: float = 0.0, fs: bool = True,
-              ms: float = 1.0, champion: bool = True, seed: int = 0) -> GateEvidence:
+def _evidence(
+    *,
+    delta: float = 0.05,
+    n: int = 300,
+    slice_drop: float = 0.0,
+    fs: bool = True,
+    ms: float = 1.0,
+    champion: bool = True,
+    seed: int = 0,
+) -> GateEvidence:
     rng = np.random.default_rng(seed)
     champ = rng.uniform(0.2, 0.8, n)
     chall = np.clip(champ + delta + rng.normal(0.0, 0.02, n), 0.0, 1.0)
@@ -458,8 +475,11 @@ def test_racing_promotions_processes_local(tmp_path, model_texts, monkeypatch):
     registry = Registry.from_settings(Settings(home=home))
     versions = []
     for i, text in enumerate(model_texts[:3], start=1):
-        versions.append(registry.publish(make_model_dir(tmp_path / "out", version=f"20261125T21040{i}Z-p{i}",
-                                                        model_text=text)).version)
+        versions.append(
+            registry.publish(
+                make_model_dir(tmp_path / "out", version=f"20261125T21040{i}Z-p{i}", model_text=text)
+            ).version
+        )
     ctx = multiprocessing.get_context("spawn")  # no fork: the test process may hold server threads
     barrier = ctx.Barrier(len(versions))
     procs = [ctx.Process(target=_promote_in_process, args=(str(home), v, barrier)) for v in versions]
@@ -572,12 +592,18 @@ def test_s3_layout(s3_endpoint, tmp_path, monkeypatch, model_texts):
         monkeypatch.setenv(key, value)
     create_bucket(endpoint=s3_endpoint, bucket="layout")
     registry = Registry.from_settings(Settings(home=tmp_path, registry_uri="s3://layout/team/models"))
-    version = registry.publish(make_model_dir(tmp_path, version="20261125T210401Z-aa", model_text=model_texts[0])).version
+    version = registry.publish(
+        make_model_dir(tmp_path, version="20261125T210401Z-aa", model_text=model_texts[0])
+    ).version
     registry.promote(NAME, version, stage="production", gate=passing_gate())
     keys = [o["Key"] for o in s3_client(endpoint=s3_endpoint).list_objects_v2(Bucket="layout")["Contents"]]
     base = f"team/models/{NAME}"
-    assert {f"{base}/versions/{version}/model.txt", f"{base}/versions/{version}/card.json",
-            f"{base}/versions/{version}/_COMPLETE", f"{base}/stages/production.json"} <= set(keys)
+    assert {
+        f"{base}/versions/{version}/model.txt",
+        f"{base}/versions/{version}/card.json",
+        f"{base}/versions/{version}/_COMPLETE",
+        f"{base}/stages/production.json",
+    } <= set(keys)
     assert sorted(k.split("/")[3] for k in keys) == ["audit", "audit", "stages", "versions", "versions", "versions"]
 
 
@@ -637,8 +663,14 @@ def test_gate_no_champion_passes():
 
 def test_gate_rejects_misaligned_evidence():
     with pytest.raises(RankerError, match="same requests"):
-        GateEvidence(challenger_ndcg=np.ones(3), champion_ndcg=np.ones(4), challenger_slice_ndcg={},
-                     champion_slice_ndcg={}, feature_service_exists=True, predict_ms=1.0)
+        GateEvidence(
+            challenger_ndcg=np.ones(3),
+            champion_ndcg=np.ones(4),
+            challenger_slice_ndcg={},
+            champion_slice_ndcg={},
+            feature_service_exists=True,
+            predict_ms=1.0,
+        )
 
 
 def test_gate_is_deterministic():
@@ -680,8 +712,16 @@ def _fake_evaluate(monkeypatch, evidence: GateEvidence) -> list[dict]:
 
 def test_cli_help(cli):
     runner = CliRunner()
-    for args in (["registry"], ["registry", "publish"], ["registry", "list"], ["registry", "show"],
-                 ["registry", "promote"], ["registry", "rollback"], ["registry", "audit"], ["deploy"]):
+    for args in (
+        ["registry"],
+        ["registry", "publish"],
+        ["registry", "list"],
+        ["registry", "show"],
+        ["registry", "promote"],
+        ["registry", "rollback"],
+        ["registry", "audit"],
+        ["deploy"],
+    ):
         result = runner.invoke(cli, [*args, "--help"])
         assert result.exit_code == 0, result.output
         assert "Usage" in result.output
@@ -731,8 +771,9 @@ def test_cli_promote_gate_failure_and_force(cli, settings, published, monkeypatc
     assert no_reason.exit_code == 2
     assert "--force needs --reason" in no_reason.output and "Traceback" not in no_reason.output
 
-    forced = runner.invoke(cli, ["registry", "promote", NAME, v2, "--to", "production", "--force",
-                                 "--reason", "incident 42"])
+    forced = runner.invoke(
+        cli, ["registry", "promote", NAME, v2, "--to", "production", "--force", "--reason", "incident 42"]
+    )
     assert forced.exit_code == 0, forced.output
     assert registry.resolve(NAME, "production") == v2
     [event] = [e for e in registry.audit_log(NAME) if e["action"] == "force"]

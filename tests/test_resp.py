@@ -47,8 +47,13 @@ def cells_of(stream: bytes, off, ln) -> list:
 
 def test_hmget_replies_survive_any_split():
     rng = np.random.default_rng(3)
-    replies = [[bytes(rng.integers(0, 256, rng.integers(0, 40)).astype(np.uint8)) if rng.random() > 0.2 else None
-                for _ in range(4)] for _ in range(30)]
+    replies = [
+        [
+            bytes(rng.integers(0, 256, rng.integers(0, 40)).astype(np.uint8)) if rng.random() > 0.2 else None
+            for _ in range(4)
+        ]
+        for _ in range(30)
+    ]
     replies[5][1] = b"\r\n$-1\r\n*4\r\n"  # protocol bytes inside a value are just bytes
     stream = b"".join(hmget_reply(r) for r in replies)
     want = [c for r in replies for c in r]
@@ -164,7 +169,9 @@ def test_sqlite_path_decodes_like_protobuf():
     got = decode_numbers([None if v is None else v.SerializeToString() for v in values])
     for v, g in zip(values, got, strict=False):
         kind = None if v is None else v.WhichOneof("val")
-        np.testing.assert_equal(g, 12.5 if kind == "string_val" else np.nan if kind is None else float(getattr(v, kind)))
+        np.testing.assert_equal(
+            g, 12.5 if kind == "string_val" else np.nan if kind is None else float(getattr(v, kind))
+        )
     words = ["", "dresses", "s00001", "größe M", "x" * 200, None]
     assert decode_strings([b"" if w is None else Value(string_val=w).SerializeToString() for w in words]) == words
     coerced = decode_numbers([Value(string_val="abc").SerializeToString()])
@@ -227,26 +234,38 @@ def test_commands_carry_feast_serialized_keys(seed):
     def text(longest):
         return "".join(rng.choice(alphabet, size=int(rng.integers(0, longest + 1))))
 
-    backend = _RedisBackend("redis://127.0.0.1:1/0", 1.0, np.zeros((1, 8), np.uint32), np.full((1, 8), -1),
-                            key_suffix=b"fashion_ranking")
-    hmget = _FieldSet.build([("v", "a", "Int64"), ("v", "b", "Int64")], [b"\x01\x02\x03\x04", b"\x05\x06\x07\x08"],
-                            {"v": "t"}, hash_fields=3)
-    hgetall = _FieldSet.build([("v", f"f{i}", "Int64") for i in range(6)], [bytes([i]) * 4 for i in range(6)],
-                              {"v": "t"}, hash_fields=7)
+    backend = _RedisBackend(
+        "redis://127.0.0.1:1/0", 1.0, np.zeros((1, 8), np.uint32), np.full((1, 8), -1), key_suffix=b"fashion_ranking"
+    )
+    hmget = _FieldSet.build(
+        [("v", "a", "Int64"), ("v", "b", "Int64")],
+        [b"\x01\x02\x03\x04", b"\x05\x06\x07\x08"],
+        {"v": "t"},
+        hash_fields=3,
+    )
+    hgetall = _FieldSet.build(
+        [("v", f"f{i}", "Int64") for i in range(6)], [bytes([i]) * 4 for i in range(6)], {"v": "t"}, hash_fields=7
+    )
     reads = []
     for fs in (hmget, hgetall):
         for join_keys in (("item_id",), ("category", "user_id"), ("category", "query"), ("user_id",)):
             count = 1 if join_keys == ("user_id",) else int(rng.integers(0, 60))
             columns = tuple(
-                text(5000) if name == "query" else ("u-" + text(8)) if name == "user_id"
+                text(5000)
+                if name == "query"
+                else ("u-" + text(8))
+                if name == "user_id"
                 else [text(40) for _ in range(count)]
                 for name in join_keys
             )
             reads.append((_EntityKeys(join_keys, columns, count), fs))
     rng.shuffle(reads)
     for n in (1, 2, len(reads)):  # one read, and several in one round
-        want = b"".join(fs.head + b"$%d\r\n%s\r\n" % (len(k), k) + fs.tail
-                        for keys, fs in reads[:n] for k in keys.serialized(b"fashion_ranking"))
+        want = b"".join(
+            fs.head + b"$%d\r\n%s\r\n" % (len(k), k) + fs.tail
+            for keys, fs in reads[:n]
+            for k in keys.serialized(b"fashion_ranking")
+        )
         got = backend._payload(reads[:n])
         assert (b"" if got is None else bytes(got)) == want
 
@@ -277,15 +296,25 @@ def test_string_cells_decode_exactly_also_off_the_fast_path():
     from ranker.serving.redis_reader import RedisReader as _RedisBackend
     from ranker.serving.values import slow_string as _slow_string
 
-    cells = [Value(string_val="a\x00b").SerializeToString(), Value(string_val="größe M").SerializeToString(),
-             None, Value(int64_val=3).SerializeToString(), Value(string_val="dress").SerializeToString()]
+    cells = [
+        Value(string_val="a\x00b").SerializeToString(),
+        Value(string_val="größe M").SerializeToString(),
+        None,
+        Value(int64_val=3).SerializeToString(),
+        Value(string_val="dress").SerializeToString(),
+    ]
     stream = hmget_reply(cells)
     status, off, ln = parse(stream, [len(cells)], [-1])
     assert status == resp.DONE
-    fs = _FieldSet.build([("v", f"s{i}", "String") for i in range(len(cells))], [bytes([i]) * 4 for i in range(len(cells))],
-                         {"v": "t"}, hash_fields=len(cells) + 1)
-    backend = _RedisBackend("redis://127.0.0.1:1/0", 1.0, np.zeros((1, 8), np.uint32), np.full((1, 8), -1),
-                            key_suffix=b"p")
+    fs = _FieldSet.build(
+        [("v", f"s{i}", "String") for i in range(len(cells))],
+        [bytes([i]) * 4 for i in range(len(cells))],
+        {"v": "t"},
+        hash_fields=len(cells) + 1,
+    )
+    backend = _RedisBackend(
+        "redis://127.0.0.1:1/0", 1.0, np.zeros((1, 8), np.uint32), np.full((1, 8), -1), key_suffix=b"p"
+    )
     buf = np.frombuffer(bytearray(stream), dtype=np.uint8)  # writable, as the receive buffer is
     block = backend._block(buf, off.reshape(1, -1), ln.reshape(1, -1), fs)
     assert block.text.tolist() == [[_slow_string(c) for c in cells]] == [["a\x00b", "größe M", None, 3, "dress"]]

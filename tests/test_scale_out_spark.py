@@ -64,15 +64,22 @@ def test_spark_tables_equal_duckdb_tables(world, spark, tmp_path):
         for column in a.columns:
             x, y = a[column], b[column]
             if x.dtype.kind == "f":
-                assert np.allclose(x.to_numpy(float), y.to_numpy(float), rtol=FLOAT_RTOL, atol=0, equal_nan=True), (name, column)
+                assert np.allclose(x.to_numpy(float), y.to_numpy(float), rtol=FLOAT_RTOL, atol=0, equal_nan=True), (
+                    name,
+                    column,
+                )
             else:  # counts, keys, timestamps, strings: exact
-                assert x.astype(object).where(x.notna(), None).tolist() == y.astype(object).where(y.notna(), None).tolist(), (
-                    name, column)
+                assert (
+                    x.astype(object).where(x.notna(), None).tolist() == y.astype(object).where(y.notna(), None).tolist()
+                ), (name, column)
     # DuckDB (and so Feast's DuckDB offline store) reads a Spark-built table folder as one table.
     import duckdb
 
     path = home.features_dir / "item_stats.parquet"
-    assert duckdb.sql(f"SELECT count(*) FROM read_parquet('{path}')").fetchall()[0][0] == summary["tables"]["item_stats"]["rows"]
+    assert (
+        duckdb.sql(f"SELECT count(*) FROM read_parquet('{path}')").fetchall()[0][0]
+        == summary["tables"]["item_stats"]["rows"]
+    )
 
 
 def test_spark_build_says_what_is_missing(spark, tmp_path):

@@ -49,8 +49,11 @@ def _test_ndcg(settings: Settings, model_dir) -> float:
     model = load_model(model_dir)
     frame, _ = holdout_frame(settings, model)
     scores = predict(model, frame)
-    return float(np.nanmean(metrics.per_group_metrics(frame.request_id.to_numpy(), frame.label.to_numpy(), scores,
-                                                       ks=(10,))["ndcg@10"]))
+    return float(
+        np.nanmean(
+            metrics.per_group_metrics(frame.request_id.to_numpy(), frame.label.to_numpy(), scores, ks=(10,))["ndcg@10"]
+        )
+    )
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ TEXT_SAMPLES = {
     "RANKER_API_TOKEN": "s3cret",
     "RANKER_SURFACES": "recs",
     "RANKER_VARIANTS": '{"search": [{"name": "control", "model": "production", "weight": 0.5}, '
-                       '{"name": "treatment", "model": "staging", "weight": 0.5}]}',
+    '{"name": "treatment", "model": "staging", "weight": 0.5}]}',
     "RANKER_VARIANTS_FILE": "",  # checked separately: it must name a readable file
     "RANKER_AB_SALT": "ab-2026-12",
     "RANKER_SERVED_LOG_URI": "file:///tmp/served",
@@ -63,8 +63,9 @@ def test_defaults_and_environment_parsing_come_from_the_declarations():
     assert config_from_env({}) == {}
 
 
-@pytest.mark.parametrize("setting", [s for s in SCORER_SETTINGS if s.env != "RANKER_VARIANTS_FILE"],
-                         ids=lambda s: s.env)
+@pytest.mark.parametrize(
+    "setting", [s for s in SCORER_SETTINGS if s.env != "RANKER_VARIANTS_FILE"], ids=lambda s: s.env
+)
 def test_every_scorer_setting_reaches_the_typed_config(setting):
     """Changing the variable changes the validated ScorerConfig (nothing is declared and then ignored)."""
     baseline = check_config({})
@@ -78,15 +79,17 @@ def test_the_variants_file_setting_is_read(tmp_path):
     assert repr(check_config({"RANKER_VARIANTS_FILE": str(path)})) != repr(check_config({}))
 
 
-@pytest.mark.parametrize("setting", [s for s in SCORER_SETTINGS + SERVER_SETTINGS if s.kind is not str],
-                         ids=lambda s: s.env)
+@pytest.mark.parametrize(
+    "setting", [s for s in SCORER_SETTINGS + SERVER_SETTINGS if s.kind is not str], ids=lambda s: s.env
+)
 def test_a_value_that_does_not_parse_names_the_variable(setting):
     with pytest.raises(ConfigError, match=rf"^{setting.env}='many' is not a valid {setting.kind.__name__}$"):
         (check_config if setting in SCORER_SETTINGS else ServerConfig.from_env)({setting.env: "many"})
 
 
-@pytest.mark.parametrize("setting", [s for s in SCORER_SETTINGS + SERVER_SETTINGS if s.check is not None],
-                         ids=lambda s: s.env)
+@pytest.mark.parametrize(
+    "setting", [s for s in SCORER_SETTINGS + SERVER_SETTINGS if s.check is not None], ids=lambda s: s.env
+)
 def test_a_value_that_breaks_the_rule_names_the_variable_and_the_rule(setting):
     with pytest.raises(ConfigError, match=re.escape(f"{setting.env} must be {setting.rule}")):
         (check_config if setting in SCORER_SETTINGS else ServerConfig.from_env)({setting.env: _breaking_value(setting)})
@@ -109,8 +112,11 @@ def test_platform_settings_defaults_come_from_the_declarations(tmp_path):
 
 def test_the_scorer_reads_no_undeclared_variable():
     declared = {s.env for s in ALL_SETTINGS}
-    sources = [*sorted((REPO_ROOT / "api").glob("*.py")), REPO_ROOT / "pipelines" / "cmd_serve.py",
-               REPO_ROOT / "ranker" / "config.py"]
+    sources = [
+        *sorted((REPO_ROOT / "api").glob("*.py")),
+        REPO_ROOT / "pipelines" / "cmd_serve.py",
+        REPO_ROOT / "ranker" / "config.py",
+    ]
     used = set()
     for path in sources:
         used |= set(re.findall(r'"((?:RANKER|REDIS)_[A-Z0-9_]+)"', Path(path).read_text()))

@@ -37,7 +37,9 @@ def world(tmp_path_factory) -> dict:
     tables["impressions"] = events[events.event_type == "impression"]
     clicked = events.loc[events.event_type == "click", KEY].assign(clicked=1)
     tables["labelled"] = (
-        tables["impressions"].merge(clicked, on=KEY, how="left").fillna({"clicked": 0})
+        tables["impressions"]
+        .merge(clicked, on=KEY, how="left")
+        .fillna({"clicked": 0})
         .merge(tables["truth"], on=[*KEY, "user_id"], validate="one_to_one")
     )
     return tables
@@ -84,8 +86,9 @@ def test_engagement_follows_an_impression_of_the_same_request_and_item(world):
     events = world["events"]
     engaged = events[events.event_type != "impression"]
     cols = [*KEY, "timestamp", "user_id", "position", "surface", "query"]
-    joined = engaged.merge(world["impressions"][cols], on=KEY, how="left", suffixes=("", "_shown"),
-                           validate="many_to_one")
+    joined = engaged.merge(
+        world["impressions"][cols], on=KEY, how="left", suffixes=("", "_shown"), validate="many_to_one"
+    )
     assert joined.timestamp_shown.notna().all(), "engagement without an impression"
     assert (joined.timestamp > joined.timestamp_shown).all(), "engagement not after its impression"
     for col in ("user_id", "position", "surface"):
@@ -186,8 +189,14 @@ def test_same_seed_gives_identical_bytes_and_another_seed_differs(tmp_path):
 
     first = files(_run(TINY, tmp_path / "a"))
     again = files(_run(TINY, tmp_path / "b"))
-    assert set(first) == {"events.parquet", "listings.parquet", "users.parquet", "sellers.parquet",
-                          "manifest.json", "utility.parquet"}
+    assert set(first) == {
+        "events.parquet",
+        "listings.parquet",
+        "users.parquet",
+        "sellers.parquet",
+        "manifest.json",
+        "utility.parquet",
+    }
     assert first == again
     other = files(_run(SimConfig(**{**TINY.__dict__, "seed": TINY.seed + 1}), tmp_path / "c"))
     for name in ("events.parquet", "listings.parquet", "utility.parquet"):
@@ -216,8 +225,12 @@ def cli():
 
 @pytest.mark.parametrize(
     ("args", "option"),
-    [(["--users", "0"], "--users"), (["--days", "-1"], "--days"), (["--start", "notadate"], "--start"),
-     (["--scale", "0"], "--scale")],
+    [
+        (["--users", "0"], "--users"),
+        (["--days", "-1"], "--days"),
+        (["--start", "notadate"], "--start"),
+        (["--scale", "0"], "--scale"),
+    ],
 )
 def test_cli_rejects_bad_input_with_a_one_line_reason(cli, tmp_path, args, option):
     result = CliRunner().invoke(cli, ["data", "simulate", *args], env={"RANKER_HOME": str(tmp_path)})
@@ -229,14 +242,33 @@ def test_cli_rejects_bad_input_with_a_one_line_reason(cli, tmp_path, args, optio
 
 
 def test_cli_simulates_into_ranker_home(cli, tmp_path):
-    args = ["data", "simulate", "--seed", "3", "--users", "60", "--items", "200", "--days", "1",
-            "--start", "2026-03-02", "--new-items-per-day", "10"]
+    args = [
+        "data",
+        "simulate",
+        "--seed",
+        "3",
+        "--users",
+        "60",
+        "--items",
+        "200",
+        "--days",
+        "1",
+        "--start",
+        "2026-03-02",
+        "--new-items-per-day",
+        "10",
+    ]
     result = CliRunner().invoke(cli, args, env={"RANKER_HOME": str(tmp_path)})
     assert result.exit_code == 0, result.output
     assert re.search(r"[\d,]+ impressions, [\d,]+ clicks \(CTR [\d.]+%\)", result.output)
     raw = tmp_path / "data" / "raw"
-    assert {p.name for p in raw.iterdir()} == {"events.parquet", "listings.parquet", "users.parquet",
-                                               "sellers.parquet", "manifest.json"}
+    assert {p.name for p in raw.iterdir()} == {
+        "events.parquet",
+        "listings.parquet",
+        "users.parquet",
+        "sellers.parquet",
+        "manifest.json",
+    }
     assert (tmp_path / "data" / "ground_truth" / "utility.parquet").exists()
     events = schema.read_table(raw, schema.EVENTS)
     assert events.timestamp.min() >= pd.Timestamp("2026-03-02", tz="UTC")

@@ -50,8 +50,12 @@ def test_apply_writes_the_registry_into_postgres_not_a_file(sql_home, pg_url):
 
     assert not (sql_home.feast_dir / "registry.db").exists()
     with psycopg.connect(pg_url) as con:
-        services = {r[0] for r in con.execute("SELECT feature_service_name FROM feature_services WHERE project_id = %s",
-                                              (sql_home.feast_project,))}
+        services = {
+            r[0]
+            for r in con.execute(
+                "SELECT feature_service_name FROM feature_services WHERE project_id = %s", (sql_home.feast_project,)
+            )
+        }
         views = {r[0] for r in con.execute("SELECT feature_view_name FROM feature_views")}
     assert {"search_ranker_v1", "recs_ranker_v1"} <= services
     assert {"listing_fv", "item_stats_fv", "user_stats_fv"} <= views
@@ -86,7 +90,10 @@ def test_materialize_state_is_shared_through_the_registry(sql_home, pg_url):
 def test_the_scorer_feature_path_reads_its_plan_from_the_sql_registry(sql_home, world):
     from ranker.serving.features import OnlineFeatures
 
-    with OnlineFeatures(sql_home, service="search_ranker_v1") as shared, OnlineFeatures(world, service="search_ranker_v1") as ref:
+    with (
+        OnlineFeatures(sql_home, service="search_ranker_v1") as shared,
+        OnlineFeatures(world, service="search_ranker_v1") as ref,
+    ):
         assert shared.feature_names == ref.feature_names
 
 
@@ -109,13 +116,25 @@ def test_a_malformed_registry_url_is_a_one_line_error(url, tmp_path):
 
 def test_an_unreachable_registry_fails_the_cli_with_one_line(tmp_path):
     make_home(tmp_path)
-    env = {"RANKER_HOME": str(tmp_path), "RANKER_FEAST_REGISTRY": f"postgresql://postgres:s3cret@127.0.0.1:{closed_port()}/x",
-           "PATH": "/usr/bin:/bin"}
-    result = subprocess.run([sys.executable, "-m", "pipelines.cli", "features", "apply"], cwd=REPO_ROOT, env=env,
-                            capture_output=True, text=True, timeout=120)
+    env = {
+        "RANKER_HOME": str(tmp_path),
+        "RANKER_FEAST_REGISTRY": f"postgresql://postgres:s3cret@127.0.0.1:{closed_port()}/x",
+        "PATH": "/usr/bin:/bin",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "features", "apply"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert lines[-1].startswith("error: the Feast SQL registry postgresql://postgres:***@127.0.0.1:") and "unreachable" in lines[-1]
+    assert (
+        lines[-1].startswith("error: the Feast SQL registry postgresql://postgres:***@127.0.0.1:")
+        and "unreachable" in lines[-1]
+    )
     assert "Traceback" not in result.stderr and "s3cret" not in result.stderr
 
 

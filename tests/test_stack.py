@@ -126,8 +126,9 @@ def test_stack_ranks_with_a_model_from_s3_and_follows_promotions_without_restart
         # scorer's verified download sits in the cache for that bucket.
         import boto3
 
-        s3 = boto3.session.Session(aws_access_key_id="stack", aws_secret_access_key="stack",
-                                   region_name="us-east-1").client("s3", endpoint_url=stack.s3_endpoint)
+        s3 = boto3.session.Session(
+            aws_access_key_id="stack", aws_secret_access_key="stack", region_name="us-east-1"
+        ).client("s3", endpoint_url=stack.s3_endpoint)
         keys = {o["Key"] for o in s3.list_objects_v2(Bucket=stack.bucket)["Contents"]}
         assert f"registry/search_ranker/versions/{first}/model.txt" in keys
         cached = settings.artifacts_dir / "registry-cache" / f"s3_{stack.bucket}_registry" / "search_ranker" / first
@@ -136,13 +137,25 @@ def test_stack_ranks_with_a_model_from_s3_and_follows_promotions_without_restart
         # Promote the second version; the running workers switch within a few poll periods.
         stack.ranker("registry", "publish", str(stack_home[2]))
         assert _rank_versions(url, body, 4) == {first}
-        stack.ranker("registry", "promote", "search_ranker", second, "--to", "production",
-                     "--margin", "-1", "--slice-tolerance", "1")
+        stack.ranker(
+            "registry",
+            "promote",
+            "search_ranker",
+            second,
+            "--to",
+            "production",
+            "--margin",
+            "-1",
+            "--slice-tolerance",
+            "1",
+        )
         promoted_at = time.perf_counter()
         wait_until(lambda: _versions_served(url) == {second}, timeout_s=30, what="every worker serving v2")
         assert _rank_versions(url, body, 6) == {second}
-        print(f"promotion picked up {time.perf_counter() - promoted_at:.2f} s after the CLI returned "
-              f"(poll period {POLL_S} s; the CLI's own gate run overlaps the polls)")
+        print(
+            f"promotion picked up {time.perf_counter() - promoted_at:.2f} s after the CLI returned "
+            f"(poll period {POLL_S} s; the CLI's own gate run overlaps the polls)"
+        )
         assert _served_version(url) == second
 
         # A rollback is a pointer move too: picked up the same way.

@@ -63,7 +63,11 @@ def test_bad_windows_and_services(world):
     with pytest.raises(DatasetError, match="no search impressions"):
         build_dataset(world, DatasetOptions(surface="search", start=parse_utc("2030-01-01", option="--start")))
     with pytest.raises(DatasetError, match="not before"):
-        DatasetOptions(surface="search", start=parse_utc("2026-10-05", option="--start"), end=parse_utc("2026-10-01", option="--end"))
+        DatasetOptions(
+            surface="search",
+            start=parse_utc("2026-10-05", option="--start"),
+            end=parse_utc("2026-10-01", option="--end"),
+        )
     with pytest.raises(DatasetError, match="unknown surface"):
         DatasetOptions(surface="email")
     from ranker.features.store import FeatureRepoError
@@ -111,25 +115,37 @@ def test_asof_offline_store_returns_exactly_feasts_rows(world):
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    middle = rows.filter(pc.and_(pc.greater_equal(rows.column("event_timestamp"), pa_ts(lo)),
-                                 pc.less_equal(rows.column("event_timestamp"), pa_ts(hi))))
+    middle = rows.filter(
+        pc.and_(
+            pc.greater_equal(rows.column("event_timestamp"), pa_ts(lo)),
+            pc.less_equal(rows.column("event_timestamp"), pa_ts(hi)),
+        )
+    )
     assert 0 < middle.num_rows < rows.num_rows
     # Impressions 3 days after the last snapshot: every TTL'd view's latest row is too old (empty
     # features), listing_fv (no TTL) still answers; and unknown users and listings.
     tail = rows.slice(rows.num_rows - 3000, 3000)
-    late = tail.set_column(tail.schema.get_field_index("event_timestamp"), "event_timestamp",
-                           pc.add(tail.column("event_timestamp"), pa.scalar(3 * 86_400_000_000, pa.duration("us"))))
+    late = tail.set_column(
+        tail.schema.get_field_index("event_timestamp"),
+        "event_timestamp",
+        pc.add(tail.column("event_timestamp"), pa.scalar(3 * 86_400_000_000, pa.duration("us"))),
+    )
     strangers = tail.set_column(tail.schema.get_field_index("user_id"), "user_id", pa.array(["nobody"] * 3000))
-    strangers = strangers.set_column(strangers.schema.get_field_index("item_id"), "item_id",
-                                     pa.array([f"new{i % 7}" for i in range(3000)]))
+    strangers = strangers.set_column(
+        strangers.schema.get_field_index("item_id"), "item_id", pa.array([f"new{i % 7}" for i in range(3000)])
+    )
     for service_name in ("search_ranker_v1", "recs_ranker_v1"):
         spec = service_spec(ours, service_name)
         # (middle + late: the call spans more than a TTL, so the TTL itself must cut the late rows)
         for chunk in (middle, rows, late, pa.concat_tables([middle, late]), strangers):
             entity_df = _entity_frame(chunk, spec)
             with in_feature_repo(world.feature_repo):
-                got = ours.get_historical_features(entity_df=entity_df, features=ours.get_feature_service(service_name)).to_df()
-                want = plain.get_historical_features(entity_df=entity_df, features=plain.get_feature_service(service_name)).to_df()
+                got = ours.get_historical_features(
+                    entity_df=entity_df, features=ours.get_feature_service(service_name)
+                ).to_df()
+                want = plain.get_historical_features(
+                    entity_df=entity_df, features=plain.get_feature_service(service_name)
+                ).to_df()
             got = got.sort_values("_row").reset_index(drop=True)
             want = want.sort_values("_row").reset_index(drop=True)
             assert list(got.columns) == list(want.columns)

@@ -23,6 +23,7 @@ BASE = {"verbose": -1, "num_threads": 1, "seed": 7, "deterministic": True, "min_
 
 # --- helpers -----------------------------------------------------------------------------------------
 
+
 def _training_data(seed: int, n: int = 2000) -> tuple[np.ndarray, np.ndarray]:
     """Features with NaNs, exact zeros, tiny values and a constant column; a target that uses them."""
     rng = np.random.default_rng(seed)
@@ -76,12 +77,32 @@ def _fresh_matrix(booster: lgb.Booster, seed: int, n: int = 1500) -> np.ndarray:
     for feature, t in _dump_thresholds(booster).items():
         with np.errstate(over="ignore"):  # 1e300 (a clamped inf) becomes inf
             t32 = t.astype(np.float32)
-        boundary = np.concatenate([t, np.nextafter(t, -np.inf), np.nextafter(t, np.inf),
-                                   np.nextafter(t32, np.float32(-np.inf)), np.nextafter(t32, np.float32(np.inf))])
+        boundary = np.concatenate(
+            [
+                t,
+                np.nextafter(t, -np.inf),
+                np.nextafter(t, np.inf),
+                np.nextafter(t32, np.float32(-np.inf)),
+                np.nextafter(t32, np.float32(np.inf)),
+            ]
+        )
         pick = rng.random(n) < 0.35
         X[pick, feature] = rng.choice(boundary, size=int(pick.sum()))
-    special = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, ZERO_THRESHOLD, -ZERO_THRESHOLD,
-                        np.nextafter(ZERO_THRESHOLD, 1.0), -np.nextafter(ZERO_THRESHOLD, 1.0), 1e-36, -1e-40])
+    special = np.array(
+        [
+            np.nan,
+            np.inf,
+            -np.inf,
+            0.0,
+            -0.0,
+            ZERO_THRESHOLD,
+            -ZERO_THRESHOLD,
+            np.nextafter(ZERO_THRESHOLD, 1.0),
+            -np.nextafter(ZERO_THRESHOLD, 1.0),
+            1e-36,
+            -1e-40,
+        ]
+    )
     pick = rng.random(X.shape) < 0.1
     X[pick] = rng.choice(special, size=int(pick.sum()))
     return X
@@ -105,8 +126,9 @@ MODELS = {
     "regression": lambda: _regression(num_leaves=31),
     "regression zero_as_missing": lambda: _regression(seed=1, num_leaves=15, zero_as_missing=True),
     "regression use_missing=False": lambda: _regression(seed=2, num_leaves=15, use_missing=False),
-    "lambdarank deep leaf-wise": lambda: _lambdarank(num_leaves=255, min_data_in_leaf=2, min_sum_hessian_in_leaf=0,
-                                                     rounds=15),
+    "lambdarank deep leaf-wise": lambda: _lambdarank(
+        num_leaves=255, min_data_in_leaf=2, min_sum_hessian_in_leaf=0, rounds=15
+    ),
     "lambdarank shallow": lambda: _lambdarank(seed=3, num_leaves=4, max_depth=2, rounds=120, learning_rate=0.3),
     "lambdarank stumps zero_as_missing": lambda: _lambdarank(seed=4, num_leaves=2, rounds=60, zero_as_missing=True),
     "one tree": lambda: _regression(seed=5, rounds=1, num_leaves=31),
@@ -144,8 +166,9 @@ def test_model_text_round_trip_and_infinite_threshold() -> None:
 
 def test_single_leaf_model() -> None:
     X, y = _training_data(seed=7, n=200)
-    booster = lgb.train({**BASE, "objective": "regression", "min_data_in_leaf": 500}, lgb.Dataset(X, y),
-                        num_boost_round=3)
+    booster = lgb.train(
+        {**BASE, "objective": "regression", "min_data_in_leaf": 500}, lgb.Dataset(X, y), num_boost_round=3
+    )
     assert booster.dump_model()["tree_info"][0]["num_leaves"] == 1
     compiled = compile_verified(booster)
     _assert_exact(compiled, booster, _fresh_matrix(booster, seed=13, n=40))
@@ -157,9 +180,14 @@ def test_best_iteration_is_used_like_predict() -> None:
     (keep_training_booster: otherwise lgb.train returns a booster that holds only the best trees)."""
     X, y = _training_data(seed=8)
     train, valid = lgb.Dataset(X[:1500], y[:1500]), lgb.Dataset(X[1500:], y[1500:])
-    booster = lgb.train({**BASE, "objective": "regression", "num_leaves": 63, "learning_rate": 0.3}, train,
-                        num_boost_round=300, valid_sets=[valid], callbacks=[lgb.early_stopping(5, verbose=False)],
-                        keep_training_booster=True)
+    booster = lgb.train(
+        {**BASE, "objective": "regression", "num_leaves": 63, "learning_rate": 0.3},
+        train,
+        num_boost_round=300,
+        valid_sets=[valid],
+        callbacks=[lgb.early_stopping(5, verbose=False)],
+        keep_training_booster=True,
+    )
     assert 0 < booster.best_iteration < booster.num_trees()
     compiled = compile_verified(booster)
     assert compiled.num_trees == booster.best_iteration

@@ -36,8 +36,22 @@ def retrain_tasks() -> list[tuple[str, list[str]]]:
     for surface in SURFACES:
         run = f"retrain-{surface}-{{{{ ds_nodash }}}}"
         for step in RETRAIN_STEPS:
-            tasks.append((f"{surface}_{step}", [RANKER, "pipeline", "retrain", "--surface", surface, "--run-id", run,
-                                                "--step", f"{step}:{surface}"]))
+            tasks.append(
+                (
+                    f"{surface}_{step}",
+                    [
+                        RANKER,
+                        "pipeline",
+                        "retrain",
+                        "--surface",
+                        surface,
+                        "--run-id",
+                        run,
+                        "--step",
+                        f"{step}:{surface}",
+                    ],
+                )
+            )
     return tasks
 
 
@@ -64,17 +78,33 @@ if BashOperator is not None:
     from airflow import DAG
 
     def _build(dag_id: str, *, schedule: str, description: str) -> DAG:
-        with DAG(dag_id=dag_id, schedule=schedule, start_date=datetime(2026, 11, 1), catchup=False, max_active_runs=1,
-                 default_args=DEFAULT_ARGS, description=description, tags=["ranking"]) as dag:
+        with DAG(
+            dag_id=dag_id,
+            schedule=schedule,
+            start_date=datetime(2026, 11, 1),
+            catchup=False,
+            max_active_runs=1,
+            default_args=DEFAULT_ARGS,
+            description=description,
+            tags=["ranking"],
+        ) as dag:
             previous = None
             for task_id, argv in TASKS[dag_id]:
-                task = BashOperator(task_id=task_id, bash_command=" ".join(shlex.quote(a) if "{{" not in a else a for a in argv))
+                task = BashOperator(
+                    task_id=task_id, bash_command=" ".join(shlex.quote(a) if "{{" not in a else a for a in argv)
+                )
                 if previous is not None:
                     previous >> task
                 previous = task
         return dag
 
-    ranker_daily = _build("ranker_daily", schedule="15 1 * * *",
-                          description="ingest -> feature tables -> feast apply -> materialize (ranker pipeline daily)")
-    ranker_retrain = _build("ranker_retrain", schedule="0 4 * * 1",
-                            description="training set -> train -> evaluate -> publish -> gates -> staging/production")
+    ranker_daily = _build(
+        "ranker_daily",
+        schedule="15 1 * * *",
+        description="ingest -> feature tables -> feast apply -> materialize (ranker pipeline daily)",
+    )
+    ranker_retrain = _build(
+        "ranker_retrain",
+        schedule="0 4 * * 1",
+        description="training set -> train -> evaluate -> publish -> gates -> staging/production",
+    )

@@ -40,11 +40,30 @@ FORMATS = ("events", "interactions", "open-bandit")
 UNKNOWN = "unknown"
 # Engagement names found in app exports, mapped to the canonical event types.
 EVENT_SYNONYMS = {
-    "click": "click", "view": "click", "detail_view": "click", "pageview": "click", "page_view": "click",
-    "interaction": "click", "play": "click", "rating": "click", "rate": "click",
-    "save": "save", "like": "save", "favorite": "save", "favourite": "save", "wishlist": "save", "bookmark": "save",
-    "add_to_bag": "add_to_bag", "add_to_cart": "add_to_bag", "addtocart": "add_to_bag", "cart": "add_to_bag",
-    "purchase": "purchase", "buy": "purchase", "order": "purchase", "transaction": "purchase", "checkout": "purchase",
+    "click": "click",
+    "view": "click",
+    "detail_view": "click",
+    "pageview": "click",
+    "page_view": "click",
+    "interaction": "click",
+    "play": "click",
+    "rating": "click",
+    "rate": "click",
+    "save": "save",
+    "like": "save",
+    "favorite": "save",
+    "favourite": "save",
+    "wishlist": "save",
+    "bookmark": "save",
+    "add_to_bag": "add_to_bag",
+    "add_to_cart": "add_to_bag",
+    "addtocart": "add_to_bag",
+    "cart": "add_to_bag",
+    "purchase": "purchase",
+    "buy": "purchase",
+    "order": "purchase",
+    "transaction": "purchase",
+    "checkout": "purchase",
 }
 INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp")
 OPTIONAL_INTERACTION_COLUMNS = ("event_type", "value", "session_id", "query")
@@ -113,8 +132,9 @@ def _check_required(df: pd.DataFrame, cols, rej: Rejections) -> pd.DataFrame:
     return df
 
 
-def _read_attributes(path: Path | None, rej: Rejections, *, what: str, key: str, timestamps: tuple = (),
-                     numbers: tuple = ()) -> pd.DataFrame | None:
+def _read_attributes(
+    path: Path | None, rej: Rejections, *, what: str, key: str, timestamps: tuple = (), numbers: tuple = ()
+) -> pd.DataFrame | None:
     """An optional items/users file: ``key`` required and unique; the listed timestamp and number
     columns parsed where present; every rejected row counted under ``"{what}: <reason>"``."""
     if path is None:
@@ -125,7 +145,9 @@ def _read_attributes(path: Path | None, rej: Rejections, *, what: str, key: str,
     table[key] = _text(table[key])
     table = rej.reject(table, table[key].isna(), f"{what}: missing {key}")
     table = rej.reject(table, table[key].duplicated(keep="first"), f"{what}: duplicate {key}")
-    parsers = [(c, parse_timestamps) for c in timestamps] + [(c, lambda col: pd.to_numeric(_text(col), errors="coerce")) for c in numbers]
+    parsers = [(c, parse_timestamps) for c in timestamps] + [
+        (c, lambda col: pd.to_numeric(_text(col), errors="coerce")) for c in numbers
+    ]
     for c, parse in parsers:
         if c in table.columns:
             raw = _text(table[c])
@@ -136,8 +158,14 @@ def _read_attributes(path: Path | None, rej: Rejections, *, what: str, key: str,
 
 
 def _read_items(path: Path | None, rej: Rejections) -> pd.DataFrame | None:
-    return _read_attributes(path, rej, what="items", key="item_id", timestamps=("created_at", "sold_at"),
-                            numbers=("price", "original_price"))
+    return _read_attributes(
+        path,
+        rej,
+        what="items",
+        key="item_id",
+        timestamps=("created_at", "sold_at"),
+        numbers=("price", "original_price"),
+    )
 
 
 def _read_users(path: Path | None, rej: Rejections) -> pd.DataFrame | None:
@@ -149,7 +177,9 @@ def _check_known_ids(ev: pd.DataFrame, items, users, rej: Rejections) -> pd.Data
         ev = rej.reject(ev, ~ev.item_id.isin(items.item_id).to_numpy(), "unknown item_id")
         created = ev.item_id.map(items.set_index("item_id").created_at) if "created_at" in items.columns else None
         if created is not None:
-            ev = rej.reject(ev, (created.notna() & (ev.timestamp < created)).to_numpy(), "before the listing's created_at")
+            ev = rej.reject(
+                ev, (created.notna() & (ev.timestamp < created)).to_numpy(), "before the listing's created_at"
+            )
     if users is not None:
         ev = rej.reject(ev, ~ev.user_id.isin(users.user_id).to_numpy(), "unknown user_id")
     return ev
@@ -183,8 +213,11 @@ def interactions_to_events(raw: pd.DataFrame, options: ImportOptions, rej: Rejec
         df = rej.reject(df, (raw_value.notna() & value.isna()).to_numpy(), "unparsable value")
         if options.min_value is not None:
             value = value[df.index]
-            df = rej.reject(df, (value.isna() | (value < options.min_value)).to_numpy(),
-                            f"value below --min-value {options.min_value:g}")
+            df = rej.reject(
+                df,
+                (value.isna() | (value < options.min_value)).to_numpy(),
+                f"value below --min-value {options.min_value:g}",
+            )
     df = rej.reject(df, df.duplicated(["user_id", "item_id", "timestamp", "event_type"]).to_numpy(), "duplicate")
     df["surface"] = np.where(df["query"].notna(), "search", "recs")
     # No logged list: each interaction is its own request unless the log names a session.
@@ -218,8 +251,9 @@ def events_to_events(raw: pd.DataFrame, options: ImportOptions, rej: Rejections)
     df = rej.reject(df, (pos.isna() | (pos < 1) | (pos != pos.round())).to_numpy(), "position not a positive integer")
     df["position"] = pos[df.index].astype("int64")
     if df.event_id.notna().any():
-        df = rej.reject(df, df.event_id.notna().to_numpy() & df.event_id.duplicated(keep="first").to_numpy(),
-                        "duplicate event_id")
+        df = rej.reject(
+            df, df.event_id.notna().to_numpy() & df.event_id.duplicated(keep="first").to_numpy(), "duplicate event_id"
+        )
     content = ["event_type", "timestamp", "user_id", "item_id", "surface", "request_id", "position"]
     df = rej.reject(df, df.duplicated(content).to_numpy(), "duplicate")
     # Engagement belongs to a shown item: it needs an earlier impression of the same (request, item).
@@ -235,7 +269,9 @@ def events_to_events(raw: pd.DataFrame, options: ImportOptions, rej: Rejections)
     return df
 
 
-def _entities(events: pd.DataFrame, given: pd.DataFrame | None, key: str) -> tuple[pd.DataFrame, pd.Series, pd.DataFrame]:
+def _entities(
+    events: pd.DataFrame, given: pd.DataFrame | None, key: str
+) -> tuple[pd.DataFrame, pd.Series, pd.DataFrame]:
     """For one entity (``item_id`` or ``user_id``): a frame of every id in the log or the given
     file, each id's first event time, and the given file indexed by id (empty without one)."""
     first = events.groupby(key).timestamp.min()
@@ -246,8 +282,9 @@ def _entities(events: pd.DataFrame, given: pd.DataFrame | None, key: str) -> tup
     return pd.DataFrame({key: ids.astype(str)}), first, indexed
 
 
-def derive_tables(events: pd.DataFrame, items: pd.DataFrame | None, users: pd.DataFrame | None, *,
-                  sold_on_purchase: bool = False) -> dict[str, pd.DataFrame]:
+def derive_tables(
+    events: pd.DataFrame, items: pd.DataFrame | None, users: pd.DataFrame | None, *, sold_on_purchase: bool = False
+) -> dict[str, pd.DataFrame]:
     """Listings, users and sellers for the imported events: from the given files where present,
     else derived from the log (first event = listing creation / signup)."""
     lst, first_item, given = _entities(events, items, "item_id")
@@ -261,7 +298,9 @@ def derive_tables(events: pd.DataFrame, items: pd.DataFrame | None, users: pd.Da
         lst[col] = given_col(col).astype("string").fillna(UNKNOWN)
     lst["title"] = given_col("title").astype("string").fillna("")
     lst["price"] = pd.to_numeric(given_col("price"), errors="coerce").astype("float64").fillna(0.0)
-    lst["original_price"] = pd.to_numeric(given_col("original_price"), errors="coerce").astype("float64").fillna(lst.price)
+    lst["original_price"] = (
+        pd.to_numeric(given_col("original_price"), errors="coerce").astype("float64").fillna(lst.price)
+    )
     created = pd.to_datetime(given_col("created_at"), utc=True)
     lst["created_at"] = created.fillna(lst.item_id.map(first_item))
     sold = pd.to_datetime(given_col("sold_at"), utc=True)
@@ -301,7 +340,9 @@ def import_log(settings: Settings, options: ImportOptions, *, extra_tables: dict
         "format": options.fmt,
         "source": str(Path(options.path).resolve()),
         "rows_read": int(raw_rows),
-        "rows_imported": int(len(events) if options.fmt != "open-bandit" else (events.event_type == "impression").sum()),
+        "rows_imported": int(
+            len(events) if options.fmt != "open-bandit" else (events.event_type == "impression").sum()
+        ),
         "rejected": dict(rej.counts),
         "rejected_total": rej.total,
     }
@@ -352,7 +393,8 @@ def describe(report: dict) -> str:
     rejected = ", ".join(f"{k}: {v:,}" for k, v in report["rejected"].items()) or "none"
     ev = ", ".join(f"{v:,} {k}" for k, v in report["events"].items() if v)
     hint = (
-        "" if report["has_impressions"]
+        ""
+        if report["has_impressions"]
         else " No impressions in this log: build training sets with `ranker dataset build --negatives K "
         "--feature-service generic_ranker_v1`."
     )
@@ -362,5 +404,7 @@ def describe(report: dict) -> str:
         f"{report['sellers']:,} sellers; {report['window']['first']} .. {report['window']['last']}.\n"
         f"Rejected {report['rejected_total']:,} row(s): {rejected}.\n"
         f"Wrote {report['raw_dir']}/ (events, listings, users, sellers"
-        + "".join(f", {t}" for t in report["extra_tables"]) + f", {MANIFEST}) in {report['seconds']} s." + hint
+        + "".join(f", {t}" for t in report["extra_tables"])
+        + f", {MANIFEST}) in {report['seconds']} s."
+        + hint
     )

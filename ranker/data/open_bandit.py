@@ -58,7 +58,9 @@ def read_open_bandit(options, rej) -> tuple[int, pd.DataFrame, pd.DataFrame, dic
         folder = root / policy / options.campaign
         log_path = folder / f"{options.campaign}.csv"
         if not log_path.exists():
-            raise LogImportError(f"{log_path} not found: is {root} the Open Bandit folder with {policy}/{options.campaign}/?")
+            raise LogImportError(
+                f"{log_path} not found: is {root} the Open Bandit folder with {policy}/{options.campaign}/?"
+            )
         raw = read_any(log_path, what="open bandit log")
         needed = ["timestamp", "item_id", "position", "click", "propensity_score", "user_feature_0"]
         missing = [c for c in needed if c not in raw.columns]
@@ -82,11 +84,17 @@ def read_open_bandit(options, rej) -> tuple[int, pd.DataFrame, pd.DataFrame, dic
         )
         df = rej.reject(df, df.timestamp.isna().to_numpy(), "unparsable timestamp")
         df = rej.reject(df, (df.item.isna() | (df.item < 0) | (df.item != df.item.round())).to_numpy(), "bad item_id")
-        df = rej.reject(df, (df.position.isna() | (df.position < 1) | (df.position != df.position.round())).to_numpy(),
-                        "position not a positive integer")
+        df = rej.reject(
+            df,
+            (df.position.isna() | (df.position < 1) | (df.position != df.position.round())).to_numpy(),
+            "position not a positive integer",
+        )
         df = rej.reject(df, ~df.click.isin([0, 1]).to_numpy(), "click not 0/1")
-        df = rej.reject(df, (df.propensity.isna() | (df.propensity <= 0) | (df.propensity > 1)).to_numpy(),
-                        "propensity not in (0, 1]")
+        df = rej.reject(
+            df,
+            (df.propensity.isna() | (df.propensity <= 0) | (df.propensity > 1)).to_numpy(),
+            "propensity not in (0, 1]",
+        )
         df = rej.reject(df, df.duplicated(["timestamp", "item", "position", "user_id"]).to_numpy(), "duplicate")
         df["policy"] = policy
         frames.append(df)
@@ -112,30 +120,39 @@ def read_open_bandit(options, rej) -> tuple[int, pd.DataFrame, pd.DataFrame, dic
     log["position"] = log.position.astype("int64")
     log["campaign"] = options.campaign
     base = {
-        "user_id": log.user_id, "item_id": log.item_id, "surface": "recs", "request_id": log.request_id,
-        "position": log.position, "query": pd.NA,
+        "user_id": log.user_id,
+        "item_id": log.item_id,
+        "surface": "recs",
+        "request_id": log.request_id,
+        "position": log.position,
+        "query": pd.NA,
     }
-    impressions = pd.DataFrame({**base, "event_type": "impression", "timestamp": log.timestamp,
-                                "event_id": log.request_id + ":imp"})
+    impressions = pd.DataFrame(
+        {**base, "event_type": "impression", "timestamp": log.timestamp, "event_id": log.request_id + ":imp"}
+    )
     clicked = log.click.to_numpy() == 1
     clicks = pd.DataFrame({k: (v[clicked] if isinstance(v, pd.Series) else v) for k, v in base.items()})
     clicks["event_type"] = "click"
     clicks["timestamp"] = log.timestamp[clicked] + CLICK_DELAY
     clicks["event_id"] = log.request_id[clicked] + ":click"
     events = pd.concat([impressions, clicks], ignore_index=True)
-    propensities = pd.DataFrame(
-        {
-            "request_id": log.request_id.astype(str),
-            "timestamp": log.timestamp.astype(schema.TS),
-            "user_id": log.user_id.astype(str),
-            "item_id": log.item_id.astype(str),
-            "position": log.position.astype("int32"),
-            "click": log.click.astype("int8"),
-            "propensity": log.propensity.astype("float64"),
-            "policy": log.policy.astype(str),
-            "campaign": log.campaign.astype(str),
-        }
-    ).sort_values(["timestamp", "request_id"], kind="stable").reset_index(drop=True)
+    propensities = (
+        pd.DataFrame(
+            {
+                "request_id": log.request_id.astype(str),
+                "timestamp": log.timestamp.astype(schema.TS),
+                "user_id": log.user_id.astype(str),
+                "item_id": log.item_id.astype(str),
+                "position": log.position.astype("int32"),
+                "click": log.click.astype("int8"),
+                "propensity": log.propensity.astype("float64"),
+                "policy": log.policy.astype(str),
+                "campaign": log.campaign.astype(str),
+            }
+        )
+        .sort_values(["timestamp", "request_id"], kind="stable")
+        .reset_index(drop=True)
+    )
     if items is not None:
         items = items[items.item_id.isin(log.item_id)].reset_index(drop=True) if len(log) else items
         items["original_price"] = items.price

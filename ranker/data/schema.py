@@ -117,9 +117,7 @@ def normalise(schema: TableSchema, df: pd.DataFrame) -> pd.DataFrame:
     """
     missing = [c for c in schema.names if c not in df.columns]
     if missing:
-        raise SchemaError(
-            f"{schema.name}: missing column(s) {', '.join(missing)}; expected {', '.join(schema.names)}"
-        )
+        raise SchemaError(f"{schema.name}: missing column(s) {', '.join(missing)}; expected {', '.join(schema.names)}")
     out = {}
     for col in schema.columns:
         s = df[col.name]
@@ -131,9 +129,7 @@ def normalise(schema: TableSchema, df: pd.DataFrame) -> pd.DataFrame:
         except (ValueError, TypeError) as exc:
             raise SchemaError(f"{schema.name}.{col.name}: cannot be read as {col.dtype} ({exc})") from None
         if not col.nullable and s.isna().any():
-            raise SchemaError(
-                f"{schema.name}.{col.name}: {int(s.isna().sum())} null value(s) in a required column"
-            )
+            raise SchemaError(f"{schema.name}.{col.name}: {int(s.isna().sum())} null value(s) in a required column")
         out[col.name] = s
     return pd.DataFrame(out, index=df.index).reset_index(drop=True)
 
@@ -142,9 +138,7 @@ def read_table(raw_dir: Path, schema: TableSchema) -> pd.DataFrame:
     """Read one raw table and check it against its contract."""
     path = Path(raw_dir) / schema.file
     if not path.exists():
-        raise SchemaError(
-            f"{path} not found: run `ranker data simulate` or `ranker data import` first"
-        )
+        raise SchemaError(f"{path} not found: run `ranker data simulate` or `ranker data import` first")
     try:
         df = pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises several types for corrupt files

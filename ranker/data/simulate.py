@@ -46,8 +46,18 @@ from ranker.errors import RankerError
 
 # --- Catalogue ---------------------------------------------------------------------------------
 CATEGORIES = (
-    "tops", "dresses", "jeans", "trousers", "skirts", "jackets",
-    "coats", "knitwear", "shoes", "sneakers", "bags", "accessories",
+    "tops",
+    "dresses",
+    "jeans",
+    "trousers",
+    "skirts",
+    "jackets",
+    "coats",
+    "knitwear",
+    "shoes",
+    "sneakers",
+    "bags",
+    "accessories",
 )
 CATEGORY_SHARE = (0.16, 0.11, 0.09, 0.07, 0.06, 0.08, 0.05, 0.08, 0.08, 0.09, 0.07, 0.06)
 # Typical second-hand asking price (EUR) of a mid-tier item in very good condition.
@@ -68,24 +78,52 @@ _KIND_CATEGORIES = {
 }
 # (name, price tier 0=budget .. 4=luxury, kind). Names are lower-case words so titles tokenise.
 BRANDS = (
-    ("hm", 0, "fashion"), ("primark", 0, "fashion"), ("asos", 0, "fashion"),
-    ("only", 0, "fashion"), ("vero moda", 0, "fashion"),
-    ("zara", 1, "fashion"), ("mango", 1, "fashion"), ("uniqlo", 1, "fashion"),
-    ("esprit", 1, "fashion"), ("gap", 1, "fashion"), ("bershka", 1, "fashion"),
+    ("hm", 0, "fashion"),
+    ("primark", 0, "fashion"),
+    ("asos", 0, "fashion"),
+    ("only", 0, "fashion"),
+    ("vero moda", 0, "fashion"),
+    ("zara", 1, "fashion"),
+    ("mango", 1, "fashion"),
+    ("uniqlo", 1, "fashion"),
+    ("esprit", 1, "fashion"),
+    ("gap", 1, "fashion"),
+    ("bershka", 1, "fashion"),
     ("stradivarius", 1, "fashion"),
-    ("cos", 2, "fashion"), ("arket", 2, "fashion"), ("massimo dutti", 2, "fashion"),
-    ("tommy hilfiger", 2, "fashion"), ("ralph lauren", 2, "fashion"), ("calvin klein", 2, "fashion"),
-    ("lacoste", 2, "fashion"), ("hugo boss", 2, "fashion"),
-    ("ganni", 3, "fashion"), ("acne studios", 3, "fashion"), ("sandro", 3, "fashion"),
+    ("cos", 2, "fashion"),
+    ("arket", 2, "fashion"),
+    ("massimo dutti", 2, "fashion"),
+    ("tommy hilfiger", 2, "fashion"),
+    ("ralph lauren", 2, "fashion"),
+    ("calvin klein", 2, "fashion"),
+    ("lacoste", 2, "fashion"),
+    ("hugo boss", 2, "fashion"),
+    ("ganni", 3, "fashion"),
+    ("acne studios", 3, "fashion"),
+    ("sandro", 3, "fashion"),
     ("maje", 3, "fashion"),
-    ("nike", 1, "sport"), ("adidas", 1, "sport"), ("puma", 1, "sport"), ("vans", 1, "sport"),
-    ("converse", 1, "sport"), ("asics", 1, "sport"), ("new balance", 2, "sport"),
-    ("levis", 1, "denim"), ("wrangler", 1, "denim"), ("lee", 1, "denim"),
-    ("the north face", 2, "outdoor"), ("patagonia", 2, "outdoor"), ("stone island", 3, "outdoor"),
-    ("dr martens", 2, "footwear"), ("birkenstock", 2, "footwear"),
-    ("michael kors", 2, "leather"), ("coach", 2, "leather"), ("longchamp", 2, "leather"),
+    ("nike", 1, "sport"),
+    ("adidas", 1, "sport"),
+    ("puma", 1, "sport"),
+    ("vans", 1, "sport"),
+    ("converse", 1, "sport"),
+    ("asics", 1, "sport"),
+    ("new balance", 2, "sport"),
+    ("levis", 1, "denim"),
+    ("wrangler", 1, "denim"),
+    ("lee", 1, "denim"),
+    ("the north face", 2, "outdoor"),
+    ("patagonia", 2, "outdoor"),
+    ("stone island", 3, "outdoor"),
+    ("dr martens", 2, "footwear"),
+    ("birkenstock", 2, "footwear"),
+    ("michael kors", 2, "leather"),
+    ("coach", 2, "leather"),
+    ("longchamp", 2, "leather"),
     ("mulberry", 3, "leather"),
-    ("gucci", 4, "luxury"), ("prada", 4, "luxury"), ("louis vuitton", 4, "luxury"),
+    ("gucci", 4, "luxury"),
+    ("prada", 4, "luxury"),
+    ("louis vuitton", 4, "luxury"),
 )
 _TIER_POPULARITY = (3.0, 2.5, 1.2, 0.5, 0.25)
 _BLOCKBUSTERS = frozenset(("zara", "hm", "nike", "adidas", "levis"))
@@ -103,8 +141,30 @@ CONDITION_PRICE_FACTOR = (0.55, 0.80, 1.00, 1.35)
 
 # Share of activity per hour of the day (UTC): quiet nights, busy evenings.
 HOURLY_ACTIVITY = (
-    0.30, 0.20, 0.15, 0.10, 0.10, 0.15, 0.30, 0.60, 0.80, 0.90, 0.90, 1.00,
-    1.10, 1.00, 0.90, 0.90, 1.00, 1.10, 1.30, 1.60, 1.80, 1.70, 1.30, 0.70,
+    0.30,
+    0.20,
+    0.15,
+    0.10,
+    0.10,
+    0.15,
+    0.30,
+    0.60,
+    0.80,
+    0.90,
+    0.90,
+    1.00,
+    1.10,
+    1.00,
+    0.90,
+    0.90,
+    1.00,
+    1.10,
+    1.30,
+    1.60,
+    1.80,
+    1.70,
+    1.30,
+    0.70,
 )
 
 # --- Hidden utility and behaviour ----------------------------------------------------------------
@@ -177,8 +237,10 @@ class SimConfig:
             (self.days >= 1, f"days must be >= 1, got {self.days}"),
             (isinstance(self.start, date), f"start must be a date, got {self.start!r}"),
             (0 < self.scale <= 1000, f"scale must be in (0, 1000], got {self.scale}"),
-            (0 < self.requests_per_user_day <= 20,
-             f"requests_per_user_day must be in (0, 20], got {self.requests_per_user_day}"),
+            (
+                0 < self.requests_per_user_day <= 20,
+                f"requests_per_user_day must be in (0, 20], got {self.requests_per_user_day}",
+            ),
             (0 <= self.search_share <= 1, f"search_share must be in [0, 1], got {self.search_share}"),
             (1 <= self.slate_size <= 200, f"slate_size must be in [1, 200], got {self.slate_size}"),
         )
@@ -240,8 +302,10 @@ def simulate(config: SimConfig, *, raw_dir: Path, ground_truth_dir: Path) -> dic
     utility_path = ground_truth_dir / GROUND_TRUTH.file
     counts = dict.fromkeys(schema.EVENT_TYPES, 0)
     requests_shown = 0
-    with _ChunkWriter(path=events_path, table=schema.EVENTS) as events_out, \
-            _ChunkWriter(path=utility_path, table=GROUND_TRUTH) as truth_out:
+    with (
+        _ChunkWriter(path=events_path, table=schema.EVENTS) as events_out,
+        _ChunkWriter(path=utility_path, table=GROUND_TRUTH) as truth_out,
+    ):
         carry = _EventBatch.empty()
         for day, day_seed in enumerate(traffic_seed.spawn(config.days)):
             day_rows, day_events = world.simulate_day(day=day, rng=_rng(day_seed))
@@ -331,9 +395,15 @@ class _World:
         # Every possible query string, indexed by a query code (see _query_code).
         self.query_vocabulary = pa.array(
             [
-                " ".join(part for part in (
-                    COLOURS[colour] if colour >= 0 else "", BRANDS[brand][0] if brand >= 0 else "", CATEGORIES[cat],
-                ) if part)
+                " ".join(
+                    part
+                    for part in (
+                        COLOURS[colour] if colour >= 0 else "",
+                        BRANDS[brand][0] if brand >= 0 else "",
+                        CATEGORIES[cat],
+                    )
+                    if part
+                )
                 for brand in range(-1, n_brands)
                 for colour in range(-1, len(COLOURS))
                 for cat in range(n_categories)
@@ -368,9 +438,7 @@ class _World:
         self.profile_has_size = rng.random(n) < 0.75
         # Heavy-tailed activity (mean = requests_per_user_day), capped at 20 requests a day.
         sigma = 0.8
-        self.activity = np.minimum(
-            cfg.requests_per_user_day * rng.lognormal(-sigma**2 / 2, sigma, size=n), 20.0
-        )
+        self.activity = np.minimum(cfg.requests_per_user_day * rng.lognormal(-(sigma**2) / 2, sigma, size=n), 20.0)
         # Each user has their own habit around the configured search share (Beta with that mean).
         share = cfg.search_share
         self.user_search_share = (
@@ -432,8 +500,7 @@ class _World:
         self.seller_joined_ms = np.where(first_listing == NEVER, never_listed, first_listing - head_start)
 
         size_text = np.array(
-            [CLOTHING_SIZES[s].lower() if 0 <= s < 5 else (str(s) if s >= 36 else "") for s in range(46)]
-            + [""],
+            [CLOTHING_SIZES[s].lower() if 0 <= s < 5 else (str(s) if s >= 36 else "") for s in range(46)] + [""],
             dtype=object,
         )  # index -1 (one size) hits the trailing ""
         colour_word = np.where(self.title_has_colour, np.array(COLOURS, dtype=object)[self.colour] + " ", "")
@@ -475,8 +542,13 @@ class _World:
         request = self.request_base + 1 + np.arange(n, dtype=np.int64)
         self.request_base += n
         requests = {
-            "request": request, "user": user, "t": t, "search": search,
-            "cat": query_cat, "colour": query_colour, "brand": query_brand,
+            "request": request,
+            "user": user,
+            "t": t,
+            "search": search,
+            "cat": query_cat,
+            "colour": query_colour,
+            "brand": query_brand,
         }
 
         rows, events = [], []
@@ -515,9 +587,7 @@ class _World:
         if n_requests == 0:
             return _empty_rows(), _EventBatch.empty()
         n_items = len(self.created_ms)
-        req_local, item = self._retrieve(
-            rng=rng, requests=requests, step_start=step_start, step_end=step_end
-        )
+        req_local, item = self._retrieve(rng=rng, requests=requests, step_start=step_start, step_end=step_end)
         if len(item) == 0:
             return _empty_rows(), _EventBatch.empty()
         t_request = requests["t"][req_local]
@@ -544,9 +614,7 @@ class _World:
         )
         position = rank[shown] + 1
         user = requests["user"][req_local]
-        utility = self._utility(
-            rng=rng, user=user, item=item, age_days=age_days, search=search, match=match
-        )
+        utility = self._utility(rng=rng, user=user, item=item, age_days=age_days, search=search, match=match)
 
         # Engagement: clicks carry the position bias; deeper funnel steps need a click first.
         drawn = draw_engagement(rng, utility, position, t_request)
@@ -568,28 +636,49 @@ class _World:
         kept = t_request < self.sold_ms[item]
 
         rows = {
-            "request": requests["request"][req_local], "user": user, "item": item,
-            "position": position, "t": t_request, "utility": utility, "search": search,
+            "request": requests["request"][req_local],
+            "user": user,
+            "item": item,
+            "position": position,
+            "t": t_request,
+            "utility": utility,
+            "search": search,
             "query": _query_code(requests["cat"], requests["colour"], requests["brand"])[req_local],
         }
         rows = {k: v[kept] for k, v in rows.items()}
         click, save, bag, purchase = click[kept], save[kept], bag[kept], purchase[kept]
         self.past_clicks += np.bincount(rows["item"][click], minlength=n_items)
         times = {
-            "impression": rows["t"], "click": t_click[kept], "save": t_save[kept],
-            "add_to_bag": t_bag[kept], "purchase": t_purchase[kept],
+            "impression": rows["t"],
+            "click": t_click[kept],
+            "save": t_save[kept],
+            "add_to_bag": t_bag[kept],
+            "purchase": t_purchase[kept],
         }
-        flags = {"impression": np.ones(len(click), dtype=bool), "click": click, "save": save,
-                 "add_to_bag": bag, "purchase": purchase}
+        flags = {
+            "impression": np.ones(len(click), dtype=bool),
+            "click": click,
+            "save": save,
+            "add_to_bag": bag,
+            "purchase": purchase,
+        }
         batches = []
         for name, flag in flags.items():
             idx = np.flatnonzero(flag)
-            batches.append(_EventBatch({
-                "t": times[name][idx],
-                "type": np.full(len(idx), _EVENT_CODES[name], dtype=np.int8),
-                "request": rows["request"][idx], "user": rows["user"][idx], "item": rows["item"][idx],
-                "position": rows["position"][idx], "search": rows["search"][idx], "query": rows["query"][idx],
-            }))
+            batches.append(
+                _EventBatch(
+                    {
+                        "t": times[name][idx],
+                        "type": np.full(len(idx), _EVENT_CODES[name], dtype=np.int8),
+                        "request": rows["request"][idx],
+                        "user": rows["user"][idx],
+                        "item": rows["item"][idx],
+                        "position": rows["position"][idx],
+                        "search": rows["search"][idx],
+                        "query": rows["query"][idx],
+                    }
+                )
+            )
         return rows, _EventBatch.concat(*batches)
 
     def _retrieve(
@@ -627,15 +716,22 @@ class _World:
         qcat, qcolour, qbrand = requests["cat"], requests["colour"], requests["brand"]
         # Category of each draw: the query's on search, a taste sample on recs.
         draw_cat = np.where(
-            search[:, None], qcat[:, None],
+            search[:, None],
+            qcat[:, None],
             _draw_rows(rng, self.taste_cum[requests["user"]], n_draws=draws),
         )
         exact_key_brand = qcat * n_brands + np.maximum(qbrand, 0)
         exact_key_colour = qcat * n_colours + np.maximum(qcolour, 0)
-        exact_lo = np.where(qbrand >= 0, by_brand[exact_key_brand],
-                            np.where(qcolour >= 0, by_colour[exact_key_colour], by_cat[np.maximum(qcat, 0)]))
-        exact_hi = np.where(qbrand >= 0, by_brand[exact_key_brand + 1],
-                            np.where(qcolour >= 0, by_colour[exact_key_colour + 1], by_cat[np.maximum(qcat, 0) + 1]))
+        exact_lo = np.where(
+            qbrand >= 0,
+            by_brand[exact_key_brand],
+            np.where(qcolour >= 0, by_colour[exact_key_colour], by_cat[np.maximum(qcat, 0)]),
+        )
+        exact_hi = np.where(
+            qbrand >= 0,
+            by_brand[exact_key_brand + 1],
+            np.where(qcolour >= 0, by_colour[exact_key_colour + 1], by_cat[np.maximum(qcat, 0) + 1]),
+        )
         j = np.arange(draws)[None, :]
         source = np.where(  # 0 exact match, 1 category, 2 random
             search[:, None],
@@ -671,8 +767,14 @@ class _World:
         return np.where(qcat >= 0, hits / terms, 0.0)
 
     def _utility(
-        self, *, rng: np.random.Generator, user: np.ndarray, item: np.ndarray,
-        age_days: np.ndarray, search: np.ndarray, match: np.ndarray,
+        self,
+        *,
+        rng: np.random.Generator,
+        user: np.ndarray,
+        item: np.ndarray,
+        age_days: np.ndarray,
+        search: np.ndarray,
+        match: np.ndarray,
     ) -> np.ndarray:
         """The hidden true utility of showing ``item`` to ``user`` in this request."""
         cat = self.category[item]
@@ -705,26 +807,32 @@ class _World:
         user_ids = self._ids("user", f["user"] + 1)
         item_ids = self._ids("item", f["item"] + 1)
         query_code = f["query"]
-        table = pa.table({
-            "event_id": self._ids("event", first_event + np.arange(n, dtype=np.int64)),
-            "event_type": pa.array(schema.EVENT_TYPES, pa.large_string()).take(pa.array(f["type"].astype(np.int64))),
-            "timestamp": pa.array(f["t"] * 1000, pa.timestamp("us", tz="UTC")),
-            "user_id": user_ids,
-            "item_id": item_ids,
-            "surface": pa.array(schema.SURFACES, pa.large_string()).take(pa.array(np.where(f["search"], 0, 1))),
-            "request_id": self._ids("request", f["request"]),
-            "position": pa.array(f["position"].astype(np.int32)),
-            "query": self.query_vocabulary.take(pa.array(np.maximum(query_code, 0), mask=query_code < 0)),
-        })
+        table = pa.table(
+            {
+                "event_id": self._ids("event", first_event + np.arange(n, dtype=np.int64)),
+                "event_type": pa.array(schema.EVENT_TYPES, pa.large_string()).take(
+                    pa.array(f["type"].astype(np.int64))
+                ),
+                "timestamp": pa.array(f["t"] * 1000, pa.timestamp("us", tz="UTC")),
+                "user_id": user_ids,
+                "item_id": item_ids,
+                "surface": pa.array(schema.SURFACES, pa.large_string()).take(pa.array(np.where(f["search"], 0, 1))),
+                "request_id": self._ids("request", f["request"]),
+                "position": pa.array(f["position"].astype(np.int32)),
+                "query": self.query_vocabulary.take(pa.array(np.maximum(query_code, 0), mask=query_code < 0)),
+            }
+        )
         return _to_pandas(table)
 
     def ground_truth_frame(self, rows: dict) -> pd.DataFrame:
-        table = pa.table({
-            "request_id": self._ids("request", rows["request"]),
-            "item_id": self._ids("item", rows["item"] + 1),
-            "user_id": self._ids("user", rows["user"] + 1),
-            "true_utility": pa.array(rows["utility"].astype(np.float64)),
-        })
+        table = pa.table(
+            {
+                "request_id": self._ids("request", rows["request"]),
+                "item_id": self._ids("item", rows["item"] + 1),
+                "user_id": self._ids("user", rows["user"] + 1),
+                "true_utility": pa.array(rows["utility"].astype(np.float64)),
+            }
+        )
         return _to_pandas(table)
 
     def listings_frame(self) -> pd.DataFrame:
@@ -735,36 +843,44 @@ class _World:
             + ["one size"],
             dtype=object,
         )
-        return pd.DataFrame({
-            "item_id": _to_pandas_strings(self._ids("item", np.arange(1, n + 1))),
-            "seller_id": _to_pandas_strings(self._ids("seller", self.seller.astype(np.int64) + 1)),
-            "title": self.title,
-            "category": np.array(CATEGORIES, dtype=object)[self.category],
-            "brand": np.array([name for name, _, _ in BRANDS], dtype=object)[self.brand],
-            "size": sizes[self.size],
-            "condition": np.array(CONDITIONS, dtype=object)[self.condition],
-            "colour": np.array(COLOURS, dtype=object)[self.colour],
-            "price": self.price,
-            "original_price": self.original_price,
-            "created_at": _timestamps(self.created_ms),
-            "sold_at": _timestamps(np.where(sold, self.sold_ms, 0), missing=~sold),
-        })
+        return pd.DataFrame(
+            {
+                "item_id": _to_pandas_strings(self._ids("item", np.arange(1, n + 1))),
+                "seller_id": _to_pandas_strings(self._ids("seller", self.seller.astype(np.int64) + 1)),
+                "title": self.title,
+                "category": np.array(CATEGORIES, dtype=object)[self.category],
+                "brand": np.array([name for name, _, _ in BRANDS], dtype=object)[self.brand],
+                "size": sizes[self.size],
+                "condition": np.array(CONDITIONS, dtype=object)[self.condition],
+                "colour": np.array(COLOURS, dtype=object)[self.colour],
+                "price": self.price,
+                "original_price": self.original_price,
+                "created_at": _timestamps(self.created_ms),
+                "sold_at": _timestamps(np.where(sold, self.sold_ms, 0), missing=~sold),
+            }
+        )
 
     def users_frame(self) -> pd.DataFrame:
         n = self.config.n_users
         size = np.array(CLOTHING_SIZES, dtype=object)[self.clothing_size]
-        return pd.DataFrame({
-            "user_id": _to_pandas_strings(self._ids("user", np.arange(1, n + 1))),
-            "signup_at": _timestamps(self.signup_ms),
-            "size": pd.array(np.where(self.profile_has_size, size, np.full(n, None, dtype=object)), dtype="string[pyarrow]"),
-        })
+        return pd.DataFrame(
+            {
+                "user_id": _to_pandas_strings(self._ids("user", np.arange(1, n + 1))),
+                "signup_at": _timestamps(self.signup_ms),
+                "size": pd.array(
+                    np.where(self.profile_has_size, size, np.full(n, None, dtype=object)), dtype="string[pyarrow]"
+                ),
+            }
+        )
 
     def sellers_frame(self) -> pd.DataFrame:
         n = self.config.n_sellers
-        return pd.DataFrame({
-            "seller_id": _to_pandas_strings(self._ids("seller", np.arange(1, n + 1))),
-            "joined_at": _timestamps(self.seller_joined_ms),
-        })
+        return pd.DataFrame(
+            {
+                "seller_id": _to_pandas_strings(self._ids("seller", np.arange(1, n + 1))),
+                "joined_at": _timestamps(self.seller_joined_ms),
+            }
+        )
 
 
 class _EventBatch:
@@ -795,8 +911,10 @@ class _EventBatch:
     def split_before(self, cutoff: int) -> tuple["_EventBatch", "_EventBatch"]:
         """(events strictly before ``cutoff``, the rest); the batch must be sorted."""
         i = int(np.searchsorted(self.fields["t"], cutoff, side="left"))
-        return (_EventBatch({k: v[:i] for k, v in self.fields.items()}),
-                _EventBatch({k: v[i:] for k, v in self.fields.items()}))
+        return (
+            _EventBatch({k: v[:i] for k, v in self.fields.items()}),
+            _EventBatch({k: v[i:] for k, v in self.fields.items()}),
+        )
 
 
 class _ChunkWriter:
@@ -903,8 +1021,9 @@ def click_probability(utility: np.ndarray, position: np.ndarray) -> np.ndarray:
     return examine * _sigmoid(np.asarray(utility, dtype=np.float64) - CLICK_THRESHOLD)
 
 
-def draw_engagement(rng: np.random.Generator, utility: np.ndarray, position: np.ndarray,
-                    t_request: np.ndarray | int) -> Engagement:
+def draw_engagement(
+    rng: np.random.Generator, utility: np.ndarray, position: np.ndarray, t_request: np.ndarray | int
+) -> Engagement:
     """The behaviour model: ``P(click) = examine(position) x sigmoid(utility - CLICK_THRESHOLD)``
     with ``examine(p) = p^-EXAMINE_EXPONENT``; saves, add-to-bags and purchases need a click first.
     Used by the simulator and by the live environment (:mod:`ranker.monitoring.live`)."""
@@ -922,16 +1041,22 @@ def draw_engagement(rng: np.random.Generator, utility: np.ndarray, position: np.
 
 def _empty_rows() -> dict:
     return {
-        "request": np.zeros(0, np.int64), "user": np.zeros(0, np.int64), "item": np.zeros(0, np.int64),
-        "position": np.zeros(0, np.int64), "t": np.zeros(0, np.int64), "utility": np.zeros(0),
-        "search": np.zeros(0, bool), "query": np.zeros(0, np.int64),
+        "request": np.zeros(0, np.int64),
+        "user": np.zeros(0, np.int64),
+        "item": np.zeros(0, np.int64),
+        "position": np.zeros(0, np.int64),
+        "t": np.zeros(0, np.int64),
+        "utility": np.zeros(0),
+        "search": np.zeros(0, bool),
+        "query": np.zeros(0, np.int64),
     }
 
 
 def _format_ids(prefix: str, numbers: np.ndarray, width: int) -> pa.Array:
-    """"u" + zero-padded number, formatted by Arrow (vectorised, no Python loop)."""
-    digits = pc.utf8_lpad(pc.cast(pa.array(np.asarray(numbers, dtype=np.int64)), pa.large_string()),
-                          width=width, padding="0")
+    """ "u" + zero-padded number, formatted by Arrow (vectorised, no Python loop)."""
+    digits = pc.utf8_lpad(
+        pc.cast(pa.array(np.asarray(numbers, dtype=np.int64)), pa.large_string()), width=width, padding="0"
+    )
     no_separator = pa.scalar("", pa.large_string())
     return pc.binary_join_element_wise(pa.scalar(prefix, pa.large_string()), digits, no_separator)
 

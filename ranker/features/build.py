@@ -31,7 +31,15 @@ COEC_PRIOR_CLICKS = 2.0
 # the zero row once a pair's 30-day window has emptied.
 PAIR_RETENTION_DAYS = 32
 
-TABLES: tuple[str, ...] = ("listings", "item_stats", "user_stats", "category_stats", "seller_stats", "user_category_stats", "query_category_stats")
+TABLES: tuple[str, ...] = (
+    "listings",
+    "item_stats",
+    "user_stats",
+    "category_stats",
+    "seller_stats",
+    "user_category_stats",
+    "query_category_stats",
+)
 # Generic tables (feature service generic_ranker_v1): built from any log, imported or simulated.
 # "Interactions" are all non-impression events; sparse rows (entities with an interaction in the
 # last PAIR_RETENTION_DAYS days), so an absent entity means "no interactions": counts default to 0.
@@ -278,8 +286,9 @@ _SQL = {
     """,
 }
 
-_SQL.update({
-    "generic_item_stats": """
+_SQL.update(
+    {
+        "generic_item_stats": """
         WITH daily AS (
             SELECT item_id, day,
                    count(*) FILTER (WHERE event_type <> 'impression') AS act,
@@ -312,7 +321,7 @@ _SQL.update({
                ((coalesce(act_30d, 0) + {w} * p.rate) / (coalesce(shown_30d, 0) + {w}))::FLOAT AS item_interaction_rate_30d
         FROM win LEFT JOIN users USING (item_id, snapshot_ts) LEFT JOIN prior p USING (snapshot_ts)
     """,
-    "generic_user_stats": """
+        "generic_user_stats": """
         WITH daily AS (
             SELECT user_id, day,
                    count(*) FILTER (WHERE event_type <> 'impression') AS act,
@@ -340,7 +349,7 @@ _SQL.update({
                coalesce(shown_30d, 0)::BIGINT AS user_shown_30d
         FROM win LEFT JOIN items USING (user_id, snapshot_ts)
     """,
-    "generic_user_category_stats": """
+        "generic_user_category_stats": """
         WITH daily AS (
             SELECT user_id, category, day, count(*) AS act
             FROM ev WHERE event_type <> 'impression' AND category IS NOT NULL AND category <> 'unknown'
@@ -357,7 +366,8 @@ _SQL.update({
                coalesce(coalesce(act, 0) / nullif(user_act, 0), 0)::FLOAT AS uc_interaction_share_30d
         FROM win JOIN tot USING (user_id, snapshot_ts)
     """,
-})
+    }
+)
 
 _LISTING_ATTRS = """seller_id, category, brand, size, title,
        price::FLOAT AS price,
@@ -387,9 +397,7 @@ def build_features(settings: Settings, *, options: BuildOptions | None = None, p
     try:
         _load_raw(con, settings.raw_dir)
         con.execute(_SQL_SETUP)
-        con.execute(
-            "CREATE TEMP VIEW lst AS SELECT item_id, created_at, sold_at, " + _LISTING_ATTRS + " FROM listings"
-        )
+        con.execute("CREATE TEMP VIEW lst AS SELECT item_id, created_at, sold_at, " + _LISTING_ATTRS + " FROM listings")
         summary: dict = {"tables": {}}
         for name in TABLES:
             sql = _SQL[name]

@@ -37,6 +37,7 @@ STRING_VALUE_TYPE = 2  # ValueType.STRING in the serialized entity key
 
 # --- the Redis layout -----------------------------------------------------------------------------
 
+
 def online_versioning(store: Any) -> bool:
     """Whether the registry has online feature-view versioning on (names then carry ``_v{N}``)."""
     return bool(getattr(store.config.registry, "enable_online_feature_view_versioning", False))
@@ -96,6 +97,7 @@ def string_entity_keys(join_keys: list[str], columns: list[list[str]], suffix: b
 
 # --- the sqlite layout ----------------------------------------------------------------------------
 
+
 def sqlite_table(project: str, view: Any, *, versioning: bool = False) -> str:
     """The table Feast's sqlite store keeps a view in (``{project}_{view}``)."""
     from feast.infra.online_stores.helpers import compute_table_id
@@ -111,6 +113,7 @@ def sqlite_path(config: Any) -> Path:
 
 
 # --- Feast's own writer and repository parser -----------------------------------------------------
+
 
 def arrow_to_online_rows(table: Any, view: Any, join_keys: dict) -> list:
     """Feast's conversion of an Arrow table/batch into the rows ``online_write_batch`` takes."""
@@ -139,6 +142,7 @@ def apply_repo(store: Any, repo: Any) -> None:
 
 
 # --- the DuckDB offline store's helpers (ranker.features.offline reuses Feast's preparation) -------
+
 
 def validate_lance_feature_views(views: list) -> None:
     """Feast's DuckDB store's check of Lance-backed views (raises on an unsupported one)."""
@@ -183,6 +187,7 @@ def write_data_source(*args: Any, **kwargs: Any) -> Any:
 
 
 # --- redis-py -------------------------------------------------------------------------------------
+
 
 def connection_socket(conn: Any) -> socket.socket | None:
     """The connected socket of a redis-py ``Connection`` (None when not connected)."""

@@ -55,6 +55,7 @@ class MaterializeError(RankerError):
 # Value is a oneof; a set member is always written, even when zero. Field numbers from
 # feast/protos/feast/types/Value.proto: string_val=2, int64_val=4, double_val=5, float_val=6.
 
+
 def _varint(n: int) -> bytes:
     if n < 0:
         n += 1 << 64
@@ -139,7 +140,9 @@ def _redis_client(settings: Settings):
     try:
         client.ping()
     except redis.RedisError as exc:
-        raise MaterializeError(f"Redis at {settings.redis_url} is not reachable ({exc}); start it or fix REDIS_URL") from None
+        raise MaterializeError(
+            f"Redis at {settings.redis_url} is not reachable ({exc}); start it or fix REDIS_URL"
+        ) from None
     return client
 
 
@@ -155,9 +158,9 @@ class ClusterWriter:
         replies = None
         for host, port in self.seeds:
             try:
-                replies = redis.Redis(host=host, port=port, socket_timeout=30, socket_connect_timeout=5).execute_command(
-                    "CLUSTER SLOTS"
-                )
+                replies = redis.Redis(
+                    host=host, port=port, socket_timeout=30, socket_connect_timeout=5
+                ).execute_command("CLUSTER SLOTS")
                 break
             except redis.RedisError as exc:
                 last = exc
@@ -270,7 +273,9 @@ def _latest_rows(view, path: str, start: datetime | None, end: datetime) -> pa.T
     import duckdb
 
     keys = ", ".join(f'"{c.name}"' for c in view.entity_columns)
-    cols = ", ".join([*(f'"{c.name}"' for c in view.entity_columns), "event_timestamp", *(f'"{f.name}"' for f in view.features)])
+    cols = ", ".join(
+        [*(f'"{c.name}"' for c in view.entity_columns), "event_timestamp", *(f'"{f.name}"' for f in view.features)]
+    )
     where = "event_timestamp <= $end" + (" AND event_timestamp > $start" if start else "")
     sql = f"""
         SELECT {cols} FROM read_parquet($path)
@@ -333,7 +338,9 @@ def materialize(settings: Settings, *, end: datetime | None = None, full: bool =
         t0 = time.perf_counter()
         if client is not None or cluster is not None:
             write = cluster.write if cluster is not None else partial(write_redis, client)
-            written = write(project=store.project, view=view, table=table, ts_key_view=redis_ts_view_name(view, store.config))
+            written = write(
+                project=store.project, view=view, table=table, ts_key_view=redis_ts_view_name(view, store.config)
+            )
             if progress is not None:
                 progress.update(table.num_rows)
         else:
@@ -354,11 +361,21 @@ def materialize(settings: Settings, *, end: datetime | None = None, full: bool =
             interval_start = end
         store.registry.apply_materialization(view, store.project, interval_start, end, commit=True)
         try:  # after the data it describes: an interrupted run leaves the previous marker, and reruns
-            write_markers(settings, store.project, [next_marker(
-                marker, view=view.name, end=end, rows_written=written, rows_seen=table.num_rows,
-                newest_event=pc.max(table.column("event_timestamp")).as_py() if table.num_rows else None,
-                full=start is None,
-            )])
+            write_markers(
+                settings,
+                store.project,
+                [
+                    next_marker(
+                        marker,
+                        view=view.name,
+                        end=end,
+                        rows_written=written,
+                        rows_seen=table.num_rows,
+                        newest_event=pc.max(table.column("event_timestamp")).as_py() if table.num_rows else None,
+                        full=start is None,
+                    )
+                ],
+            )
         except OnlineStateError as exc:
             raise MaterializeError(str(exc)) from None
         total_rows += written

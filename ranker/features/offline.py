@@ -83,13 +83,20 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
     ):
         if not isinstance(entity_df, pd.DataFrame) or filter_by_created_timestamp:
             return DuckDBOfflineStore.get_historical_features(
-                config, feature_views, feature_refs, entity_df, registry, project,
-                full_feature_names=full_feature_names, filter_by_created_timestamp=filter_by_created_timestamp,
+                config,
+                feature_views,
+                feature_refs,
+                entity_df,
+                registry,
+                project,
+                full_feature_names=full_feature_names,
+                filter_by_created_timestamp=filter_by_created_timestamp,
             )
         feast_compat.validate_lance_feature_views(feature_views)
         with _quiet():
-            return _asof_historical_features(config, feature_views, feature_refs, entity_df, registry, project,
-                                             full_feature_names)
+            return _asof_historical_features(
+                config, feature_views, feature_refs, entity_df, registry, project, full_feature_names
+            )
 
 
 def _utc(value) -> pd.Timestamp:

@@ -57,8 +57,11 @@ class Marker:
     def from_json(cls, view: str, raw: str | bytes) -> "Marker":
         data = json.loads(raw)
         return cls(
-            view=view, end=str(data["end"]), written_at=str(data["written_at"]),
-            rows_last_run=int(data.get("rows_last_run", 0)), rows_total=int(data.get("rows_total", 0)),
+            view=view,
+            end=str(data["end"]),
+            written_at=str(data["written_at"]),
+            rows_last_run=int(data.get("rows_last_run", 0)),
+            rows_total=int(data.get("rows_total", 0)),
             full_load_at=str(data.get("full_load_at", data["written_at"])),
             newest_event=data.get("newest_event"),
         )
@@ -93,8 +96,11 @@ def _redis(settings: Settings, *, timeout_s: float, connect_timeout_s: float) ->
     if settings.redis_cluster:
         from redis.cluster import ClusterNode, RedisCluster
 
-        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in settings.redis_seeds],
-                            socket_timeout=timeout_s, socket_connect_timeout=connect_timeout_s)
+        return RedisCluster(
+            startup_nodes=[ClusterNode(h, p) for h, p in settings.redis_seeds],
+            socket_timeout=timeout_s,
+            socket_connect_timeout=connect_timeout_s,
+        )
     return redis.Redis.from_url(settings.redis_url, socket_timeout=timeout_s, socket_connect_timeout=connect_timeout_s)
 
 
@@ -110,7 +116,8 @@ def read_markers(settings: Settings, project: str, *, timeout_s: float = 5.0) ->
             raw: dict[bytes, bytes] = client.hgetall(redis_key(project))  # type: ignore[assignment,unused-ignore]  # sync client; the cluster client's stub differs
         except redis.RedisError as exc:
             raise OnlineStateError(
-                f"cannot read the materialization markers from Redis at {settings.redis_url}: {exc}") from None
+                f"cannot read the materialization markers from Redis at {settings.redis_url}: {exc}"
+            ) from None
         finally:
             client.close()
         return {k.decode(): Marker.from_json(k.decode(), v) for k, v in raw.items()}
@@ -145,7 +152,8 @@ def write_markers(settings: Settings, project: str, markers: Iterable[Marker]) -
             client.hset(redis_key(project), mapping={m.view: m.to_json() for m in markers})
         except redis.RedisError as exc:
             raise OnlineStateError(
-                f"cannot write the materialization markers to Redis at {settings.redis_url}: {exc}") from None
+                f"cannot write the materialization markers to Redis at {settings.redis_url}: {exc}"
+            ) from None
         finally:
             client.close()
         return
@@ -162,21 +170,42 @@ def write_markers(settings: Settings, project: str, markers: Iterable[Marker]) -
     con.close()
 
 
-def next_marker(previous: Marker | None, *, view: str, end: datetime, rows_written: int, rows_seen: int,
-                newest_event: datetime | None, full: bool, now: datetime | None = None) -> Marker:
+def next_marker(
+    previous: Marker | None,
+    *,
+    view: str,
+    end: datetime,
+    rows_written: int,
+    rows_seen: int,
+    newest_event: datetime | None,
+    full: bool,
+    now: datetime | None = None,
+) -> Marker:
     """The marker after a run that offered ``rows_seen`` latest-per-entity rows up to ``end`` (the
     newest at ``newest_event``) and wrote ``rows_written`` of them (the others: a newer row was stored)."""
     now = now or datetime.now(timezone.utc)
     newest = newest_event.isoformat() if newest_event is not None else None
     if full or previous is None:
-        return Marker(view=view, end=end.isoformat(), written_at=now.isoformat(), rows_last_run=int(rows_written),
-                      rows_total=int(rows_seen), full_load_at=now.isoformat(), newest_event=newest)
-    if previous.newest_event and (newest_event is None
-                                  or datetime.fromisoformat(previous.newest_event) > newest_event):
+        return Marker(
+            view=view,
+            end=end.isoformat(),
+            written_at=now.isoformat(),
+            rows_last_run=int(rows_written),
+            rows_total=int(rows_seen),
+            full_load_at=now.isoformat(),
+            newest_event=newest,
+        )
+    if previous.newest_event and (newest_event is None or datetime.fromisoformat(previous.newest_event) > newest_event):
         newest = previous.newest_event
-    return Marker(view=view, end=end.isoformat(), written_at=now.isoformat(), rows_last_run=int(rows_written),
-                  rows_total=previous.rows_total + int(rows_seen), full_load_at=previous.full_load_at,
-                  newest_event=newest)
+    return Marker(
+        view=view,
+        end=end.isoformat(),
+        written_at=now.isoformat(),
+        rows_last_run=int(rows_written),
+        rows_total=previous.rows_total + int(rows_seen),
+        full_load_at=previous.full_load_at,
+        newest_event=newest,
+    )
 
 
 def status(settings: Settings, *, now: datetime | None = None) -> dict[str, Any]:
@@ -200,8 +229,11 @@ def status(settings: Settings, *, now: datetime | None = None) -> dict[str, Any]
         views[view] = {
             "loaded": marker.rows_total > 0,
             "newest_event": marker.newest_event,
-            "age_s": (round((now - datetime.fromisoformat(marker.newest_event)).total_seconds())
-                      if marker.newest_event else None),
+            "age_s": (
+                round((now - datetime.fromisoformat(marker.newest_event)).total_seconds())
+                if marker.newest_event
+                else None
+            ),
             "end": marker.end,
             "written_at": marker.written_at,
             "since_run_s": round((now - datetime.fromisoformat(marker.written_at)).total_seconds()),
@@ -209,8 +241,12 @@ def status(settings: Settings, *, now: datetime | None = None) -> dict[str, Any]
             "rows_total": marker.rows_total,
             **({} if marker.rows_total > 0 else {"reason": "materialized, but no rows up to its end"}),
         }
-    return {"online_store": settings.online_store, "store": store_name(settings), "project": store.project,
-            "views": views}
+    return {
+        "online_store": settings.online_store,
+        "store": store_name(settings),
+        "project": store.project,
+        "views": views,
+    }
 
 
 def missing_views(markers: dict[str, Marker], views: Iterable[str]) -> list[str]:
@@ -231,6 +267,7 @@ def service_views(settings: Settings, service: str) -> tuple[str, tuple[str, ...
         if projection.name in batch:
             views.add(projection.name)
         elif projection.name in odfvs:
-            views.update(p.name for p in odfvs[projection.name].source_feature_view_projections.values()
-                         if p.name in batch)
+            views.update(
+                p.name for p in odfvs[projection.name].source_feature_view_projections.values() if p.name in batch
+            )
     return store.project, tuple(sorted(views))

@@ -20,8 +20,9 @@ SOLD_FIELD = "is_sold"
 LISTING_KEYS = ("seller_id", "category")  # join keys read from the listing (listing_fv field names)
 
 
-def feast_reference(store: Any, spec: Any, *, user_id: str, item_ids: Sequence[str], query: str | None,
-                    request_ts: int) -> FeatureRows:
+def feast_reference(
+    store: Any, spec: Any, *, user_id: str, item_ids: Sequence[str], query: str | None, request_ts: int
+) -> FeatureRows:
     """The same rows through the Feast SDK: ``listing_fv`` lookups for seller and category, then
     ``get_online_features(features=<the service>)`` on the entity rows and ``feature_matrix``.
     The anchor of the exactness tests and the benchmark (slow: ~25 ms for 200 items)."""

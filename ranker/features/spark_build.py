@@ -63,7 +63,9 @@ def spark_session(settings: Settings, *, app_name: str = "ranker") -> Iterator[A
     An already running session (a test's, a notebook's) is reused and left running; one started
     here is stopped on exit."""
     if not java_available():
-        raise SparkUnavailable("the spark engine needs Java 17 (JAVA_HOME or java on PATH): apt-get install openjdk-17-jre-headless")
+        raise SparkUnavailable(
+            "the spark engine needs Java 17 (JAVA_HOME or java on PATH): apt-get install openjdk-17-jre-headless"
+        )
     try:
         from pyspark.sql import SparkSession
     except ImportError:
@@ -79,8 +81,7 @@ def spark_session(settings: Settings, *, app_name: str = "ranker") -> Iterator[A
         # costs a task per stage for kilobytes of data.
         builder = builder.config("spark.sql.shuffle.partitions", "4")
     session = (
-        builder
-        .appName(app_name)
+        builder.appName(app_name)
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
         .config("spark.ui.enabled", "false")
@@ -190,8 +191,11 @@ def build_features_spark(settings: Settings, *, progress=None) -> dict:
                 frame.write.option("compression", "zstd").parquet(str(tmp))
                 _replace(tmp, path)
                 rows = _parquet_rows(path)
-                summary["tables"][name] = {"rows": int(rows), "path": str(path),
-                                           "seconds": round(time.perf_counter() - table_started, 2)}
+                summary["tables"][name] = {
+                    "rows": int(rows),
+                    "path": str(path),
+                    "seconds": round(time.perf_counter() - table_started, 2),
+                }
                 if progress is not None:
                     progress(name)
             first, last = spark.sql("SELECT min(snapshot_ts), max(snapshot_ts) FROM snapshots").first()

@@ -41,7 +41,9 @@ ENTITY_TS = "event_timestamp"
 ROW = "_row"
 
 
-def _service_views(store: Any, service_name: str) -> tuple[dict[str, tuple[Any, list[str]]], list[tuple[Any, list[str]]]]:
+def _service_views(
+    store: Any, service_name: str
+) -> tuple[dict[str, tuple[Any, list[str]]], list[tuple[Any, list[str]]]]:
     """The feature views the service needs with the features read from each (its own features
     and the inputs of its on-demand views, as Feast's retrieval adds them), and its on-demand
     views with the features asked of each."""
@@ -72,8 +74,9 @@ def _source_path(settings: Settings, source: Any) -> str:
     return str(path if path.is_absolute() else (settings.feature_repo / path).resolve())
 
 
-def pit_join_to_parquet(spark: Any, settings: Settings, store: Any, service_name: str, entity_path: Path,
-                        out_path: Path) -> list[tuple[Any, list[str]]]:
+def pit_join_to_parquet(
+    spark: Any, settings: Settings, store: Any, service_name: str, entity_path: Path, out_path: Path
+) -> list[tuple[Any, list[str]]]:
     """Join the service's features onto the entity rows at ``entity_path`` (parquet with ``_row``,
     the join keys, ``event_timestamp`` in UTC and the request fields) and write them, ordered by
     ``_row``, to the parquet folder ``out_path``. Returns the on-demand views still to run."""
@@ -84,7 +87,9 @@ def pit_join_to_parquet(spark: Any, settings: Settings, store: Any, service_name
     entities = spark.read.parquet(str(entity_path))
     entities = entities.withColumn(ENTITY_TS, F.col(ENTITY_TS).cast("timestamp"))
     # Bounds as microseconds: no Python datetime (and its local time zone) in between.
-    bounds = entities.agg(F.min(F.unix_micros(ENTITY_TS)).alias("lo"), F.max(F.unix_micros(ENTITY_TS)).alias("hi")).first()
+    bounds = entities.agg(
+        F.min(F.unix_micros(ENTITY_TS)).alias("lo"), F.max(F.unix_micros(ENTITY_TS)).alias("hi")
+    ).first()
     lo, hi = int(bounds["lo"]), int(bounds["hi"])
     acc = entities.withColumn(_KIND, F.lit(1)).withColumn(_TS, F.col(ENTITY_TS))
     features: list[str] = []
@@ -120,9 +125,12 @@ def pit_join_to_parquet(spark: Any, settings: Settings, store: Any, service_name
         )
         keys = list(dict.fromkeys(join_key_map.values()))
         before = Window.partitionBy(*keys).orderBy(_TS, _KIND).rowsBetween(Window.unboundedPreceding, Window.currentRow)
-        found = F.last(F.when(F.col(_KIND) == 0, F.struct(F.col(_TS).alias("ts"), F.col(_SNAP).alias("snap"))),
-                       ignorenulls=True).over(before)
-        joined = acc.unionByName(snapshots, allowMissingColumns=True).withColumn(_FOUND, found).filter(F.col(_KIND) == 1)
+        found = F.last(
+            F.when(F.col(_KIND) == 0, F.struct(F.col(_TS).alias("ts"), F.col(_SNAP).alias("snap"))), ignorenulls=True
+        ).over(before)
+        joined = (
+            acc.unionByName(snapshots, allowMissingColumns=True).withColumn(_FOUND, found).filter(F.col(_KIND) == 1)
+        )
         fresh = F.col(f"{_FOUND}.ts").isNotNull()
         if ttl is not None:
             fresh &= F.unix_micros(F.col(f"{_FOUND}.ts")) >= F.unix_micros(F.col(ENTITY_TS)) - F.lit(ttl_micros)
@@ -137,8 +145,9 @@ def pit_join_to_parquet(spark: Any, settings: Settings, store: Any, service_name
     return odfvs
 
 
-def historical_feature_chunks(out_path: Path, bounds: list[tuple[int, int]],
-                              odfvs: list[tuple[Any, list[str]]]) -> Iterator[pa.Table]:
+def historical_feature_chunks(
+    out_path: Path, bounds: list[tuple[int, int]], odfvs: list[tuple[Any, list[str]]]
+) -> Iterator[pa.Table]:
     """Read Spark's joined rows back in the build's chunks (``_row`` made chunk-relative) with the
     on-demand features appended, one chunk in memory at a time."""
     parts = sorted(out_path.glob("part-*.parquet"))

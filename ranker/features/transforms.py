@@ -75,7 +75,9 @@ def _text_codes(*columns) -> tuple[list[np.ndarray], list[str]]:
     out = []
     for column in columns:
         codes, uniques = _factorize_text(column)
-        lut = np.array([ids.setdefault(u, len(ids)) if isinstance(u, str) else -1 for u in uniques] + [-1], dtype=np.int64)
+        lut = np.array(
+            [ids.setdefault(u, len(ids)) if isinstance(u, str) else -1 for u in uniques] + [-1], dtype=np.int64
+        )
         out.append(lut[codes])  # code -1 picks the trailing -1
     return out, list(ids)
 
@@ -154,7 +156,7 @@ def user_listing_features(inputs):
             "price_index": index.astype(np.float32),
             "price_fit": fit.astype(np.float32),
             "size_match": _size_match(inputs["size"], inputs["user_size"]).astype(np.float32),
-        }
+        },
     )
 
 
@@ -203,7 +205,9 @@ def _size_code(size, user_size) -> int:
 def query_listing_features(inputs):
     """query_title_match: share of the query's words found in the listing title (empty without a
     query or a known listing)."""
-    return _output(inputs, {"query_title_match": _query_title_match(inputs["query_text"], inputs["title"]).astype(np.float32)})
+    return _output(
+        inputs, {"query_title_match": _query_title_match(inputs["query_text"], inputs["title"]).astype(np.float32)}
+    )
 
 
 def _query_title_match(query, title) -> np.ndarray:

@@ -77,8 +77,11 @@ def _ingest(ctx: StepContext) -> dict:
         )
     rows = {p.stem: pq.ParquetFile(p).metadata.num_rows for p in _raw_paths(settings)}
     ctx.log("raw rows: " + ", ".join(f"{k} {v:,}" for k, v in rows.items()))
-    return {"raw_dir": str(settings.raw_dir), "rows": rows,
-            "files": files_signature(_raw_paths(settings), root=settings.home)}
+    return {
+        "raw_dir": str(settings.raw_dir),
+        "rows": rows,
+        "files": files_signature(_raw_paths(settings), root=settings.home),
+    }
 
 
 def _ingest_valid(outputs: dict) -> bool:
@@ -87,8 +90,10 @@ def _ingest_valid(outputs: dict) -> bool:
 
 
 def _features_fingerprint(ctx: StepContext) -> dict:
-    return {"raw": files_signature(_raw_paths(ctx.settings), root=ctx.settings.home),
-            "code": _module_signature("ranker.features.build")}
+    return {
+        "raw": files_signature(_raw_paths(ctx.settings), root=ctx.settings.home),
+        "code": _module_signature("ranker.features.build"),
+    }
 
 
 def _features(ctx: StepContext) -> dict:
@@ -133,10 +138,15 @@ def _materialize(ctx: StepContext) -> dict:
     from ranker.features.materialize import materialize
 
     end = ctx.params.get("materialize_end")
-    summary = materialize(ctx.settings, end=datetime.fromisoformat(end) if end else None, full=bool(ctx.params.get("full")))
+    summary = materialize(
+        ctx.settings, end=datetime.fromisoformat(end) if end else None, full=bool(ctx.params.get("full"))
+    )
     ctx.log(f"{summary['rows']:,} rows into {summary['online_store']} in {summary['seconds']} s")
-    return {"rows": summary["rows"], "online_store": summary["online_store"],
-            "views": {name: info.get("rows", 0) for name, info in summary["views"].items()}}
+    return {
+        "rows": summary["rows"],
+        "online_store": summary["online_store"],
+        "views": {name: info.get("rows", 0) for name, info in summary["views"].items()},
+    }
 
 
 def _module_signature(module: str) -> str:
@@ -151,12 +161,30 @@ def _module_signature(module: str) -> str:
 def daily_steps() -> list[Step]:
     """ingest -> features -> apply -> materialize (materialize is incremental, so it always runs)."""
     return [
-        Step("ingest", _ingest, fingerprint=_ingest_fingerprint, still_valid=_ingest_valid,
-             description="simulate (--simulate) or check the raw tables an importer landed in data/raw/"),
-        Step("features", _features, fingerprint=_features_fingerprint, still_valid=_features_valid,
-             description="daily feature snapshots (ranker features build)"),
-        Step("apply", _apply, fingerprint=_apply_fingerprint, still_valid=_apply_valid,
-             description="register the feature repository with Feast (ranker features apply)"),
-        Step("materialize", _materialize,
-             description="load new feature rows into the online store (ranker features materialize)"),
+        Step(
+            "ingest",
+            _ingest,
+            fingerprint=_ingest_fingerprint,
+            still_valid=_ingest_valid,
+            description="simulate (--simulate) or check the raw tables an importer landed in data/raw/",
+        ),
+        Step(
+            "features",
+            _features,
+            fingerprint=_features_fingerprint,
+            still_valid=_features_valid,
+            description="daily feature snapshots (ranker features build)",
+        ),
+        Step(
+            "apply",
+            _apply,
+            fingerprint=_apply_fingerprint,
+            still_valid=_apply_valid,
+            description="register the feature repository with Feast (ranker features apply)",
+        ),
+        Step(
+            "materialize",
+            _materialize,
+            description="load new feature rows into the online store (ranker features materialize)",
+        ),
     ]

@@ -62,8 +62,9 @@ class RetrainOptions:
 def _policy(params: dict, *, margin: float):
     from ranker.registry.gate import GatePolicy
 
-    return GatePolicy(margin=margin, slice_tolerance=params["slice_tolerance"],
-                      predict_budget_ms=params["predict_budget_ms"])
+    return GatePolicy(
+        margin=margin, slice_tolerance=params["slice_tolerance"], predict_budget_ms=params["predict_budget_ms"]
+    )
 
 
 def _registry(ctx: StepContext):
@@ -81,7 +82,10 @@ def _dataset_step(surface: str) -> Step:
 
         s, p = ctx.settings, ctx.params
         return {
-            "surface": surface, "start": p["start"], "end": p["end"], "attribution_hours": p["attribution_hours"],
+            "surface": surface,
+            "start": p["start"],
+            "end": p["end"],
+            "attribution_hours": p["attribution_hours"],
             "tables": files_signature(s.features_dir.glob("*.parquet"), root=s.home),
             "events": files_signature([s.raw_dir / RAW_FILES[0]], root=s.home),
             "registry": s.feast_registry or files_signature([s.feast_dir / "registry.db"], root=s.home),
@@ -91,18 +95,33 @@ def _dataset_step(surface: str) -> Step:
         from ranker.training.dataset import DatasetOptions, build_dataset, parse_utc
 
         p = ctx.params
-        manifest = build_dataset(ctx.settings, DatasetOptions(
-            surface=surface, start=parse_utc(p["start"], option="--start"), end=parse_utc(p["end"], option="--end"),
-            attribution_hours=p["attribution_hours"], chunk_rows=p["chunk_rows"]))
-        ctx.log(f"{manifest['rows']:,} rows, {manifest['groups']:,} requests, fingerprint {manifest['fingerprint'][:12]}")
+        manifest = build_dataset(
+            ctx.settings,
+            DatasetOptions(
+                surface=surface,
+                start=parse_utc(p["start"], option="--start"),
+                end=parse_utc(p["end"], option="--end"),
+                attribution_hours=p["attribution_hours"],
+                chunk_rows=p["chunk_rows"],
+            ),
+        )
+        ctx.log(
+            f"{manifest['rows']:,} rows, {manifest['groups']:,} requests, fingerprint {manifest['fingerprint'][:12]}"
+        )
         return {k: manifest[k] for k in ("path", "fingerprint", "rows", "groups", "positives", "feature_service")}
 
     def still_valid(outputs: dict) -> bool:
         manifest = Path(outputs.get("path", "/nonexistent")).parent / "manifest.json"
         return manifest.exists() and json.loads(manifest.read_text()).get("fingerprint") == outputs.get("fingerprint")
 
-    return Step(f"dataset:{surface}", run, fingerprint=fingerprint, still_valid=still_valid, group=surface,
-                description="point-in-time training set from Feast (ranker dataset build)")
+    return Step(
+        f"dataset:{surface}",
+        run,
+        fingerprint=fingerprint,
+        still_valid=still_valid,
+        group=surface,
+        description="point-in-time training set from Feast (ranker dataset build)",
+    )
 
 
 def _train_step(surface: str) -> Step:
@@ -115,22 +134,33 @@ def _train_step(surface: str) -> Step:
         # Training is deterministic: a model already trained on this exact training set with these
         # options is the model this step would produce. Reuse it rather than mint a new version.
         wanted = {k: v for k, v in asdict(options).items() if k != "params"}
-        for card_path in sorted((ctx.settings.artifacts_dir / "models" / MODEL_NAMES[surface]).glob("*/card.json"), reverse=True):
+        for card_path in sorted(
+            (ctx.settings.artifacts_dir / "models" / MODEL_NAMES[surface]).glob("*/card.json"), reverse=True
+        ):
             card = json.loads(card_path.read_text())
-            if card.get("dataset", {}).get("fingerprint") == fingerprint and card.get("options") == json.loads(json.dumps(wanted)):
+            if card.get("dataset", {}).get("fingerprint") == fingerprint and card.get("options") == json.loads(
+                json.dumps(wanted)
+            ):
                 ctx.log(f"reusing {card['version']}: trained on the same training set with the same options")
                 return _model_outputs(card_path.parent, card, reused=True)
         out = train_model(ctx.settings, options)
         card = json.loads((out / "card.json").read_text())
-        ctx.log(f"trained {card['version']}: best iteration {card['best_iteration']}, valid NDCG@10 {card['valid_ndcg@10']:.4f}")
+        ctx.log(
+            f"trained {card['version']}: best iteration {card['best_iteration']}, valid NDCG@10 {card['valid_ndcg@10']:.4f}"
+        )
         return _model_outputs(out, card, reused=False)
 
     return Step(f"train:{surface}", run, group=surface, description="LambdaRank model (ranker train)")
 
 
 def _model_outputs(folder: Path, card: dict, *, reused: bool) -> dict:
-    return {"model_dir": str(folder), "name": card["name"], "version": card["version"],
-            "model_sha256": card["model_sha256"], "reused": reused}
+    return {
+        "model_dir": str(folder),
+        "name": card["name"],
+        "version": card["version"],
+        "model_sha256": card["model_sha256"],
+        "reused": reused,
+    }
 
 
 def _evaluate_step(surface: str) -> Step:
@@ -145,10 +175,15 @@ def _evaluate_step(surface: str) -> Step:
             metrics = card["metrics"]
             ctx.log("already evaluated: metrics are in its card")
         test = metrics["test"]
-        summary = {name: test[name]["ndcg@10"] for name in test if isinstance(test[name], dict) and "ndcg@10" in test[name]}
+        summary = {
+            name: test[name]["ndcg@10"] for name in test if isinstance(test[name], dict) and "ndcg@10" in test[name]
+        }
         ctx.log("test NDCG@10 " + ", ".join(f"{k} {v:.4f}" for k, v in summary.items() if v is not None))
-        return {"report": str(model_dir / "report.html"), "ndcg@10": summary,
-                "quality_bar_failures": list(metrics.get("quality_bar_failures") or [])}
+        return {
+            "report": str(model_dir / "report.html"),
+            "ndcg@10": summary,
+            "quality_bar_failures": list(metrics.get("quality_bar_failures") or []),
+        }
 
     return Step(f"evaluate:{surface}", run, group=surface, description="against the baselines (ranker evaluate)")
 
@@ -159,7 +194,9 @@ def _publish_step(surface: str) -> Step:
         ctx.log(("published " if result.created else "already published ") + f"{result.name} {result.version}")
         return {"name": result.name, "version": result.version, "created": result.created, "location": result.location}
 
-    return Step(f"publish:{surface}", run, group=surface, description="upload to the model registry (ranker registry publish)")
+    return Step(
+        f"publish:{surface}", run, group=surface, description="upload to the model registry (ranker registry publish)"
+    )
 
 
 def _contenders(ctx: StepContext, name: str, version: str):
@@ -175,7 +212,9 @@ def _gate(ctx: StepContext, challenger, champion, *, margin: float):
     from ranker.registry.gate import evaluate_gate
     from ranker.registry.evidence import gate_evidence
 
-    evidence = gate_evidence(ctx.settings, challenger_dir=challenger.path, champion_dir=champion.path if champion else None)
+    evidence = gate_evidence(
+        ctx.settings, challenger_dir=challenger.path, champion_dir=champion.path if champion else None
+    )
     return evaluate_gate(evidence, _policy(ctx.params, margin=margin))
 
 
@@ -185,8 +224,10 @@ def _staging_step(surface: str) -> Step:
         name, version = published["name"], published["version"]
         reg, challenger, champion = _contenders(ctx, name, version)
         if champion is not None and champion.model_sha256 == challenger.model_sha256:
-            raise StepBlocked(f"production already serves this model ({champion.version})",
-                              {"version": version, "champion": champion.version, "gate": None})
+            raise StepBlocked(
+                f"production already serves this model ({champion.version})",
+                {"version": version, "champion": champion.version, "gate": None},
+            )
         result = _gate(ctx, challenger, champion, margin=ctx.params["staging_margin"])
         outputs = {"version": version, "champion": champion.version if champion else None, "gate": result.to_dict()}
         ctx.log(result.format().replace("\n", "\n    "))
@@ -210,15 +251,21 @@ def _production_step(surface: str) -> Step:
         staged = reg.pointer(name, "staging")
         failures = ctx.outputs[f"evaluate:{surface}"]["quality_bar_failures"]
         required = ctx.params["quality_bar"]
-        quality = GateCheck("quality_bar", not failures or not required, {"failures": failures, "required": required},
-                            "beats every baseline" if not failures else
-                            ("; ".join(failures) + ("" if required else " (not required: --no-quality-bar)")))
+        quality = GateCheck(
+            "quality_bar",
+            not failures or not required,
+            {"failures": failures, "required": required},
+            "beats every baseline"
+            if not failures
+            else ("; ".join(failures) + ("" if required else " (not required: --no-quality-bar)")),
+        )
         local = load_model(Path(ctx.outputs[f"train:{surface}"]["model_dir"]))
         frame, _ = holdout_frame(ctx.settings, local)
         served = load_model(reg.fetch(name, stage="staging").path) if staged and staged.version == version else None
         diff = float(np.max(np.abs(predict(served, frame) - predict(local, frame)))) if served is not None else None
         roundtrip = GateCheck(
-            "registry_roundtrip", diff == 0.0,
+            "registry_roundtrip",
+            diff == 0.0,
             {"staging": staged.version if staged else None, "rows": int(len(frame)), "max_abs_diff": diff},
             f"staging serves {staged.version if staged else '(none)'}; registry copy vs evaluated model on "
             f"{len(frame):,} holdout rows: max |diff| {diff}",
@@ -232,15 +279,25 @@ def _production_step(surface: str) -> Step:
         ctx.log(f"{name} production: {change.from_version or '(none)'} -> {change.to_version}")
         return {**outputs, "changed": change.changed}
 
-    return Step(f"production:{surface}", run, group=surface,
-                description="second gate (production policy, quality bar, registry round trip), promote to production")
+    return Step(
+        f"production:{surface}",
+        run,
+        group=surface,
+        description="second gate (production policy, quality bar, registry round trip), promote to production",
+    )
 
 
 def retrain_steps(surfaces: tuple[str, ...] = SURFACES) -> list[Step]:
     steps: list[Step] = []
     for surface in surfaces:
-        steps += [_dataset_step(surface), _train_step(surface), _evaluate_step(surface), _publish_step(surface),
-                  _staging_step(surface), _production_step(surface)]
+        steps += [
+            _dataset_step(surface),
+            _train_step(surface),
+            _evaluate_step(surface),
+            _publish_step(surface),
+            _staging_step(surface),
+            _production_step(surface),
+        ]
     return steps
 
 

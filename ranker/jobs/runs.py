@@ -142,7 +142,9 @@ def validate_run_id(run_id: str) -> str:
 def load_record(settings: Settings, pipeline: str, run_id: str) -> dict:
     path = runs_dir(settings, pipeline) / f"{validate_run_id(run_id)}.json"
     if not path.exists():
-        raise PipelineError(f"no {pipeline} run {run_id!r} under {path.parent}; `ranker pipeline runs {pipeline}` lists them")
+        raise PipelineError(
+            f"no {pipeline} run {run_id!r} under {path.parent}; `ranker pipeline runs {pipeline}` lists them"
+        )
     return json.loads(path.read_text())
 
 
@@ -173,7 +175,9 @@ def _pipeline_lock(folder: Path, pipeline: str, run_id: str) -> Iterator[None]:
         except BlockingIOError:
             fh.seek(0)
             holder = fh.read().strip() or "another process"
-            raise PipelineError(f"another {pipeline} run is in progress ({holder}); wait for it or stop it first") from None
+            raise PipelineError(
+                f"another {pipeline} run is in progress ({holder}); wait for it or stop it first"
+            ) from None
         fh.seek(0)
         fh.truncate()
         fh.write(f"run {run_id}, pid {os.getpid()} on {socket.gethostname()}")
@@ -186,14 +190,19 @@ def _pipeline_lock(folder: Path, pipeline: str, run_id: str) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-def _reusable(settings: Settings, pipeline: str, step: Step, fingerprint: str, *, exclude: str) -> tuple[str, dict] | None:
+def _reusable(
+    settings: Settings, pipeline: str, step: Step, fingerprint: str, *, exclude: str
+) -> tuple[str, dict] | None:
     """The newest earlier successful execution of ``step`` with the same input fingerprint."""
     for record in reversed(list_records(settings, pipeline)):
         if record.get("run_id") == exclude:
             continue
         for entry in record.get("steps", []):
-            if (entry.get("name") == step.name and entry.get("status") in ("succeeded", "skipped")
-                    and entry.get("fingerprint") == fingerprint):
+            if (
+                entry.get("name") == step.name
+                and entry.get("status") in ("succeeded", "skipped")
+                and entry.get("fingerprint") == fingerprint
+            ):
                 outputs = entry.get("outputs") or {}
                 if step.still_valid is None or step.still_valid(outputs):
                     return record["run_id"], outputs
@@ -246,17 +255,27 @@ def run_pipeline(
             record["attempts"] = int(record.get("attempts", 1)) + 1
         else:
             record = {
-                "pipeline": pipeline, "run_id": run_id, "params": params, "attempts": 1,
-                "host": socket.gethostname(), "started_at": _now(),
+                "pipeline": pipeline,
+                "run_id": run_id,
+                "params": params,
+                "attempts": 1,
+                "host": socket.gethostname(),
+                "started_at": _now(),
                 "steps": [{"name": s.name, "group": s.group, "status": "pending"} for s in steps],
             }
-        record.update(status="running", finished_at=None, error=None, resumed_at=_now() if record["attempts"] > 1 else None)
+        record.update(
+            status="running", finished_at=None, error=None, resumed_at=_now() if record["attempts"] > 1 else None
+        )
         by_name = {entry["name"]: entry for entry in record["steps"]}
         _write_record(path, record)
         echo(f"{pipeline} run {run_id} (record: {path})")
 
         started = time.perf_counter()
-        outputs = {n: dict(by_name[n].get("outputs") or {}) for n in names if by_name[n].get("status") in ("succeeded", "skipped", "blocked")}
+        outputs = {
+            n: dict(by_name[n].get("outputs") or {})
+            for n in names
+            if by_name[n].get("status") in ("succeeded", "skipped", "blocked")
+        }
         stopped_groups: dict[str, str] = {}
         failure: str | None = None
         for step in steps:
@@ -290,7 +309,9 @@ def run_pipeline(
                 echo(f"    {line}")
 
             ctx = StepContext(settings=settings, params=params, outputs=outputs, log=log)
-            entry.update(status="running", started_at=_now(), finished_at=None, error=None, reason=None, reused_from=None)
+            entry.update(
+                status="running", started_at=_now(), finished_at=None, error=None, reason=None, reused_from=None
+            )
             _write_record(path, record)
             t0 = time.perf_counter()
             try:
@@ -299,8 +320,12 @@ def run_pipeline(
                 entry.update(inputs=inputs, fingerprint=fp)
                 reuse = None if (force or fp is None) else _reusable(settings, pipeline, step, fp, exclude=run_id)
                 if reuse is not None:
-                    entry.update(status="skipped", reused_from=reuse[0], outputs=reuse[1],
-                                 reason="inputs unchanged since run " + reuse[0])
+                    entry.update(
+                        status="skipped",
+                        reused_from=reuse[0],
+                        outputs=reuse[1],
+                        reason="inputs unchanged since run " + reuse[0],
+                    )
                     outputs[step.name] = reuse[1]
                     echo(f"  {step.name:<22} skipped: inputs unchanged since {reuse[0]}")
                 else:
@@ -316,8 +341,11 @@ def run_pipeline(
                 echo(f"  {step.name:<22} blocked: {blocked}")
             except Exception as exc:  # noqa: BLE001 - recorded, then re-raised as one line
                 message = str(exc) if isinstance(exc, RankerError) else f"{type(exc).__name__}: {exc}"
-                entry.update(status="failed", error=message,
-                             traceback=None if isinstance(exc, RankerError) else traceback.format_exc(limit=8))
+                entry.update(
+                    status="failed",
+                    error=message,
+                    traceback=None if isinstance(exc, RankerError) else traceback.format_exc(limit=8),
+                )
                 failure = f"step {step.name} failed: {message}"
             entry.update(finished_at=_now(), seconds=round(time.perf_counter() - t0, 3), log=logs or None)
             _write_record(path, record)
@@ -335,11 +363,24 @@ def run_pipeline(
         record["seconds_before"] = record["seconds"]
         _write_record(path, record)
     if failure:
-        raise PipelineError(f"{pipeline} run {run_id}: {failure} (resume with `ranker pipeline {pipeline} --resume`; record {path})")
+        raise PipelineError(
+            f"{pipeline} run {run_id}: {failure} (resume with `ranker pipeline {pipeline} --resume`; record {path})"
+        )
     return RunResult(record=record, path=path)
 
 
 __all__ = [
-    "PipelineError", "RunResult", "Step", "StepBlocked", "StepContext", "content_signature", "files_signature",
-    "fingerprint_of", "list_records", "load_record", "run_pipeline", "runs_dir", "validate_run_id",
+    "PipelineError",
+    "RunResult",
+    "Step",
+    "StepBlocked",
+    "StepContext",
+    "content_signature",
+    "files_signature",
+    "fingerprint_of",
+    "list_records",
+    "load_record",
+    "run_pipeline",
+    "runs_dir",
+    "validate_run_id",
 ]

@@ -77,8 +77,15 @@ def _interval(successes: int, trials: int) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def run_experiments(traffic: SimulatedTraffic, *, experiments: int, requests: int, effect_share: float = 0.0,
-                    options: S.SequentialOptions | None = None, seed: int = 0) -> dict[str, Any]:
+def run_experiments(
+    traffic: SimulatedTraffic,
+    *,
+    experiments: int,
+    requests: int,
+    effect_share: float = 0.0,
+    options: S.SequentialOptions | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
     """``experiments`` simulated experiments of ``requests`` requests each (see the module docstring).
 
     Returns per rule the share of experiments decided (with a Clopper-Pearson 95% interval) and, for
@@ -91,8 +98,11 @@ def run_experiments(traffic: SimulatedTraffic, *, experiments: int, requests: in
     decided_at: list[int] = []
     n_users: list[int] = []
     for e in range(experiments):
-        ab = Experiment("search", (Variant("control", "production", 0.5), Variant("treatment", "staging", 0.5)),
-                        salt=f"sim-{seed}-{e}")
+        ab = Experiment(
+            "search",
+            (Variant("control", "production", 0.5), Variant("treatment", "staging", 0.5)),
+            salt=f"sim-{seed}-{e}",
+        )
         treated_user = np.array([ab.assign(u).name == "treatment" for u in unique_users])
         idx = rng.integers(0, len(traffic.shown), size=requests)
         users = user_codes[idx]
@@ -120,10 +130,17 @@ def run_experiments(traffic: SimulatedTraffic, *, experiments: int, requests: in
         return {"rate": counts[key] / experiments, "low": low, "high": high, "count": counts[key]}
 
     out: dict[str, Any] = {
-        "experiments": experiments, "requests": requests, "effect_share": effect_share, "true_effect": effect,
-        "users_per_experiment": float(np.mean(n_users)), "alpha": options.alpha, "step": options.step,
-        "burn_in_users": options.burn_in_users, "relative_tau": options.relative_tau,
-        "msprt_decided": share("msprt"), "fixed_horizon_decided": share("fixed_end"),
+        "experiments": experiments,
+        "requests": requests,
+        "effect_share": effect_share,
+        "true_effect": effect,
+        "users_per_experiment": float(np.mean(n_users)),
+        "alpha": options.alpha,
+        "step": options.step,
+        "burn_in_users": options.burn_in_users,
+        "relative_tau": options.relative_tau,
+        "msprt_decided": share("msprt"),
+        "fixed_horizon_decided": share("fixed_end"),
         "peeking_decided": share("peeking"),
         "median_decided_at": float(np.median(decided_at)) if decided_at else None,
     }

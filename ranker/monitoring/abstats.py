@@ -89,9 +89,15 @@ class Estimate:
 
     def to_dict(self) -> dict[str, Any]:
         low, high = self.interval()
-        return {"mean": finite_or_none(self.mean), "low": finite_or_none(low), "high": finite_or_none(high),
-                "se": finite_or_none(self.se),
-                "users": self.users, "requests": self.requests, "n": self.requests}
+        return {
+            "mean": finite_or_none(self.mean),
+            "low": finite_or_none(low),
+            "high": finite_or_none(high),
+            "se": finite_or_none(self.se),
+            "users": self.users,
+            "requests": self.requests,
+            "n": self.requests,
+        }
 
 
 def finite_or_none(x: float | None) -> float | None:
@@ -128,7 +134,7 @@ def estimate(values: np.ndarray, users: np.ndarray) -> Estimate:
 
 def difference(treatment: Estimate, control: Estimate) -> tuple[float, float]:
     """(treatment - control, its standard error): independent groups of users."""
-    return treatment.mean - control.mean, math.sqrt(treatment.se ** 2 + control.se ** 2)
+    return treatment.mean - control.mean, math.sqrt(treatment.se**2 + control.se**2)
 
 
 def request_level_diff(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
@@ -142,8 +148,9 @@ def request_level_diff(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 # ------------------------------------------------------------------------------- sample ratio
 
 
-def srm_check(users_per_variant: Mapping[str, int], weights: Mapping[str, float], *,
-              p_threshold: float = SRM_P_VALUE) -> dict[str, Any]:
+def srm_check(
+    users_per_variant: Mapping[str, int], weights: Mapping[str, float], *, p_threshold: float = SRM_P_VALUE
+) -> dict[str, Any]:
     """Chi-square of the users seen per variant against the configured weights.
 
     Returns ``{"observed", "expected", "chi2", "dof", "p_value", "threshold", "ok", "verdict"}``;
@@ -155,23 +162,38 @@ def srm_check(users_per_variant: Mapping[str, int], weights: Mapping[str, float]
     w = np.array([weights[v] for v in names], dtype=np.float64)
     expected = total * w / w.sum()
     if len(names) < 2 or total == 0:
-        return {"observed": dict(users_per_variant), "expected": dict(zip(names, expected.tolist(), strict=False)), "chi2": None,
-                "dof": 0, "p_value": None, "threshold": p_threshold, "ok": not unknown,
-                "verdict": ("not applicable (one variant)" if not unknown
-                            else f"users in unconfigured variants {unknown}")}
+        return {
+            "observed": dict(users_per_variant),
+            "expected": dict(zip(names, expected.tolist(), strict=False)),
+            "chi2": None,
+            "dof": 0,
+            "p_value": None,
+            "threshold": p_threshold,
+            "ok": not unknown,
+            "verdict": ("not applicable (one variant)" if not unknown else f"users in unconfigured variants {unknown}"),
+        }
     chi2 = float(((observed - expected) ** 2 / expected).sum())
     p = float(stats.chi2.sf(chi2, len(names) - 1))
     ok = p >= p_threshold and not unknown
-    share = ", ".join(f"{v} {o / total:.1%} (expected {e / total:.1%})" for v, o, e in zip(names, observed, expected, strict=False))
+    share = ", ".join(
+        f"{v} {o / total:.1%} (expected {e / total:.1%})" for v, o, e in zip(names, observed, expected, strict=False)
+    )
     if unknown:
         verdict = f"SAMPLE RATIO MISMATCH: users in variants not configured: {', '.join(unknown)}"
     elif not ok:
         verdict = f"SAMPLE RATIO MISMATCH (p = {p:.2g} < {p_threshold}): {share}; the comparison is void"
     else:
         verdict = f"ok (p = {p:.2f}): {share}"
-    return {"observed": {v: int(users_per_variant.get(v, 0)) for v in [*names, *unknown]},
-            "expected": {v: float(e) for v, e in zip(names, expected, strict=False)}, "chi2": chi2, "dof": len(names) - 1,
-            "p_value": p, "threshold": p_threshold, "ok": ok, "verdict": verdict}
+    return {
+        "observed": {v: int(users_per_variant.get(v, 0)) for v in [*names, *unknown]},
+        "expected": {v: float(e) for v, e in zip(names, expected, strict=False)},
+        "chi2": chi2,
+        "dof": len(names) - 1,
+        "p_value": p,
+        "threshold": p_threshold,
+        "ok": ok,
+        "verdict": verdict,
+    }
 
 
 # ------------------------------------------------------------------------------- sequential
@@ -185,8 +207,9 @@ def msprt_half_width(variance: float, tau: float, alpha: float) -> float:
     return math.sqrt(variance * (variance + t2) / t2 * (2 * math.log(1 / alpha) + math.log((variance + t2) / variance)))
 
 
-def sequential_test(values: np.ndarray, users: np.ndarray, is_treatment: np.ndarray,
-                    options: SequentialOptions | None = None) -> dict[str, Any]:
+def sequential_test(
+    values: np.ndarray, users: np.ndarray, is_treatment: np.ndarray, options: SequentialOptions | None = None
+) -> dict[str, Any]:
     """The always-valid decision on ``treatment - control``, looked at every ``step`` requests.
 
     ``values``, ``users`` and ``is_treatment`` are per request in serving order. Returns
@@ -202,8 +225,18 @@ def sequential_test(values: np.ndarray, users: np.ndarray, is_treatment: np.ndar
         looks.append(n)
     finite = np.isfinite(values)
     v0 = np.where(finite, values, 0.0)
-    out: dict[str, Any] = {"rule": RULE_MSPRT, "alpha": options.alpha, "tau": None, "looks": 0, "decided": False,
-                           "decided_at": None, "direction": 0, "diff": None, "low": -math.inf, "high": math.inf}
+    out: dict[str, Any] = {
+        "rule": RULE_MSPRT,
+        "alpha": options.alpha,
+        "tau": None,
+        "looks": 0,
+        "decided": False,
+        "decided_at": None,
+        "direction": 0,
+        "diff": None,
+        "low": -math.inf,
+        "high": math.inf,
+    }
     tau = None
     low, high = -math.inf, math.inf
     n_users = int(users.max()) + 1 if n else 0
@@ -233,8 +266,14 @@ def sequential_test(values: np.ndarray, users: np.ndarray, is_treatment: np.ndar
     return out
 
 
-def peeking_fixed_horizon(values: np.ndarray, is_treatment: np.ndarray, *, step: int = 20,
-                          z: float = 1.959963984540054, min_requests: int = 40) -> bool:
+def peeking_fixed_horizon(
+    values: np.ndarray,
+    is_treatment: np.ndarray,
+    *,
+    step: int = 20,
+    z: float = 1.959963984540054,
+    min_requests: int = 40,
+) -> bool:
     """The rule the issue retired, for the benchmark: a request-level 95% interval re-checked every
     ``step`` requests, 'decided' the first time it excludes zero."""
     values = np.asarray(values, dtype=np.float64)
@@ -249,9 +288,16 @@ def peeking_fixed_horizon(values: np.ndarray, is_treatment: np.ndarray, *, step:
 # ------------------------------------------------------------------------------- fixed horizon
 
 
-def fixed_horizon_plan(values: np.ndarray, users: np.ndarray, *, mde: float, relative: bool = True,
-                       alpha: float = 0.05, power: float = 0.8, weights: tuple[float, float] = (0.5, 0.5)
-                       ) -> dict[str, Any]:
+def fixed_horizon_plan(
+    values: np.ndarray,
+    users: np.ndarray,
+    *,
+    mde: float,
+    relative: bool = True,
+    alpha: float = 0.05,
+    power: float = 0.8,
+    weights: tuple[float, float] = (0.5, 0.5),
+) -> dict[str, Any]:
     """Users (and requests) per variant needed to detect ``mde`` with a two-sided test.
 
     ``values``/``users``: per-request metric of the measurement period (e.g. the control); the
@@ -270,11 +316,20 @@ def fixed_horizon_plan(values: np.ndarray, users: np.ndarray, *, mde: float, rel
         raise RankerError("the metric's mean is 0: give --mde as an absolute difference (--absolute)")
     z = stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)
     wt, wc = weights[0] / sum(weights), weights[1] / sum(weights)
-    total_users = z ** 2 * sigma2 * (1 / wt + 1 / wc) / effect ** 2
+    total_users = z**2 * sigma2 * (1 / wt + 1 / wc) / effect**2
     per_user = float(n.mean())
-    return {"rule": RULE_FIXED, "metric_mean": r, "user_variance": sigma2, "requests_per_user": per_user,
-            "mde": mde, "mde_absolute": effect, "relative": relative, "alpha": alpha, "power": power,
-            "users_total": math.ceil(total_users),
-            "users_per_variant": {"treatment": math.ceil(total_users * wt),
-                                  "control": math.ceil(total_users * wc)},
-            "requests_total": math.ceil(total_users * per_user), "measured_users": len(s)}
+    return {
+        "rule": RULE_FIXED,
+        "metric_mean": r,
+        "user_variance": sigma2,
+        "requests_per_user": per_user,
+        "mde": mde,
+        "mde_absolute": effect,
+        "relative": relative,
+        "alpha": alpha,
+        "power": power,
+        "users_total": math.ceil(total_users),
+        "users_per_variant": {"treatment": math.ceil(total_users * wt), "control": math.ceil(total_users * wc)},
+        "requests_total": math.ceil(total_users * per_user),
+        "measured_users": len(s),
+    }

@@ -53,9 +53,11 @@ class Experiment:
 
     def __post_init__(self) -> None:
         total = sum(v.weight for v in self.variants)
-        object.__setattr__(self, "_bounds", tuple(
-            sum(v.weight for v in self.variants[: i + 1]) / total for i in range(len(self.variants))
-        ))
+        object.__setattr__(
+            self,
+            "_bounds",
+            tuple(sum(v.weight for v in self.variants[: i + 1]) / total for i in range(len(self.variants))),
+        )
 
     def assign(self, user_id: str) -> Variant:
         """The user's variant (one sha256 of a short string: ~1 µs)."""
@@ -73,8 +75,9 @@ def default_experiment(surface: str, salt: str = DEFAULT_SALT) -> Experiment:
     return Experiment(surface, (Variant(DEFAULT_VARIANT, "production", 1.0),), salt)
 
 
-def parse_variants(config: Any, *, surfaces: tuple[str, ...], salt: str = DEFAULT_SALT,
-                   source: str = "RANKER_VARIANTS") -> dict[str, Experiment]:
+def parse_variants(
+    config: Any, *, surfaces: tuple[str, ...], salt: str = DEFAULT_SALT, source: str = "RANKER_VARIANTS"
+) -> dict[str, Experiment]:
     """Validate a variants document (already decoded JSON); every surface gets an experiment."""
     if config is None or config == "" or config == {}:
         config = {}
@@ -87,8 +90,10 @@ def parse_variants(config: Any, *, surfaces: tuple[str, ...], salt: str = DEFAUL
         raise RankerError(f"{source} must be a JSON object of surface -> list of variants")
     unknown = [s for s in config if s not in surfaces]
     if unknown:
-        raise RankerError(f"{source} names surface(s) {', '.join(map(str, unknown))} this scorer does not serve "
-                          f"({', '.join(surfaces)})")
+        raise RankerError(
+            f"{source} names surface(s) {', '.join(map(str, unknown))} this scorer does not serve "
+            f"({', '.join(surfaces)})"
+        )
     out = {}
     for surface in surfaces:
         entries = config.get(surface)
@@ -96,8 +101,10 @@ def parse_variants(config: Any, *, surfaces: tuple[str, ...], salt: str = DEFAUL
             out[surface] = default_experiment(surface, salt)
             continue
         if not isinstance(entries, list) or not entries:
-            raise RankerError(f"{source}[{surface!r}] must be a non-empty list of "
-                              '{"name": ..., "model": "production" | "staging" | <version>, "weight": ...}')
+            raise RankerError(
+                f"{source}[{surface!r}] must be a non-empty list of "
+                '{"name": ..., "model": "production" | "staging" | <version>, "weight": ...}'
+            )
         variants = []
         for i, entry in enumerate(entries):
             where = f"{source}[{surface!r}][{i}]"

@@ -42,8 +42,14 @@ def rule_names(rules_path: Path, group: str = MONITOR_GROUP) -> list[str]:
     return [r["alert"] for g in groups if g["name"] == group for r in g["rules"] if "alert" in r]
 
 
-def alerts_that_would_fire(texts: list[str], rules_path: Path, *, hold_minutes: int = 30,
-                           group: str = MONITOR_GROUP, promtool: str | None = None) -> list[str]:
+def alerts_that_would_fire(
+    texts: list[str],
+    rules_path: Path,
+    *,
+    hold_minutes: int = 30,
+    group: str = MONITOR_GROUP,
+    promtool: str | None = None,
+) -> list[str]:
     """Names of the ``group`` alerts that fire after ``hold_minutes`` of these gauges (empty = quiet)."""
     binary = promtool or shutil.which("promtool")
     if binary is None:
@@ -52,17 +58,20 @@ def alerts_that_would_fire(texts: list[str], rules_path: Path, *, hold_minutes: 
     test = {
         "rule_files": [str(Path(rules_path).resolve())],
         "evaluation_interval": "1m",
-        "tests": [{
-            "interval": "1m",
-            "input_series": _series(texts),
-            "alert_rule_test": [{"eval_time": f"{hold_minutes}m", "alertname": n, "exp_alerts": []} for n in names],
-        }],
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": _series(texts),
+                "alert_rule_test": [{"eval_time": f"{hold_minutes}m", "alertname": n, "exp_alerts": []} for n in names],
+            }
+        ],
     }
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "replay_test.yml"
         path.write_text(yaml.safe_dump(test, sort_keys=False))
-        result = subprocess.run([binary, "test", "rules", str(path)], capture_output=True, text=True, timeout=120,
-                                check=False)  # a failing test is the answer, not an error
+        result = subprocess.run(
+            [binary, "test", "rules", str(path)], capture_output=True, text=True, timeout=120, check=False
+        )  # a failing test is the answer, not an error
     if result.returncode == 0:
         return []
     fired = sorted(set(re.findall(r"alertname: ?(\w+)", result.stdout + result.stderr)))

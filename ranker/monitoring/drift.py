@@ -88,8 +88,10 @@ def binned(distribution: dict, values: np.ndarray) -> tuple[np.ndarray, np.ndarr
         idx = np.searchsorted(edges[1:-1], finite, side="right")
         counts = np.bincount(idx, minlength=len(edges) - 1).astype(np.float64)
     served = counts / max(len(finite), 1)
-    return (np.append(train * (1.0 - missing_rate), missing_rate),
-            np.append(served * (1.0 - served_missing), served_missing))
+    return (
+        np.append(train * (1.0 - missing_rate), missing_rate),
+        np.append(served * (1.0 - served_missing), served_missing),
+    )
 
 
 def score_psi(reference: list[float] | np.ndarray, scores: np.ndarray, *, bins: int = 10) -> float | None:
@@ -106,8 +108,9 @@ def score_psi(reference: list[float] | np.ndarray, scores: np.ndarray, *, bins: 
     return psi(ref, cur)
 
 
-def reference_scores(registry: Any, name: str, version: str, card: dict, *, sample: int = 5000,
-                     seed: int = 0) -> np.ndarray | None:
+def reference_scores(
+    registry: Any, name: str, version: str, card: dict, *, sample: int = 5000, seed: int = 0
+) -> np.ndarray | None:
     """The model's scores on up to ``sample`` rows of its test split, or None when the training set
     file the card names is not readable here."""
     import pyarrow.parquet as pq
@@ -126,7 +129,9 @@ def reference_scores(registry: Any, name: str, version: str, card: dict, *, samp
     if not len(rows):
         return None
     rows = np.sort(np.random.default_rng(seed).choice(rows, min(sample, len(rows)), replace=False))
-    matrix = np.column_stack([table.column(f).to_numpy(zero_copy_only=False)[rows] for f in features]).astype(np.float32)
+    matrix = np.column_stack([table.column(f).to_numpy(zero_copy_only=False)[rows] for f in features]).astype(
+        np.float32
+    )
     booster = registry.fetch(name, version=version).booster()
     return booster.predict(matrix, num_threads=1)
 
@@ -182,7 +187,7 @@ def healthy_baseline(card: dict, *, history_days: int = 7) -> HealthyBaseline | 
     days = np.unique(day)
     if len(days) < 3:
         return None
-    days = days[-(history_days + 1):]
+    days = days[-(history_days + 1) :]
     rows_of = {d: np.flatnonzero(day == d) for d in days}
     requests = table.column("request_id").to_numpy(zero_copy_only=False)
     day_to_day: dict[str, list[float]] = {}
@@ -192,8 +197,12 @@ def healthy_baseline(card: dict, *, history_days: int = 7) -> HealthyBaseline | 
         hists = [binned(dists[feature], values[rows_of[d]])[1] for d in days]
         day_to_day[feature] = [psi(hists[i - 1], hists[i]) for i in range(1, len(hists))]
         last[feature] = hists[-1]
-    return HealthyBaseline(tuple(str(pd.Timestamp(d).date()) for d in days), day_to_day, last,
-                           int(len(np.unique(requests[rows_of[days[-1]]]))))
+    return HealthyBaseline(
+        tuple(str(pd.Timestamp(d).date()) for d in days),
+        day_to_day,
+        last,
+        int(len(np.unique(requests[rows_of[days[-1]]]))),
+    )
 
 
 def noise_bound(bins: int, n_reference: int, n_current: int, quantile: float) -> float:
@@ -207,11 +216,15 @@ def noise_bound(bins: int, n_reference: int, n_current: int, quantile: float) ->
     return float(stats.chi2.ppf(quantile, max(bins - 1, 1)) * (1 / n_reference + 1 / n_current))
 
 
-def drift_report(frames: list[ServedFrame], cards: dict[tuple[str, str], dict],
-                 options: DriftOptions | None = None,
-                 score_references: dict[tuple[str, str], np.ndarray | None] | None = None, *,
-                 reference_frames: list[ServedFrame] | None = None,
-                 baselines: dict[tuple[str, str], HealthyBaseline | None] | None = None) -> dict[str, Any]:
+def drift_report(
+    frames: list[ServedFrame],
+    cards: dict[tuple[str, str], dict],
+    options: DriftOptions | None = None,
+    score_references: dict[tuple[str, str], np.ndarray | None] | None = None,
+    *,
+    reference_frames: list[ServedFrame] | None = None,
+    baselines: dict[tuple[str, str], HealthyBaseline | None] | None = None,
+) -> dict[str, Any]:
     """PSI per (model version, feature) against a like-with-like reference, judged against each
     feature's own healthy range; and the PSI of the scores.
 
@@ -246,8 +259,15 @@ def drift_report(frames: list[ServedFrame], cards: dict[tuple[str, str], dict],
         for (name, version), part in frame.rows.groupby(["model_name", "model_version"], sort=True):
             card = cards.get((name, version))
             if card is None:
-                skipped.append({"model_name": name, "version": version, "feature_service": frame.feature_service,
-                                "rows": int(len(part)), "reason": "model version unknown to the registry"})
+                skipped.append(
+                    {
+                        "model_name": name,
+                        "version": version,
+                        "feature_service": frame.feature_service,
+                        "rows": int(len(part)),
+                        "reason": "model version unknown to the registry",
+                    }
+                )
                 continue
             idx = part.index.to_numpy()
             matrix = frame.matrix[idx]
@@ -287,23 +307,37 @@ def drift_report(frames: list[ServedFrame], cards: dict[tuple[str, str], dict],
                 else:
                     threshold = max(healthy, options.min_threshold, noise if math.isfinite(noise) else 0.0)
                 finite = values[np.isfinite(values)]
-                features.append({
-                    "feature": feature, "psi": value, "healthy_high": healthy,
-                    "noise_high": noise if math.isfinite(noise) else None, "threshold": threshold,
-                    "verdict": "drift" if value > threshold else "ok", "psi_vs_training": psi(train, served),
-                    "train_missing": float(dist.get("missing_rate", 0.0)),
-                    "served_missing": float(1 - len(finite) / len(values)) if len(values) else 0.0,
-                    "train_mean": dist.get("mean"), "served_mean": float(finite.mean()) if len(finite) else None,
-                })
+                features.append(
+                    {
+                        "feature": feature,
+                        "psi": value,
+                        "healthy_high": healthy,
+                        "noise_high": noise if math.isfinite(noise) else None,
+                        "threshold": threshold,
+                        "verdict": "drift" if value > threshold else "ok",
+                        "psi_vs_training": psi(train, served),
+                        "train_missing": float(dist.get("missing_rate", 0.0)),
+                        "served_missing": float(1 - len(finite) / len(values)) if len(values) else 0.0,
+                        "train_mean": dist.get("mean"),
+                        "served_mean": float(finite.mean()) if len(finite) else None,
+                    }
+                )
             features.sort(key=lambda f: -f["psi"] / f["threshold"])
             scores_ref = (score_references or {}).get((name, version))
             s_psi = score_psi(scores_ref, part.score.to_numpy()) if scores_ref is not None else None
             judged = len(part) >= options.min_rows
             entry = {
-                "model_name": name, "version": version, "surface": str(part.surface.iloc[0]),
-                "feature_service": frame.feature_service, "rows": int(len(part)), "requests": n_requests,
-                "judged": judged, "reference": reference, "calibrated": baseline is not None,
-                "history_days": list(baseline.days) if baseline is not None else [], "score_psi": s_psi,
+                "model_name": name,
+                "version": version,
+                "surface": str(part.surface.iloc[0]),
+                "feature_service": frame.feature_service,
+                "rows": int(len(part)),
+                "requests": n_requests,
+                "judged": judged,
+                "reference": reference,
+                "calibrated": baseline is not None,
+                "history_days": list(baseline.days) if baseline is not None else [],
+                "score_psi": s_psi,
                 "features": features,
             }
             if judged:
@@ -311,9 +345,17 @@ def drift_report(frames: list[ServedFrame], cards: dict[tuple[str, str], dict],
                 if s_psi is not None and s_psi > options.score_threshold:
                     drifted.append(f"{name}:{version}:score")
             models.append(entry)
-    return {"threshold": options.threshold, "score_threshold": options.score_threshold,
-            "min_threshold": options.min_threshold, "quantile": options.quantile, "min_rows": options.min_rows,
-            "models": models, "drifted": drifted, "skipped_versions": skipped, "ok": not drifted}
+    return {
+        "threshold": options.threshold,
+        "score_threshold": options.score_threshold,
+        "min_threshold": options.min_threshold,
+        "quantile": options.quantile,
+        "min_rows": options.min_rows,
+        "models": models,
+        "drifted": drifted,
+        "skipped_versions": skipped,
+        "ok": not drifted,
+    }
 
 
 def drift_table(report: dict[str, Any], *, top: int = 10) -> str:
@@ -322,18 +364,27 @@ def drift_table(report: dict[str, Any], *, top: int = 10) -> str:
     for m in report["models"]:
         s = m["score_psi"]
         n_drift = sum(f["verdict"] == "drift" for f in m["features"])
-        verdict = "too few rows to judge" if not m["judged"] else (
-            "no drift" if not n_drift else f"DRIFT in {n_drift} feature(s)")
-        lines.append(f"{m['model_name']} {m['version']} ({m['rows']:,} rows, {m['requests']:,} requests) vs "
-                     f"{m['reference']}: {verdict}; score PSI {'-' if s is None else format(s, '.3f')}")
-        lines.append(f"  {'feature':<30} {'PSI':>7} {'healthy range':>15} {'threshold':>9}  {'verdict':<7} "
-                     f"{'train mean':>11} {'served mean':>12}")
+        verdict = (
+            "too few rows to judge"
+            if not m["judged"]
+            else ("no drift" if not n_drift else f"DRIFT in {n_drift} feature(s)")
+        )
+        lines.append(
+            f"{m['model_name']} {m['version']} ({m['rows']:,} rows, {m['requests']:,} requests) vs "
+            f"{m['reference']}: {verdict}; score PSI {'-' if s is None else format(s, '.3f')}"
+        )
+        lines.append(
+            f"  {'feature':<30} {'PSI':>7} {'healthy range':>15} {'threshold':>9}  {'verdict':<7} "
+            f"{'train mean':>11} {'served mean':>12}"
+        )
         for f in m["features"][:top]:
             healthy = "-" if f["healthy_high"] is None else f"0-{f['healthy_high']:.3f}"
             tm = "-" if f["train_mean"] is None else format(f["train_mean"], ".4g")
             sm = "-" if f["served_mean"] is None else format(f["served_mean"], ".4g")
-            lines.append(f"  {f['feature']:<30} {f['psi']:>7.3f} {healthy:>15} {f['threshold']:>9.3f}  "
-                         f"{f['verdict'].upper() if f['verdict'] == 'drift' else f['verdict']:<7} {tm:>11} {sm:>12}")
+            lines.append(
+                f"  {f['feature']:<30} {f['psi']:>7.3f} {healthy:>15} {f['threshold']:>9.3f}  "
+                f"{f['verdict'].upper() if f['verdict'] == 'drift' else f['verdict']:<7} {tm:>11} {sm:>12}"
+            )
     for s in report.get("skipped_versions", []):
         lines.append(f"skipped {s['rows']:,} rows of {s['model_name']} {s['version']}: {s['reason']}")
     return "\n".join(lines)
@@ -360,6 +411,9 @@ def materialization_times(settings: Any) -> dict[str, float]:
     for view in feature_store(settings).list_feature_views():
         end = getattr(view, "most_recent_end_time", None)
         if end is not None:
-            out[view.name] = pd.Timestamp(end).timestamp() if pd.Timestamp(end).tzinfo else \
-                pd.Timestamp(end).tz_localize("UTC").timestamp()
+            out[view.name] = (
+                pd.Timestamp(end).timestamp()
+                if pd.Timestamp(end).tzinfo
+                else pd.Timestamp(end).tz_localize("UTC").timestamp()
+            )
     return out

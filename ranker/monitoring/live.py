@@ -67,20 +67,29 @@ class LiveEnvironment:
         seed: seeds the choice of requests, the candidate shuffle and the engagement draws.
     """
 
-    def __init__(self, settings: Settings, *, surfaces: tuple[str, ...] = ("search", "recs"),
-                 last_days: float = 1.0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        surfaces: tuple[str, ...] = ("search", "recs"),
+        last_days: float = 1.0,
+        seed: int = 0,
+    ) -> None:
         truth_path = settings.ground_truth_dir / "utility.parquet"
         events_path = settings.raw_dir / "events.parquet"
         for path in (truth_path, events_path):
             if not path.exists():
-                raise RankerError(f"{path} not found: the live environment needs simulated data "
-                                  "(`ranker data simulate`)")
+                raise RankerError(
+                    f"{path} not found: the live environment needs simulated data (`ranker data simulate`)"
+                )
         if last_days <= 0:
             raise RankerError("--last-days must be > 0")
         import pyarrow.compute as pc
 
-        events = pq.read_table(events_path, columns=["event_type", "timestamp", "request_id", "user_id", "item_id",
-                                                     "surface", "query", "position"])
+        events = pq.read_table(
+            events_path,
+            columns=["event_type", "timestamp", "request_id", "user_id", "item_id", "surface", "query", "position"],
+        )
         events = events.filter(pc.equal(events.column("event_type"), "impression"))
         events = events.filter(pc.is_in(events.column("surface"), pa.array(list(surfaces))))
         if not events.num_rows:
@@ -93,11 +102,16 @@ class LiveEnvironment:
         self.requests: list[LoggedRequest] = []
         for rid, part in frame.groupby("request_id", sort=True):
             q = part["query"].iloc[0]
-            self.requests.append(LoggedRequest(
-                request_id=str(rid), surface=str(part.surface.iloc[0]), user_id=str(part.user_id.iloc[0]),
-                query=None if q is None or (isinstance(q, float) and np.isnan(q)) else str(q),
-                items=tuple(part.item_id.astype(str)), utility=dict(zip(part.item_id.astype(str), part.true_utility, strict=False)),
-            ))
+            self.requests.append(
+                LoggedRequest(
+                    request_id=str(rid),
+                    surface=str(part.surface.iloc[0]),
+                    user_id=str(part.user_id.iloc[0]),
+                    query=None if q is None or (isinstance(q, float) and np.isnan(q)) else str(q),
+                    items=tuple(part.item_id.astype(str)),
+                    utility=dict(zip(part.item_id.astype(str), part.true_utility, strict=False)),
+                )
+            )
         self.rng = np.random.default_rng(seed)
 
     def sample(self, n: int) -> list[LoggedRequest]:
@@ -108,8 +122,9 @@ class LiveEnvironment:
         idx = self.rng.permutation(k)[:n] if n <= k else self.rng.integers(0, k, size=n)
         return [self.requests[i] for i in idx]
 
-    def engage(self, request: LoggedRequest, ranked: list[str], *, served_request_id: str,
-               at: pd.Timestamp) -> list[dict]:
+    def engage(
+        self, request: LoggedRequest, ranked: list[str], *, served_request_id: str, at: pd.Timestamp
+    ) -> list[dict]:
         """Impressions of ``ranked`` and the engagement the user draws with them."""
         n = len(ranked)
         if not n:
@@ -119,23 +134,41 @@ class LiveEnvironment:
         utility = np.array([request.utility.get(i, -np.inf) for i in ranked], dtype=np.float64)
         t0 = at.value // 10**6  # ms
         drawn = draw_engagement(rng, utility, position, t0)
-        times = {"impression": np.full(n, t0), "click": drawn.t_click, "save": drawn.t_save,
-                 "add_to_bag": drawn.t_add_to_bag, "purchase": drawn.t_purchase}
-        flags = {"impression": np.ones(n, dtype=bool), "click": drawn.click, "save": drawn.save,
-                 "add_to_bag": drawn.add_to_bag, "purchase": drawn.purchase}
+        times = {
+            "impression": np.full(n, t0),
+            "click": drawn.t_click,
+            "save": drawn.t_save,
+            "add_to_bag": drawn.t_add_to_bag,
+            "purchase": drawn.t_purchase,
+        }
+        flags = {
+            "impression": np.ones(n, dtype=bool),
+            "click": drawn.click,
+            "save": drawn.save,
+            "add_to_bag": drawn.add_to_bag,
+            "purchase": drawn.purchase,
+        }
         out = []
         for kind, flag in flags.items():
             for i in np.flatnonzero(flag):
-                out.append({
-                    "event_id": f"live-{uuid.uuid4().hex}", "event_type": kind,
-                    "timestamp": pd.Timestamp(int(times[kind][i]), unit="ms", tz="UTC"),
-                    "user_id": request.user_id, "item_id": ranked[i], "surface": request.surface,
-                    "request_id": served_request_id, "position": int(position[i]), "query": request.query,
-                })
+                out.append(
+                    {
+                        "event_id": f"live-{uuid.uuid4().hex}",
+                        "event_type": kind,
+                        "timestamp": pd.Timestamp(int(times[kind][i]), unit="ms", tz="UTC"),
+                        "user_id": request.user_id,
+                        "item_id": ranked[i],
+                        "surface": request.surface,
+                        "request_id": served_request_id,
+                        "position": int(position[i]),
+                        "query": request.query,
+                    }
+                )
         return out
 
-    def run(self, send: Sender, n_requests: int, *, request_ts: float | None = None,
-            limit: int | None = None) -> dict[str, Any]:
+    def run(
+        self, send: Sender, n_requests: int, *, request_ts: float | None = None, limit: int | None = None
+    ) -> dict[str, Any]:
         """Replay ``n_requests`` through ``send`` (a JSON body -> the decoded response) and draw the
         engagement; returns ``{"events": DataFrame, "utility": DataFrame, "requests", "by_variant",
         "failed"}``; ``utility`` holds the hidden utility of each returned item under the scorer's
@@ -163,12 +196,20 @@ class LiveEnvironment:
             by_variant[f"{request.surface}/{variant}"] = by_variant.get(f"{request.surface}/{variant}", 0) + 1
             ranked = [i["item_id"] for i in sorted(answer["items"], key=lambda i: i["rank"])]
             events += self.engage(request, ranked, served_request_id=answer["request_id"], at=at)
-            utility += [(str(answer["request_id"]), item, rank, float(request.utility[item]))
-                        for rank, item in enumerate(ranked, start=1) if item in request.utility]
+            utility += [
+                (str(answer["request_id"]), item, rank, float(request.utility[item]))
+                for rank, item in enumerate(ranked, start=1)
+                if item in request.utility
+            ]
         frame = pd.DataFrame(events, columns=schema.EVENTS.names)
         truth = pd.DataFrame(utility, columns=["request_id", "item_id", "rank", "true_utility"])
-        return {"events": frame, "utility": truth, "requests": n_requests - failed, "failed": failed,
-                "by_variant": by_variant}
+        return {
+            "events": frame,
+            "utility": truth,
+            "requests": n_requests - failed,
+            "failed": failed,
+            "by_variant": by_variant,
+        }
 
 
 def append_events(settings: Settings, events: pd.DataFrame, *, folder: Path | None = None) -> Path | None:
@@ -203,8 +244,9 @@ def read_utility(folder: Path) -> pd.DataFrame | None:
     files = sorted(Path(folder).glob("*.parquet")) if Path(folder).is_dir() else []
     if not files:
         return None
-    return pd.concat([pd.read_parquet(f, columns=["request_id", "item_id", "true_utility"]) for f in files],
-                     ignore_index=True)
+    return pd.concat(
+        [pd.read_parquet(f, columns=["request_id", "item_id", "true_utility"]) for f in files], ignore_index=True
+    )
 
 
 def read_events(paths: list[Path]) -> pd.DataFrame:
@@ -269,7 +311,15 @@ def train_no_skill_model(settings: Settings, surface: str, *, seed: int = 0) -> 
     target = dataset_dir(Settings(home=home), surface)
     target.mkdir(parents=True, exist_ok=True)
     df.to_parquet(target / "dataset.parquet", index=False)
-    (target / "manifest.json").write_text(_json.dumps({**manifest, "path": str(target / "dataset.parquet"),
-                                                       "fingerprint": manifest["fingerprint"] + "-labels-shuffled"}))
-    return train_model(Settings(home=home), TrainOptions(surface=surface, seed=seed),
-                       out_root=settings.artifacts_dir / "models")
+    (target / "manifest.json").write_text(
+        _json.dumps(
+            {
+                **manifest,
+                "path": str(target / "dataset.parquet"),
+                "fingerprint": manifest["fingerprint"] + "-labels-shuffled",
+            }
+        )
+    )
+    return train_model(
+        Settings(home=home), TrainOptions(surface=surface, seed=seed), out_root=settings.artifacts_dir / "models"
+    )

@@ -42,8 +42,19 @@ Z95 = 1.959963984540054
 
 def served_rankings(frames: list) -> pd.DataFrame:
     """The returned items of every logged request (rank not null), all feature services together."""
-    cols = ["request_id", "request_ts", "logged_at", "surface", "user_id", "model_name", "model_version", "variant",
-            "degraded", "item_id", "rank"]
+    cols = [
+        "request_id",
+        "request_ts",
+        "logged_at",
+        "surface",
+        "user_id",
+        "model_name",
+        "model_version",
+        "variant",
+        "degraded",
+        "item_id",
+        "rank",
+    ]
     parts = [f.rows.loc[f.rows["rank"].notna(), cols] for f in frames]
     out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
     out["rank"] = out["rank"].astype(np.int64)
@@ -59,8 +70,14 @@ def listing_prices(path: Any) -> pd.Series | None:
     return frame.drop_duplicates("item_id").set_index("item_id").price.astype(float)
 
 
-def per_request(served: pd.DataFrame, events: pd.DataFrame, *, k: int = 10,
-                prices: pd.Series | None = None, utility: pd.DataFrame | None = None) -> pd.DataFrame:
+def per_request(
+    served: pd.DataFrame,
+    events: pd.DataFrame,
+    *,
+    k: int = 10,
+    prices: pd.Series | None = None,
+    utility: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     """One row per served request: surface, user_id, model_version, variant, logged_at, ctr@k,
     clicks@k, purchase, revenue (with ``prices``), ndcg@k (NaN without engagement), utility@k (with
     ``utility``: ``request_id, item_id, true_utility`` of served items; NaN for a request it lacks),
@@ -83,9 +100,15 @@ def per_request(served: pd.DataFrame, events: pd.DataFrame, *, k: int = 10,
     top = frame["rank"] <= k
     grouped = frame.groupby("request_id", sort=True)
     aggs = dict(
-        surface=("surface", "first"), user_id=("user_id", "first"), model_name=("model_name", "first"),
-        model_version=("model_version", "first"), variant=("variant", "first"), logged_at=("logged_at", "first"),
-        request_ts=("request_ts", "first"), degraded=("degraded", "max"), shown=("item_id", "size"),
+        surface=("surface", "first"),
+        user_id=("user_id", "first"),
+        model_name=("model_name", "first"),
+        model_version=("model_version", "first"),
+        variant=("variant", "first"),
+        logged_at=("logged_at", "first"),
+        request_ts=("request_ts", "first"),
+        degraded=("degraded", "max"),
+        shown=("item_id", "size"),
         purchase=("purchase", "max"),
     )
     if prices is not None:
@@ -102,9 +125,11 @@ def per_request(served: pd.DataFrame, events: pd.DataFrame, *, k: int = 10,
     out["purchase"] = out.purchase.astype(float)
     out["degraded"] = out.degraded.astype(float)
     # Served wall time; a replayed request (context.timestamp) has no arrival time to measure from.
-    latency = (pd.to_datetime(out.logged_at, utc=True) - pd.to_datetime(out.request_ts, unit="s", utc=True)
-               if not pd.api.types.is_datetime64_any_dtype(out.request_ts)
-               else pd.to_datetime(out.logged_at, utc=True) - pd.to_datetime(out.request_ts, utc=True))
+    latency = (
+        pd.to_datetime(out.logged_at, utc=True) - pd.to_datetime(out.request_ts, unit="s", utc=True)
+        if not pd.api.types.is_datetime64_any_dtype(out.request_ts)
+        else pd.to_datetime(out.logged_at, utc=True) - pd.to_datetime(out.request_ts, utc=True)
+    )
     seconds = latency.dt.total_seconds()
     out["latency_s"] = seconds.where((seconds >= 0) & (seconds < 60))
     ks = (k,)
@@ -137,8 +162,13 @@ def metric_names(reqs: pd.DataFrame, k: int) -> list[str]:
     return names
 
 
-def online_report(reqs: pd.DataFrame, *, k: int = 10, weights: Mapping[str, Mapping[str, float]] | None = None,
-                  sequential: SequentialOptions | None = None) -> dict[str, Any]:
+def online_report(
+    reqs: pd.DataFrame,
+    *,
+    k: int = 10,
+    weights: Mapping[str, Mapping[str, float]] | None = None,
+    sequential: SequentialOptions | None = None,
+) -> dict[str, Any]:
     """Metrics per (surface, model version, variant) with user-level intervals and guardrails, and
     each variant against the control: difference, always-valid decision, sample-ratio check.
 
@@ -152,9 +182,14 @@ def online_report(reqs: pd.DataFrame, *, k: int = 10, weights: Mapping[str, Mapp
     metrics = metric_names(reqs, k)
     groups = []
     for (surface, version, variant), part in reqs.groupby(["surface", "model_version", "variant"], sort=True):
-        entry: dict[str, Any] = {"surface": surface, "model_version": version, "variant": variant,
-                                 "model_name": str(part.model_name.iloc[0]), "requests": int(len(part)),
-                                 "users": int(part.user_id.nunique())}
+        entry: dict[str, Any] = {
+            "surface": surface,
+            "model_version": version,
+            "variant": variant,
+            "model_name": str(part.model_name.iloc[0]),
+            "requests": int(len(part)),
+            "users": int(part.user_id.nunique()),
+        }
         for m in metrics:
             entry[m] = S.estimate(part[m].to_numpy(dtype=float), part.user_id.to_numpy()).to_dict()
         entry["guardrails"] = _guardrails(part)
@@ -168,8 +203,12 @@ def online_report(reqs: pd.DataFrame, *, k: int = 10, weights: Mapping[str, Mapp
         if configured:
             srm = S.srm_check({v: int(n) for v, n in users.items()}, configured)
         else:
-            srm = {"ok": True, "p_value": None, "observed": {v: int(n) for v, n in users.items()},
-                   "verdict": "not checked: no configured weights (pass --variants or set RANKER_VARIANTS)"}
+            srm = {
+                "ok": True,
+                "p_value": None,
+                "observed": {v: int(n) for v, n in users.items()},
+                "verdict": "not checked: no configured weights (pass --variants or set RANKER_VARIANTS)",
+            }
         if not srm["ok"]:
             srm_failed.append(surface)
         if len(variants) < 2:
@@ -178,12 +217,18 @@ def online_report(reqs: pd.DataFrame, *, k: int = 10, weights: Mapping[str, Mapp
         for treatment in (v for v in variants if v != control):
             pair = part[part.variant.isin([treatment, control])]
             is_t = (pair.variant == treatment).to_numpy()
-            row: dict[str, Any] = {"surface": surface, "control": control, "treatment": treatment,
-                                   "versions": {v: sorted(part.loc[part.variant == v, "model_version"].unique())
-                                                for v in (control, treatment)},
-                                   "requests": {v: int((part.variant == v).sum()) for v in (control, treatment)},
-                                   "users": {v: int(users.get(v, 0)) for v in (control, treatment)},
-                                   "srm": srm, "rule": S.RULE_MSPRT}
+            row: dict[str, Any] = {
+                "surface": surface,
+                "control": control,
+                "treatment": treatment,
+                "versions": {
+                    v: sorted(part.loc[part.variant == v, "model_version"].unique()) for v in (control, treatment)
+                },
+                "requests": {v: int((part.variant == v).sum()) for v in (control, treatment)},
+                "users": {v: int(users.get(v, 0)) for v in (control, treatment)},
+                "srm": srm,
+                "rule": S.RULE_MSPRT,
+            }
             for m in metrics:
                 values = pair[m].to_numpy(dtype=float)
                 uid = pair.user_id.to_numpy()
@@ -195,15 +240,31 @@ def online_report(reqs: pd.DataFrame, *, k: int = 10, weights: Mapping[str, Mapp
                 winner = None
                 if srm["ok"] and seq["decided"]:
                     winner = treatment if seq["direction"] > 0 else control
-                row[m] = {"diff": S.finite_or_none(diff), "low": S.finite_or_none(diff - Z95 * se),
-                          "high": S.finite_or_none(diff + Z95 * se),
-                          "se": S.finite_or_none(se), "request_level_se": S.finite_or_none(req_se), "sequential": seq,
-                          "better": winner, "decided": bool(seq["decided"] and srm["ok"]),
-                          "requests_needed": seq["decided_at"] if winner else None}
+                row[m] = {
+                    "diff": S.finite_or_none(diff),
+                    "low": S.finite_or_none(diff - Z95 * se),
+                    "high": S.finite_or_none(diff + Z95 * se),
+                    "se": S.finite_or_none(se),
+                    "request_level_se": S.finite_or_none(req_se),
+                    "sequential": seq,
+                    "better": winner,
+                    "decided": bool(seq["decided"] and srm["ok"]),
+                    "requests_needed": seq["decided_at"] if winner else None,
+                }
             comparisons.append(row)
-    return {"k": k, "metrics": metrics, "guardrails": list(GUARDRAILS), "groups": groups,
-            "comparisons": comparisons, "requests": int(len(reqs)), "users": int(reqs.user_id.nunique()),
-            "rule": S.RULE_MSPRT, "alpha": sequential.alpha, "srm_failed": srm_failed, "ok": not srm_failed}
+    return {
+        "k": k,
+        "metrics": metrics,
+        "guardrails": list(GUARDRAILS),
+        "groups": groups,
+        "comparisons": comparisons,
+        "requests": int(len(reqs)),
+        "users": int(reqs.user_id.nunique()),
+        "rule": S.RULE_MSPRT,
+        "alpha": sequential.alpha,
+        "srm_failed": srm_failed,
+        "ok": not srm_failed,
+    }
 
 
 def timeline(reqs: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -213,8 +274,17 @@ def timeline(reqs: pd.DataFrame, metric: str) -> pd.DataFrame:
         values = part[metric].to_numpy(dtype=float)
         finite = np.isfinite(values)
         cum = np.cumsum(np.where(finite, values, 0.0)) / np.maximum(np.cumsum(finite), 1)
-        out.append(pd.DataFrame({"surface": surface, "variant": variant, "n": np.arange(1, len(part) + 1),
-                                 "logged_at": part.logged_at.to_numpy(), metric: cum}))
+        out.append(
+            pd.DataFrame(
+                {
+                    "surface": surface,
+                    "variant": variant,
+                    "n": np.arange(1, len(part) + 1),
+                    "logged_at": part.logged_at.to_numpy(),
+                    metric: cum,
+                }
+            )
+        )
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
 
 
@@ -231,8 +301,10 @@ def online_table(report: dict[str, Any]) -> str:
     metrics = report["metrics"]
     labels = [METRIC_LABELS.get(m, m.upper() if m.startswith("ctr") else m) for m in metrics]
     head = f"{'surface':<7} {'variant':<10} {'version':<26} {'users':>6} {'requests':>8}  "
-    lines = ["per variant: mean [95% interval, users resampled as the unit (delta method)]",
-             head + "".join(f"{label:<26}" for label in labels) + "latency p99  degraded"]
+    lines = [
+        "per variant: mean [95% interval, users resampled as the unit (delta method)]",
+        head + "".join(f"{label:<26}" for label in labels) + "latency p99  degraded",
+    ]
 
     def fmt(ci: dict) -> str:
         if ci["mean"] is None:
@@ -245,9 +317,10 @@ def online_table(report: dict[str, Any]) -> str:
         guard = g["guardrails"]
         p99 = "-" if guard["latency_p99_ms"] is None else f"{guard['latency_p99_ms']:.0f} ms"
         degraded = "-" if guard["degraded_share"] is None else f"{guard['degraded_share']:.1%}"
-        lines.append(f"{g['surface']:<7} {g['variant']:<10} {g['model_version']:<26} {g['users']:>6} "
-                     f"{g['requests']:>8}  " + "".join(f"{fmt(g[m]):<26}" for m in metrics)
-                     + f"{p99:>11}  {degraded:>8}")
+        lines.append(
+            f"{g['surface']:<7} {g['variant']:<10} {g['model_version']:<26} {g['users']:>6} "
+            f"{g['requests']:>8}  " + "".join(f"{fmt(g[m]):<26}" for m in metrics) + f"{p99:>11}  {degraded:>8}"
+        )
     seen_srm = set()
     for c in report["comparisons"]:
         if c["surface"] not in seen_srm:
@@ -265,8 +338,13 @@ def online_table(report: dict[str, Any]) -> str:
                 verdict = "not judged yet (burn-in)"
             else:
                 verdict = "no decision yet"
-            cs = "" if seq["low"] is None and seq["high"] is None else \
-                f"; always-valid [{_fmt_value(seq['low'], '+.4f')}, {_fmt_value(seq['high'], '+.4f')}]"
-            lines.append(f"{c['surface']}: {c['treatment']} - {c['control']} {label}: {_fmt_value(r['diff'], '+.4f')} "
-                         f"[{_fmt_value(r['low'], '+.4f')}, {_fmt_value(r['high'], '+.4f')}]{cs} -> {verdict}")
+            cs = (
+                ""
+                if seq["low"] is None and seq["high"] is None
+                else f"; always-valid [{_fmt_value(seq['low'], '+.4f')}, {_fmt_value(seq['high'], '+.4f')}]"
+            )
+            lines.append(
+                f"{c['surface']}: {c['treatment']} - {c['control']} {label}: {_fmt_value(r['diff'], '+.4f')} "
+                f"[{_fmt_value(r['low'], '+.4f')}, {_fmt_value(r['high'], '+.4f')}]{cs} -> {verdict}"
+            )
     return "\n".join(lines)

@@ -47,15 +47,25 @@ def _drift_section(drift: dict | None) -> str:
             axes = figure.add_subplot()
             colours = ["#c44e52" if d else "#4c72b0" for d in drifting]
             axes.barh(range(len(names)), values, color=colours)
-            axes.scatter([f.get("threshold", drift["threshold"]) for f in reversed(feats)], range(len(names)),
-                         marker="|", color="#c44e52", s=80, label="threshold (healthy range)")
+            axes.scatter(
+                [f.get("threshold", drift["threshold"]) for f in reversed(feats)],
+                range(len(names)),
+                marker="|",
+                color="#c44e52",
+                s=80,
+                label="threshold (healthy range)",
+            )
             axes.set_yticks(range(len(names)), names, fontsize=8)
             axes.set_xlabel(f"PSI vs {m.get('reference', 'training')} (red tick: the feature's threshold)")
             axes.set_title(f"Drift per feature (top {len(names)})")
             parts.append(_png(figure))
     names = drift["drifted"]
     more = f" and {len(names) - 12} more" if len(names) > 12 else ""
-    verdict = "no drift (every feature within its healthy range)" if drift["ok"] else f"drift in {len(names)}: " + ", ".join(names[:12]) + more
+    verdict = (
+        "no drift (every feature within its healthy range)"
+        if drift["ok"]
+        else f"drift in {len(names)}: " + ", ".join(names[:12]) + more
+    )
     return f"<p><b>{html.escape(verdict)}</b></p>" + "".join(parts)
 
 
@@ -65,13 +75,22 @@ def _skew_section(skew: dict | None) -> str:
     rows = []
     for f in skew["features"][:TOP]:
         ex = f["example"]
-        rows.append([f["feature"], f["feature_service"], f"{f['mismatch_rate']:.2%}", f["mismatches"],
-                     _fmt(f["max_abs_diff"], ".4g") if f["max_abs_diff"] is not None else "inf (missing on one side)",
-                     f"{ex.get('item_id')}: {ex.get('served')} -> {ex.get('recomputed')}" if ex else ""])
-    verdict = (f"{skew['rows']:,} rows of {skew['requests']:,} requests recomputed; "
-               + ("no feature above the threshold" if skew["ok"] else "skewed: " + ", ".join(skew["failed"])))
-    return (f"<p><b>{html.escape(verdict)}</b> (threshold {skew['threshold']:.2%} mismatches)</p>"
-            + html_table(["feature", "service", "mismatch rate", "mismatches", "max |diff|", "example (served -> Feast)"], rows))
+        rows.append(
+            [
+                f["feature"],
+                f["feature_service"],
+                f"{f['mismatch_rate']:.2%}",
+                f["mismatches"],
+                _fmt(f["max_abs_diff"], ".4g") if f["max_abs_diff"] is not None else "inf (missing on one side)",
+                f"{ex.get('item_id')}: {ex.get('served')} -> {ex.get('recomputed')}" if ex else "",
+            ]
+        )
+    verdict = f"{skew['rows']:,} rows of {skew['requests']:,} requests recomputed; " + (
+        "no feature above the threshold" if skew["ok"] else "skewed: " + ", ".join(skew["failed"])
+    )
+    return f"<p><b>{html.escape(verdict)}</b> (threshold {skew['threshold']:.2%} mismatches)</p>" + html_table(
+        ["feature", "service", "mismatch rate", "mismatches", "max |diff|", "example (served -> Feast)"], rows
+    )
 
 
 def _online_section(online: dict | None, timeline: pd.DataFrame | None) -> str:
@@ -80,22 +99,43 @@ def _online_section(online: dict | None, timeline: pd.DataFrame | None) -> str:
     k = online["k"]
     rows = []
     for g in online["groups"]:
-        rows.append([g["surface"], g["variant"], g["model_version"], g["requests"]] + [
-            f"{_fmt(g[m]['mean'])} [{_fmt(g[m]['low'])}, {_fmt(g[m]['high'])}]" for m in online["metrics"]])
-    labels = {f"ctr@{k}": f"CTR@{k}", "purchase": "purchase rate", "revenue": "revenue/request", f"ndcg@{k}": f"click NDCG@{k}"}
-    parts = [html_table(["surface", "variant", "version", "requests"] + [labels.get(m, m) for m in online["metrics"]], rows)]
+        rows.append(
+            [g["surface"], g["variant"], g["model_version"], g["requests"]]
+            + [f"{_fmt(g[m]['mean'])} [{_fmt(g[m]['low'])}, {_fmt(g[m]['high'])}]" for m in online["metrics"]]
+        )
+    labels = {
+        f"ctr@{k}": f"CTR@{k}",
+        "purchase": "purchase rate",
+        "revenue": "revenue/request",
+        f"ndcg@{k}": f"click NDCG@{k}",
+    }
+    parts = [
+        html_table(["surface", "variant", "version", "requests"] + [labels.get(m, m) for m in online["metrics"]], rows)
+    ]
     crow = []
     for c in online["comparisons"]:
         for m in online["metrics"]:
             r = c[m]
-            crow.append([c["surface"], f"{c['treatment']} - {c['control']}", m, _fmt(r["diff"], "+.4f"),
-                         f"[{_fmt(r['low'], '+.4f')}, {_fmt(r['high'], '+.4f')}]", r["better"] or "not yet",
-                         r["requests_needed"] or "-"])
+            crow.append(
+                [
+                    c["surface"],
+                    f"{c['treatment']} - {c['control']}",
+                    m,
+                    _fmt(r["diff"], "+.4f"),
+                    f"[{_fmt(r['low'], '+.4f')}, {_fmt(r['high'], '+.4f')}]",
+                    r["better"] or "not yet",
+                    r["requests_needed"] or "-",
+                ]
+            )
     if crow:
         srm = "; ".join(f"{c['surface']}: sample ratio {c['srm']['verdict']}" for c in online["comparisons"])
-        parts.append("<h3>Variant comparison (user-level 95% interval of the difference; better = decided by "
-                     f"{html.escape(online.get('rule', ''))})</h3><p>{html.escape(srm)}</p>")
-        parts.append(html_table(["surface", "difference", "metric", "diff", "interval", "better", "requests needed"], crow))
+        parts.append(
+            "<h3>Variant comparison (user-level 95% interval of the difference; better = decided by "
+            f"{html.escape(online.get('rule', ''))})</h3><p>{html.escape(srm)}</p>"
+        )
+        parts.append(
+            html_table(["surface", "difference", "metric", "diff", "interval", "better", "requests needed"], crow)
+        )
     if timeline is not None and not timeline.empty:
         from matplotlib.figure import Figure
 
@@ -113,8 +153,15 @@ def _online_section(online: dict | None, timeline: pd.DataFrame | None) -> str:
     return "".join(parts)
 
 
-def render(*, title: str, drift: dict | None, skew: dict | None, online: dict | None,
-           timeline: pd.DataFrame | None, notes: list[str] | None = None) -> str:
+def render(
+    *,
+    title: str,
+    drift: dict | None,
+    skew: dict | None,
+    online: dict | None,
+    timeline: pd.DataFrame | None,
+    notes: list[str] | None = None,
+) -> str:
     notes_html = "".join(f"<li>{html.escape(n)}</li>" for n in notes or [])
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -126,4 +173,3 @@ td,th{{border:1px solid #ccc;padding:3px 6px;text-align:left}}img{{max-width:100
 <h2>Drift (PSI per feature)</h2>{_drift_section(drift)}
 <h2>Training/serving skew</h2>{_skew_section(skew)}
 </body></html>"""
-

@@ -47,8 +47,21 @@ log = logging.getLogger("ranker.monitoring.servedlog")
 
 SCHEMA_VERSION = "1"
 META_COLUMNS = (
-    "request_id", "request_ts", "logged_at", "surface", "user_id", "query", "model_name", "model_version",
-    "variant", "feature_service", "degraded", "item_id", "position", "rank", "score",
+    "request_id",
+    "request_ts",
+    "logged_at",
+    "surface",
+    "user_id",
+    "query",
+    "model_name",
+    "model_version",
+    "variant",
+    "feature_service",
+    "degraded",
+    "item_id",
+    "position",
+    "rank",
+    "score",
 )
 
 
@@ -127,8 +140,14 @@ class ServedLogWriter:
     ``("dropped_write_error", rows)`` and ``("file", 1)`` so the scorer can count them in /metrics.
     """
 
-    def __init__(self, store: ObjectStore, config: ServedLogConfig, *,
-                 on_event: Callable[[str, int], None] | None = None, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        config: ServedLogConfig,
+        *,
+        on_event: Callable[[str, int], None] | None = None,
+        seed: int | None = None,
+    ) -> None:
         self.store = store
         self.config = config
         self.on_event = on_event or (lambda kind, n: None)
@@ -239,7 +258,9 @@ class ServedLogWriter:
     def _key(self, surface: str, logged_at: float) -> str:
         self._seq += 1
         when = datetime.fromtimestamp(logged_at, tz=timezone.utc)
-        return f"{surface}/date={when:%Y-%m-%d}/{when:%H%M%S}-{os.getpid()}-{self._seq:06d}-{uuid.uuid4().hex[:8]}.parquet"
+        return (
+            f"{surface}/date={when:%Y-%m-%d}/{when:%H%M%S}-{os.getpid()}-{self._seq:06d}-{uuid.uuid4().hex[:8]}.parquet"
+        )
 
 
 def records_to_table(records: list[ServedRecord], feature_names: tuple[str, ...], service: str) -> pa.Table:
@@ -252,7 +273,9 @@ def records_to_table(records: list[ServedRecord], feature_names: tuple[str, ...]
         return pa.array(values, typ).take(pa.array(np.repeat(np.arange(len(records)), counts)))
 
     matrices = [
-        r.matrix.astype(np.float32, copy=False) if r.matrix is not None else np.full((len(r.item_ids), k), np.nan, np.float32)
+        r.matrix.astype(np.float32, copy=False)
+        if r.matrix is not None
+        else np.full((len(r.item_ids), k), np.nan, np.float32)
         for r in records
     ]
     flat = np.concatenate([m.reshape(-1) for m in matrices]) if records else np.zeros(0, np.float32)
@@ -312,13 +335,19 @@ def parse_time(value: str | None, *, option: str) -> pd.Timestamp | None:
     try:
         ts = pd.Timestamp(text)
     except ValueError:
-        raise RankerError(f"{option}={value!r} is not a time; use e.g. 2026-11-25, 2026-11-25T10:00 or 24h (ago)") from None
+        raise RankerError(
+            f"{option}={value!r} is not a time; use e.g. 2026-11-25, 2026-11-25T10:00 or 24h (ago)"
+        ) from None
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
 def read_served_log(
-    store: ObjectStore, *, surface: str | None = None, since: pd.Timestamp | None = None,
-    until: pd.Timestamp | None = None, include_degraded: bool = False,
+    store: ObjectStore,
+    *,
+    surface: str | None = None,
+    since: pd.Timestamp | None = None,
+    until: pd.Timestamp | None = None,
+    include_degraded: bool = False,
 ) -> list[ServedFrame]:
     """The served rows logged in ``[since, until)`` (by ``logged_at``), one :class:`ServedFrame` per
     feature service. Raises :class:`ServedLogError` when nothing is there."""

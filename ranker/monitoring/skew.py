@@ -64,10 +64,14 @@ class FeatureSkew:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "feature": self.feature, "feature_service": self.feature_service, "rows": self.rows,
-            "mismatches": self.mismatches, "mismatch_rate": self.mismatch_rate,
+            "feature": self.feature,
+            "feature_service": self.feature_service,
+            "rows": self.rows,
+            "mismatches": self.mismatches,
+            "mismatch_rate": self.mismatch_rate,
             "max_abs_diff": None if not np.isfinite(self.max_abs_diff) else self.max_abs_diff,
-            "served_missing": self.served_missing, "recomputed_missing": self.recomputed_missing,
+            "served_missing": self.served_missing,
+            "recomputed_missing": self.recomputed_missing,
             "example": self.example,
         }
 
@@ -75,16 +79,18 @@ class FeatureSkew:
 def _entity_frame(frame: ServedFrame, rows: pd.DataFrame) -> pd.DataFrame:
     ts = pd.to_datetime(rows.request_ts, utc=True)
     query = rows["query"].fillna("").astype(object).to_numpy()
-    return pd.DataFrame({
-        "user_id": rows.user_id.astype(object).to_numpy(),
-        "item_id": rows.item_id.astype(object).to_numpy(),
-        "event_timestamp": ts.to_numpy(),
-        # whole unix seconds, as the scorer's feature path uses them (int(request_ts))
-        "request_ts": ((ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(dtype=np.int64),
-        "query": query,
-        "query_text": query,
-        "_row": np.arange(len(rows), dtype=np.int64),
-    })
+    return pd.DataFrame(
+        {
+            "user_id": rows.user_id.astype(object).to_numpy(),
+            "item_id": rows.item_id.astype(object).to_numpy(),
+            "event_timestamp": ts.to_numpy(),
+            # whole unix seconds, as the scorer's feature path uses them (int(request_ts))
+            "request_ts": ((ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(dtype=np.int64),
+            "query": query,
+            "query_text": query,
+            "_row": np.arange(len(rows), dtype=np.int64),
+        }
+    )
 
 
 def recompute(settings: Settings, frame: ServedFrame, rows: pd.DataFrame) -> np.ndarray:
@@ -107,10 +113,14 @@ def recompute(settings: Settings, frame: ServedFrame, rows: pd.DataFrame) -> np.
             service = store.get_feature_service(frame.feature_service)
         except FeatureServiceNotFoundException:  # pragma: no cover - service_spec raised first
             raise
-        keys = store.get_historical_features(
-            entity_df=entity[["item_id", "event_timestamp", "_row"]],
-            features=[f"listing_fv:{k}" for k in LISTING_KEYS],
-        ).to_df().sort_values("_row")
+        keys = (
+            store.get_historical_features(
+                entity_df=entity[["item_id", "event_timestamp", "_row"]],
+                features=[f"listing_fv:{k}" for k in LISTING_KEYS],
+            )
+            .to_df()
+            .sort_values("_row")
+        )
         for key in LISTING_KEYS:
             entity[key] = [v if isinstance(v, str) else "" for v in keys[key].to_numpy()]
         columns = ["user_id", "item_id", "event_timestamp", "_row", *LISTING_KEYS]
@@ -123,8 +133,9 @@ def recompute(settings: Settings, frame: ServedFrame, rows: pd.DataFrame) -> np.
     return feature_matrix(result, spec)
 
 
-def compare(frame: ServedFrame, served: np.ndarray, recomputed: np.ndarray, rows: pd.DataFrame,
-            options: SkewOptions) -> list[FeatureSkew]:
+def compare(
+    frame: ServedFrame, served: np.ndarray, recomputed: np.ndarray, rows: pd.DataFrame, options: SkewOptions
+) -> list[FeatureSkew]:
     """Per-feature mismatch counts of two row-aligned matrices."""
     out = []
     a = served.astype(np.float64)
@@ -144,15 +155,23 @@ def compare(frame: ServedFrame, served: np.ndarray, recomputed: np.ndarray, rows
         if len(bad):
             i = int(bad[np.argmax(np.nan_to_num(diff[bad, j], nan=np.inf))])
             example = {
-                "request_id": str(rows.request_id.iloc[i]), "item_id": str(rows.item_id.iloc[i]),
+                "request_id": str(rows.request_id.iloc[i]),
+                "item_id": str(rows.item_id.iloc[i]),
                 "served": None if a_nan[i, j] else float(a[i, j]),
                 "recomputed": None if b_nan[i, j] else float(b[i, j]),
             }
-        out.append(FeatureSkew(
-            feature=name, feature_service=frame.feature_service, rows=len(a), mismatches=int(len(bad)),
-            max_abs_diff=largest, served_missing=int(a_nan[:, j].sum()), recomputed_missing=int(b_nan[:, j].sum()),
-            example=example,
-        ))
+        out.append(
+            FeatureSkew(
+                feature=name,
+                feature_service=frame.feature_service,
+                rows=len(a),
+                mismatches=int(len(bad)),
+                max_abs_diff=largest,
+                served_missing=int(a_nan[:, j].sum()),
+                recomputed_missing=int(b_nan[:, j].sum()),
+                example=example,
+            )
+        )
     return out
 
 
@@ -176,11 +195,19 @@ def skew_report(settings: Settings, frames: list[ServedFrame], options: SkewOpti
         results += compare(frame, frame.matrix[idx], recomputed, sample, options)
         compared += len(idx)
         requests += int(sample.request_id.nunique())
-    results.sort(key=lambda r: (-r.mismatch_rate, -(r.max_abs_diff if np.isfinite(r.max_abs_diff) else 1e300), r.feature))
+    results.sort(
+        key=lambda r: (-r.mismatch_rate, -(r.max_abs_diff if np.isfinite(r.max_abs_diff) else 1e300), r.feature)
+    )
     failed = list(dict.fromkeys(r.feature for r in results if r.mismatch_rate > options.threshold))
     return {
-        "rows": compared, "requests": requests, "threshold": options.threshold, "rtol": options.rtol,
-        "atol": options.atol, "features": [r.to_dict() for r in results], "failed": failed, "ok": not failed,
+        "rows": compared,
+        "requests": requests,
+        "threshold": options.threshold,
+        "rtol": options.rtol,
+        "atol": options.atol,
+        "features": [r.to_dict() for r in results],
+        "failed": failed,
+        "ok": not failed,
     }
 
 
@@ -190,6 +217,8 @@ def skew_table(report: dict[str, Any], *, top: int = 15) -> str:
         diff = entry["max_abs_diff"]
         ex = entry["example"]
         example = f"{ex.get('item_id')}: {ex.get('served')} -> {ex.get('recomputed')}" if ex else ""
-        lines.append(f"{entry['feature']:<30} {entry['feature_service']:<18} {entry['mismatch_rate']:>8.2%} "
-                     f"{'inf' if diff is None else format(diff, '.4g'):>11}  {example}")
+        lines.append(
+            f"{entry['feature']:<30} {entry['feature_service']:<18} {entry['mismatch_rate']:>8.2%} "
+            f"{'inf' if diff is None else format(diff, '.4g'):>11}  {example}"
+        )
     return "\n".join(lines)

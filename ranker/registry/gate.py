@@ -152,9 +152,13 @@ class GateResult:
 
     def format(self) -> str:
         """A human table: one row per check, failed ones marked FAIL with their figures."""
-        header = "gate: PASSED" if self.passed else (
-            f"gate: FAILED ({len(self.failed)} of {len(self.checks)} checks failed: "
-            f"{', '.join(c.name for c in self.failed)})"
+        header = (
+            "gate: PASSED"
+            if self.passed
+            else (
+                f"gate: FAILED ({len(self.failed)} of {len(self.checks)} checks failed: "
+                f"{', '.join(c.name for c in self.failed)})"
+            )
         )
         width = max([len("check")] + [len(c.name) for c in self.checks])
         lines = [header, f"  {'check'.ljust(width)}  result  figures"]
@@ -253,12 +257,13 @@ def _check_slices(evidence: GateEvidence, policy: GatePolicy) -> GateCheck:
     if ok:
         detail = (
             f"{len(scored)} slices, worst {worst} {scored[worst]:+.4f} >= -{policy.slice_tolerance:.4f}"
-            if worst is not None else "no slices to compare"
+            if worst is not None
+            else "no slices to compare"
         )
     else:
         parts = [
-            f"{s} {evidence.champion_slice_ndcg[s]:.4f}->{evidence.challenger_slice_ndcg[s]:.4f} "
-            f"({deltas[s]:+.4f})" for s in regressed
+            f"{s} {evidence.champion_slice_ndcg[s]:.4f}->{evidence.challenger_slice_ndcg[s]:.4f} ({deltas[s]:+.4f})"
+            for s in regressed
         ]
         parts += [f"{s} missing for challenger" for s in missing]
         detail = f"drop beyond -{policy.slice_tolerance:.4f}: " + ", ".join(parts)
@@ -284,7 +289,9 @@ def _finite_or_none(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def measure_predict_ms(model_txt_path: Path | str, *, n_candidates: int = 200, repeats: int = 50, seed: int = 0) -> float:
+def measure_predict_ms(
+    model_txt_path: Path | str, *, n_candidates: int = 200, repeats: int = 50, seed: int = 0
+) -> float:
     """Median wall time (ms) of ``lightgbm.Booster.predict`` on ``n_candidates`` random float32 rows
     with the model's feature count, single-threaded (the scorer predicts one request per thread)."""
     import time

@@ -233,11 +233,21 @@ class Registry:
         except BaseException:
             self._cleanup_partial(prefix, written)
             raise
-        self._audit(name=name, action="publish", stage=None, from_version=None, to_version=version,
-                    reason=None, gate=None, extra={"model_sha256": model_sha})
+        self._audit(
+            name=name,
+            action="publish",
+            stage=None,
+            from_version=None,
+            to_version=version,
+            reason=None,
+            gate=None,
+            extra={"model_sha256": model_sha},
+        )
         return PublishResult(name=name, version=version, created=True, model_sha256=model_sha, location=self.location)
 
-    def _same_or_conflict(self, name: str, version: str, marker_bytes: bytes, model_sha: str, card: dict) -> PublishResult:
+    def _same_or_conflict(
+        self, name: str, version: str, marker_bytes: bytes, model_sha: str, card: dict
+    ) -> PublishResult:
         marker = _loads(marker_bytes, what=f"{name} {version} {COMPLETE_FILE}")
         if marker.get("model_sha256") != model_sha:
             raise RankerError(
@@ -248,7 +258,9 @@ class Registry:
         stored = self.store.get(f"{_version_prefix(name, version)}/{CARD_FILE}")
         stored_card = _loads(stored.data, what=f"{name} {version} {CARD_FILE}") if stored else None
         if stored_card != card:
-            differing = sorted(k for k in set(card) | set(stored_card or {}) if (stored_card or {}).get(k) != card.get(k))
+            differing = sorted(
+                k for k in set(card) | set(stored_card or {}) if (stored_card or {}).get(k) != card.get(k)
+            )
             raise RankerError(
                 f"{name} {version} is already published with a different card.json (fields differ: "
                 f"{', '.join(differing)}); versions are immutable, publish under a new version"
@@ -335,7 +347,9 @@ class Registry:
         model = self.store.get(f"{prefix}/{MODEL_FILE}")
         card = self.store.get(f"{prefix}/{CARD_FILE}")
         if model is None or card is None:
-            raise RankerError(f"{name} {version} is marked complete but model.txt/card.json is missing in {self.location}")
+            raise RankerError(
+                f"{name} {version} is marked complete but model.txt/card.json is missing in {self.location}"
+            )
         card_dict = _verified_card(name, version, marker, card.data)
         _verify_model(name, version, card_dict, marker, model.data)
         _install_dir(target, {MODEL_FILE: model.data, CARD_FILE: card.data})
@@ -394,8 +408,9 @@ class Registry:
                 return None
             history = list(current.history) if current else []
             if current is not None:
-                history.append({"version": current.version, "updated_at": current.updated_at,
-                                "event_id": current.event_id})
+                history.append(
+                    {"version": current.version, "updated_at": current.updated_at, "event_id": current.event_id}
+                )
             return (current.version if current else None), version, history[-_HISTORY_LIMIT:]
 
         return self._swap(name=name, stage=stage, action=action, compute=compute, reason=reason, gate=gate)
@@ -414,8 +429,9 @@ class Registry:
             self._marker(name, previous)
             return current.version, previous, list(current.history[:-1])
 
-        return self._swap(name=name, stage=stage, action="rollback", compute=compute,
-                          reason=(reason or "").strip() or None, gate=None)
+        return self._swap(
+            name=name, stage=stage, action="rollback", compute=compute, reason=(reason or "").strip() or None, gate=None
+        )
 
     def _swap(
         self,
@@ -437,12 +453,25 @@ class Registry:
             decision = compute(current)
             if decision is None:
                 assert current is not None  # compute declines only when the stage already serves the version
-                return PointerChange(name=name, stage=stage, action=action, from_version=current.version,
-                                     to_version=current.version, changed=False)
+                return PointerChange(
+                    name=name,
+                    stage=stage,
+                    action=action,
+                    from_version=current.version,
+                    to_version=current.version,
+                    changed=False,
+                )
             from_version, to_version, history = decision
             event_id = uuid.uuid4().hex
-            pointer = StagePointer(name=name, stage=stage, version=to_version, updated_at=_now_iso(),
-                                   updated_by=self.actor, event_id=event_id, history=tuple(history))
+            pointer = StagePointer(
+                name=name,
+                stage=stage,
+                version=to_version,
+                updated_at=_now_iso(),
+                updated_by=self.actor,
+                event_id=event_id,
+                history=tuple(history),
+            )
             try:
                 if stored is None:
                     self.store.put(key, _dumps(pointer.to_dict()), if_absent=True)
@@ -452,10 +481,25 @@ class Registry:
                 # Lost the race: re-read and recompute. Short jittered back-off spreads the retries.
                 time.sleep(min(0.2, 0.002 * (2 ** min(attempt, 7))) * rng.random())
                 continue
-            self._audit(name=name, action=action, stage=stage, from_version=from_version, to_version=to_version,
-                        reason=reason, gate=gate, event_id=event_id)
-            return PointerChange(name=name, stage=stage, action=action, from_version=from_version,
-                                 to_version=to_version, changed=True, event_id=event_id)
+            self._audit(
+                name=name,
+                action=action,
+                stage=stage,
+                from_version=from_version,
+                to_version=to_version,
+                reason=reason,
+                gate=gate,
+                event_id=event_id,
+            )
+            return PointerChange(
+                name=name,
+                stage=stage,
+                action=action,
+                from_version=from_version,
+                to_version=to_version,
+                changed=True,
+                event_id=event_id,
+            )
         raise RankerError(f"could not update {name} {stage}: {_CAS_ATTEMPTS} concurrent writers won first; retry")
 
     # ---------------------------------------------------------------------------------------- helpers
@@ -642,8 +686,12 @@ def _pointer_from(data: bytes, *, key: str) -> StagePointer:
     raw = _loads(data, what=key)
     try:
         return StagePointer(
-            name=raw["name"], stage=raw["stage"], version=raw["version"], updated_at=raw["updated_at"],
-            updated_by=raw.get("updated_by", ""), event_id=raw.get("event_id", ""),
+            name=raw["name"],
+            stage=raw["stage"],
+            version=raw["version"],
+            updated_at=raw["updated_at"],
+            updated_by=raw.get("updated_by", ""),
+            event_id=raw.get("event_id", ""),
             history=tuple(raw.get("history", [])),
         )
     except (KeyError, TypeError) as exc:

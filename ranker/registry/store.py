@@ -239,7 +239,7 @@ class S3Store:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _rel(self, full_key: str) -> str:
-        return full_key[len(self.prefix) + 1:] if self.prefix else full_key
+        return full_key[len(self.prefix) + 1 :] if self.prefix else full_key
 
     @property
     def client(self) -> Any:
@@ -304,7 +304,9 @@ class S3Store:
                     f"S3 refused to {action} {where} ({code}); check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
                     "or the bucket policy"
                 ) from None
-            raise RankerError(f"S3 failed to {action} {where}: {code or status} {error.get('Message', '')}".strip()) from None
+            raise RankerError(
+                f"S3 failed to {action} {where}: {code or status} {error.get('Message', '')}".strip()
+            ) from None
         except (NoCredentialsError, PartialCredentialsError) as exc:
             raise RankerError(
                 f"no AWS credentials to {action} {where}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY ({exc})"
@@ -367,7 +369,7 @@ class S3Store:
             paginator = self.client.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=self.bucket, Prefix=full, Delimiter="/"):
                 for common in page.get("CommonPrefixes", []):
-                    names.append(common["Prefix"][len(full):].rstrip("/"))
+                    names.append(common["Prefix"][len(full) :].rstrip("/"))
         return sorted(names)
 
 

@@ -114,7 +114,9 @@ def batch_score(settings: Settings, options: BatchOptions, *, progress=None) -> 
     out_scores: list[float] = []
     out_ranks: list[int] = []
     # Item-level values are the same for every user of the run: cache them for the duration of the job.
-    with OnlineFeatures(settings, service=model.card["feature_service"], timeout_s=5.0, item_cache_ttl_s=3600.0) as features:
+    with OnlineFeatures(
+        settings, service=model.card["feature_service"], timeout_s=5.0, item_cache_ttl_s=3600.0
+    ) as features:
         for user in users:
             rows = features.fetch(user_id=user, item_ids=items, query=None, request_ts=request_ts)
             if tuple(rows.feature_names) != tuple(model.card["features"]):
@@ -196,7 +198,9 @@ def _write_online(settings: Settings, surface: str, frame: pd.DataFrame) -> None
         return
     db = settings.feast_dir / "online.db"
     with sqlite3.connect(db) as con:
-        con.execute("CREATE TABLE IF NOT EXISTS ranker_topk (surface TEXT, user_id TEXT, payload TEXT, PRIMARY KEY (surface, user_id))")
+        con.execute(
+            "CREATE TABLE IF NOT EXISTS ranker_topk (surface TEXT, user_id TEXT, payload TEXT, PRIMARY KEY (surface, user_id))"
+        )
         con.executemany(
             "INSERT OR REPLACE INTO ranker_topk VALUES (?, ?, ?)", [(surface, u, p) for u, p in lists.items()]
         )
@@ -208,12 +212,15 @@ def read_online_topk(settings: Settings, surface: str, user_id: str) -> dict | N
         import redis
 
         raw: bytes | None = redis.Redis.from_url(settings.redis_url, socket_timeout=1).get(  # type: ignore[assignment]
-            f"ranker:topk:{surface}:{user_id}")  # the sync client answers bytes; its stubs also allow an Awaitable
+            f"ranker:topk:{surface}:{user_id}"
+        )  # the sync client answers bytes; its stubs also allow an Awaitable
         return json.loads(raw) if raw else None
     db = settings.feast_dir / "online.db"
     with sqlite3.connect(db) as con:
         try:
-            row = con.execute("SELECT payload FROM ranker_topk WHERE surface = ? AND user_id = ?", (surface, user_id)).fetchone()
+            row = con.execute(
+                "SELECT payload FROM ranker_topk WHERE surface = ? AND user_id = ?", (surface, user_id)
+            ).fetchone()
         except sqlite3.OperationalError:
             return None
     return json.loads(row[0]) if row else None

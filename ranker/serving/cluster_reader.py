@@ -62,8 +62,15 @@ def _merge(fs: FieldSet, n: int, pieces: list) -> Block:
 class ClusterReader:
     """Reads of a round from Feast's Redis layout on a Redis Cluster (module doc); thread-safe."""
 
-    def __init__(self, seeds: list[tuple[str, int]], timeout_s: float, map_names: np.ndarray,
-                 map_columns: np.ndarray, *, key_suffix: bytes) -> None:
+    def __init__(
+        self,
+        seeds: list[tuple[str, int]],
+        timeout_s: float,
+        map_names: np.ndarray,
+        map_columns: np.ndarray,
+        *,
+        key_suffix: bytes,
+    ) -> None:
         import redis
 
         self._redis = redis

@@ -129,17 +129,20 @@ class OnlineFeatures:
         self._project = self._plan.project.encode()
         self._backend: RedisReader | ClusterReader | SqliteReader
         if settings.online_store == "redis" and settings.redis_cluster:
-            self._backend = ClusterReader(settings.redis_seeds, timeout_s, self._plan.map_names, self._plan.map_columns,
-                                          key_suffix=self._project)
+            self._backend = ClusterReader(
+                settings.redis_seeds, timeout_s, self._plan.map_names, self._plan.map_columns, key_suffix=self._project
+            )
         elif settings.online_store == "redis":
-            self._backend = RedisReader(settings.redis_url, timeout_s, self._plan.map_names, self._plan.map_columns,
-                                        key_suffix=self._project)
+            self._backend = RedisReader(
+                settings.redis_url, timeout_s, self._plan.map_names, self._plan.map_columns, key_suffix=self._project
+            )
         else:  # its keys: the serialized entity key alone
             path = feast_compat.sqlite_path(repo_config(settings))
             self._backend = SqliteReader(path, timeout_s, self._plan.listing_table)
         self._cache = (
             ItemCache(item_cache_ttl_s, item_cache_size, self._plan.cache_width)
-            if item_cache_ttl_s > 0 and item_cache_size > 0 else None
+            if item_cache_ttl_s > 0 and item_cache_size > 0
+            else None
         )
         self._clock = time.monotonic  # the item cache's clock
         self.cache_hits = 0
@@ -147,8 +150,15 @@ class OnlineFeatures:
         self._count_lock = threading.Lock()
 
     # -- public API --------------------------------------------------------------------------------
-    def fetch(self, *, user_id: str, item_ids: Sequence[str], query: str | None, request_ts: int,
-              deadline: float | None = None) -> FeatureRows:
+    def fetch(
+        self,
+        *,
+        user_id: str,
+        item_ids: Sequence[str],
+        query: str | None,
+        request_ts: int,
+        deadline: float | None = None,
+    ) -> FeatureRows:
         """Feature rows for ``item_ids`` (any order, repeats allowed) as the service defines them.
 
         ``deadline`` (a ``time.monotonic()`` instant): every wait on the store ends by then (Redis:
@@ -256,8 +266,9 @@ class OnlineFeatures:
             return None
         return hit_rows, missed, cnum, cstr
 
-    def _place_cached(self, got: Gathered, columns: dict, hit_rows: np.ndarray, cnum: np.ndarray,
-                      cstr: np.ndarray) -> None:
+    def _place_cached(
+        self, got: Gathered, columns: dict, hit_rows: np.ndarray, cnum: np.ndarray, cstr: np.ndarray
+    ) -> None:
         """The cached item-level values at their rows, and the cached listings' seller and category."""
         plan = self._plan
         for g, group in enumerate(plan.groups):

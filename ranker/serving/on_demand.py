@@ -38,8 +38,9 @@ def stored_function(odfv: Any) -> Callable:
 
 def frame_of(inputs: Mapping[str, Any]) -> pd.DataFrame:
     """The DataFrame Feast would pass: numbers as float64 with NaN, strings as objects with None."""
-    return pd.DataFrame({k: (np.array(v, dtype=object) if isinstance(v, list) else v) for k, v in inputs.items()},
-                        copy=False)
+    return pd.DataFrame(
+        {k: (np.array(v, dtype=object) if isinstance(v, list) else v) for k, v in inputs.items()}, copy=False
+    )
 
 
 def output_column(out: Any, name: str) -> np.ndarray:

@@ -147,8 +147,10 @@ class Plan:
         for name in (*LISTING_KEYS, SOLD_FIELD):
             self._need(LISTING_VIEW, name)
         self._collect_service(spec, {v.name: v for v in store.list_on_demand_feature_views()})
-        self._tables = {v: feast_compat.sqlite_table(self.project, self._views[v], versioning=self._versioning)
-                        for v in self._needed}
+        self._tables = {
+            v: feast_compat.sqlite_table(self.project, self._views[v], versioning=self._versioning)
+            for v in self._needed
+        }
         self._build_groups()
         self._locate_fields()
         self._locate_listing()
@@ -267,7 +269,9 @@ class Plan:
         listing = self.groups[self.item_group]
         sold_fields = [f for f in listing.fields if f[0] == LISTING_VIEW and f[1] == SOLD_FIELD]
         self.sold_fieldset = FieldSet.build(
-            sold_fields, [self._redis_field(LISTING_VIEW, SOLD_FIELD)], self._tables,
+            sold_fields,
+            [self._redis_field(LISTING_VIEW, SOLD_FIELD)],
+            self._tables,
             hash_fields=1 << 30,  # one field: always HMGET
         )
         listing.fieldset.presence = self.sold_fieldset.presence = True

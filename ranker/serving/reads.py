@@ -48,8 +48,9 @@ class Block(NamedTuple):
     @classmethod
     def empty(cls, fs: FieldSet) -> Block:
         """The block of a read with no keys."""
-        return cls(np.empty((0, fs.n_num)), np.empty((0, fs.n_num), dtype=bool),
-                   np.empty((0, fs.n - fs.n_num), dtype=object))
+        return cls(
+            np.empty((0, fs.n_num)), np.empty((0, fs.n_num), dtype=bool), np.empty((0, fs.n - fs.n_num), dtype=object)
+        )
 
 
 class EntityKeys(NamedTuple):

@@ -44,8 +44,9 @@ class RedisReader:
 
     RECEIVE_BUFFER = 1 << 18  # bytes per thread to start with; doubled while a round's replies need more
 
-    def __init__(self, url: str, timeout_s: float, map_names: np.ndarray, map_columns: np.ndarray, *,
-                 key_suffix: bytes) -> None:
+    def __init__(
+        self, url: str, timeout_s: float, map_names: np.ndarray, map_columns: np.ndarray, *, key_suffix: bytes
+    ) -> None:
         import redis
 
         from ranker.serving import resp
@@ -57,7 +58,10 @@ class RedisReader:
         # URL without password or db number connecting is the TCP connect alone and every later
         # wait is bounded by the request's deadline (AUTH/SELECT handshakes by timeout_s).
         self._pool = redis.ConnectionPool.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=0,
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            health_check_interval=0,
             driver_info=None,
         )
         self._local = threading.local()  # the receive buffer of each thread
@@ -205,7 +209,10 @@ class RedisReader:
         n = resp.encode_commands(
             np.frombuffer(b"".join(values), dtype=np.uint8),
             np.concatenate(lens) if lens else np.zeros(0, dtype=np.int64),
-            np.array(columns, dtype=np.int64), np.array(rows, dtype=np.int64), self._frames, out,
+            np.array(columns, dtype=np.int64),
+            np.array(rows, dtype=np.int64),
+            self._frames,
+            out,
         )
         if n < 0:
             raise AssertionError("entity key commands larger than their bound")  # a bug, never the store's

@@ -113,7 +113,12 @@ def parse_replies(buf, end, widths, table_of, names, columns, off, ln, state):
                     return NEED_MORE if p == -1 else BAD_TYPE
                 if size != 4:
                     continue
-                key = np.uint32(buf[o]) | (np.uint32(buf[o + 1]) << 8) | (np.uint32(buf[o + 2]) << 16) | (np.uint32(buf[o + 3]) << 24)
+                key = (
+                    np.uint32(buf[o])
+                    | (np.uint32(buf[o + 1]) << 8)
+                    | (np.uint32(buf[o + 2]) << 16)
+                    | (np.uint32(buf[o + 3]) << 24)
+                )
                 slot = np.int64(key & np.uint32(mask))
                 while columns[t, slot] >= 0:
                     if names[t, slot] == key:
@@ -336,7 +341,16 @@ def encode_commands(data, lengths, columns, reads, frames, out):
         cursor[c] = columns[c, 0]
     for r in range(reads.shape[0]):
         count, c0, nc = reads[r, 0], reads[r, 1], reads[r, 2]
-        h0, hn, p0, pn, t0, tn, s0, sn = reads[r, 3], reads[r, 4], reads[r, 5], reads[r, 6], reads[r, 7], reads[r, 8], reads[r, 9], reads[r, 10]
+        h0, hn, p0, pn, t0, tn, s0, sn = (
+            reads[r, 3],
+            reads[r, 4],
+            reads[r, 5],
+            reads[r, 6],
+            reads[r, 7],
+            reads[r, 8],
+            reads[r, 9],
+            reads[r, 10],
+        )
         for i in range(count):
             size = pn + sn
             for c in range(c0, c0 + nc):
@@ -390,8 +404,21 @@ def warm_up() -> None:
     ln = np.full(4, -1, dtype=np.int64)
     state = np.zeros(3, dtype=np.int64)
     names, columns = name_table([b"num_", b"name"])
-    if parse_replies(buf, buf.size, np.full(2, 2, dtype=np.int64), np.array([-1, 0], dtype=np.int64), names, columns,
-                     off, ln, state) != DONE or not (ln == [5, 3, 5, 3]).all():
+    if (
+        parse_replies(
+            buf,
+            buf.size,
+            np.full(2, 2, dtype=np.int64),
+            np.array([-1, 0], dtype=np.int64),
+            names,
+            columns,
+            off,
+            ln,
+            state,
+        )
+        != DONE
+        or not (ln == [5, 3, 5, 3]).all()
+    ):
         raise AssertionError("RESP kernel self-test failed")
     o2, l2 = off.reshape(2, 2), ln.reshape(2, 2)
     for cols in (slice(0, 1), slice(0, 2)):  # strided, contiguous
@@ -405,7 +432,7 @@ def warm_up() -> None:
         string_spans(buf, o2[:, cols], l2[:, cols], a, b)
         first = np.empty(a.size, dtype=np.int64)
         group_spans(buf, a.ravel(), b.ravel(), first)
-    if bytes(buf[a[0, 1]:b[0, 1]]) != b"a" or first[3] != 1:
+    if bytes(buf[a[0, 1] : b[0, 1]]) != b"a" or first[3] != 1:
         raise AssertionError("string kernel self-test failed")
     gathered = np.empty(16, dtype=np.uint8)
     n = gather_spans(buf, a.ravel(), b.ravel(), gathered)

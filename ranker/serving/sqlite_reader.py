@@ -38,7 +38,10 @@ class SqliteReader:
             if not self.path.exists():
                 raise sqlite3.OperationalError(f"{self.path} does not exist: run `ranker features materialize`")
             conn = sqlite3.connect(
-                f"{self.path.as_uri()}?mode=ro", uri=True, timeout=self.timeout_s, check_same_thread=False,
+                f"{self.path.as_uri()}?mode=ro",
+                uri=True,
+                timeout=self.timeout_s,
+                check_same_thread=False,
                 cached_statements=512,
             )
             self._local.conn = conn
@@ -88,11 +91,13 @@ class SqliteReader:
             if text.size:
                 strings = decode_strings(grid[:, fs.n_num :].ravel().tolist())
                 text[:] = np.array(strings, dtype=object).reshape(text.shape)
-            out.append(Block(
-                values=decode_numbers(nums.ravel().tolist()).reshape(nums.shape),
-                present=(nums != None),  # noqa: E711 - element-wise on an object array
-                text=text,
-            ))
+            out.append(
+                Block(
+                    values=decode_numbers(nums.ravel().tolist()).reshape(nums.shape),
+                    present=(nums != None),  # noqa: E711 - element-wise on an object array
+                    text=text,
+                )
+            )
         return out
 
     def ping(self) -> bool:

@@ -138,8 +138,17 @@ class CompiledTrees:
             matrix = np.ascontiguousarray(matrix)
         if matrix.shape[0] == 0:
             return np.empty(0, dtype=np.float64)
-        return _predict(matrix, self.nodes, self.values, self.roots, self.depths, self.tiles,
-                        self.column_feature, self.column_nan, self.column_zero)
+        return _predict(
+            matrix,
+            self.nodes,
+            self.values,
+            self.roots,
+            self.depths,
+            self.tiles,
+            self.column_feature,
+            self.column_nan,
+            self.column_zero,
+        )
 
     def verify(self, booster: Any, probe: np.ndarray | None = None) -> None:
         """Raise :class:`UnsupportedModel` unless :meth:`predict` equals LightGBM bit for bit on
@@ -184,18 +193,35 @@ def boundary_probe(compiled: CompiledTrees, *, seed: int = 0) -> np.ndarray:
     thresholds = compiled.values[0::NODE_WORDS]
     f32 = np.float32
     tiny, largest = f32(ZERO_THRESHOLD), float(np.finfo(f32).max)
-    near_zero = [ZERO_THRESHOLD, np.nextafter(ZERO_THRESHOLD, 1.0), np.nextafter(ZERO_THRESHOLD, 0.0),
-                 np.nextafter(tiny, f32(1)), np.nextafter(tiny, f32(0)), 1e-40]
-    special = [np.nan, 0.0, -0.0, np.inf, -np.inf, largest, -largest] + [s * float(z) for z in near_zero for s in (1, -1)]
+    near_zero = [
+        ZERO_THRESHOLD,
+        np.nextafter(ZERO_THRESHOLD, 1.0),
+        np.nextafter(ZERO_THRESHOLD, 0.0),
+        np.nextafter(tiny, f32(1)),
+        np.nextafter(tiny, f32(0)),
+        1e-40,
+    ]
+    special = [np.nan, 0.0, -0.0, np.inf, -np.inf, largest, -largest] + [
+        s * float(z) for z in near_zero for s in (1, -1)
+    ]
     columns = []
     for feature in range(compiled.num_features):
         t = np.unique(thresholds[split_feature == feature])
         with np.errstate(over="ignore"):
             t32 = t.astype(f32)
-        columns.append(np.concatenate([
-            t, np.nextafter(t, -np.inf), np.nextafter(t, np.inf),
-            t32, np.nextafter(t32, f32(-np.inf)), np.nextafter(t32, f32(np.inf)), special,
-        ]).astype(np.float64))
+        columns.append(
+            np.concatenate(
+                [
+                    t,
+                    np.nextafter(t, -np.inf),
+                    np.nextafter(t, np.inf),
+                    t32,
+                    np.nextafter(t32, f32(-np.inf)),
+                    np.nextafter(t32, f32(np.inf)),
+                    special,
+                ]
+            ).astype(np.float64)
+        )
     rows = max((c.size for c in columns), default=1)
     probe = np.empty((rows, compiled.num_features))
     for feature, values in enumerate(columns):
@@ -211,18 +237,24 @@ def _mismatch(mine: np.ndarray, theirs: np.ndarray, what: str, dtype: np.dtype) 
     differ = np.flatnonzero(mine.view(np.uint64) != theirs.view(np.uint64))
     with np.errstate(invalid="ignore"):
         worst = float(np.max(np.abs(mine[differ] - theirs[differ])))
-    return (f"compiled trees differ from LightGBM's {what} on {differ.size} of {mine.size} {np.dtype(dtype).name} "
-            f"probe rows (first: row {differ[0]}, largest difference {worst:.3g}); keeping LightGBM")
+    return (
+        f"compiled trees differ from LightGBM's {what} on {differ.size} of {mine.size} {np.dtype(dtype).name} "
+        f"probe rows (first: row {differ[0]}, largest difference {worst:.3g}); keeping LightGBM"
+    )
 
 
 def _check_model(dump: dict) -> None:
     """Refuse, with the reason, the model kinds the kernel does not compute."""
     classes, per_iteration = int(dump.get("num_class", 1)), int(dump.get("num_tree_per_iteration", 1))
     if classes != 1 or per_iteration != 1:
-        raise UnsupportedModel(f"model has {classes} classes and {per_iteration} trees per iteration: only "
-                               "single-output models are compiled; keeping LightGBM")
+        raise UnsupportedModel(
+            f"model has {classes} classes and {per_iteration} trees per iteration: only "
+            "single-output models are compiled; keeping LightGBM"
+        )
     if dump.get("average_output"):
-        raise UnsupportedModel("model averages its trees (random forest): only summed trees are compiled; keeping LightGBM")
+        raise UnsupportedModel(
+            "model averages its trees (random forest): only summed trees are compiled; keeping LightGBM"
+        )
 
 
 def _text_thresholds(model_text: str) -> dict[int, list[float]]:
@@ -294,7 +326,9 @@ class _Builder:
         name = self.feature_names[feature] if feature < len(self.feature_names) else feature
         where = f"tree {tree} split {node['split_index']} (feature {name})"
         if node.get("decision_type") != "<=":
-            raise UnsupportedModel(f"{where} is categorical ('{node.get('decision_type')}'): not compiled; keeping LightGBM")
+            raise UnsupportedModel(
+                f"{where} is categorical ('{node.get('decision_type')}'): not compiled; keeping LightGBM"
+            )
         threshold = _exact_threshold(node, where, exact_thresholds)
         missing, side = node.get("missing_type"), "left" if node.get("default_left") else "right"
         if missing == "NaN":
@@ -356,8 +390,10 @@ def _exact_threshold(node: dict, where: str, exact_thresholds: list[float] | Non
     clamped = abs(dumped) >= DUMP_LIMIT
     if exact_thresholds is None:
         if clamped:
-            raise UnsupportedModel(f"{where} has threshold {dumped!r}, clamped by dump_model: compile from the booster "
-                                   "(it reads the model text); keeping LightGBM")
+            raise UnsupportedModel(
+                f"{where} has threshold {dumped!r}, clamped by dump_model: compile from the booster "
+                "(it reads the model text); keeping LightGBM"
+            )
         return float(dumped)
     index = int(node["split_index"])
     exact = exact_thresholds[index] if index < len(exact_thresholds) else math.nan
@@ -366,7 +402,9 @@ def _exact_threshold(node: dict, where: str, exact_thresholds: list[float] | Non
     else:
         agrees = exact == dumped
     if not agrees:
-        raise UnsupportedModel(f"{where}: threshold {dumped!r} in dump_model but {exact!r} in the model text; keeping LightGBM")
+        raise UnsupportedModel(
+            f"{where}: threshold {dumped!r} in dump_model but {exact!r} in the model text; keeping LightGBM"
+        )
     return exact
 
 
@@ -466,17 +504,36 @@ def _warm_up_dump() -> dict:
     single-leaf tree."""
 
     def split(index, feature, threshold, missing, default_left, left, right):
-        return {"split_index": index, "split_feature": feature, "threshold": threshold, "decision_type": "<=",
-                "missing_type": missing, "default_left": default_left, "left_child": left, "right_child": right}
+        return {
+            "split_index": index,
+            "split_feature": feature,
+            "threshold": threshold,
+            "decision_type": "<=",
+            "missing_type": missing,
+            "default_left": default_left,
+            "left_child": left,
+            "right_child": right,
+        }
 
     def leaf(value):
         return {"leaf_value": value}
 
-    tree = split(0, 0, 0.5, "NaN", False,
-                 split(1, 1, -1.0, "Zero", False, leaf(1.0), leaf(2.0)),
-                 split(2, 1, 3.0, "None", False, leaf(4.0), leaf(8.0)))
-    return {"num_class": 1, "num_tree_per_iteration": 1, "max_feature_idx": 1, "objective": "regression",
-            "tree_info": [{"tree_structure": tree}, {"tree_structure": leaf(16.0)}]}
+    tree = split(
+        0,
+        0,
+        0.5,
+        "NaN",
+        False,
+        split(1, 1, -1.0, "Zero", False, leaf(1.0), leaf(2.0)),
+        split(2, 1, 3.0, "None", False, leaf(4.0), leaf(8.0)),
+    )
+    return {
+        "num_class": 1,
+        "num_tree_per_iteration": 1,
+        "max_feature_idx": 1,
+        "objective": "regression",
+        "tree_info": [{"tree_structure": tree}, {"tree_structure": leaf(16.0)}],
+    }
 
 
 def warm_up() -> None:

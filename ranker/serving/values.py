@@ -148,4 +148,3 @@ def decode_strings(cells: list) -> list:
 def coerced(values: Any) -> np.ndarray:
     """float64 of a column, as :func:`ranker.training.dataset.feature_matrix` coerces Feast's output."""
     return pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(np.float64, na_value=np.nan)
-

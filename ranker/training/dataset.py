@@ -120,7 +120,7 @@ def labelled_impressions(settings: Settings, options: DatasetOptions) -> pd.Data
         LEFT JOIN read_parquet('{listings}') l ON l.item_id = i.item_id
         LEFT JOIN eng ON eng.request_id = i.request_id AND eng.item_id = i.item_id
                      AND eng.timestamp > i.timestamp AND eng.timestamp <= i.timestamp + $window
-        WHERE {' AND '.join(where)}
+        WHERE {" AND ".join(where)}
         GROUP BY ALL
         ORDER BY i.timestamp, i.request_id, position
     """
@@ -152,7 +152,7 @@ def _labelled_table(settings: Settings, options: DatasetOptions) -> pa.Table:
     sql = f"""
         WITH i AS (
             SELECT request_id, timestamp, user_id, item_id, position, query
-            FROM read_parquet('{events}') WHERE {' AND '.join(where)}),
+            FROM read_parquet('{events}') WHERE {" AND ".join(where)}),
         eng AS (
             SELECT request_id, item_id, timestamp, CASE event_type {grade} END AS grade
             FROM read_parquet('{events}') WHERE event_type <> 'impression'),
@@ -308,8 +308,14 @@ def _duckdb_settings(con, values: dict) -> dict:
     return previous
 
 
-def build_dataset(settings: Settings, options: DatasetOptions, *, progress=None, timings: dict | None = None,
-                  engine: str | None = None) -> dict:
+def build_dataset(
+    settings: Settings,
+    options: DatasetOptions,
+    *,
+    progress=None,
+    timings: dict | None = None,
+    engine: str | None = None,
+) -> dict:
     """Build the training set for a surface; returns the manifest (also written beside it).
 
     ``engine`` runs the point-in-time join: ``duckdb`` (Feast's ``get_historical_features``) or
@@ -434,7 +440,9 @@ def build_dataset(settings: Settings, options: DatasetOptions, *, progress=None,
         "window": {
             "start": ts.min().isoformat(),
             "end": ts.max().isoformat(),
-            "requested": {k: (v.isoformat() if v else None) for k, v in (("start", options.start), ("end", options.end))},
+            "requested": {
+                k: (v.isoformat() if v else None) for k, v in (("start", options.start), ("end", options.end))
+            },
         },
         "rows": int(n),
         "groups": int(len(starts)),
@@ -456,8 +464,17 @@ def build_dataset(settings: Settings, options: DatasetOptions, *, progress=None,
     return manifest
 
 
-def _spark_chunks(settings: Settings, store, options: DatasetOptions, spec, rows: pa.Table,
-                  boundaries: list[tuple[int, int]], out_dir: Path, sink: _ChunkSink, tick) -> None:
+def _spark_chunks(
+    settings: Settings,
+    store,
+    options: DatasetOptions,
+    spec,
+    rows: pa.Table,
+    boundaries: list[tuple[int, int]],
+    out_dir: Path,
+    sink: _ChunkSink,
+    tick,
+) -> None:
     """The point-in-time join on Spark: the entity rows go to parquet, Spark joins and writes the
     features (ordered by row), the sink gets them back chunk by chunk with the on-demand features."""
     import shutil
@@ -479,8 +496,9 @@ def _spark_chunks(settings: Settings, store, options: DatasetOptions, spec, rows
             odfvs = pit_join_to_parquet(spark, settings, store, options.service, entity_path, features_path)
         t = tick("spark_join", t)
         with in_feature_repo(settings.feature_repo):
-            for (lo, hi), result in zip(boundaries, historical_feature_chunks(features_path, boundaries, odfvs),
-                                        strict=True):
+            for (lo, hi), result in zip(
+                boundaries, historical_feature_chunks(features_path, boundaries, odfvs), strict=True
+            ):
                 t = tick("feast_execute", t)
                 sink.put(rows.slice(lo, hi - lo), result)
                 del result
@@ -494,6 +512,7 @@ def _spark_chunks(settings: Settings, store, options: DatasetOptions, spec, rows
 def _output_frame(chunk: pa.Table, spec, matrix: np.ndarray) -> pd.DataFrame:
     """The output rows of a chunk as pandas: metadata columns, then the features in service order.
     (Defines the output schema; the build writes the same rows through Arrow.)"""
+
     def text(name: str) -> np.ndarray:
         return chunk.column(name).to_numpy(zero_copy_only=False).astype(str).astype(object)
 
@@ -583,7 +602,9 @@ def load_dataset(settings: Settings, surface: str) -> tuple[pd.DataFrame, dict]:
     d = dataset_dir(settings, surface)
     manifest_path = d / "manifest.json"
     if not manifest_path.exists():
-        raise DatasetError(f"no training set for {surface!r} in {d}: run `ranker dataset build --surface {surface}` first")
+        raise DatasetError(
+            f"no training set for {surface!r} in {d}: run `ranker dataset build --surface {surface}` first"
+        )
     manifest = json.loads(manifest_path.read_text())
     return pd.read_parquet(d / "dataset.parquet"), manifest
 

@@ -61,14 +61,17 @@ def dask_client(settings: Settings, *, threads_per_worker: int) -> Iterator[Any]
         with Client(settings.dask_scheduler, timeout="30s") as client:
             yield client
         return
-    with LocalCluster(
-        n_workers=settings.dask_workers,
-        threads_per_worker=threads_per_worker,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-        silence_logs=40,
-    ) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=settings.dask_workers,
+            threads_per_worker=threads_per_worker,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            silence_logs=40,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         yield client
 
 
@@ -135,11 +138,17 @@ def fit_dask(
         for i, (lo, hi) in enumerate(bounds):
             where = [addresses[i % len(addresses)]]
             sizes = _group_sizes(request_ids[lo:hi])
-            x_parts.append(da.from_delayed(client.scatter(matrix[lo:hi], workers=where), shape=(hi - lo, len(features)),
-                                           dtype=np.float32))
-            y_parts.append(da.from_delayed(client.scatter(labels[lo:hi], workers=where), shape=(hi - lo,),
-                                           dtype=labels.dtype))
-            g_parts.append(da.from_delayed(client.scatter(sizes, workers=where), shape=(len(sizes),), dtype=sizes.dtype))
+            x_parts.append(
+                da.from_delayed(
+                    client.scatter(matrix[lo:hi], workers=where), shape=(hi - lo, len(features)), dtype=np.float32
+                )
+            )
+            y_parts.append(
+                da.from_delayed(client.scatter(labels[lo:hi], workers=where), shape=(hi - lo,), dtype=labels.dtype)
+            )
+            g_parts.append(
+                da.from_delayed(client.scatter(sizes, workers=where), shape=(len(sizes),), dtype=sizes.dtype)
+            )
         X, y, group = da.concatenate(x_parts), da.concatenate(y_parts), da.concatenate(g_parts)
         # num_threads is set per worker by lightgbm.dask; the rest are the single-process params.
         dask_params = {k: v for k, v in params.items() if k not in ("num_threads", "metric", "eval_at")}

@@ -194,7 +194,10 @@ def evaluate_frame(
         ci = metrics.paired_bootstrap_ci(
             per_group["model"]["ndcg@10"], per_group[name]["ndcg@10"], n_boot=n_boot, seed=seed
         )
-        out["ci"][f"model-vs-{name}"] = {"metric": "ndcg@10", **{k: finite_or_none(v) if isinstance(v, float) else v for k, v in ci.items()}}
+        out["ci"][f"model-vs-{name}"] = {
+            "metric": "ndcg@10",
+            **{k: finite_or_none(v) if isinstance(v, float) else v for k, v in ci.items()},
+        }
     if "oracle" in scores:
         utility = scores["oracle"]
         out["true_utility"] = {
@@ -216,7 +219,9 @@ def quality_bar(evaluation_metrics: dict) -> list[str]:
         if baseline == "oracle":
             continue
         if not (ci.get("low") is not None and ci["low"] > 0):
-            problems.append(f"click NDCG@10 vs {baseline}: diff {ci.get('diff')} CI [{ci.get('low')}, {ci.get('high')}]")
+            problems.append(
+                f"click NDCG@10 vs {baseline}: diff {ci.get('diff')} CI [{ci.get('low')}, {ci.get('high')}]"
+            )
     truth = evaluation_metrics.get("true_utility") or {}
     for name, value in truth.items():
         if name not in ("model", "oracle") and value is not None and truth["model"] <= value:
@@ -224,7 +229,9 @@ def quality_bar(evaluation_metrics: dict) -> list[str]:
     return problems
 
 
-def evaluate_model(settings: Settings, model_dir: Path, *, n_boot: int = 1000, seed: int = 0, write: bool = True) -> dict:
+def evaluate_model(
+    settings: Settings, model_dir: Path, *, n_boot: int = 1000, seed: int = 0, write: bool = True
+) -> dict:
     """Evaluate a model folder on its test window; store the result in its card and write
     ``report.html`` beside it. Returns the evaluation dict (see ``ranker.training.report``)."""
     from ranker.training.report import write_report
@@ -241,7 +248,9 @@ def evaluate_model(settings: Settings, model_dir: Path, *, n_boot: int = 1000, s
         "feature_importance": model.card.get("feature_importance", {}),
         "score_distributions": {name: [float(v) for v in s[sample]] for name, s in scores.items()},
         "ndcg_curve": {
-            name: [finite_or_none(v) for v in metrics.ndcg_curve(frame.request_id.to_numpy(), frame.label.to_numpy(), s)]
+            name: [
+                finite_or_none(v) for v in metrics.ndcg_curve(frame.request_id.to_numpy(), frame.label.to_numpy(), s)
+            ]
             for name, s in scores.items()
         },
         "test_window": {

@@ -55,7 +55,9 @@ def _examination(props: pd.DataFrame) -> dict[int, float] | None:
     return {int(k): float(v / first) for k, v in ctr.items()}
 
 
-def _candidate_scores(settings: Settings, model, rows: pd.DataFrame, listings: pd.DataFrame) -> list[tuple[np.ndarray, np.ndarray]]:
+def _candidate_scores(
+    settings: Settings, model, rows: pd.DataFrame, listings: pd.DataFrame
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """For each logged row: (candidate item ids, model scores) with features fetched from Feast
     at the row's time."""
     from ranker.features.store import feature_store, in_feature_repo, service_spec
@@ -68,7 +70,9 @@ def _candidate_scores(settings: Settings, model, rows: pd.DataFrame, listings: p
         live = lst.loc[items]
         ok = (live.created_at <= row.timestamp) & (live.sold_at.isna() | (live.sold_at > row.timestamp))
         items = items[ok.to_numpy()]
-        entity.append(pd.DataFrame({"_row": i, "item_id": items, "user_id": row.user_id, "event_timestamp": row.timestamp}))
+        entity.append(
+            pd.DataFrame({"_row": i, "item_id": items, "user_id": row.user_id, "event_timestamp": row.timestamp})
+        )
     frame = pd.concat(entity, ignore_index=True)
     frame["seller_id"] = frame.item_id.map(lst.seller_id).astype(str)
     frame["category"] = frame.item_id.map(lst.category).astype(str)
@@ -102,8 +106,15 @@ def _tie_block(items: np.ndarray, scores: np.ndarray, logged: str) -> tuple[int,
     return int((scores > s).sum()) + 1, int((scores >= s).sum())
 
 
-def weights(blocks: np.ndarray, slots: np.ndarray, p: np.ndarray, *, n_slots: int,
-            theta: dict[int, float] | None, assumption: str) -> np.ndarray:
+def weights(
+    blocks: np.ndarray,
+    slots: np.ndarray,
+    p: np.ndarray,
+    *,
+    n_slots: int,
+    theta: dict[int, float] | None,
+    assumption: str,
+) -> np.ndarray:
     """Importance weights of a ranking (``blocks``: the rank range [lo, hi] it gives each logged
     item, ties shared uniformly), i.e. E[target probability] / logging propensity."""
     lo, hi = blocks[:, 0], blocks[:, 1]
@@ -148,7 +159,8 @@ def estimate(r: np.ndarray, w: np.ndarray, boot: np.ndarray) -> dict:
         "ips_normal_ci": [ips - 1.96 * se, ips + 1.96 * se],
         "snips": float(rw.sum() / total_w) if total_w > 0 else None,
         "snips_ci": [float(np.nanpercentile(b_snips, 2.5)), float(np.nanpercentile(b_snips, 97.5))]
-        if np.isfinite(b_snips).any() else None,
+        if np.isfinite(b_snips).any()
+        else None,
         "matched_rows": int((w > 0).sum()),
         "matched_clicks": int(((w > 0) & (r > 0)).sum()),
         "ess": float(total_w**2 / (w**2).sum()) if (w > 0).any() else 0.0,
@@ -156,8 +168,15 @@ def estimate(r: np.ndarray, w: np.ndarray, boot: np.ndarray) -> dict:
     }
 
 
-def evaluate_ips(settings: Settings, model_dir: Path, *, n_boot: int = 1000, seed: int = 0,
-                 max_rows: int | None = None, write: bool = True) -> dict:
+def evaluate_ips(
+    settings: Settings,
+    model_dir: Path,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    max_rows: int | None = None,
+    write: bool = True,
+) -> dict:
     """Off-policy CTR of the model's ranking on the logged rounds of its test window, per logging
     policy; stored in the card under ``off_policy`` (when ``write``)."""
     from ranker.training.evaluate import _popularity, load_model
@@ -165,7 +184,9 @@ def evaluate_ips(settings: Settings, model_dir: Path, *, n_boot: int = 1000, see
 
     path = settings.raw_dir / f"{PROPENSITIES}.parquet"
     if not path.exists():
-        raise IPSError(f"{path} not found: off-policy evaluation needs a log with propensities (ranker data import --format open-bandit)")
+        raise IPSError(
+            f"{path} not found: off-policy evaluation needs a log with propensities (ranker data import --format open-bandit)"
+        )
     model = load_model(model_dir)
     split = Split.from_dict(model.card["split"])
     props = pd.read_parquet(path)
@@ -175,17 +196,24 @@ def evaluate_ips(settings: Settings, model_dir: Path, *, n_boot: int = 1000, see
     if test.empty:
         raise IPSError(f"no logged rounds after {split.valid_end} (the model's test window)")
     if max_rows is not None and len(test) > max_rows:
-        test = test.sample(n=max_rows, random_state=seed).sort_values(["timestamp", "request_id"]).reset_index(drop=True)
+        test = (
+            test.sample(n=max_rows, random_state=seed).sort_values(["timestamp", "request_id"]).reset_index(drop=True)
+        )
     listings = schema.read_table(settings.raw_dir, schema.LISTINGS)
     cands = _candidate_scores(settings, model, test, listings)
     n_slots = int(props.position.max())
-    model_ranks = np.array([_tie_block(items, s, a) for (items, s), a in zip(cands, test.item_id, strict=False)]).reshape(-1, 2)
+    model_ranks = np.array(
+        [_tie_block(items, s, a) for (items, s), a in zip(cands, test.item_id, strict=False)]
+    ).reshape(-1, 2)
     all_items = pd.Series(np.concatenate([items for items, _ in cands])).unique()
     pop = pd.Series(
         _popularity(settings, pd.Series(all_items), split, model.card["training_window"]["start"]), index=all_items
     )
     pop_ranks = np.array(
-        [_tie_block(items, pop.reindex(items).to_numpy(), a) for (items, _), a in zip(cands, test.item_id, strict=False)]
+        [
+            _tie_block(items, pop.reindex(items).to_numpy(), a)
+            for (items, _), a in zip(cands, test.item_id, strict=False)
+        ]
     ).reshape(-1, 2)
     n_cand = np.array([len(items) for items, _ in cands], dtype=np.float64)
     rng = np.random.default_rng(seed)
@@ -223,11 +251,17 @@ def evaluate_ips(settings: Settings, model_dir: Path, *, n_boot: int = 1000, see
             for name, w in (
                 ("model", weights(model_ranks[part_idx], k, p, n_slots=n_slots, theta=theta, assumption=assumption)),
                 ("popularity", weights(pop_ranks[part_idx], k, p, n_slots=n_slots, theta=theta, assumption=assumption)),
-                ("uniform_random", _uniform_weights(n_cand[part_idx], k, p, n_slots=n_slots, theta=theta, assumption=assumption)),
+                (
+                    "uniform_random",
+                    _uniform_weights(n_cand[part_idx], k, p, n_slots=n_slots, theta=theta, assumption=assumption),
+                ),
             ):
                 est = estimate(r, w, boot)
                 b = est.pop("_boot")
-                est["ips_minus_logged_ci"] = [float(np.percentile(b - b_logged, 2.5)), float(np.percentile(b - b_logged, 97.5))]
+                est["ips_minus_logged_ci"] = [
+                    float(np.percentile(b - b_logged, 2.5)),
+                    float(np.percentile(b - b_logged, 97.5)),
+                ]
                 per[name] = est
             entry["estimators"][assumption] = per
         out["policies"][policy] = entry
@@ -247,18 +281,24 @@ def _none_for_nan(value):
 
 def ips_table(result: dict) -> str:
     """The comparison as text: per logging policy, the logged CTR and each ranking's estimates."""
+
     def pct(x):
         return "   n/a" if x is None or not np.isfinite(x) else f"{100 * x:6.3f}"
 
     def ci(pair):
         return "[   n/a,    n/a]" if not pair else f"[{pct(pair[0])}, {pct(pair[1])}]"
 
-    lines = [f"Off-policy CTR (%) on the {result['window']['rows']:,} logged rounds after {result['window']['start']} "
-             f"(95% bootstrap intervals; examination by slot: "
-             + (", ".join(f"{k}: {v:.2f}" for k, v in (result["examination"] or {}).items()) or "n/a") + ")"]
+    lines = [
+        f"Off-policy CTR (%) on the {result['window']['rows']:,} logged rounds after {result['window']['start']} "
+        f"(95% bootstrap intervals; examination by slot: "
+        + (", ".join(f"{k}: {v:.2f}" for k, v in (result["examination"] or {}).items()) or "n/a")
+        + ")"
+    ]
     for policy, e in result["policies"].items():
-        lines.append(f"logging policy {policy}: {e['rows']:,} rounds, {e['clicks']} clicks, "
-                     f"actual CTR {pct(e['logged_ctr'])} {ci(e['logged_ctr_ci'])}")
+        lines.append(
+            f"logging policy {policy}: {e['rows']:,} rounds, {e['clicks']} clicks, "
+            f"actual CTR {pct(e['logged_ctr'])} {ci(e['logged_ctr_ci'])}"
+        )
         for assumption, per in e["estimators"].items():
             for name, est in per.items():
                 lines.append(

@@ -51,7 +51,7 @@ def positives(settings: Settings, options) -> pd.DataFrame:
         df = con.execute(
             f"""SELECT min(event_id) AS event_id, timestamp, user_id, item_id, coalesce(query, '') AS query,
                        max(CASE event_type {grade} END)::INTEGER AS label
-                FROM read_parquet('{events}') WHERE {' AND '.join(where)}
+                FROM read_parquet('{events}') WHERE {" AND ".join(where)}
                 GROUP BY timestamp, user_id, item_id, coalesce(query, '')
                 ORDER BY timestamp, user_id, item_id, query""",
             params,
@@ -127,7 +127,12 @@ def sampled_groups(settings: Settings, options) -> pa.Table:
     neg = sample_negatives(pos, listings, ratio=ratio, seed=seed)
     request_id = ("sg:" + pos.event_id.astype(str)).to_numpy()
     pos_rows = pd.DataFrame(
-        {"group": np.arange(len(pos)), "item_id": pos.item_id.astype(str).to_numpy(), "label": pos.label.to_numpy(), "_neg": 0}
+        {
+            "group": np.arange(len(pos)),
+            "item_id": pos.item_id.astype(str).to_numpy(),
+            "label": pos.label.to_numpy(),
+            "_neg": 0,
+        }
     )
     neg_rows = neg.assign(label=0, _neg=1)
     rows = pd.concat([pos_rows, neg_rows], ignore_index=True).sort_values(["group", "_neg", "item_id"], kind="stable")
@@ -164,4 +169,3 @@ def describe(options) -> dict:
         "without replacement from listings available at that moment (created before, not yet sold); "
         "the groups were not shown to anyone, so position is 0 and no logged order exists",
     }
-

@@ -87,9 +87,7 @@ def _mapping(evaluation: Mapping, *keys: str, required: bool = False) -> Mapping
         path += f"[{key!r}]"
         if not isinstance(node, Mapping) or key not in node or node[key] is None:
             if required:
-                raise ValueError(
-                    f"evaluation{path} is missing; see the evaluation contract in ranker.training.report"
-                )
+                raise ValueError(f"evaluation{path} is missing; see the evaluation contract in ranker.training.report")
             return {}
         node = node[key]
     if not isinstance(node, Mapping):
@@ -191,10 +189,12 @@ def _summary_rows(evaluation: Mapping) -> tuple[list[str], list[list[str]]]:
 
 def _text_table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=False)]
+
     # Names left-aligned, numbers right-aligned so decimal points line up.
     def line(cells: list[str]) -> str:
         return "  ".join(
-            cell.ljust(width) if i == 0 else cell.rjust(width) for i, (cell, width) in enumerate(zip(cells, widths, strict=False))
+            cell.ljust(width) if i == 0 else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=False))
         ).rstrip()
 
     return "\n".join([line(header), line(["-" * w for w in widths]), *(line(row) for row in rows)])
@@ -498,7 +498,7 @@ def render_html(evaluation: Mapping, *, title: str) -> str:
     parts.append(_section("Plots", "\n".join(_image(png, name) for name, png in plots)))
 
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
         + "\n".join(parts)
         + "\n</body>\n</html>\n"

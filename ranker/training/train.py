@@ -130,8 +130,9 @@ def _distribution(values: np.ndarray) -> dict:
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).resolve().parent
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -212,9 +213,16 @@ def train_model(settings: Settings, options: TrainOptions, *, out_root: Path | N
         if options.position_debias:
             raise TrainingError("--position-debias is not supported by the dask engine (lightgbm.dask); train locally")
         train, valid, params = fitting_parts(df, options, split)
-        booster, engine = fit_dask(settings, train, valid, features, params=params,
-                                   num_boost_round=options.num_boost_round,
-                                   early_stopping_rounds=options.early_stopping_rounds, threads=options.num_threads)
+        booster, engine = fit_dask(
+            settings,
+            train,
+            valid,
+            features,
+            params=params,
+            num_boost_round=options.num_boost_round,
+            early_stopping_rounds=options.early_stopping_rounds,
+            threads=options.num_threads,
+        )
         sizes = {"train_rows": len(train), "valid_rows": len(valid)}
     else:
         booster, params, sizes = fit(df, features, options, split)
@@ -258,7 +266,14 @@ def train_model(settings: Settings, options: TrainOptions, *, out_root: Path | N
         "valid_ndcg@10": float(booster.best_score["valid"]["ndcg@10"]),
         "feature_distributions": {f: _distribution(train_part[f].to_numpy(dtype=np.float64)) for f in features},
         "feature_importance": dict(
-            zip(features, (float(v) for v in booster.feature_importance(importance_type="gain", iteration=booster.best_iteration)), strict=False)
+            zip(
+                features,
+                (
+                    float(v)
+                    for v in booster.feature_importance(importance_type="gain", iteration=booster.best_iteration)
+                ),
+                strict=False,
+            )
         ),
         "library_versions": _versions(),
         "git_commit": _git_commit(),
