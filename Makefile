@@ -22,9 +22,11 @@ demo: $(STAMP)
 test: $(STAMP) promtool lint
 	$(BIN)/python -m pytest -q
 
-# ruff (rules and line length in pyproject.toml; no format check) and mypy over ranker/ and api/.
+# ruff (rules and line length in pyproject.toml), ruff's formatter as a check, and mypy over ranker/ and api/.
+# `$(BIN)/ruff format .` formats the tree.
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 # promtool (alert rule unit tests) ships in Debian's prometheus package; installed when missing and

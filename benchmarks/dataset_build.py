@@ -5,7 +5,7 @@ through Feast's own DuckDB offline store (the build uses `ranker.features.offlin
 
     .venv/bin/python benchmarks/dataset_build.py                   # scale 2: ~0.5M search rows, ~2 minutes
     .venv/bin/python benchmarks/dataset_build.py --scale 4         # ~1.0M search rows
-    .venv/bin/python benchmarks/dataset_build.py --scale 20        # ~5.2M search rows (10.4M impressions, both surfaces)
+    .venv/bin/python benchmarks/dataset_build.py --scale 20        # ~5.2M search rows (10.4M impressions)
     .venv/bin/python benchmarks/dataset_build.py --scale 40        # ~10.5M search rows: the 10M figure
     .venv/bin/python benchmarks/dataset_build.py --home /tmp/w40 --keep   # build a world once, then reuse it
 

@@ -40,7 +40,8 @@ def main() -> None:
         feasts = base.with_(online_store="redis", redis_url=f"{server}/2")
         end = datetime.now(timezone.utc)
         print(
-            f"{'view':<18} {'rows':>9} {'ours s':>8} {'ours rows/s':>12} {'feast rows':>10} {'feast s':>8} {'feast rows/s':>13} {'speed-up':>8}"
+            f"{'view':<18} {'rows':>9} {'ours s':>8} {'ours rows/s':>12} {'feast rows':>10} {'feast s':>8} "
+            f"{'feast rows/s':>13} {'speed-up':>8}"
         )
         for name in args.views:
             store = feature_store(ours)
@@ -64,7 +65,8 @@ def main() -> None:
             feast_s = time.perf_counter() - t0
             ours_rate, feast_rate = n / ours_s, sub.num_rows / feast_s
             print(
-                f"{name:<18} {n:>9,} {ours_s:>8.2f} {ours_rate:>12,.0f} {sub.num_rows:>10,} {feast_s:>8.2f} {feast_rate:>13,.0f} {ours_rate / feast_rate:>7.1f}x"
+                f"{name:<18} {n:>9,} {ours_s:>8.2f} {ours_rate:>12,.0f} {sub.num_rows:>10,} {feast_s:>8.2f} "
+                f"{feast_rate:>13,.0f} {ours_rate / feast_rate:>7.1f}x"
             )
 
 

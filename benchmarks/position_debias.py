@@ -41,7 +41,8 @@ def main() -> None:
                     clicks.append(metrics["test"]["model"]["ndcg@10"])
                     truth.append((metrics.get("true_utility") or {}).get("model", float("nan")))
                 print(
-                    f"{surface:<8} {str(debias):<16} {sum(clicks) / len(clicks):>14.4f} {sum(truth) / len(truth):>13.4f}"
+                    f"{surface:<8} {str(debias):<16} {sum(clicks) / len(clicks):>14.4f} "
+                    f"{sum(truth) / len(truth):>13.4f}"
                 )
 
 

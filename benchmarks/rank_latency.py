@@ -94,11 +94,13 @@ def main() -> None:
                     results[name] = samples
                     rps = 1000 / (sum(samples) / len(samples))
                     print(
-                        f"  {size:>5} candidates  {name:<10} {_stack.summary(samples)}  {rps:7.0f} req/s sequential  errors {errors}"
+                        f"  {size:>5} candidates  {name:<10} {_stack.summary(samples)}  {rps:7.0f} req/s "
+                        f"sequential  errors {errors}"
                     )
                     if name == "http":
                         print(
-                            f"  {size:>5} candidates  {'':<10} {_stack.stage_means(before, _stack.stage_totals(base, args.surface))}"
+                            f"  {size:>5} candidates  {'':<10} "
+                            f"{_stack.stage_means(before, _stack.stage_totals(base, args.surface))}"
                         )
                 if "anchor" in results:
                     import numpy as np

@@ -118,7 +118,8 @@ def main() -> None:
             f"{f'{args.item_cache_ttl:g} s' if args.item_cache_ttl else 'off'}"
         )
         print(
-            f"  throughput {args.requests / seconds:7.0f} req/s   errors {outcome['errors']}   degraded {outcome['degraded']}"
+            f"  throughput {args.requests / seconds:7.0f} req/s   errors {outcome['errors']}   degraded "
+            f"{outcome['degraded']}"
         )
         print(f"  latency    {_stack.summary(latencies)}")
         print(

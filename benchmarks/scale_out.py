@@ -64,7 +64,8 @@ elif task.startswith("train-"):
     card = _json.loads((model_dir / "card.json").read_text())
     model = load_model(model_dir)
     frame, _ = holdout_frame(settings, model)
-    ndcg = metrics.per_group_metrics(frame.request_id.to_numpy(), frame.label.to_numpy(), predict(model, frame), ks=(10,))
+    scores = predict(model, frame)
+    ndcg = metrics.per_group_metrics(frame.request_id.to_numpy(), frame.label.to_numpy(), scores, ks=(10,))
     out.update(best_iteration=card["best_iteration"], test_ndcg10=float(np.nanmean(ndcg["ndcg@10"])),
                fitted_rows=card["dataset"]["fitted_rows"]["train_rows"], engine=card["training_engine"])
 out["seconds"] = time.perf_counter() - t0
@@ -138,7 +139,8 @@ def main() -> None:
             if not (spark_home / "data" / "raw").exists():
                 (spark_home / "data" / "raw").symlink_to(home / "data" / "raw")
             print(
-                f"{'features build':<26} {'events':>11} {'seconds':>8} {'s per 1M':>9} {'peak GB':>8} {'children GB':>11}"
+                f"{'features build':<26} {'events':>11} {'seconds':>8} {'s per 1M':>9} {'peak GB':>8} "
+                f"{'children GB':>11}"
             )
             for engine, env_ in (("duckdb", env), ("spark", _env(spark_home)), ("duckdb", env)):
                 r = _measure(f"features-{engine}", env_)
@@ -181,7 +183,8 @@ def main() -> None:
                     f"{r['engine']['seconds_per_tree']:>7.3f}" if "seconds_per_tree" in r["engine"] else f"{'-':>7}"
                 )
                 print(
-                    f"{engine:<26} {r['fitted_rows']:>11,} {r['seconds']:>8.1f} {r['seconds'] / r['fitted_rows'] * 1e6:>9.1f} "
+                    f"{engine:<26} {r['fitted_rows']:>11,} {r['seconds']:>8.1f} "
+                    f"{r['seconds'] / r['fitted_rows'] * 1e6:>9.1f} "
                     f"{trees:>6} {per_tree} {r['test_ndcg10']:>12.4f} {r['peak_rss_gb']:>8.2f} "
                     f"{r['children_peak_rss_gb']:>11.2f}",
                     flush=True,

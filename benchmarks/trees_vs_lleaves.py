@@ -125,7 +125,8 @@ def main() -> None:
                     f"  {key:>5} rows  numba {a['numba_ms']:.3f} ms = {a['numba_ms'] / a['booster_ms']:.2f} x Booster "
                     f"({a['booster_ms']:.3f} ms; bit-identical {a['bit_identical']})   "
                     f"lleaves {b['lleaves_ms']:.3f} ms = {b['lleaves_ms'] / b['booster_ms']:.2f} x Booster "
-                    f"({b['booster_ms']:.3f} ms; bit-identical {b['bit_identical']}, max |diff| {b['max_abs_diff']:.1e})"
+                    f"({b['booster_ms']:.3f} ms; bit-identical {b['bit_identical']}, max |diff| "
+                    f"{b['max_abs_diff']:.1e})"
                 )
     print(_stack.machine_speed())
 

@@ -194,7 +194,8 @@ def register(cli: click.Group) -> None:
             candidates = sorted((ctx.obj.artifacts_dir / "models" / name).glob("*/card.json"))
             if not candidates:
                 raise RankerError(
-                    f"no trained {name} under {ctx.obj.artifacts_dir / 'models' / name}: run `ranker train --surface {surface}`"
+                    f"no trained {name} under {ctx.obj.artifacts_dir / 'models' / name}: run `ranker train "
+                    f"--surface {surface}`"
                 )
             model_dir = candidates[-1].parent
         published = _registry(ctx).publish(model_dir)

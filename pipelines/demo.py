@@ -151,7 +151,8 @@ def _serve_and_rank(port: int | None = None) -> None:
             with urllib.request.urlopen(req, timeout=10) as r:
                 answer = json.loads(r.read())
             print(
-                f"\nPOST /v1/rank {json.dumps({k: v for k, v in body.items() if k != 'items'})} ({len(body['items'])} candidates)"
+                f"\nPOST /v1/rank {json.dumps({k: v for k, v in body.items() if k != 'items'})} "
+                f"({len(body['items'])} candidates)"
             )
             print(
                 f"  model {answer['model']['name']} {answer['model']['version']}  degraded={answer['degraded']}  "
@@ -163,7 +164,8 @@ def _serve_and_rank(port: int | None = None) -> None:
 
 @contextlib.contextmanager
 def _scorer(**kwargs):
-    """`ranker serve` for the length of the block (pipelines.cmd_serve.serving); the demo stops if it never gets ready."""
+    """`ranker serve` for the length of the block (pipelines.cmd_serve.serving); the demo stops if it
+    never gets ready."""
     from pipelines.cmd_serve import serving
     from ranker.errors import RankerError
 

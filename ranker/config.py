@@ -205,7 +205,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.feature_engine not in FEATURE_ENGINES:
             raise ConfigError(
-                f"RANKER_FEATURE_ENGINE={self.feature_engine!r} is not supported; use one of {', '.join(FEATURE_ENGINES)}"
+                f"RANKER_FEATURE_ENGINE={self.feature_engine!r} is not supported; use one of "
+                f"{', '.join(FEATURE_ENGINES)}"
             )
         if self.train_engine not in TRAIN_ENGINES:
             raise ConfigError(

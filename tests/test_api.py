@@ -968,8 +968,9 @@ def test_benchmark_scripts_run(served, script, args):
 def test_schemathesis_finds_no_failure(served):
     """schemathesis against a live scorer (`ranker serve`, one gunicorn worker): its coverage cases
     of the request schema, then schema-valid bodies (positive) and schema-invalid ones (negative) for
-    every operation of /openapi.json, a bounded number each, fixed seed; every check must pass: no 5xx, documented status codes and content
-    types, answers valid under the response schemas, valid data accepted and invalid data refused."""
+    every operation of /openapi.json, a bounded number each, fixed seed; every check must pass: no 5xx,
+    documented status codes and content types, answers valid under the response schemas, valid data
+    accepted and invalid data refused."""
     import schemathesis
 
     from pipelines.cmd_serve import serving

@@ -213,7 +213,8 @@ def _gunicorn_settings(env: dict) -> subprocess.CompletedProcess:
         "for k, v in ns.items():\n    if k in cfg.settings: cfg.set(k, v)\n"
         "print(json.dumps({k: getattr(cfg, k) for k in ('workers', 'timeout', 'graceful_timeout', 'keepalive', "
         "'max_requests', 'bind')}))\n"
-        "print(json.dumps([callable(cfg.settings[h].get()) for h in ('post_worker_init', 'on_starting', 'child_exit')]))"
+        "print(json.dumps([callable(cfg.settings[h].get()) for h in ('post_worker_init', 'on_starting', "
+        "'child_exit')]))"
     )
     return subprocess.run(
         [sys.executable, "-c", code],

@@ -318,7 +318,8 @@ _SQL.update(
                ((coalesce(act_1d, 0) + 1.0) / (coalesce(act_7d, 0) / 7.0 + 1.0))::FLOAT AS item_interaction_trend,
                ((epoch(snapshot_ts) - epoch(last_act)) / 3600.0)::FLOAT AS item_hours_since_last_interaction,
                coalesce(shown_30d, 0)::BIGINT AS item_shown_30d,
-               ((coalesce(act_30d, 0) + {w} * p.rate) / (coalesce(shown_30d, 0) + {w}))::FLOAT AS item_interaction_rate_30d
+               ((coalesce(act_30d, 0) + {w} * p.rate) / (coalesce(shown_30d, 0) + {w}))::FLOAT
+                   AS item_interaction_rate_30d
         FROM win LEFT JOIN users USING (item_id, snapshot_ts) LEFT JOIN prior p USING (snapshot_ts)
     """,
         "generic_user_stats": """

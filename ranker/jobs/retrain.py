@@ -146,7 +146,8 @@ def _train_step(surface: str) -> Step:
         out = train_model(ctx.settings, options)
         card = json.loads((out / "card.json").read_text())
         ctx.log(
-            f"trained {card['version']}: best iteration {card['best_iteration']}, valid NDCG@10 {card['valid_ndcg@10']:.4f}"
+            f"trained {card['version']}: best iteration {card['best_iteration']}, valid NDCG@10 "
+            f"{card['valid_ndcg@10']:.4f}"
         )
         return _model_outputs(out, card, reused=False)
 

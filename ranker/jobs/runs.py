@@ -249,7 +249,8 @@ def run_pipeline(
             record = json.loads(path.read_text())
             if record.get("params") != params:
                 raise PipelineError(
-                    f"run {run_id} was started with other parameters ({json.dumps(record.get('params'), sort_keys=True)}); "
+                    f"run {run_id} was started with other parameters "
+                    f"({json.dumps(record.get('params'), sort_keys=True)}); "
                     "resume it with the same options or start a new run"
                 )
             record["attempts"] = int(record.get("attempts", 1)) + 1

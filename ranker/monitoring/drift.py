@@ -9,7 +9,8 @@ constant in training gets two bins: equal to that value, or not.
 
 Scores: the reference is the model's own scores on a sample of its test split (the training set
 the card names, rows after ``split.valid_end``), cut at its deciles; the served scores of that model
-version are placed in them. When that training set is gone the score PSI is left out (``None``). Rules of thumb: < 0.1 stable, 0.1-0.25 moderate, > 0.25 a real shift (the default alert).
+version are placed in them. When that training set is gone the score PSI is left out (``None``).
+Rules of thumb: < 0.1 stable, 0.1-0.25 moderate, > 0.25 a real shift (the default alert).
 """
 
 from __future__ import annotations

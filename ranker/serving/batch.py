@@ -121,7 +121,8 @@ def batch_score(settings: Settings, options: BatchOptions, *, progress=None) -> 
             rows = features.fetch(user_id=user, item_ids=items, query=None, request_ts=request_ts)
             if tuple(rows.feature_names) != tuple(model.card["features"]):
                 raise BatchScoreError(
-                    f"{name} {model.version} was trained on other features than {model.card['feature_service']} serves now"
+                    f"{name} {model.version} was trained on other features than {model.card['feature_service']} "
+                    "serves now"
                 )
             scores = booster.predict(rows.matrix, num_threads=2)
             scores = np.where(rows.sold, -np.inf, scores)
@@ -199,7 +200,8 @@ def _write_online(settings: Settings, surface: str, frame: pd.DataFrame) -> None
     db = settings.feast_dir / "online.db"
     with sqlite3.connect(db) as con:
         con.execute(
-            "CREATE TABLE IF NOT EXISTS ranker_topk (surface TEXT, user_id TEXT, payload TEXT, PRIMARY KEY (surface, user_id))"
+            "CREATE TABLE IF NOT EXISTS ranker_topk (surface TEXT, user_id TEXT, payload TEXT, PRIMARY KEY "
+            "(surface, user_id))"
         )
         con.executemany(
             "INSERT OR REPLACE INTO ranker_topk VALUES (?, ?, ?)", [(surface, u, p) for u, p in lists.items()]

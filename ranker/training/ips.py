@@ -185,7 +185,8 @@ def evaluate_ips(
     path = settings.raw_dir / f"{PROPENSITIES}.parquet"
     if not path.exists():
         raise IPSError(
-            f"{path} not found: off-policy evaluation needs a log with propensities (ranker data import --format open-bandit)"
+            f"{path} not found: off-policy evaluation needs a log with propensities (ranker data import --format "
+            "open-bandit)"
         )
     model = load_model(model_dir)
     split = Split.from_dict(model.card["split"])

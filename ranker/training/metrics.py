@@ -24,7 +24,8 @@ Conventions
   orderings of tied items, each equally likely (McSherry & Najork 2008). For NDCG this is
   scikit-learn's ``ndcg_score(..., ignore_ties=False)``: a tied block's mean gain times the sum of
   its discounts. MRR, average precision and recall@k are exact expectations too (closed forms
-  for AP and recall; for MRR a sum over where the first relevant item of a tie can fall). A ranker that scores everything equal thus gets the metric of a random ordering.
+  for AP and recall; for MRR a sum over where the first relevant item of a tie can fall). A ranker
+  that scores everything equal thus gets the metric of a random ordering.
 * A group with no relevant item (all labels 0) has NaN for every metric: no ordering of it is better
   than another, so it carries no evidence. :func:`mean_metrics` excludes such groups from the means
   and reports how many groups had a relevant item.
