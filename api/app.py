@@ -490,6 +490,8 @@ def _rank_start() -> None:
 def _rank_done(response: Response) -> Response:
     metrics = scorer().metrics
     metrics.child(metrics.requests, g.get("surface", "invalid"), str(response.status_code)).inc()
+    if response.status_code >= 500 and "variant" in g:
+        metrics.child(metrics.variant_errors, g.surface, g.variant).inc()
     if "started" in g:
         metrics.observe_stage(g.get("surface", "invalid"), "total", time.perf_counter() - g.started)
     return response
@@ -513,6 +515,7 @@ def rank() -> Response:
     )
     g.surface = req.surface
     model, variant = state.model_for(req)  # read once: a concurrent reload cannot change it under us
+    g.variant = variant
     if model is None:
         raise ApiError(
             503,

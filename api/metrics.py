@@ -123,6 +123,14 @@ class Metrics:
             ["surface", "variant"],
             registry=r,
         )
+        # 5xx after the user was assigned a variant (503 no_model, 500): the A/B error-rate guardrail,
+        # ranker_variant_errors / (ranker_variant_requests + ranker_variant_errors) per variant.
+        self.variant_errors = Counter(
+            "ranker_variant_errors",
+            "Ranking requests of an A/B variant that failed with a server error (5xx).",
+            ["surface", "variant"],
+            registry=r,
+        )
         self.variant_info = Gauge(
             "ranker_variant_model_info",
             "1 for the model version an A/B variant serves.",

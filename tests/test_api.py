@@ -445,6 +445,10 @@ def test_surface_without_a_production_model(world, models, tmp_path, candidates)
         assert body["surfaces"]["search"]["version"] == _version(models["search"])
         _assert_error(_rank(client, "recs", candidates[0][:3]), 503, "no_model")
         assert _rank(client, "search", candidates[0][:3]).status_code == 200
+        # The 5xx is counted against the variant the user was assigned (the A/B error guardrail).
+        metrics = client.get("/metrics").get_data(as_text=True)
+        assert 'ranker_variant_errors_total{surface="recs",variant="control"} 1.0' in metrics
+        assert 'ranker_variant_errors_total{surface="search"' not in metrics
 
 
 def test_openapi_document_matches_the_routes(app, client):

@@ -59,6 +59,7 @@ def _known_metrics() -> set[str]:
     metrics.model_loads.labels("search", "failed").inc()
     metrics.registry_checked("search", 1.0)
     metrics.variant_requests.labels("search", "control").inc()
+    metrics.variant_errors.labels("search", "control").inc()
     metrics.variant_swapped("search", "control", None, "v1", created_at="2026-11-01T00:00:00+00:00")
     metrics.model_swapped("search", "search_ranker", None, "v1")
     texts = [generate_latest(metrics.registry).decode()]

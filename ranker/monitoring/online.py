@@ -147,8 +147,10 @@ def _guardrails(part: pd.DataFrame) -> dict[str, Any]:
         "latency_p99_ms": float(np.quantile(latency, 0.99) * 1000) if len(latency) else None,
         "latency_requests": int(len(latency)),
         "degraded_share": float(part.degraded.mean()) if "degraded" in part and len(part) else None,
-        # Failed requests never reach the served log: the scorer's ranker_rank_requests_total{status=~"5.."}.
+        # Failed requests never reach the served log: the scorer counts them per variant
+        # (ranker_variant_errors_total, alert RankerVariantErrorRate).
         "error_rate": None,
+        "error_rate_source": "prometheus: ranker_variant_errors_total / (ranker_variant_requests_total + errors)",
     }
 
 
