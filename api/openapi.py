@@ -185,10 +185,12 @@ def build_spec(app: Any = None) -> dict[str, Any]:
         config = app.extensions["ranker"].config
         surfaces, max_candidates = config.surfaces, config.max_candidates
     else:
-        from api.app import DEFAULTS
+        from api.settings import SCORER_SETTINGS
 
-        surfaces = tuple(s.strip() for s in str(DEFAULTS["RANKER_SURFACES"]).split(",") if s.strip())
-        max_candidates = int(DEFAULTS["RANKER_MAX_CANDIDATES"])
+        defaults = {setting.key: setting.default for setting in SCORER_SETTINGS}
+
+        surfaces = tuple(s.strip() for s in str(defaults["RANKER_SURFACES"]).split(",") if s.strip())
+        max_candidates = int(defaults["RANKER_MAX_CANDIDATES"])
     schemas = {**_SCHEMAS, "RankRequest": rank_request_schema(surfaces=surfaces, max_candidates=max_candidates)}
     return {
         "openapi": "3.1.0",

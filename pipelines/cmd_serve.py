@@ -39,6 +39,9 @@ def serving(
     import socket
 
     with socket.socket() as probe:  # another process on the port would answer the readiness poll below
+        # SO_REUSEADDR as gunicorn binds: a closed scorer's connections in TIME_WAIT do not hold the
+        # port, a live listener still does.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:

@@ -221,7 +221,8 @@ def _monitoring_summary(port: int | None = None, requests: int = 2000) -> None:
     with _scorer(port=port, workers=2, env=env, log_level="warning") as base:  # workers flush the log on exit
         _run("monitor", "live", "--url", base, "--requests", str(requests // 2), "--limit", "20", "--seed", "1")
     middle = datetime.now(timezone.utc).isoformat(timespec="microseconds")
-    with _scorer(port=port, workers=2, env=env, log_level="warning") as base:
+    # A new free port: the first scorer's may still be held (its connections in TIME_WAIT) or taken.
+    with _scorer(port=_free_port(), workers=2, env=env, log_level="warning") as base:
         _run("monitor", "live", "--url", base, "--requests", str(requests // 2), "--limit", "20", "--seed", "2")
     from pipelines.cmd_monitor import run_drift, run_online, run_skew
     from ranker.monitoring.online import online_table

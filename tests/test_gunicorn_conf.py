@@ -5,6 +5,8 @@ module (api/gunicorn_conf.py) with the same hooks, including post_fork (the fast
 from __future__ import annotations
 
 import json
+
+import pytest
 import re
 import subprocess
 import sys
@@ -79,3 +81,19 @@ def test_the_hooks_listed_by_the_configuration_are_its_functions():
 
     for name in conf.HOOKS:
         assert callable(getattr(conf, name)) and getattr(conf, name).__module__ == "api.gunicorn_conf"
+
+
+def test_serving_refuses_a_port_another_process_listens_on():
+    """`serving()` (demo, benchmarks) checks the port first: another listener would answer its readiness poll."""
+    import socket
+
+    from pipelines.cmd_serve import serving
+    from ranker.errors import RankerError
+
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        with pytest.raises(RankerError, match=f"port {port} on 127.0.0.1 is in use"):
+            with serving(port=port, workers=1):
+                pass

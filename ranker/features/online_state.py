@@ -74,11 +74,10 @@ def redis_key(project: str) -> str:
 
 def sqlite_path(settings: Settings) -> Path:
     """The embedded online store's database file, as Feast resolves it from feature_store.yaml."""
-    from feast.infra.online_stores.sqlite import SqliteOnlineStore
-
+    from ranker.features import feast_compat
     from ranker.features.store import repo_config
 
-    return Path(SqliteOnlineStore._get_db_path(repo_config(settings))).resolve()
+    return feast_compat.sqlite_path(repo_config(settings)).resolve()
 
 
 def store_name(settings: Settings) -> str:
