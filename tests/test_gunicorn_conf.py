@@ -5,11 +5,11 @@ module (api/gunicorn_conf.py) with the same hooks, including post_fork (the fast
 from __future__ import annotations
 
 import json
-
-import pytest
 import re
 import subprocess
 import sys
+
+import pytest
 
 from tests.conftest import REPO_ROOT
 
