@@ -190,6 +190,7 @@ def run_drift(
     reference_until=None,
     reference_offset="1d",
     shift=None,
+    against_training=False,
 ):
     """``shift``: ``{feature: factor}`` multiplies served values (the demo's injected-shift check)."""
     import numpy as np
@@ -204,6 +205,7 @@ def run_drift(
         min_rows=min_rows,
         min_threshold=min_threshold,
         history_days=history_days,
+        against_training=against_training,
     )
     if reference_offset and not reference_since:
         parse_offset(reference_offset)  # bad input is reported before any reading
@@ -366,6 +368,12 @@ def register(cli: click.Group) -> None:
     @click.option("--reference-until", default=None, help="Explicit reference window end.")
     @click.option("--score-threshold", default=0.25, show_default=True, type=float, help="Score PSI alert level.")
     @click.option(
+        "--against-training",
+        is_flag=True,
+        help="Without a served reference window, judge against the training set's last day anyway "
+        "(its rows are the logging policy's impressions, not the scorer's candidates: expect false alarms).",
+    )
+    @click.option(
         "--min-rows",
         default=200,
         show_default=True,
@@ -389,11 +397,13 @@ def register(cli: click.Group) -> None:
         reference_since,
         reference_until,
         score_threshold,
+        against_training,
         min_rows,
     ) -> None:
         """PSI per feature between the served window and a like-with-like reference (the same window
-        --reference-offset earlier in the served log, else the training set's last day), judged
-        against each feature's own day-to-day range in healthy history; and the score PSI."""
+        --reference-offset earlier in the served log), judged against each feature's own day-to-day
+        range in healthy history; and the score PSI. Without a served reference the PSIs against the
+        training set's last day are shown and not judged (unless --against-training)."""
         from ranker.monitoring.drift import drift_table, materialization_times
         from ranker.monitoring.export import drift_metrics
 
@@ -411,6 +421,7 @@ def register(cli: click.Group) -> None:
             reference_offset=reference_offset,
             reference_since=reference_since,
             reference_until=reference_until,
+            against_training=against_training,
         )
         click.echo(_dump(report) if as_json else drift_table(report))
         _report_skipped(report["skipped_versions"])
@@ -429,7 +440,14 @@ def register(cli: click.Group) -> None:
                 err=True,
             )
             raise SystemExit(1)
-        click.echo("no drift: every feature within its healthy range", err=True)
+        unjudged = [m for m in report["models"] if not m["judged"]]
+        if unjudged and len(unjudged) == len(report["models"]):
+            click.echo(f"drift not judged: {unjudged[0]['unjudged_reason']}", err=True)
+        elif unjudged:
+            names = ", ".join(f"{m['model_name']} {m['version']}" for m in unjudged)
+            click.echo(f"no drift in the judged versions; not judged: {names}", err=True)
+        else:
+            click.echo("no drift: every feature within its healthy range", err=True)
 
     @monitor.command("online")
     @_common

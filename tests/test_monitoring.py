@@ -458,7 +458,10 @@ def _log(records: list, folder: Path) -> list:
 def test_drift_quiet_on_the_training_population_and_catches_a_shifted_feature(
     world, registry_settings, trained, tmp_path
 ):
+    from prometheus_client import generate_latest
+
     from ranker.monitoring.drift import DriftOptions, cards_for, drift_report, reference_scores
+    from ranker.monitoring.export import drift_metrics
 
     card = json.loads((trained["good"] / "card.json").read_text())
     registry = Registry.from_settings(registry_settings)
@@ -470,7 +473,14 @@ def test_drift_quiet_on_the_training_population_and_catches_a_shifted_feature(
         frame.rows["score"] = booster.predict(frame.matrix)
     refs = {key: reference_scores(registry, *key, cards[key])}
     assert refs[key] is not None and len(refs[key]) > 100
-    quiet = drift_report(same, cards, DriftOptions(), refs)
+    # No served reference: shown, not judged (the training rows are another policy's impressions) ...
+    unjudged = drift_report(same, cards, DriftOptions(), refs)
+    (entry,) = unjudged["models"]
+    assert unjudged["ok"] and not entry["judged"] and "like-with-like" in entry["unjudged_reason"]
+    assert {f["verdict"] for f in entry["features"]} == {"unjudged"}
+    assert "ranker_drift_max_psi{" not in generate_latest(drift_metrics(unjudged)).decode()
+    # ... unless asked for: here the served rows are training rows, so the comparison is like with like.
+    quiet = drift_report(same, cards, DriftOptions(against_training=True), refs)
     assert quiet["ok"], quiet["drifted"]
     model = quiet["models"][0]
     assert model["judged"] and max(f["psi"] for f in model["features"]) < 0.1
@@ -479,7 +489,7 @@ def test_drift_quiet_on_the_training_population_and_catches_a_shifted_feature(
     shifted = _log(_training_records(world, card, shift={"price": 3.0}), tmp_path / "shifted")
     for frame in shifted:
         frame.rows["score"] = booster.predict(frame.matrix)
-    loud = drift_report(shifted, cards, DriftOptions(), refs)
+    loud = drift_report(shifted, cards, DriftOptions(against_training=True), refs)
     assert not loud["ok"]
     # price is named; the scores may move with it (a model that uses price); nothing else drifts.
     assert f"{key[0]}:{key[1]}:price" in loud["drifted"]
@@ -536,7 +546,8 @@ def test_monitors_skip_and_name_an_unknown_model_version(registry_settings, trai
         monkeypatch,
         registry_settings,
     )
-    assert drift.exit_code in (0, 1), drift.output
+    # no served window a day earlier: the PSIs are shown and not judged, so the command succeeds
+    assert drift.exit_code == 0 and "drift not judged: no like-with-like reference" in drift.output, drift.output
     report = json.loads(drift.output[: drift.output.rindex("}") + 1])
     assert [m["version"] for m in report["models"]] == [card["version"]]
     (skipped,) = report["skipped_versions"]

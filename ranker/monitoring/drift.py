@@ -43,6 +43,11 @@ class DriftOptions:
             250 healthy days over 40 features).
         noise_quantile: the quantile of PSI's sampling distribution under no change (chi-square) that
             bounds the threshold from below for small windows.
+        against_training: judge a model version against its training set (last day, else the card)
+            when the served log holds no reference window. Off by default: the training rows are the
+            logging policy's impressions, the served rows this scorer's candidates, so features that
+            select what is shown (counts, CTRs, age) differ between them on a healthy day; without a
+            served reference the PSIs are reported and nothing is judged (``unjudged_reason``).
     """
 
     threshold: float = 0.25
@@ -52,6 +57,7 @@ class DriftOptions:
     history_days: int = 7
     quantile: float = 0.9999
     noise_quantile: float = 0.9999
+    against_training: bool = False
 
     def __post_init__(self) -> None:
         if self.threshold <= 0 or self.score_threshold <= 0 or self.min_threshold <= 0:
@@ -217,6 +223,14 @@ def noise_bound(bins: int, n_reference: int, n_current: int, quantile: float) ->
     return float(stats.chi2.ppf(quantile, max(bins - 1, 1)) * (1 / n_reference + 1 / n_current))
 
 
+NO_REFERENCE = (
+    "no like-with-like reference: the served log holds no window --reference-offset earlier (or the "
+    "--reference-since/--reference-until window is empty), and the training set is the logging policy's "
+    "impressions, not this scorer's candidates; PSIs against it are shown, not judged "
+    "(--against-training judges them anyway)"
+)
+
+
 def drift_report(
     frames: list[ServedFrame],
     cards: dict[tuple[str, str], dict],
@@ -232,9 +246,11 @@ def drift_report(
     The reference of a model version is the served ``reference_frames`` (a served window of the same
     length earlier: yesterday, or a week ago for the weekly cycle) when they hold ``min_rows`` of it,
     else the most recent day of its training set (``baselines``), else the card's whole training
-    distribution. A feature drifts when its PSI is above ``max(healthy_high, noise, min_threshold)``:
-    ``healthy_high`` is the ``quantile`` of its consecutive-day PSIs in the healthy history, ``noise``
-    the sampling bound of the two windows' sizes. Without history the fixed ``threshold`` applies.
+    distribution; against the training set a version is judged only with ``options.against_training``
+    (otherwise ``judged`` is false and ``unjudged_reason`` says why). A feature drifts when its PSI
+    is above ``max(healthy_high, noise, min_threshold)``: ``healthy_high`` is the ``quantile`` of its
+    consecutive-day PSIs in the healthy history, ``noise`` the sampling bound of the two windows' sizes.
+    Without history the fixed ``threshold`` applies.
 
     Args:
         frames: the served window (from :func:`~ranker.monitoring.servedlog.read_served_log`).
@@ -242,7 +258,7 @@ def drift_report(
         score_references: ``(model_name, version) -> reference scores`` (:func:`reference_scores`).
 
     Returns ``{"models": [{"model_name", "version", "surface", "rows", "requests", "judged",
-    "reference", "score_psi", "features": [{"feature", "psi", "healthy_high", "noise_high",
+    "unjudged_reason", "reference", "score_psi", "features": [{"feature", "psi", "healthy_high", "noise_high",
     "threshold", "verdict", "psi_vs_training", "train_mean", "served_mean", ...} ... most drifted
     first]} ...], "drifted": ["model:version:feature" ...], "skipped_versions": [...], "ok": bool}``.
     """
@@ -323,10 +339,18 @@ def drift_report(
                         "served_mean": float(finite.mean()) if len(finite) else None,
                     }
                 )
+            unjudged = None
+            if len(part) < options.min_rows:
+                unjudged = f"too few rows to judge ({len(part):,} < --min-rows {options.min_rows:,})"
+            elif served_ref is None and not options.against_training:
+                unjudged = NO_REFERENCE
+            if unjudged is not None:
+                for f in features:
+                    f["verdict"] = "unjudged"
             features.sort(key=lambda f: -f["psi"] / f["threshold"])
             scores_ref = (score_references or {}).get((name, version))
             s_psi = score_psi(scores_ref, part.score.to_numpy()) if scores_ref is not None else None
-            judged = len(part) >= options.min_rows
+            judged = unjudged is None
             entry = {
                 "model_name": name,
                 "version": version,
@@ -335,6 +359,7 @@ def drift_report(
                 "rows": int(len(part)),
                 "requests": n_requests,
                 "judged": judged,
+                "unjudged_reason": unjudged,
                 "reference": reference,
                 "calibrated": baseline is not None,
                 "history_days": list(baseline.days) if baseline is not None else [],
@@ -366,7 +391,7 @@ def drift_table(report: dict[str, Any], *, top: int = 10) -> str:
         s = m["score_psi"]
         n_drift = sum(f["verdict"] == "drift" for f in m["features"])
         verdict = (
-            "too few rows to judge"
+            f"not judged: {m.get('unjudged_reason') or 'too few rows'}"
             if not m["judged"]
             else ("no drift" if not n_drift else f"DRIFT in {n_drift} feature(s)")
         )

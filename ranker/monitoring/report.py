@@ -38,7 +38,7 @@ def _drift_section(drift: dict | None) -> str:
         title = f"{m['model_name']} {m['version']}: {m['rows']:,} served rows, score PSI {_fmt(m['score_psi'], '.3f')}"
         parts.append(f"<h3>{html.escape(title)}</h3>")
         if not m["judged"]:
-            parts.append(f"<p>Fewer than {drift['min_rows']} rows: shown, not judged.</p>")
+            parts.append(f"<p>Shown, not judged: {html.escape(m.get('unjudged_reason') or 'too few rows')}.</p>")
         if feats:
             names = [f["feature"] for f in reversed(feats)]
             values = [f["psi"] for f in reversed(feats)]
