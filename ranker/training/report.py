@@ -229,6 +229,9 @@ def evaluation_table(evaluation: Mapping) -> str:
     fraction = _number(_mapping(evaluation, "metrics").get("oracle_fraction"), "['metrics']['oracle_fraction']")
     if fraction is not None:
         lines.append(f"oracle fraction: {fraction:.3f} of the random -> oracle gap in true {HEADLINE_METRIC}")
+    ceiling = _number(_mapping(evaluation, "metrics").get("ceiling_fraction"), "['metrics']['ceiling_fraction']")
+    if ceiling is not None:
+        lines.append(f"ceiling: {ceiling:.3f} (a ranker knowing every hidden parameter, not the impression's noise)")
     return "\n".join(lines)
 
 
@@ -468,6 +471,12 @@ def render_html(evaluation: Mapping, *, title: str) -> str:
         parts.append(
             f"<p>Oracle fraction: <b>{fraction:.3f}</b> of the gap between the random ranker and the oracle "
             f"in true-utility {HEADLINE_METRIC} is closed by the model.</p>"
+        )
+    ceiling = _number(metrics.get("ceiling_fraction"), "['metrics']['ceiling_fraction']")
+    if ceiling is not None:
+        parts.append(
+            f"<p>Ceiling: <b>{ceiling:.3f}</b>, what a ranker that knew every hidden parameter of the simulator "
+            "(but not the noise of each impression) would close.</p>"
         )
     parts.append(
         _section(
