@@ -8,6 +8,9 @@ it is unreachable.
 
 from __future__ import annotations
 
+import time
+import uuid
+
 import orjson
 import pytest
 
@@ -110,3 +113,105 @@ def test_a_row_published_to_a_partition_none_of_its_routes_hash_to_is_misrouted(
 
 def test_encode_is_the_documented_envelope():
     assert orjson.loads(encode([_event(1)])) == {"v": 1, "records": [_event(1)]}
+
+
+# --- broker (the machine's RabbitMQ) ----------------------------------------------------------------
+
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+
+
+def _rabbitmq_reachable() -> str | None:
+    try:
+        import pika
+    except ImportError:
+        return "pika is not installed (make install)"
+    try:
+        params = pika.URLParameters(AMQP_URL)
+        params.connection_attempts = 1
+        params.socket_timeout = 3
+        pika.BlockingConnection(params).close()
+    except Exception as exc:  # any failure to connect means: no broker here
+        return f"RabbitMQ is not reachable at 127.0.0.1:5672 ({exc.__class__.__name__}): start rabbitmq-server"
+    return None
+
+
+@pytest.fixture(scope="module")
+def rabbitmq() -> str:
+    reason = _rabbitmq_reachable()
+    if reason:
+        pytest.skip(reason)
+    return AMQP_URL
+
+
+@pytest.fixture
+def stream(rabbitmq):
+    """A uuid-named stream of 2 partitions, deleted afterwards; yields (broker, name, partitions)."""
+    from ranker.streaming.broker import RabbitMQBroker
+
+    broker = RabbitMQBroker(rabbitmq)
+    name = f"test-s1-{uuid.uuid4().hex[:10]}"
+    broker.create(name, 2)
+    yield broker, name, 2
+    broker.delete(name, 2)
+    broker.close()
+
+
+def _drain(consumer, want: int, deadline_s: float = 20.0) -> list:
+    got: list = []
+    deadline = time.monotonic() + deadline_s
+    while len(got) < want and time.monotonic() < deadline:
+        got += consumer.poll(1000, 0.2)
+    return got
+
+
+def test_a_stream_partition_is_a_replayable_log_read_from_an_offset(stream):
+    broker, name, _ = stream
+    assert broker.exists(name, 0) and broker.exists(name, 1) and not broker.exists(name, 2)
+    bodies = [encode([_event(i)]) for i in range(30)]
+    broker.publish(name, 1, bodies)
+    first = broker.consumer(name, 1, 0)
+    got = _drain(first, 30)
+    first.close()
+    assert [m.offset for m in got] == list(range(30)) and [m.body for m in got] == bodies
+    assert all(m.published_us and abs(m.published_us / 1e6 - time.time()) < 60 for m in got)
+    resumed = broker.consumer(name, 1, 21)
+    again = _drain(resumed, 9)
+    assert [m.offset for m in again] == list(range(21, 30))
+    assert resumed.poll(10, 0.1) == []  # nothing more, nothing twice
+    broker.publish(name, 1, [b"late"])
+    assert [m.body for m in _drain(resumed, 1)] == [b"late"]
+    resumed.close()
+    other = broker.consumer(name, 0, 0)
+    assert other.poll(10, 0.2) == []  # partitions are separate streams
+    other.close()
+
+
+def test_an_unreachable_broker_is_retried_with_doubling_back_off_until_stopped():
+    import threading
+
+    from ranker.streaming.broker import RabbitMQBroker
+    from ranker.streaming.errors import StreamError
+
+    port = _closed_port()
+    stop = threading.Event()
+    delays: list[float] = []
+
+    def on_retry(exc, delay):
+        delays.append(delay)
+        if len(delays) == 4:
+            stop.set()
+
+    broker = RabbitMQBroker(f"amqp://guest:guest@127.0.0.1:{port}/%2F", stop=stop, on_retry=on_retry)
+    with pytest.raises(StreamError, match="unreachable"):
+        broker.publish("nowhere", 0, [b"x"])
+    assert delays == [0.2, 0.4, 0.8, 1.6]
+    with pytest.raises(StreamError, match="not reachable"):
+        broker.check(timeout_s=1)
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
