@@ -215,3 +215,157 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# --- writer (Feast's online layout, read back by Feast's own reader) --------------------------------
+
+
+@pytest.fixture(scope="module")
+def stream_home(tmp_path_factory):
+    """A private small world (its online store is written by these tests, never the shared one)."""
+    import warnings
+
+    from ranker.data.simulate import SimConfig, simulate
+    from ranker.features.build import build_features
+    from ranker.features.store import apply
+    from tests.conftest import SMALL_WORLD, make_home
+
+    warnings.filterwarnings("ignore", category=RuntimeWarning)
+    settings = make_home(tmp_path_factory.mktemp("stream_world"))
+    simulate(SimConfig(**SMALL_WORLD), raw_dir=settings.raw_dir, ground_truth_dir=settings.ground_truth_dir)
+    build_features(settings)
+    apply(settings)
+    return settings
+
+
+def _loaded(settings):
+    from ranker.features.materialize import materialize
+
+    materialize(settings, full=True)
+    return settings
+
+
+@pytest.fixture(scope="module")
+def sqlite_home(stream_home):
+    return _loaded(stream_home)
+
+
+@pytest.fixture(scope="module")
+def redis_home(stream_home, redis_server):
+    return _loaded(stream_home.with_(online_store="redis", redis_url=f"{redis_server}/7"))
+
+
+def _online(settings, refs: list[str], items: list[str]) -> dict:
+    from ranker.features.store import feature_store
+
+    store = feature_store(settings)
+    return store.get_online_features(features=refs, entity_rows=[{"item_id": i} for i in items]).to_dict()
+
+
+def _sold_update(items: list[str], ts_us: int, value: int = 1) -> dict:
+    import pyarrow as pa
+
+    n = len(items)
+    return {
+        "listing_fv": pa.table(
+            {
+                "item_id": pa.array(items, pa.string()),
+                "event_timestamp": pa.array([ts_us] * n, pa.timestamp("us", tz="UTC")),
+                "is_sold": pa.array([value] * n, pa.int64()),
+            }
+        )
+    }
+
+
+@pytest.mark.parametrize("home", ["sqlite_home", pytest.param("redis_home", marks=pytest.mark.redis)])
+def test_the_writer_writes_feasts_layout_keeps_other_fields_and_never_overwrites_a_newer_value(home, request):
+    import pandas as pd
+
+    from ranker.streaming.writer import OnlineWriter
+
+    settings = request.getfixturevalue(home)
+    listings = pd.read_parquet(settings.raw_dir / "listings.parquet")
+    active = listings[listings.sold_at.isna()].item_id.astype(str).tolist()
+    items = active[:3] if home == "sqlite_home" else active[3:6]
+    refs = ["listing_fv:is_sold", "listing_fv:price", "listing_fv:category"]
+    before = _online(settings, refs, items)
+    assert before["is_sold"] == [0, 0, 0]
+    now_us = time.time_ns() // 1000
+    writer = OnlineWriter(settings)
+    stats = writer.write(_sold_update(items, now_us))
+    assert (stats.written, stats.skipped_not_newer) == (3, 0)
+    after = _online(settings, refs, items)
+    assert after["is_sold"] == [1, 1, 1]
+    assert after["price"] == before["price"] and after["category"] == before["category"]  # untouched fields
+    older = writer.write(_sold_update(items, now_us - 1_000_000, value=0))
+    assert (older.written, older.skipped_not_newer) == (0, 3)
+    assert _online(settings, refs, items)["is_sold"] == [1, 1, 1]
+    same = writer.write(_sold_update(items[:1], now_us, value=1))  # a replay rewrites the same value
+    assert (same.written, same.skipped_not_newer) == (1, 0)
+    fresh = writer.write(_sold_update(["never-seen-item"], now_us))  # a new entity: the other fields are null
+    assert fresh.written == 1
+    got = _online(settings, refs, ["never-seen-item"])
+    assert got["is_sold"] == [1] and got["price"] == [None]
+    writer.close()
+
+
+def _raw_online_rows(settings, view: str, items: list[str]):
+    """The stored bytes of these items in the view: sqlite rows or Redis hashes."""
+    import sqlite3
+
+    from ranker.features.feast_compat import sqlite_path, sqlite_table, string_entity_keys
+    from ranker.features.store import feature_store
+
+    store = feature_store(settings)
+    fv = store.get_feature_view(view)
+    if settings.online_store == "redis":
+        import redis
+
+        client = redis.Redis.from_url(settings.redis_url)
+        keys = string_entity_keys(["item_id"], [items], store.project.encode())
+        return [client.hgetall(k) for k in keys]
+    keys = string_entity_keys(["item_id"], [items], b"")
+    with sqlite3.connect(sqlite_path(store.config)) as conn:
+        table = sqlite_table(store.project, fv)
+        q = f'SELECT entity_key, feature_name, value, value_text, event_ts FROM "{table}" WHERE entity_key IN (?, ?)'
+        return sorted(conn.execute(q, keys).fetchall())
+
+
+@pytest.mark.parametrize("home", ["sqlite_home", pytest.param("redis_home", marks=pytest.mark.redis)])
+def test_the_writer_stores_the_same_bytes_as_feasts_write_to_online_store(home, request):
+    import pandas as pd
+    import pyarrow as pa
+
+    from ranker.features.store import feature_store
+    from ranker.streaming.writer import OnlineWriter
+
+    settings = request.getfixturevalue(home)
+    store = feature_store(settings)
+    fv = store.get_feature_view("listing_fv")
+    names = [f.name for f in fv.features]
+    items = ["pin-a", "pin-b"] if home == "sqlite_home" else ["pin-c", "pin-d"]
+    ts = pd.Timestamp("2026-11-30 10:00:00.250000", tz="UTC")
+    df = pd.DataFrame(
+        {
+            "item_id": items,
+            "event_timestamp": [ts, ts],
+            "seller_id": ["s1", "s2"],
+            "category": ["dresses", "shoes"],
+            "brand": ["zara", None],
+            "size": ["M", "40"],
+            "title": ["red dress", "boots"],
+            "price": pa.array([12.5, 30.1], pa.float32()).to_pandas(),
+            "discount_pct": pa.array([0.5, 0.25], pa.float32()).to_pandas(),
+            "condition_score": [3, 4],
+            "listing_created_epoch": [1_780_000_000, 1_780_000_100],
+            "is_sold": [0, 1],
+        }
+    )
+    assert sorted(df.columns[2:]) == sorted(names)
+    store.write_to_online_store("listing_fv", df)
+    feasts = _raw_online_rows(settings, "listing_fv", items)
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    table = table.set_column(table.schema.get_field_index("price"), "price", table.column("price").cast(pa.float32()))
+    stats = OnlineWriter(settings).write({"listing_fv": table})
+    assert (stats.written, stats.skipped_not_newer) == (2, 0)  # equal timestamps are rewritten
+    assert _raw_online_rows(settings, "listing_fv", items) == feasts
