@@ -9,6 +9,7 @@ it is unreachable.
 from __future__ import annotations
 
 import time
+from collections import Counter
 import uuid
 
 import orjson
@@ -369,3 +370,89 @@ def test_the_writer_stores_the_same_bytes_as_feasts_write_to_online_store(home, 
     stats = OnlineWriter(settings).write({"listing_fv": table})
     assert (stats.written, stats.skipped_not_newer) == (2, 0)  # equal timestamps are rewritten
     assert _raw_online_rows(settings, "listing_fv", items) == feasts
+
+
+# --- processor ----------------------------------------------------------------------------------------
+
+
+def _clicks(n: int, *, items: int, users: int = 7, seed: int = 3, t0: int = T0) -> list[dict]:
+    import random
+
+    rng = random.Random(seed)
+    return [
+        _event(i, item=f"sx-i{rng.randrange(items)}", user=f"sx-u{rng.randrange(users)}", ts=t0 + i * 1000)
+        for i in range(n)
+    ]
+
+
+def _expected_clicks(rows: list[dict]) -> dict[str, int]:
+    seen, out = set(), {}
+    for r in rows:
+        if r["type"] == "event" and r["event_type"] == "click" and r["event_id"] not in seen:
+            seen.add(r["event_id"])
+            out[r["item_id"]] = out.get(r["item_id"], 0) + 1
+    return out
+
+
+def _online_clicks(settings, items: list[str]) -> dict[str, int | None]:
+    got = _online(settings, ["item_stats_fv:item_clicks_1d"], items)
+    return dict(zip(items, got["item_clicks_1d"], strict=True))
+
+
+def _last_offsets(per_partition_rows: dict[int, int], per_message: int, extra: dict[int, int]) -> dict[int, int]:
+    return {p: -(-rows // per_message) + extra.get(p, 0) - 1 for p, rows in per_partition_rows.items()}
+
+
+def test_the_processor_applies_dedups_checkpoints_and_appends_what_it_wrote_offline(sqlite_home, stream):
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from ranker.streaming.processor import Processor
+    from ranker.streaming.producer import Producer
+    from ranker.streaming.state import load_checkpoint
+    from tests.stream_state import CountingState
+
+    broker, name, n = stream
+    settings = sqlite_home.with_(stream_name=name, stream_partitions=n, stream_checkpoint_s=0.2)
+    rows = _clicks(300, items=20)
+    rows += rows[:25]  # a producer's retry: the same events again
+    rows.append({"type": "listing", "change": "sold", "item_id": "sx-i3", "timestamp": T0 + 999_000})
+    stats = Producer(broker, name, n, records_per_message=40).send(rows)
+    broker.publish(name, 0, [b"{not json", encode([{"type": "rating"}])])
+    last = _last_offsets(stats.per_partition, 40, {0: 2})
+    summaries = []
+    for k in range(n):
+        processor = Processor(settings, k, broker=broker, state_class=CountingState, batch_messages=3)
+        summaries.append(processor.run(until_offset=last[k], max_seconds=30))
+        assert summaries[-1]["offset"] == last[k]
+        assert load_checkpoint(settings.stream_dir, name, k, n).offset == last[k]
+    items = [f"sx-i{i}" for i in range(20)]
+    assert _online_clicks(settings, items) == {i: _expected_clicks(rows).get(i) for i in items}
+    assert _online(settings, ["listing_fv:is_sold"], ["sx-i3"])["is_sold"] == [1]
+    dropped = sum((Counter(s["dropped"]) for s in summaries), Counter())
+    assert dropped == {"duplicate": 50, "bad_json": 1, "unknown_type": 1}  # each duplicate once per route
+    # what was online, appended offline at each checkpoint: its last value per item is the online one
+    files = sorted((settings.realtime_dir / "item_stats_fv").glob("stream-p*.parquet"))
+    assert files and all(f.name.startswith(("stream-p0-", "stream-p1-")) for f in files)
+    offline = pd.concat([pq.read_table(f).to_pandas() for f in files])
+    latest = offline.sort_values(["event_timestamp", "item_clicks_1d"]).groupby("item_id").item_clicks_1d.last()
+    assert latest.to_dict() == _expected_clicks(rows)
+    # a restart resumes after the checkpoint: nothing is applied twice
+    again = Processor(settings, 0, broker=broker, state_class=CountingState).run(idle_exit_s=0.3)
+    assert again["resumed_from"] == last[0] + 1 and again.get("records", 0) == 0
+    assert _online_clicks(settings, items) == {i: _expected_clicks(rows).get(i) for i in items}
+
+
+def test_one_processor_per_partition_and_host(sqlite_home, stream):
+    from ranker.streaming.errors import PartitionBusy, StreamError
+    from ranker.streaming.processor import Processor
+    from ranker.streaming.state import PartitionLock
+    from tests.stream_state import CountingState
+
+    broker, name, n = stream
+    settings = sqlite_home.with_(stream_name=name, stream_partitions=n)
+    with PartitionLock(settings.stream_dir, name, 1):
+        with pytest.raises(PartitionBusy, match="one processor per partition"):
+            Processor(settings, 1, broker=broker, state_class=CountingState).run(idle_exit_s=0.1)
+    with pytest.raises(StreamError, match="not a partition of 2"):
+        Processor(settings, 2, broker=broker, state_class=CountingState)
