@@ -9,6 +9,12 @@ Semantics (the contract with ``backfill.py``, tested row for row in tests/test_s
   entity touched, one row at ``T`` = the latest event time applied to that entity, so the online value
   is the window as of the entity's last event (it does not decay between events: that is also what a
   Feast point-in-time join returns from rows written at each event's time, so training == serving).
+* **Revisions.** A record older than its entity's latest event (out of order, within the lateness)
+  changes the rows already written at or after its time: they are written again, same
+  ``event_timestamp``, later ``created`` (the tie-breaker of Feast's point-in-time join and of the
+  online writer). So every row the stream wrote, taken at its latest ``created``, equals the backfill's
+  row for the same entity and event time (``backfill.py`` writes one per event time; the stream one
+  per batch, the denser backfill agreeing wherever both have a row).
 * **Lateness.** ``watermark_us`` = the largest event time accepted minus ``lateness_s``. A record
   older than the watermark when it arrives is rejected as ``"late"`` (counted, not applied); anything
   newer is applied exactly, in any arrival order.
@@ -31,12 +37,13 @@ from __future__ import annotations
 
 import pickle
 import time
-from bisect import bisect_right, insort
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from ranker.streaming.records import StreamRecord
 
@@ -104,36 +111,41 @@ class Applied:
 
 
 class _Item:
-    __slots__ = ("imp", "clk", "sav", "last", "first")
+    __slots__ = ("imp", "clk", "sav", "last", "rows", "first_ts", "first_base")
 
     def __init__(self) -> None:
-        self.imp: list[int] = []
+        self.imp: list[int] = []  # event times (sorted) of impressions, clicks, saves in the window horizon
         self.clk: list[int] = []
         self.sav: list[int] = []
-        self.last = _MIN_TS
-        self.first = [0, 0, 0]  # impressions, clicks, saves in the first FIRST_HOURS_US after created_at
+        self.last = _MIN_TS  # latest event time applied
+        self.rows: list[int] = []  # event times of the rows written that a record within lateness can revise
+        # Impressions, clicks, saves in the first FIRST_HOURS_US after created_at: their event times while a
+        # row can still fall inside those hours, then only their counts.
+        self.first_ts: tuple[list[int], list[int], list[int]] = ([], [], [])
+        self.first_base = [0, 0, 0]
 
     def __getstate__(self):
-        return (self.imp, self.clk, self.sav, self.last, self.first)
+        return (self.imp, self.clk, self.sav, self.last, self.rows, self.first_ts, self.first_base)
 
     def __setstate__(self, state) -> None:
-        self.imp, self.clk, self.sav, self.last, self.first = state
+        self.imp, self.clk, self.sav, self.last, self.rows, self.first_ts, self.first_base = state
 
 
 class _User:
-    __slots__ = ("clk", "clk_items", "sav", "last")
+    __slots__ = ("clk", "clk_items", "sav", "last", "rows")
 
     def __init__(self) -> None:
         self.clk: list[int] = []
         self.clk_items: list[str] = []  # aligned with clk
         self.sav: list[int] = []
         self.last = _MIN_TS
+        self.rows: list[int] = []
 
     def __getstate__(self):
-        return (self.clk, self.clk_items, self.sav, self.last)
+        return (self.clk, self.clk_items, self.sav, self.last, self.rows)
 
     def __setstate__(self, state) -> None:
-        self.clk, self.clk_items, self.sav, self.last = state
+        self.clk, self.clk_items, self.sav, self.last, self.rows = state
 
 
 def _count(ts: list[int], upto: int, width: int) -> int:
@@ -142,11 +154,25 @@ def _count(ts: list[int], upto: int, width: int) -> int:
 
 
 def _trim(ts: list[int], horizon: int, aligned: list | None = None) -> None:
+    """Drop the entries <= horizon."""
     k = bisect_right(ts, horizon)
     if k:
         del ts[:k]
         if aligned is not None:
             del aligned[:k]
+
+
+def _revise(rows: list[int], since: int, need: set[int]) -> None:
+    """An entity received an event at ``since`` older than its latest: the rows written at or after it
+    change (their windows now include the event) and are written again."""
+    need.update(rows[bisect_left(rows, since) :])
+
+
+def _remember(rows: list[int], times: list[int]) -> None:
+    for t in times:
+        k = bisect_left(rows, t)
+        if k == len(rows) or rows[k] != t:
+            rows.insert(k, t)
 
 
 def smoothed_ctr(clicks: int, impressions: int) -> float:
@@ -175,15 +201,9 @@ class WindowState:
         status is not read from it: a listing becomes sold by a record (change ``sold`` or a purchase)."""
         df = listings.to_pandas() if isinstance(listings, pa.Table) else listings
         created = pd.to_datetime(df["created_at"], utc=True).astype("datetime64[us, UTC]")
-        created_us = created.astype("int64").where(created.notna(), None)
-        for item, cat, brand, c in zip(
-            df["item_id"].astype(str), df["category"], df["brand"], created_us.tolist(), strict=True
-        ):
-            self._listings[item] = (
-                None if pd.isna(cat) else str(cat),
-                None if pd.isna(brand) else str(brand),
-                None if c is None or pd.isna(c) else int(c),
-            )
+        created_us = [None if pd.isna(c) else int(c.value // 1000) for c in created]
+        for item, cat, brand, c in zip(df["item_id"].astype(str), df["category"], df["brand"], created_us, strict=True):
+            self._listings[item] = (None if pd.isna(cat) else str(cat), None if pd.isna(brand) else str(brand), c)
 
     # -- properties ------------------------------------------------------------------------------
     @property
@@ -203,11 +223,15 @@ class WindowState:
 
     # -- apply -----------------------------------------------------------------------------------
     def apply(self, records: Iterable[StreamRecord]) -> Applied:
-        """Apply records in arrival order; return the rows to write for every entity touched."""
+        """Apply records in arrival order; return the rows to write for every entity touched.
+
+        Per entity touched: the row at its latest event time and, when a record older than that
+        arrived (within the lateness), the rows written earlier at or after that record's time, revised
+        (same event_timestamp, later ``created``). Rows of a view are sorted by event_timestamp."""
         rejected: dict[str, int] = {}
         accepted = 0
-        items_touched: dict[str, None] = {}
-        users_touched: dict[str, None] = {}
+        items_touched: dict[str, set[int]] = {}
+        users_touched: dict[str, set[int]] = {}
         sold: dict[str, int] = {}
         seen = self._seen
         for r in records:
@@ -221,14 +245,18 @@ class WindowState:
                 continue
             if r.kind == "event":
                 if r.route == r.item_id:
-                    self._apply_item_event(r)
-                    items_touched[r.item_id] = None
+                    need = items_touched.get(r.item_id)
+                    if need is None:
+                        need = items_touched[r.item_id] = set()
+                    self._apply_item_event(r, need)
                     if r.event_type == "purchase" and r.item_id not in self._sold:
                         self._sold.add(r.item_id)
                         sold[r.item_id] = ts
-                elif r.route == r.user_id:
-                    self._apply_user_event(r)
-                    users_touched[r.user_id] = None
+                elif r.route == r.user_id and r.user_id is not None:
+                    need = users_touched.get(r.user_id)
+                    if need is None:
+                        need = users_touched[r.user_id] = set()
+                    self._apply_user_event(r, r.user_id, need)
                 else:
                     rejected["route"] = rejected.get("route", 0) + 1
                     continue
@@ -247,9 +275,9 @@ class WindowState:
         self._last_created = created
         updates: dict[str, pa.Table] = {}
         if items_touched:
-            updates[ITEM_VIEW] = self._item_rows(list(items_touched), created)
+            updates[ITEM_VIEW] = self._item_rows(items_touched, created)
         if users_touched:
-            updates[USER_VIEW] = self._user_rows(list(users_touched), created)
+            updates[USER_VIEW] = self._user_rows(users_touched, created)
         if sold:
             updates[LISTING_VIEW] = pa.table(
                 {
@@ -264,7 +292,7 @@ class WindowState:
             self._sweep()  # after the rows: it may drop an entity this batch touched last
         return Applied(updates=updates, rejected=rejected, accepted=accepted, sold_items=list(sold))
 
-    def _apply_item_event(self, r: StreamRecord) -> None:
+    def _apply_item_event(self, r: StreamRecord, need: set[int]) -> None:
         it = self._items.get(r.item_id)
         if it is None:
             it = self._items[r.item_id] = _Item()
@@ -275,14 +303,16 @@ class WindowState:
             insort((it.imp, it.clk, it.sav)[slot], ts)
             listing = self._listings.get(r.item_id)
             if listing is not None and listing[2] is not None and listing[2] <= ts < listing[2] + FIRST_HOURS_US:
-                it.first[slot] += 1
-        if ts > it.last:
+                insort(it.first_ts[slot], ts)
+        if ts < it.last:
+            _revise(it.rows, ts, need)
+        else:
             it.last = ts
 
-    def _apply_user_event(self, r: StreamRecord) -> None:
-        u = self._users.get(r.user_id)  # type: ignore[arg-type]
+    def _apply_user_event(self, r: StreamRecord, user: str, need: set[int]) -> None:
+        u = self._users.get(user)
         if u is None:
-            u = self._users[r.user_id] = _User()  # type: ignore[index]
+            u = self._users[user] = _User()
         ts = r.ts_us
         if r.event_type == "click":
             k = bisect_right(u.clk, ts)
@@ -290,68 +320,72 @@ class WindowState:
             u.clk_items.insert(k, r.item_id)
         elif r.event_type == "save":
             insort(u.sav, ts)
-        if ts > u.last:
+        if ts < u.last:
+            _revise(u.rows, ts, need)
+        else:
             u.last = ts
 
-    def _item_rows(self, ids: list[str], created: int) -> pa.Table:
+    def _item_rows(self, touched: dict[str, set[int]], created: int) -> pa.Table:
         w1, w24 = ITEM_WINDOWS_US["1h"], ITEM_WINDOWS_US["24h"]
         cols: list[list] = [[] for _ in range(12)]
-        for item in ids:
+        for item, need in touched.items():
             it = self._items[item]
-            t = it.last  # every later row of this entity is at or after t: older entries are never counted again
-            _trim(it.imp, t - w24)
-            _trim(it.clk, t - w24)
-            _trim(it.sav, t - w24)
-            imp24, clk24 = _count(it.imp, t, w24), _count(it.clk, t, w24)
-            values = (
-                item,
-                t,
-                _count(it.imp, t, w1),
-                _count(it.clk, t, w1),
-                _count(it.sav, t, w1),
-                imp24,
-                clk24,
-                _count(it.sav, t, w24),
-                smoothed_ctr(clk24, imp24),
-            )
-            for c, v in zip(cols, values, strict=False):
-                c.append(v)
+            need.add(it.last)
+            times = sorted(need)
+            _remember(it.rows, times)
             known = self._listings.get(item)
-            first = it.first if known is not None and known[2] is not None else (None, None, None)
-            cols[9].append(first[0])
-            cols[10].append(first[1])
-            cols[11].append(first[2])
+            has_created = known is not None and known[2] is not None
+            for t in times:
+                imp24, clk24 = _count(it.imp, t, w24), _count(it.clk, t, w24)
+                values = (
+                    item,
+                    t,
+                    _count(it.imp, t, w1),
+                    _count(it.clk, t, w1),
+                    _count(it.sav, t, w1),
+                    imp24,
+                    clk24,
+                    _count(it.sav, t, w24),
+                    smoothed_ctr(clk24, imp24),
+                )
+                for c, v in zip(cols, values, strict=False):
+                    c.append(v)
+                for slot in range(3):
+                    cols[9 + slot].append(
+                        it.first_base[slot] + bisect_right(it.first_ts[slot], t) if has_created else None
+                    )
         schema = SCHEMAS[ITEM_VIEW]
-        n = len(ids)
+        n = len(cols[0])
         arrays = [pa.array(cols[0], pa.string()), pa.array(cols[1], _TS), pa.array([created] * n, _TS)]
         arrays += [pa.array(c, f.type) for c, f in zip(cols[2:], list(schema)[3:], strict=True)]
-        return pa.Table.from_arrays(arrays, schema=schema)
+        return _by_time(pa.Table.from_arrays(arrays, schema=schema))
 
-    def _user_rows(self, ids: list[str], created: int) -> pa.Table:
+    def _user_rows(self, touched: dict[str, set[int]], created: int) -> pa.Table:
         w = SESSION_US
         users, last, clicks, saves, cats, brands = [], [], [], [], [], []
-        for user in ids:
+        for user, need in touched.items():
             u = self._users[user]
-            t = u.last
-            _trim(u.clk, t - w, u.clk_items)
-            _trim(u.sav, t - w)
-            lo, hi = bisect_right(u.clk, t - w), bisect_right(u.clk, t)
-            c_set, b_set = set(), set()
-            for item in u.clk_items[lo:hi]:
-                known = self._listings.get(item)
-                if known is not None:
-                    if known[0] is not None:
-                        c_set.add(known[0])
-                    if known[1] is not None:
-                        b_set.add(known[1])
-            users.append(user)
-            last.append(t)
-            clicks.append(hi - lo)
-            saves.append(_count(u.sav, t, w))
-            cats.append(",".join(sorted(c_set)))
-            brands.append(",".join(sorted(b_set)))
-        n = len(ids)
-        return pa.Table.from_arrays(
+            need.add(u.last)
+            times = sorted(need)
+            _remember(u.rows, times)
+            for t in times:
+                lo, hi = bisect_right(u.clk, t - w), bisect_right(u.clk, t)
+                c_set, b_set = set(), set()
+                for item in u.clk_items[lo:hi]:
+                    known = self._listings.get(item)
+                    if known is not None:
+                        if known[0] is not None:
+                            c_set.add(known[0])
+                        if known[1] is not None:
+                            b_set.add(known[1])
+                users.append(user)
+                last.append(t)
+                clicks.append(hi - lo)
+                saves.append(_count(u.sav, t, w))
+                cats.append(",".join(sorted(c_set)))
+                brands.append(",".join(sorted(b_set)))
+        n = len(users)
+        table = pa.Table.from_arrays(
             [
                 pa.array(users, pa.string()),
                 pa.array(last, _TS),
@@ -363,30 +397,36 @@ class WindowState:
             ],
             schema=SCHEMAS[USER_VIEW],
         )
+        return _by_time(table)
 
     def _sweep(self) -> None:
-        """Drop what can no longer be accepted or counted: bounded memory."""
+        """Drop what can no longer be accepted, counted or revised: bounded memory. Every record
+        accepted from now on has an event time >= the watermark, so does every row written."""
         self._swept = self._max_ts
         wm = self._max_ts - self.lateness_us
         # An id older than the watermark cannot be applied again (it is late), so it is not kept.
         self._seen = {k: ts for k, ts in self._seen.items() if ts >= wm}
-        # Every later row is at an event time >= the watermark: entries a window behind it never count again.
         item_horizon = wm - LONGEST_US
         for key in list(self._items):
             it = self._items[key]
             _trim(it.imp, item_horizon)
             _trim(it.clk, item_horizon)
             _trim(it.sav, item_horizon)
-            # The first-hours counters are final once created_at + 6 h is behind the watermark, but the
-            # next row still reports them: an item with no window events left keeps only its counters.
-            if not (it.imp or it.clk or it.sav) and it.first == [0, 0, 0] and it.last < item_horizon:
+            del it.rows[: bisect_left(it.rows, wm)]
+            known = self._listings.get(key)
+            if known is not None and known[2] is not None and known[2] + FIRST_HOURS_US <= wm:
+                for slot in range(3):  # every later row counts all of them
+                    it.first_base[slot] += len(it.first_ts[slot])
+                    it.first_ts[slot].clear()
+            if not (it.imp or it.clk or it.sav or it.rows or any(it.first_ts) or any(it.first_base)):
                 del self._items[key]
         user_horizon = wm - SESSION_US
         for key in list(self._users):
             u = self._users[key]
             _trim(u.clk, user_horizon, u.clk_items)
             _trim(u.sav, user_horizon)
-            if not (u.clk or u.sav) and u.last < user_horizon:
+            del u.rows[: bisect_left(u.rows, wm)]
+            if not (u.clk or u.sav or u.rows):
                 del self._users[key]
 
     # -- checkpoint ------------------------------------------------------------------------------
@@ -399,3 +439,9 @@ class WindowState:
         state = cls.__new__(cls)
         state.__dict__.update(pickle.loads(data))
         return state
+
+
+def _by_time(table: pa.Table) -> pa.Table:
+    if table.num_rows < 2:
+        return table
+    return table.take(pa.compute.sort_indices(table, [("event_timestamp", "ascending")]))
