@@ -197,3 +197,52 @@ def test_random_scorer_does_not_depend_on_chunking(log):
     task = cat.build_task(events, listings, T, users=None)
     scorer = cat.random_scorer(task, seed=5)
     assert np.array_equal(scorer(slice(0, 2))[1], scorer(slice(1, 2))[0])
+
+
+@pytest.mark.slow
+def test_evaluate_prints_the_full_catalogue_on_an_imported_log(tmp_path):
+    """A small imported interactions log: import -> features -> sampled-group dataset -> train ->
+    `ranker evaluate` prints the full-catalogue table, stores it in the card and the report, and
+    --json carries it."""
+    import json
+
+    from click.testing import CliRunner
+
+    from pipelines.cli import _register, cli
+    from tests.conftest import make_home
+    from tests.test_import_interactions_e2e import _synthetic_log
+
+    settings = make_home(tmp_path / "home")
+    path = tmp_path / "interactions.csv"
+    _synthetic_log().to_csv(path, index=False)
+    _register()
+    runner = CliRunner()
+    env = {"RANKER_HOME": str(settings.home), "RANKER_ONLINE_STORE": "sqlite", "RANKER_REGISTRY_URI": ""}
+
+    def ranker(*args: str) -> str:
+        result = runner.invoke(cli, list(args), env=env, catch_exceptions=False)
+        assert result.exit_code == 0, f"ranker {' '.join(args)}: {result.output}"
+        return result.output
+
+    ranker("data", "import", "--format", "interactions", str(path))
+    ranker("features", "build")
+    ranker("features", "apply")
+    ranker("dataset", "build", "--surface", "recs", "--feature-service", "generic_ranker_v1", "--negatives", "8")
+    ranker("train", "--surface", "recs")
+    model_dir = next((settings.artifacts_dir / "models" / "recs_ranker").iterdir())
+    out = ranker("evaluate", str(model_dir), "--bootstrap", "200", "--catalogue-users", "40")
+    assert "full catalogue at" in out and "of the test users" not in out
+    for name in ("model", "popularity", "popularity_7d", "ease", "random"):
+        assert any(line.startswith(name + " ") for line in out.splitlines()), out
+    assert "model vs ease" in out and "model / best popularity" in out
+    card = json.loads((model_dir / "card.json").read_text())
+    fc = card["evaluation"]["full_catalogue"]
+    assert fc["users_scored"] == min(40, fc["test_users"]) and fc["listings_live"] > 50
+    assert fc["pairs_scored"] == fc["users_scored"] * fc["listings_live"] - fc["pairs_scored_excluded"]
+    assert set(fc["rankers"]) == {"model", "popularity", "popularity_7d", "ease", "random"}
+    assert fc["rankers"]["model"]["ndcg@10"] > fc["rankers"]["random"]["ndcg@10"]
+    assert "Full catalogue" in (model_dir / "report.html").read_text()
+    data = json.loads(ranker("evaluate", str(model_dir), "--bootstrap", "200", "--catalogue-users", "40", "--json"))
+    assert data["full_catalogue"]["rankers"] == fc["rankers"]  # seeded: the same users and figures
+    out = ranker("evaluate", str(model_dir), "--bootstrap", "200", "--no-full-catalogue")
+    assert "full catalogue" not in out

@@ -375,3 +375,170 @@ def _finite(value) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if np.isfinite(number) else None
+
+
+# --------------------------------------------------------------------------------------------------
+# The model: every (user, candidate) pair through the training path (Feast's point-in-time join at T)
+
+
+def model_scores(settings, model, task: CatalogueTask, *, chunk_rows: int = 400_000, timings: dict | None = None):
+    """The model's score of every (test user, candidate) pair, a float32 users x items block (NaN
+    where the listing is not a candidate). Features come from ``get_historical_features`` with the
+    model's feature service and every row at T, in the entity layout the training-set build uses
+    (:func:`ranker.training.dataset._entity_frame`), so each pair sees what a training row at T saw."""
+    import ibis
+    import pyarrow as pa
+
+    from ranker.features.store import feature_store, in_feature_repo, service_spec
+    from ranker.training.dataset import _duckdb_settings, _entity_frame, _features_in_entity_order
+
+    clock = timings if timings is not None else {}
+    t0 = time.perf_counter()
+    store = feature_store(settings)
+    service_name = model.card["feature_service"]
+    spec = service_spec(store, service_name)
+    missing = [f for f in model.features if f not in spec.features]
+    if missing:
+        raise CatalogueError(
+            f"feature service {service_name} lacks {len(missing)} of the model's features ({', '.join(missing[:5])})"
+        )
+    columns = [spec.features.index(f) for f in model.features]
+    booster = model.booster()
+    service = store.get_feature_service(service_name)
+    listings = schema.read_table(settings.raw_dir, schema.LISTINGS)
+    attrs = listings.assign(item_id=listings.item_id.astype(str)).set_index("item_id").reindex(task.items)
+    attr_cols = [c.name for c in schema.LISTINGS.columns if c.name not in ("item_id", "created_at", "sold_at")]
+    item_arrays = {c: pa.array(attrs[c].astype(object).where(attrs[c].notna(), None).to_numpy()) for c in attr_cols}
+    item_ids = pa.array(task.items.astype(object))
+    user_ids = pa.array(task.users.astype(object))
+    out = np.full((task.n_users, task.n_items), np.nan, dtype=np.float32)
+    per_user = max(1, chunk_rows // max(task.n_items, 1))
+    clock["setup"] = time.perf_counter() - t0
+    con = ibis.get_backend().con
+    previous = _duckdb_settings(con, {"memory_limit": "2GB"})
+    try:
+        with in_feature_repo(settings.feature_repo):
+            for lo in range(0, task.n_users, per_user):
+                t1 = time.perf_counter()
+                rows = slice(lo, min(lo + per_user, task.n_users))
+                r, c = np.nonzero(task.candidate_mask(rows))
+                if not len(r):
+                    continue
+                take_i = pa.array(c)
+                chunk = pa.table(
+                    {
+                        "user_id": user_ids.take(pa.array(r + lo)),
+                        "item_id": item_ids.take(take_i),
+                        **{name: arr.take(take_i) for name, arr in item_arrays.items()},
+                        "event_timestamp": pa.array(
+                            np.full(len(r), task.start.value // 1000, dtype=np.int64), pa.timestamp("us", tz="UTC")
+                        ),
+                        "query": pa.array([""] * len(r)),
+                    }
+                )
+                entity_df = _entity_frame(chunk, spec)
+                job = store.get_historical_features(entity_df=entity_df, features=service)
+                with pd.option_context("future.infer_string", True):
+                    result = job.to_arrow()
+                t2 = time.perf_counter()
+                matrix = _features_in_entity_order(result, spec, len(r))[:, columns]
+                out[r + lo, c] = booster.predict(np.ascontiguousarray(matrix), num_threads=2).astype(np.float32)
+                t3 = time.perf_counter()
+                clock["features"] = clock.get("features", 0.0) + t2 - t1
+                clock["predict"] = clock.get("predict", 0.0) + t3 - t2
+                clock["rows"] = clock.get("rows", 0) + len(r)
+    finally:
+        _duckdb_settings(con, previous)
+    return out
+
+
+def read_engagement_log(settings) -> pd.DataFrame:
+    """The raw events without impressions (user_id, item_id, timestamp, event_type)."""
+    import duckdb
+
+    path = settings.raw_dir / schema.EVENTS.file
+    if not path.exists():
+        raise CatalogueError(f"{path} not found: run `ranker data import` (or simulate) first")
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone='UTC'")
+        df = con.execute(
+            f"""SELECT user_id, item_id, timestamp, event_type FROM read_parquet('{path}')
+                WHERE event_type <> 'impression'"""
+        ).df()
+    finally:
+        con.close()
+    df["timestamp"] = pd.to_datetime(df.timestamp, utc=True)
+    return df
+
+
+def catalogue_task(settings, model, *, users: int | None = DEFAULT_USERS, seed: int = 0) -> CatalogueTask:
+    """The task at the start of ``model``'s test window (its split's ``valid_end``)."""
+    from ranker.training.train import Split
+
+    split = Split.from_dict(model.card["split"])
+    listings = schema.read_table(settings.raw_dir, schema.LISTINGS)
+    return build_task(read_engagement_log(settings), listings, split.valid_end, users=users, seed=seed)
+
+
+def evaluate_catalogue(
+    settings,
+    model,
+    *,
+    users: int | None = DEFAULT_USERS,
+    seed: int = 0,
+    n_boot: int = 1000,
+    ease_lambda: float = DEFAULT_EASE_LAMBDA,
+    ease_top_n: int = DEFAULT_EASE_TOP_N,
+    chunk_rows: int = 400_000,
+    task: CatalogueTask | None = None,
+) -> tuple[dict, dict[str, pd.DataFrame]]:
+    """The full-catalogue evaluation of ``model`` (a :class:`ranker.training.evaluate.ModelArtefact`)
+    and the baselines; returns the JSON-ready result and the per-user metrics of each ranker."""
+    started = time.perf_counter()
+    seconds: dict = {}
+    t = time.perf_counter()
+    task = task or catalogue_task(settings, model, users=users, seed=seed)
+    seconds["task"] = round(time.perf_counter() - t, 2)
+    timings: dict = {}
+    t = time.perf_counter()
+    scores = model_scores(settings, model, task, chunk_rows=chunk_rows, timings=timings)
+    seconds["model_scoring"] = round(time.perf_counter() - t, 2)
+    seconds["model_features"] = round(timings.get("features", 0.0), 2)
+    seconds["model_predict"] = round(timings.get("predict", 0.0), 2)
+    t = time.perf_counter()
+    ease, ease_info = ease_scorer(task, lam=ease_lambda, top_n=ease_top_n)
+    scorers: dict[str, Scorer] = {
+        "model": lambda rows: np.nan_to_num(scores[rows].astype(np.float64), nan=0.0),
+        "popularity": popularity_scorer(task),
+        "popularity_7d": popularity_scorer(task, days=RECENT_DAYS),
+        "ease": ease,
+        "random": random_scorer(task, seed=seed),
+    }
+    per_user = {name: per_user_metrics(task, scorer) for name, scorer in scorers.items()}
+    seconds["baselines_and_metrics"] = round(time.perf_counter() - t, 2)
+    summary = summarise(per_user, n_boot=n_boot, seed=seed)
+    n_candidates = task.n_users * task.n_items - len(task.excluded)
+    seconds["total"] = round(time.perf_counter() - started, 2)
+    result = {
+        "at": task.start.isoformat(),
+        "test_window_end": task.end.isoformat(),
+        "relevance": "graded: the user's best engagement with the listing in [at, test_window_end] "
+        "(click 1, save 2, add_to_bag 3, purchase 4; gain 2^grade - 1); recall counts any engagement",
+        "candidates": "every listing live at `at` (created at or before it, not sold before it) minus the "
+        "listings the user engaged with before it",
+        "listings_live": int(task.n_items),
+        "test_users": int(task.test_users_total),
+        "users_scored": int(task.n_users),
+        "users_sampled": task.n_users < task.test_users_total,
+        "user_sample_seed": int(task.seed),
+        "pairs_scored": int(n_candidates),
+        "pairs_scored_excluded": int(len(task.excluded)),
+        "relevant_pairs": int(len(task.relevant)),
+        "ease": ease_info,
+        "popularity_7d_days": RECENT_DAYS,
+        "n_bootstrap": int(n_boot),
+        "seconds": seconds,
+        **summary,
+    }
+    return result, per_user
