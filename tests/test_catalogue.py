@@ -246,3 +246,15 @@ def test_evaluate_prints_the_full_catalogue_on_an_imported_log(tmp_path):
     assert data["full_catalogue"]["rankers"] == fc["rankers"]  # seeded: the same users and figures
     out = ranker("evaluate", str(model_dir), "--bootstrap", "200", "--no-full-catalogue")
     assert "full catalogue" not in out
+
+    # the deploy gate's evidence for a log without impressions: full-catalogue NDCG@10 per test user
+    from ranker.registry.evidence import gate_evidence
+    from ranker.registry.gate import evaluate_gate
+
+    evidence = gate_evidence(settings, challenger_dir=model_dir, champion_dir=model_dir, catalogue_users=40)
+    assert evidence.basis == "full_catalogue"
+    assert evidence.champion_ndcg is not None and np.array_equal(evidence.challenger_ndcg, evidence.champion_ndcg)
+    assert len(evidence.challenger_ndcg) == fc["rankers"]["model"]["users"]
+    assert evidence.challenger_ndcg.mean() == pytest.approx(fc["rankers"]["model"]["ndcg@10"])
+    check = evaluate_gate(evidence).check("ndcg_vs_champion")
+    assert check.figures["basis"] == "full_catalogue" and "full-catalogue NDCG@10" in check.detail

@@ -386,6 +386,30 @@ def model_scores(settings, model, task: CatalogueTask, *, chunk_rows: int = 400_
     where the listing is not a candidate). Features come from ``get_historical_features`` with the
     model's feature service and every row at T, in the entity layout the training-set build uses
     (:func:`ranker.training.dataset._entity_frame`), so each pair sees what a training row at T saw."""
+    return score_models(settings, [model], task, chunk_rows=chunk_rows, timings=timings)[0]
+
+
+def score_models(
+    settings, models: list, task: CatalogueTask, *, chunk_rows: int = 400_000, timings: dict | None = None
+) -> list[np.ndarray]:
+    """:func:`model_scores` of several models on the same task; the features of each distinct
+    feature service are fetched once (the gate scores champion and challenger this way)."""
+    by_service: dict[str, list[int]] = {}
+    for i, model in enumerate(models):
+        by_service.setdefault(model.card["feature_service"], []).append(i)
+    out: list = [None] * len(models)
+    for service_name, members in by_service.items():
+        blocks = _score_service(
+            settings, service_name, [models[i] for i in members], task, chunk_rows=chunk_rows, timings=timings
+        )
+        for i, block in zip(members, blocks, strict=True):
+            out[i] = block
+    return out
+
+
+def _score_service(
+    settings, service_name: str, models: list, task: CatalogueTask, *, chunk_rows: int, timings: dict | None
+) -> list[np.ndarray]:
     import ibis
     import pyarrow as pa
 
@@ -395,15 +419,17 @@ def model_scores(settings, model, task: CatalogueTask, *, chunk_rows: int = 400_
     clock = timings if timings is not None else {}
     t0 = time.perf_counter()
     store = feature_store(settings)
-    service_name = model.card["feature_service"]
     spec = service_spec(store, service_name)
-    missing = [f for f in model.features if f not in spec.features]
-    if missing:
-        raise CatalogueError(
-            f"feature service {service_name} lacks {len(missing)} of the model's features ({', '.join(missing[:5])})"
-        )
-    columns = [spec.features.index(f) for f in model.features]
-    booster = model.booster()
+    columns = []
+    for model in models:
+        missing = [f for f in model.features if f not in spec.features]
+        if missing:
+            raise CatalogueError(
+                f"feature service {service_name} lacks {len(missing)} of the model's features "
+                f"({', '.join(missing[:5])})"
+            )
+        columns.append([spec.features.index(f) for f in model.features])
+    boosters = [model.booster() for model in models]
     service = store.get_feature_service(service_name)
     listings = schema.read_table(settings.raw_dir, schema.LISTINGS)
     attrs = listings.assign(item_id=listings.item_id.astype(str)).set_index("item_id").reindex(task.items)
@@ -411,9 +437,9 @@ def model_scores(settings, model, task: CatalogueTask, *, chunk_rows: int = 400_
     item_arrays = {c: pa.array(attrs[c].astype(object).where(attrs[c].notna(), None).to_numpy()) for c in attr_cols}
     item_ids = pa.array(task.items.astype(object))
     user_ids = pa.array(task.users.astype(object))
-    out = np.full((task.n_users, task.n_items), np.nan, dtype=np.float32)
+    out = [np.full((task.n_users, task.n_items), np.nan, dtype=np.float32) for _ in models]
     per_user = max(1, chunk_rows // max(task.n_items, 1))
-    clock["setup"] = time.perf_counter() - t0
+    clock["setup"] = clock.get("setup", 0.0) + time.perf_counter() - t0
     con = ibis.get_backend().con
     previous = _duckdb_settings(con, {"memory_limit": "2GB"})
     try:
@@ -441,8 +467,10 @@ def model_scores(settings, model, task: CatalogueTask, *, chunk_rows: int = 400_
                 with pd.option_context("future.infer_string", True):
                     result = job.to_arrow()
                 t2 = time.perf_counter()
-                matrix = _features_in_entity_order(result, spec, len(r))[:, columns]
-                out[r + lo, c] = booster.predict(np.ascontiguousarray(matrix), num_threads=2).astype(np.float32)
+                matrix = _features_in_entity_order(result, spec, len(r))
+                for block, booster, cols in zip(out, boosters, columns, strict=True):
+                    x = np.ascontiguousarray(matrix[:, cols])
+                    block[r + lo, c] = booster.predict(x, num_threads=2).astype(np.float32)
                 t3 = time.perf_counter()
                 clock["features"] = clock.get("features", 0.0) + t2 - t1
                 clock["predict"] = clock.get("predict", 0.0) + t3 - t2
@@ -450,6 +478,11 @@ def model_scores(settings, model, task: CatalogueTask, *, chunk_rows: int = 400_
     finally:
         _duckdb_settings(con, previous)
     return out
+
+
+def scores_scorer(block: np.ndarray) -> Scorer:
+    """A scorer over a precomputed users x items block (NaN off the candidates)."""
+    return lambda rows: np.nan_to_num(block[rows].astype(np.float64), nan=0.0)
 
 
 def read_engagement_log(settings) -> pd.DataFrame:
@@ -509,7 +542,7 @@ def evaluate_catalogue(
     t = time.perf_counter()
     ease, ease_info = ease_scorer(task, lam=ease_lambda, top_n=ease_top_n)
     scorers: dict[str, Scorer] = {
-        "model": lambda rows: np.nan_to_num(scores[rows].astype(np.float64), nan=0.0),
+        "model": scores_scorer(scores),
         "popularity": popularity_scorer(task),
         "popularity_7d": popularity_scorer(task, days=RECENT_DAYS),
         "ease": ease,
