@@ -245,10 +245,22 @@ def quality_bar(evaluation_metrics: dict) -> list[str]:
 
 
 def evaluate_model(
-    settings: Settings, model_dir: Path, *, n_boot: int = 1000, seed: int = 0, write: bool = True
+    settings: Settings,
+    model_dir: Path,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    write: bool = True,
+    full_catalogue: bool | None = None,
+    catalogue_users: int | None = None,
 ) -> dict:
     """Evaluate a model folder on its test window; store the result in its card and write
-    ``report.html`` beside it. Returns the evaluation dict (see ``ranker.training.report``)."""
+    ``report.html`` beside it. Returns the evaluation dict (see ``ranker.training.report``).
+
+    ``full_catalogue``: also rank every listing live at the test window's start for a sample of
+    ``catalogue_users`` test users (:mod:`ranker.training.catalogue`); default: when the training
+    set is made of sampled groups (a log without impressions), where the sampled NDCG is inflated."""
+    from ranker.training.catalogue import DEFAULT_USERS, evaluate_catalogue
     from ranker.training.report import write_report
 
     model = load_model(model_dir)
@@ -276,10 +288,17 @@ def evaluate_model(
         },
     }
     evaluation["metrics"]["quality_bar_failures"] = quality_bar(result)
+    if full_catalogue is None:
+        full_catalogue = bool(manifest.get("sampled_groups"))
+    if full_catalogue:
+        users = DEFAULT_USERS if catalogue_users is None else catalogue_users
+        evaluation["full_catalogue"], _ = evaluate_catalogue(settings, model, users=users, seed=seed, n_boot=n_boot)
     if write:
         card = dict(model.card)
         card["metrics"] = evaluation["metrics"]
         card["evaluation"] = {"test_window": evaluation["test_window"], "report": "report.html"}
+        if "full_catalogue" in evaluation:
+            card["evaluation"]["full_catalogue"] = evaluation["full_catalogue"]
         (model.path / "card.json").write_text(json.dumps(card, indent=2, allow_nan=False, default=_json_default))
         write_report(evaluation, path=model.path / "report.html", title=f"{card['name']} {card['version']}")
     return evaluation
