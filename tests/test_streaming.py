@@ -456,3 +456,46 @@ def test_one_processor_per_partition_and_host(sqlite_home, stream):
             Processor(settings, 1, broker=broker, state_class=CountingState).run(idle_exit_s=0.1)
     with pytest.raises(StreamError, match="not a partition of 2"):
         Processor(settings, 2, broker=broker, state_class=CountingState)
+
+
+def _stream_env(settings, **extra) -> dict:
+    import os
+
+    from tests.conftest import REPO_ROOT
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RANKER_", "REDIS_"))}
+    env.update(
+        PYTHONPATH=str(REPO_ROOT),
+        RANKER_HOME=str(settings.home),
+        RANKER_ONLINE_STORE=settings.online_store,
+        REDIS_URL=settings.redis_url,
+        RANKER_STREAM_URL=settings.stream_url,
+        RANKER_STREAM_NAME=settings.stream_name,
+        RANKER_STREAM_PARTITIONS=str(settings.stream_partitions),
+        RANKER_STREAM_CHECKPOINT_S=str(settings.stream_checkpoint_s),
+    )
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def _run_partition(settings, partition: int, *args: str):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "pipelines.cli", "stream", "run", "--partition", str(partition)]
+    cmd += ["--state-class", "tests.stream_state:CountingState", *args]
+    return subprocess.Popen(cmd, env=_stream_env(settings), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _wait_for(condition, deadline_s: float, what: str, proc=None):
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(
+                f"the processor exited ({proc.returncode}) before {what}: {proc.stderr.read().decode()[-2000:]}"
+            )
+        time.sleep(0.02)  # polling a condition with a deadline
+    pytest.fail(f"timed out waiting for {what}")
