@@ -348,6 +348,11 @@ def test_feast_point_in_time_with_v2_returns_the_backfill(world):
     from ranker.features.store import feature_store, in_feature_repo
     from tests.test_features import _impressions_entity_df
 
+    from ranker.features.store import service_spec
+
+    for surface in ("search", "recs"):  # v1 + the 10 listing and 2 numeric session features
+        v1, v2 = (service_spec(feature_store(world), f"{surface}_ranker_v{n}").features for n in (1, 2))
+        assert v2[: len(v1)] == v1 and len(v2) == len(v1) + 12
     entity_df = _impressions_entity_df(world, 300, seed=5)
     # Half of them half an hour later: the row is then an earlier event's, not the impression's own.
     entity_df.loc[::2, "event_timestamp"] += pd.Timedelta(minutes=30)
