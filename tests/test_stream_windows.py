@@ -338,3 +338,53 @@ def test_backfill_window_bounds_and_rerun(tmp_path):
     assert cut.event_timestamp.min() >= start and cut.event_timestamp.max() < end
     inside = whole[(whole.event_timestamp >= start) & (whole.event_timestamp < end)].reset_index(drop=True)
     pd.testing.assert_frame_equal(cut.reset_index(drop=True), inside)  # windows reach before start
+
+
+# -- Feast: the v2 services read the backfilled rows point in time ----------------------------------
+def test_feast_point_in_time_with_v2_returns_the_backfill(world):
+    """`ranker features build` (the world fixture) wrote the backfill, apply registered the views: a
+    point-in-time training set through search_ranker_v2 gets, per impression, the backfill's row at
+    the entity's latest event time <= the impression time (within the views' 1 day TTL)."""
+    from ranker.features.store import feature_store, in_feature_repo
+    from tests.test_features import _impressions_entity_df
+
+    from ranker.features.store import service_spec
+
+    for surface in ("search", "recs"):  # v1 + the 10 listing and 2 numeric session features
+        v1, v2 = (service_spec(feature_store(world), f"{surface}_ranker_v{n}").features for n in (1, 2))
+        assert v2[: len(v1)] == v1 and len(v2) == len(v1) + 12
+    entity_df = _impressions_entity_df(world, 300, seed=5)
+    # Half of them half an hour later: the row is then an earlier event's, not the impression's own.
+    entity_df.loc[::2, "event_timestamp"] += pd.Timedelta(minutes=30)
+    entity_df["request_ts"] = entity_df.event_timestamp.astype("int64") // 10**9
+    store = feature_store(world)
+    with in_feature_repo(world.feature_repo):
+        got = store.get_historical_features(
+            entity_df=entity_df, features=store.get_feature_service("search_ranker_v2")
+        ).to_df()
+    assert "item_ctr_24h_rt" in got.columns and "user_clicks_30m" in got.columns
+    assert "user_session_categories" not in got.columns  # strings stay out of the model's matrix
+
+    realtime = world.features_dir / "realtime"
+    for view, key, cols in (
+        (ITEM_VIEW, "item_id", ["item_clicks_1h", "item_impressions_24h", "item_ctr_24h_rt", "item_first6h_saves"]),
+        (USER_VIEW, "user_id", ["user_clicks_30m", "user_saves_30m"]),
+    ):
+        back = pd.read_parquet(realtime / view).sort_values("event_timestamp")
+        assert len(back) > 1000
+        probe = got[[key, "event_timestamp", *cols]].copy()
+        probe["event_timestamp"] = pd.to_datetime(probe.event_timestamp, utc=True).astype("datetime64[us, UTC]")
+        probe = probe.sort_values("event_timestamp").reset_index(drop=True)
+        expect = pd.merge_asof(
+            probe[[key, "event_timestamp"]],
+            back.astype({"event_timestamp": "datetime64[us, UTC]"}),
+            on="event_timestamp",
+            by=key,
+            tolerance=pd.Timedelta(days=1),
+        )
+        assert expect[cols[0]].notna().sum() > 100, view  # most impressions have a real-time row
+        for col in cols:
+            a = pd.to_numeric(probe[col]).astype("float64")
+            b = pd.to_numeric(expect[col]).astype("float64")
+            bad = ~((a == b) | (a.isna() & b.isna()))
+            assert int(bad.sum()) == 0, (view, col, probe[bad].head(), expect[bad].head())

@@ -122,22 +122,22 @@ def backfill_tables(
     start_us, end_us = _us(start, -(2**62)), _us(end, 2**62)
     ev = pa.table(
         {
-            "event_id": pa.array(events["event_id"].astype(str).to_numpy()),
-            "event_type": pa.array(events["event_type"].astype(str).to_numpy()),
-            "ts": pa.array(
-                pd.to_datetime(events["timestamp"], utc=True).astype("datetime64[us, UTC]").astype("int64").to_numpy()
-            ),
-            "user_id": pa.array(events["user_id"].astype(str).to_numpy()),
-            "item_id": pa.array(events["item_id"].astype(str).to_numpy()),
+            "event_id": _strings(events["event_id"]),
+            "event_type": _strings(events["event_type"]),
+            "ts": pa.Array.from_pandas(pd.to_datetime(events["timestamp"], utc=True).astype("datetime64[us, UTC]"))
+            .cast(pa.timestamp("us"))
+            .cast(pa.int64()),
+            "user_id": _strings(events["user_id"]),
+            "item_id": _strings(events["item_id"]),
         }
     )
     created = pd.to_datetime(listings["created_at"], utc=True).astype("datetime64[us, UTC]")
     lst = pa.table(
         {
-            "item_id": pa.array(listings["item_id"].astype(str).to_numpy()),
-            "category": pa.array(listings["category"].astype(object).where(listings["category"].notna(), None)),
-            "brand": pa.array(listings["brand"].astype(object).where(listings["brand"].notna(), None)),
-            "created_us": pa.array(created.astype("int64").to_numpy(), pa.int64(), mask=created.isna().to_numpy()),
+            "item_id": _strings(listings["item_id"]),
+            "category": _strings(listings["category"]),
+            "brand": _strings(listings["brand"]),
+            "created_us": pa.Array.from_pandas(created).cast(pa.timestamp("us")).cast(pa.int64()),
         }
     )
     con = duckdb.connect()
@@ -170,6 +170,18 @@ def backfill_tables(
     finally:
         con.close()
     return {ITEM_VIEW: _as_view(items, ITEM_VIEW), USER_VIEW: _as_view(users, USER_VIEW)}
+
+
+def _strings(series: pd.Series) -> pa.Array:
+    """A string column as Arrow without a Python object per value when it is Arrow-backed already."""
+    arr = pa.Array.from_pandas(series)
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        arr = pa.Array.from_pandas(series.astype(object).where(series.notna(), None).map(_text))
+    return arr.cast(pa.string())
+
+
+def _text(value):
+    return None if value is None else str(value)
 
 
 def _as_view(table, view: str) -> pa.Table:

@@ -194,6 +194,7 @@ class WindowState:
         self._items: dict[str, _Item] = {}
         self._users: dict[str, _User] = {}
         self._last_created = 0
+        self._since_sweep = 0
 
     # -- catalogue -------------------------------------------------------------------------------
     def seed_listings(self, listings: pa.Table | pd.DataFrame) -> None:
@@ -288,7 +289,12 @@ class WindowState:
                 },
                 schema=SOLD_SCHEMA,
             )
-        if self._max_ts - self._swept >= _SWEEP_EVERY_US:
+        self._since_sweep += accepted
+        # Sweep every 10 minutes of event time, and at most once per half a state's worth of records
+        # (a sweep visits every entity: a fast replay of history would otherwise spend its time there).
+        if self._max_ts - self._swept >= _SWEEP_EVERY_US and 2 * self._since_sweep >= len(self._items) + len(
+            self._users
+        ):
             self._sweep()  # after the rows: it may drop an entity this batch touched last
         return Applied(updates=updates, rejected=rejected, accepted=accepted, sold_items=list(sold))
 
@@ -403,6 +409,7 @@ class WindowState:
         """Drop what can no longer be accepted, counted or revised: bounded memory. Every record
         accepted from now on has an event time >= the watermark, so does every row written."""
         self._swept = self._max_ts
+        self._since_sweep = 0
         wm = self._max_ts - self.lateness_us
         # An id older than the watermark cannot be applied again (it is late), so it is not kept.
         self._seen = {k: ts for k, ts in self._seen.items() if ts >= wm}
