@@ -54,7 +54,7 @@ query_category_fv = FeatureView(
 )
 
 # A brand generalises across unique listings: the user's brand taste ranks a listing nobody has seen.
-# Rows for pairs the user engaged with in the last 32 days (absent pair: no engagement, counts 0).
+# Rows for pairs the user engaged with or searched for in the last 32 days (absent pair: counts 0).
 user_brand_fv = FeatureView(
     name="user_brand_fv",
     entities=[user, brand],
@@ -75,6 +75,18 @@ user_brand_fv = FeatureView(
             name="ub_bag_or_buy_30d",
             dtype=Int64,
             description="User's add-to-bags and purchases of the brand, 30 days.",
+            tags={"default": "0"},
+        ),
+        Field(
+            name="ub_searches_30d",
+            dtype=Int64,
+            description="User's searches naming the brand (whole words), 30 days.",
+            tags={"default": "0"},
+        ),
+        Field(
+            name="ub_search_share_30d",
+            dtype=Float32,
+            description="Share of the user's brand-naming searches that named this brand, 30 days.",
             tags={"default": "0"},
         ),
         Field(
