@@ -432,8 +432,8 @@ def test_the_processor_applies_dedups_checkpoints_and_appends_what_it_wrote_offl
     dropped = sum((Counter(s["dropped"]) for s in summaries), Counter())
     assert dropped == {"duplicate": 50, "bad_json": 1, "unknown_type": 1}  # each duplicate once per route
     # what was online, appended offline at each checkpoint: its last value per item is the online one
-    files = sorted((settings.realtime_dir / "item_stats_fv").glob("stream-p*.parquet"))
-    assert files and all(f.name.startswith(("stream-p0-", "stream-p1-")) for f in files)
+    files = sorted((settings.realtime_dir / "item_stats_fv").glob(f"stream-{name}-p*.parquet"))
+    assert files and all(f.name.startswith((f"stream-{name}-p0-", f"stream-{name}-p1-")) for f in files)
     offline = pd.concat([pq.read_table(f).to_pandas() for f in files])
     latest = offline.sort_values(["event_timestamp", "item_clicks_1d"]).groupby("item_id").item_clicks_1d.last()
     assert latest.to_dict() == _expected_clicks(rows)
