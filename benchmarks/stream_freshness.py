@@ -95,8 +95,12 @@ def _consume(settings, until_records: int, max_seconds: float, out) -> None:
             time.sleep(0.005)  # a watchdog's polling interval, not synchronisation
         stop.set()
 
+    def announce() -> None:
+        processor.ready.wait()
+        out.put(("ready", None))
+
     threading.Thread(target=watch, daemon=True).start()
-    out.put(("ready", None))
+    threading.Thread(target=announce, daemon=True).start()
     summary = processor.run(max_seconds=max_seconds + 5)
     seconds = time.monotonic() - (first[0] if first else time.monotonic())
     fresh = np.asarray(processor.freshness or [0.0]) * 1000
@@ -173,8 +177,7 @@ def _run_rate(settings, rows: list[dict], rate: float | None, seconds: float, br
     child = ctx.Process(target=_consume, args=(run, expected, seconds * 3 + 30, out))
     child.start()
     try:
-        assert out.get(timeout=120)[0] == "ready"
-        time.sleep(1.0)  # let the child subscribe before the first message (freshness of a cold start)
+        assert out.get(timeout=180)[0] == "ready"  # subscribed, the online store open
         stats = Producer(broker, name, 1).publish(chunk, rate=rate, retime=True)
         kind, result = out.get(timeout=seconds * 3 + 120)
         child.join(timeout=60)
@@ -255,7 +258,9 @@ def main() -> None:
         latencies: list[float] = []
         scorer = None
         if not args.no_scorer:
-            scorer = _stack.gunicorn(settings, workers=1, extra_env={"RANKER_HOME": str(settings.home)})
+            scorer = _stack.gunicorn(
+                settings, workers=1, extra_env={"RANKER_HOME": str(settings.home), "RANKER_SURFACES": "recs"}
+            )
             base_url = scorer.__enter__()
             bodies = [_stack.dumps(b) for b in _stack.request_bodies(settings, surface="recs", candidates=100, n=50)]
             threading.Thread(target=_serve_load, args=(base_url, bodies, load_stop, latencies), daemon=True).start()

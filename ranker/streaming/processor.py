@@ -119,6 +119,7 @@ class Processor:
         self.dropped: Counter = Counter()
         self.retries = 0
         self.lag_s = 0.0
+        self.ready = threading.Event()  # set once subscribed and polling
 
     # --- plumbing -----------------------------------------------------------------------------------
     def _on_retry(self, exc: BaseException, delay: float) -> None:
@@ -199,6 +200,7 @@ class Processor:
                 offset = -1
             resumed_from = offset + 1
             self._prune_offline(offset)
+            self.writer  # noqa: B018 -- open the online store (and load Feast) before the first message
             consumer = self.broker.consumer(self.stream, self.partition, resumed_from)
             started = last_ckpt = last_progress = idle_since = time.monotonic()
             pending: dict[str, list[pa.Table]] = {}
@@ -228,6 +230,7 @@ class Processor:
                     if self.stop.is_set():
                         break
                     raise
+                self.ready.set()
                 if messages:
                     idle_since = time.monotonic()
                     self._process(messages, state, pending)
