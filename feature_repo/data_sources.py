@@ -10,6 +10,7 @@ repository root, a job in another folder. Moving the home means applying again.
 from pathlib import Path
 
 from feast import Field, FileSource, PushSource, RequestSource
+from feast.data_format import ParquetFormat
 from feast.types import Int64, String
 
 # The home's feature tables: <home>/data/features/, <home> being the folder that holds feature_repo/.
@@ -51,9 +52,44 @@ query_category_source = FileSource(
     path=str(FEATURE_TABLES / "query_category_stats.parquet"),
     timestamp_field="event_timestamp",
 )
+user_brand_source = FileSource(
+    name="user_brand_source",
+    path=str(FEATURE_TABLES / "user_brand_stats.parquet"),
+    timestamp_field="event_timestamp",
+)
+user_size_source = FileSource(
+    name="user_size_source", path=str(FEATURE_TABLES / "user_size_stats.parquet"), timestamp_field="event_timestamp"
+)
 
 # When the ranking is requested (unix seconds): listing age is computed against it.
 request_time = RequestSource(name="request_time", schema=[Field(name="request_ts", dtype=Int64)])
 
 # The raw search text of a search request, for query-title matching.
 search_request = RequestSource(name="search_request", schema=[Field(name="query_text", dtype=String)])
+
+# Real-time views (features/realtime.py): the stream writes the online store and appends the rows it
+# wrote under realtime/<view>/; `ranker features build` writes there the backfill of the same rows from
+# the event log (ranker/streaming/backfill.py). A directory of parquet files, read as one table; its
+# ``created`` column breaks ties between rows of one entity at one event time (the later write wins).
+REALTIME_TABLES = FEATURE_TABLES / "realtime"
+
+item_realtime_source = FileSource(
+    name="item_realtime_source",
+    path=str(REALTIME_TABLES / "item_realtime_fv"),
+    file_format=ParquetFormat(),
+    timestamp_field="event_timestamp",
+    created_timestamp_column="created",
+    description="A listing's sliding-window engagement, one row per listing per event time.",
+)
+user_session_source = FileSource(
+    name="user_session_source",
+    path=str(REALTIME_TABLES / "user_session_fv"),
+    file_format=ParquetFormat(),
+    timestamp_field="event_timestamp",
+    created_timestamp_column="created",
+    description="A buyer's session signals, one row per user per event time.",
+)
+# The stream's entry points (the processor writes the online layout directly; the push sources declare
+# that the views are stream-fed and give Feast's push API the same schema).
+item_realtime_push = PushSource(name="item_realtime_push", batch_source=item_realtime_source)
+user_session_push = PushSource(name="user_session_push", batch_source=user_session_source)

@@ -43,7 +43,8 @@ def register(cli: click.Group) -> None:
         """Compute the daily feature snapshots from data/raw into data/features (replaces them)."""
         from tqdm import tqdm
 
-        from ranker.features.build import TABLES, BuildOptions, build_features
+        from ranker.features.build import TABLES, BuildOptions
+        from ranker.jobs.feature_tables import build_feature_tables
 
         with tqdm(total=len(TABLES), desc="features", unit="table", disable=as_json) as bar:
 
@@ -51,18 +52,20 @@ def register(cli: click.Group) -> None:
                 bar.set_postfix_str(name)
                 bar.update(1)
 
-            if (engine or settings.feature_engine) == "spark":
-                from ranker.features.spark_build import build_features_spark
-
-                summary = build_features_spark(settings.with_(feature_engine="spark"), progress=done)
-            else:
-                summary = build_features(
-                    settings, options=BuildOptions(memory_limit=memory_limit, threads=threads), progress=done
-                )
+            # The daily tables, then the real-time views' backfill from the same log.
+            summary = build_feature_tables(
+                settings,
+                engine=engine or settings.feature_engine,
+                options=BuildOptions(memory_limit=memory_limit, threads=threads),
+                progress=done,
+                threads=threads,
+            )
         if as_json:
             click.echo(json.dumps(summary, indent=2))
             return
         for name, info in summary["tables"].items():
+            click.echo(f"  {name:<22} {info['rows']:>10,} rows  {info['path']}")
+        for name, info in summary["realtime"]["views"].items():
             click.echo(f"  {name:<22} {info['rows']:>10,} rows  {info['path']}")
         click.echo(
             f"snapshots {summary['snapshots']['first']} .. {summary['snapshots']['last']}, {summary['seconds']} s"

@@ -58,9 +58,9 @@ def run(
 
     from ranker.config import Settings
     from ranker.data.importers import ImportOptions, describe, import_log
-    from ranker.features.build import build_features
     from ranker.features.materialize import materialize
     from ranker.features.store import apply
+    from ranker.jobs.feature_tables import build_feature_tables
     from ranker.training.dataset import DatasetOptions, build_dataset
     from ranker.training.evaluate import evaluate_model
     from ranker.training.ips import evaluate_ips, ips_table
@@ -74,7 +74,7 @@ def run(
     report = import_log(settings, ImportOptions(fmt="open-bandit", path=data, sample_rows=sample_rows, seed=seed))
     print(describe(report))
     print("== features", flush=True)
-    summary = build_features(settings)
+    summary = build_feature_tables(settings)
     print(", ".join(f"{k} {v['rows']:,}" for k, v in summary["tables"].items()))
     apply(settings)
     mat = materialize(settings, full=True)

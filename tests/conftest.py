@@ -37,13 +37,13 @@ def make_home(root: Path) -> Settings:
 def world(tmp_path_factory) -> Settings:
     """Simulated raw data, feature tables and an applied Feast registry (sqlite online store)."""
     from ranker.data.simulate import SimConfig, simulate
-    from ranker.features.build import build_features
     from ranker.features.store import apply
+    from ranker.jobs.feature_tables import build_feature_tables
 
     warnings.filterwarnings("ignore", category=RuntimeWarning)
     settings = make_home(tmp_path_factory.mktemp("world"))
     simulate(SimConfig(**SMALL_WORLD), raw_dir=settings.raw_dir, ground_truth_dir=settings.ground_truth_dir)
-    build_features(settings)
+    build_feature_tables(settings)  # `ranker features build`: batch tables and the real-time backfill
     apply(settings)
     return settings
 

@@ -227,14 +227,14 @@ def stream_home(tmp_path_factory):
     import warnings
 
     from ranker.data.simulate import SimConfig, simulate
-    from ranker.features.build import build_features
     from ranker.features.store import apply
+    from ranker.jobs.feature_tables import build_feature_tables
     from tests.conftest import SMALL_WORLD, make_home
 
     warnings.filterwarnings("ignore", category=RuntimeWarning)
     settings = make_home(tmp_path_factory.mktemp("stream_world"))
     simulate(SimConfig(**SMALL_WORLD), raw_dir=settings.raw_dir, ground_truth_dir=settings.ground_truth_dir)
-    build_features(settings)
+    build_feature_tables(settings)  # batch tables and the real-time backfill, as `ranker features build`
     apply(settings)
     return settings
 

@@ -273,14 +273,23 @@ def _latest_rows(view, path: str, start: datetime | None, end: datetime) -> pa.T
     import duckdb
 
     keys = ", ".join(f'"{c.name}"' for c in view.entity_columns)
+    # A source with a created column (the stream-fed views: a row revised at the same event time) breaks
+    # ties by it, as Feast's point-in-time join does; Feast's row conversion then expects the column.
+    created = view.batch_source.created_timestamp_column
     cols = ", ".join(
-        [*(f'"{c.name}"' for c in view.entity_columns), "event_timestamp", *(f'"{f.name}"' for f in view.features)]
+        [
+            *(f'"{c.name}"' for c in view.entity_columns),
+            "event_timestamp",
+            *([f'"{created}"'] if created else []),
+            *(f'"{f.name}"' for f in view.features),
+        ]
     )
+    order = "event_timestamp DESC" + (f', "{created}" DESC' if created else "")
     where = "event_timestamp <= $end" + (" AND event_timestamp > $start" if start else "")
     sql = f"""
         SELECT {cols} FROM read_parquet($path)
         WHERE {where}
-        QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY event_timestamp DESC) = 1
+        QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {order}) = 1
     """
     params = {"path": path, "end": end}
     if start:

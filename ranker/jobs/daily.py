@@ -93,13 +93,14 @@ def _features_fingerprint(ctx: StepContext) -> dict:
     return {
         "raw": files_signature(_raw_paths(ctx.settings), root=ctx.settings.home),
         "code": _module_signature("ranker.features.build"),
+        "realtime_code": _module_signature("ranker.streaming.backfill") + _module_signature("ranker.streaming.windows"),
     }
 
 
 def _features(ctx: StepContext) -> dict:
-    from ranker.features.build import build_features
+    from ranker.jobs.feature_tables import build_feature_tables
 
-    summary = build_features(ctx.settings)
+    summary = build_feature_tables(ctx.settings)  # the batch tables and the real-time backfill
     ctx.log(f"snapshots {summary['snapshots']['first']} .. {summary['snapshots']['last']} in {summary['seconds']} s")
     return {
         "tables": {name: {"rows": info["rows"], "path": info["path"]} for name, info in summary["tables"].items()},

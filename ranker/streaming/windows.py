@@ -1,0 +1,454 @@
+"""The real-time feature state of one stream partition: sliding windows on event time, allowed
+lateness, de-duplication, and the rows the stream writes (``feature_repo/features/realtime.py``
+declares the views; ``backfill.py`` computes the same rows from the event log).
+
+Semantics (the contract with ``backfill.py``, tested row for row in tests/test_stream_windows.py):
+
+* **Event time.** A row's values are the windows *as of its ``event_timestamp``* ``T``: a count over
+  ``W`` counts the entity's events with ``T - W < ts <= T``. The stream writes, per batch and per
+  entity touched, one row at ``T`` = the latest event time applied to that entity, so the online value
+  is the window as of the entity's last event (it does not decay between events: that is also what a
+  Feast point-in-time join returns from rows written at each event's time, so training == serving).
+* **Revisions.** A record older than its entity's latest event (out of order, within the lateness)
+  changes the rows already written at or after its time: they are written again, same
+  ``event_timestamp``, later ``created`` (the tie-breaker of Feast's point-in-time join and of the
+  online writer). So every row the stream wrote, taken at its latest ``created``, equals the backfill's
+  row for the same entity and event time (``backfill.py`` writes one per event time; the stream one
+  per batch, the denser backfill agreeing wherever both have a row).
+* **Lateness.** ``watermark_us`` = the largest event time accepted minus ``lateness_s``. A record
+  older than the watermark when it arrives is rejected as ``"late"`` (counted, not applied); anything
+  newer is applied exactly, in any arrival order.
+* **De-duplication** on ``(record_id, route)``: a record seen again is rejected as ``"duplicate"``.
+  An id is kept while it could still be accepted (event time >= watermark, swept every 10 minutes of
+  event time), so the id set holds about ``lateness + 10 min`` of traffic; an evicted id is older
+  than the watermark, so its replay is rejected as ``"late"``: never applied twice either way. The
+  window buffers hold the last ``24 h + lateness`` of events; the first-hours counters one triple
+  per listing that had early engagement.
+* **Routes.** An engagement event arrives twice (``records.py``): the copy routed by its ``item_id``
+  feeds the listing's windows (and marks it sold on a purchase), the copy routed by its ``user_id``
+  feeds the user's session. Listing changes come once, routed by ``item_id``.
+* **Listing catalogue.** The first-hours counts need the listing's ``created_at`` and the session
+  categories/brands need the clicked listing's category/brand: both come from ``seed_listings`` (the
+  processor seeds every partition with the listings table) and from ``created`` records. A click on a
+  listing the state does not know still counts as a click; it adds no category or brand.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+from bisect import bisect_left, bisect_right, insort
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
+
+from ranker.streaming.records import StreamRecord
+
+US = 1_000_000
+HOUR_US = 3600 * US
+
+# Window lengths (event time).
+ITEM_WINDOWS_US = {"1h": HOUR_US, "24h": 24 * HOUR_US}
+FIRST_HOURS_US = 6 * HOUR_US  # engagement of a new listing in its first 6 hours online
+SESSION_US = 30 * 60 * US  # the user's session: the last 30 minutes
+LONGEST_US = max(*ITEM_WINDOWS_US.values(), SESSION_US)
+
+# item_ctr_24h_rt = (clicks_24h + CTR_SMOOTHING * CTR_PRIOR) / (impressions_24h + CTR_SMOOTHING): a listing
+# with few impressions stays near the marketplace's click-through rate.
+CTR_SMOOTHING = 20.0
+CTR_PRIOR = 0.08
+_CTR_PSEUDO_CLICKS = CTR_SMOOTHING * CTR_PRIOR  # computed once, in this order, by the stream and the backfill
+
+DEFAULT_LATENESS_S = 300.0
+
+ITEM_VIEW = "item_realtime_fv"
+USER_VIEW = "user_session_fv"
+LISTING_VIEW = "listing_fv"
+VIEWS = (ITEM_VIEW, USER_VIEW)
+
+_TS = pa.timestamp("us", tz="UTC")
+ITEM_FEATURES = (
+    ("item_impressions_1h", pa.int64()),
+    ("item_clicks_1h", pa.int64()),
+    ("item_saves_1h", pa.int64()),
+    ("item_impressions_24h", pa.int64()),
+    ("item_clicks_24h", pa.int64()),
+    ("item_saves_24h", pa.int64()),
+    ("item_ctr_24h_rt", pa.float32()),
+    ("item_first6h_impressions", pa.int64()),
+    ("item_first6h_clicks", pa.int64()),
+    ("item_first6h_saves", pa.int64()),
+)
+USER_FEATURES = (
+    ("user_clicks_30m", pa.int64()),
+    ("user_saves_30m", pa.int64()),
+    ("user_session_categories", pa.string()),
+    ("user_session_brands", pa.string()),
+)
+# The arrow schema of every row a real-time view's offline directory and the stream hold.
+SCHEMAS = {
+    ITEM_VIEW: pa.schema([("item_id", pa.string()), ("event_timestamp", _TS), ("created", _TS), *ITEM_FEATURES]),
+    USER_VIEW: pa.schema([("user_id", pa.string()), ("event_timestamp", _TS), ("created", _TS), *USER_FEATURES]),
+}
+SOLD_SCHEMA = pa.schema([("item_id", pa.string()), ("event_timestamp", _TS), ("created", _TS), ("is_sold", pa.int64())])
+JOIN_KEYS = {ITEM_VIEW: "item_id", USER_VIEW: "user_id"}
+
+_SWEEP_EVERY_US = 10 * 60 * US  # evict expired state each time event time advances this much
+_MIN_TS = -(2**62)
+
+
+@dataclass
+class Applied:
+    """What one batch did: the rows to write, and what was refused."""
+
+    updates: dict[str, pa.Table] = field(default_factory=dict)
+    rejected: dict[str, int] = field(default_factory=dict)
+    accepted: int = 0
+    sold_items: list[str] = field(default_factory=list)
+
+
+class _Item:
+    __slots__ = ("imp", "clk", "sav", "last", "rows", "first_ts", "first_base")
+
+    def __init__(self) -> None:
+        self.imp: list[int] = []  # event times (sorted) of impressions, clicks, saves in the window horizon
+        self.clk: list[int] = []
+        self.sav: list[int] = []
+        self.last = _MIN_TS  # latest event time applied
+        self.rows: list[int] = []  # event times of the rows written that a record within lateness can revise
+        # Impressions, clicks, saves in the first FIRST_HOURS_US after created_at: their event times while a
+        # row can still fall inside those hours, then only their counts.
+        self.first_ts: tuple[list[int], list[int], list[int]] = ([], [], [])
+        self.first_base = [0, 0, 0]
+
+    def __getstate__(self):
+        return (self.imp, self.clk, self.sav, self.last, self.rows, self.first_ts, self.first_base)
+
+    def __setstate__(self, state) -> None:
+        self.imp, self.clk, self.sav, self.last, self.rows, self.first_ts, self.first_base = state
+
+
+class _User:
+    __slots__ = ("clk", "clk_items", "sav", "last", "rows")
+
+    def __init__(self) -> None:
+        self.clk: list[int] = []
+        self.clk_items: list[str] = []  # aligned with clk
+        self.sav: list[int] = []
+        self.last = _MIN_TS
+        self.rows: list[int] = []
+
+    def __getstate__(self):
+        return (self.clk, self.clk_items, self.sav, self.last, self.rows)
+
+    def __setstate__(self, state) -> None:
+        self.clk, self.clk_items, self.sav, self.last, self.rows = state
+
+
+def _count(ts: list[int], upto: int, width: int) -> int:
+    """Entries of the sorted list ``ts`` in ``(upto - width, upto]``."""
+    return bisect_right(ts, upto) - bisect_right(ts, upto - width)
+
+
+def _trim(ts: list[int], horizon: int, aligned: list | None = None) -> None:
+    """Drop the entries <= horizon."""
+    k = bisect_right(ts, horizon)
+    if k:
+        del ts[:k]
+        if aligned is not None:
+            del aligned[:k]
+
+
+def _revise(rows: list[int], since: int, need: set[int]) -> None:
+    """An entity received an event at ``since`` older than its latest: the rows written at or after it
+    change (their windows now include the event) and are written again."""
+    need.update(rows[bisect_left(rows, since) :])
+
+
+def _remember(rows: list[int], times: list[int]) -> None:
+    for t in times:
+        k = bisect_left(rows, t)
+        if k == len(rows) or rows[k] != t:
+            rows.insert(k, t)
+
+
+def smoothed_ctr(clicks: int, impressions: int) -> float:
+    return (clicks + _CTR_PSEUDO_CLICKS) / (impressions + CTR_SMOOTHING)
+
+
+class WindowState:
+    """Windows, de-duplication set and watermark of one partition (see the module docstring)."""
+
+    def __init__(self, lateness_s: float = DEFAULT_LATENESS_S):
+        if lateness_s < 0:
+            raise ValueError(f"lateness_s must be >= 0, got {lateness_s}")
+        self.lateness_us = int(round(lateness_s * US))
+        self._max_ts = _MIN_TS
+        self._swept = _MIN_TS
+        self._seen: dict[tuple[str, str], int] = {}
+        self._listings: dict[str, tuple[str | None, str | None, int | None]] = {}
+        self._sold: set[str] = set()
+        self._items: dict[str, _Item] = {}
+        self._users: dict[str, _User] = {}
+        self._last_created = 0
+        self._since_sweep = 0
+
+    # -- catalogue -------------------------------------------------------------------------------
+    def seed_listings(self, listings: pa.Table | pd.DataFrame) -> None:
+        """Know the listings' category, brand and created_at (columns of the listings table). Sold
+        status is not read from it: a listing becomes sold by a record (change ``sold`` or a purchase)."""
+        df = listings.to_pandas() if isinstance(listings, pa.Table) else listings
+        created = pd.to_datetime(df["created_at"], utc=True).astype("datetime64[us, UTC]")
+        created_us = [None if pd.isna(c) else int(c.value // 1000) for c in created]
+        for item, cat, brand, c in zip(df["item_id"].astype(str), df["category"], df["brand"], created_us, strict=True):
+            self._listings[item] = (None if pd.isna(cat) else str(cat), None if pd.isna(brand) else str(brand), c)
+
+    # -- properties ------------------------------------------------------------------------------
+    @property
+    def watermark_us(self) -> int:
+        return self._max_ts - self.lateness_us
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        """How much state is held (for the bounded-memory test and the processor's metrics)."""
+        return {
+            "dedup_ids": len(self._seen),
+            "items": len(self._items),
+            "users": len(self._users),
+            "item_events": sum(len(i.imp) + len(i.clk) + len(i.sav) for i in self._items.values()),
+            "user_events": sum(len(u.clk) + len(u.sav) for u in self._users.values()),
+        }
+
+    # -- apply -----------------------------------------------------------------------------------
+    def apply(self, records: Iterable[StreamRecord]) -> Applied:
+        """Apply records in arrival order; return the rows to write for every entity touched.
+
+        Per entity touched: the row at its latest event time and, when a record older than that
+        arrived (within the lateness), the rows written earlier at or after that record's time, revised
+        (same event_timestamp, later ``created``). Rows of a view are sorted by event_timestamp."""
+        rejected: dict[str, int] = {}
+        accepted = 0
+        items_touched: dict[str, set[int]] = {}
+        users_touched: dict[str, set[int]] = {}
+        sold: dict[str, int] = {}
+        seen = self._seen
+        for r in records:
+            key = (r.record_id, r.route)
+            if key in seen:
+                rejected["duplicate"] = rejected.get("duplicate", 0) + 1
+                continue
+            ts = r.ts_us
+            if ts < self._max_ts - self.lateness_us:
+                rejected["late"] = rejected.get("late", 0) + 1
+                continue
+            if r.kind == "event":
+                if r.route == r.item_id:
+                    need = items_touched.get(r.item_id)
+                    if need is None:
+                        need = items_touched[r.item_id] = set()
+                    self._apply_item_event(r, need)
+                    if r.event_type == "purchase" and r.item_id not in self._sold:
+                        self._sold.add(r.item_id)
+                        sold[r.item_id] = ts
+                elif r.route == r.user_id and r.user_id is not None:
+                    need = users_touched.get(r.user_id)
+                    if need is None:
+                        need = users_touched[r.user_id] = set()
+                    self._apply_user_event(r, r.user_id, need)
+                else:
+                    rejected["route"] = rejected.get("route", 0) + 1
+                    continue
+            elif r.kind == "listing":
+                if r.change == "created":
+                    a = r.attrs
+                    self._listings[r.item_id] = (a.get("category"), a.get("brand"), ts)
+                elif r.change == "sold" and r.item_id not in self._sold:
+                    self._sold.add(r.item_id)
+                    sold[r.item_id] = ts
+            seen[key] = ts
+            accepted += 1
+            if ts > self._max_ts:
+                self._max_ts = ts
+        created = max(time.time_ns() // 1000, self._last_created + 1)
+        self._last_created = created
+        updates: dict[str, pa.Table] = {}
+        if items_touched:
+            updates[ITEM_VIEW] = self._item_rows(items_touched, created)
+        if users_touched:
+            updates[USER_VIEW] = self._user_rows(users_touched, created)
+        if sold:
+            updates[LISTING_VIEW] = pa.table(
+                {
+                    "item_id": list(sold),
+                    "event_timestamp": pa.array(list(sold.values()), _TS),
+                    "created": pa.array([created] * len(sold), _TS),
+                    "is_sold": pa.array([1] * len(sold), pa.int64()),
+                },
+                schema=SOLD_SCHEMA,
+            )
+        self._since_sweep += accepted
+        # Sweep every 10 minutes of event time, and at most once per half a state's worth of records
+        # (a sweep visits every entity: a fast replay of history would otherwise spend its time there).
+        if self._max_ts - self._swept >= _SWEEP_EVERY_US and 2 * self._since_sweep >= len(self._items) + len(
+            self._users
+        ):
+            self._sweep()  # after the rows: it may drop an entity this batch touched last
+        return Applied(updates=updates, rejected=rejected, accepted=accepted, sold_items=list(sold))
+
+    def _apply_item_event(self, r: StreamRecord, need: set[int]) -> None:
+        it = self._items.get(r.item_id)
+        if it is None:
+            it = self._items[r.item_id] = _Item()
+        ts = r.ts_us
+        kind = r.event_type
+        slot = 0 if kind == "impression" else 1 if kind == "click" else 2 if kind == "save" else -1
+        if slot >= 0:
+            insort((it.imp, it.clk, it.sav)[slot], ts)
+            listing = self._listings.get(r.item_id)
+            if listing is not None and listing[2] is not None and listing[2] <= ts < listing[2] + FIRST_HOURS_US:
+                insort(it.first_ts[slot], ts)
+        if ts < it.last:
+            _revise(it.rows, ts, need)
+        else:
+            it.last = ts
+
+    def _apply_user_event(self, r: StreamRecord, user: str, need: set[int]) -> None:
+        u = self._users.get(user)
+        if u is None:
+            u = self._users[user] = _User()
+        ts = r.ts_us
+        if r.event_type == "click":
+            k = bisect_right(u.clk, ts)
+            u.clk.insert(k, ts)
+            u.clk_items.insert(k, r.item_id)
+        elif r.event_type == "save":
+            insort(u.sav, ts)
+        if ts < u.last:
+            _revise(u.rows, ts, need)
+        else:
+            u.last = ts
+
+    def _item_rows(self, touched: dict[str, set[int]], created: int) -> pa.Table:
+        w1, w24 = ITEM_WINDOWS_US["1h"], ITEM_WINDOWS_US["24h"]
+        cols: list[list] = [[] for _ in range(12)]
+        for item, need in touched.items():
+            it = self._items[item]
+            need.add(it.last)
+            times = sorted(need)
+            _remember(it.rows, times)
+            known = self._listings.get(item)
+            has_created = known is not None and known[2] is not None
+            for t in times:
+                imp24, clk24 = _count(it.imp, t, w24), _count(it.clk, t, w24)
+                values = (
+                    item,
+                    t,
+                    _count(it.imp, t, w1),
+                    _count(it.clk, t, w1),
+                    _count(it.sav, t, w1),
+                    imp24,
+                    clk24,
+                    _count(it.sav, t, w24),
+                    smoothed_ctr(clk24, imp24),
+                )
+                for c, v in zip(cols, values, strict=False):
+                    c.append(v)
+                for slot in range(3):
+                    cols[9 + slot].append(
+                        it.first_base[slot] + bisect_right(it.first_ts[slot], t) if has_created else None
+                    )
+        schema = SCHEMAS[ITEM_VIEW]
+        n = len(cols[0])
+        arrays = [pa.array(cols[0], pa.string()), pa.array(cols[1], _TS), pa.array([created] * n, _TS)]
+        arrays += [pa.array(c, f.type) for c, f in zip(cols[2:], list(schema)[3:], strict=True)]
+        return _by_time(pa.Table.from_arrays(arrays, schema=schema))
+
+    def _user_rows(self, touched: dict[str, set[int]], created: int) -> pa.Table:
+        w = SESSION_US
+        users, last, clicks, saves, cats, brands = [], [], [], [], [], []
+        for user, need in touched.items():
+            u = self._users[user]
+            need.add(u.last)
+            times = sorted(need)
+            _remember(u.rows, times)
+            for t in times:
+                lo, hi = bisect_right(u.clk, t - w), bisect_right(u.clk, t)
+                c_set, b_set = set(), set()
+                for item in u.clk_items[lo:hi]:
+                    known = self._listings.get(item)
+                    if known is not None:
+                        if known[0] is not None:
+                            c_set.add(known[0])
+                        if known[1] is not None:
+                            b_set.add(known[1])
+                users.append(user)
+                last.append(t)
+                clicks.append(hi - lo)
+                saves.append(_count(u.sav, t, w))
+                cats.append(",".join(sorted(c_set)))
+                brands.append(",".join(sorted(b_set)))
+        n = len(users)
+        table = pa.Table.from_arrays(
+            [
+                pa.array(users, pa.string()),
+                pa.array(last, _TS),
+                pa.array([created] * n, _TS),
+                pa.array(clicks, pa.int64()),
+                pa.array(saves, pa.int64()),
+                pa.array(cats, pa.string()),
+                pa.array(brands, pa.string()),
+            ],
+            schema=SCHEMAS[USER_VIEW],
+        )
+        return _by_time(table)
+
+    def _sweep(self) -> None:
+        """Drop what can no longer be accepted, counted or revised: bounded memory. Every record
+        accepted from now on has an event time >= the watermark, so does every row written."""
+        self._swept = self._max_ts
+        self._since_sweep = 0
+        wm = self._max_ts - self.lateness_us
+        # An id older than the watermark cannot be applied again (it is late), so it is not kept.
+        self._seen = {k: ts for k, ts in self._seen.items() if ts >= wm}
+        item_horizon = wm - LONGEST_US
+        for key in list(self._items):
+            it = self._items[key]
+            _trim(it.imp, item_horizon)
+            _trim(it.clk, item_horizon)
+            _trim(it.sav, item_horizon)
+            del it.rows[: bisect_left(it.rows, wm)]
+            known = self._listings.get(key)
+            if known is not None and known[2] is not None and known[2] + FIRST_HOURS_US <= wm:
+                for slot in range(3):  # every later row counts all of them
+                    it.first_base[slot] += len(it.first_ts[slot])
+                    it.first_ts[slot].clear()
+            if not (it.imp or it.clk or it.sav or it.rows or any(it.first_ts) or any(it.first_base)):
+                del self._items[key]
+        user_horizon = wm - SESSION_US
+        for key in list(self._users):
+            u = self._users[key]
+            _trim(u.clk, user_horizon, u.clk_items)
+            _trim(u.sav, user_horizon)
+            del u.rows[: bisect_left(u.rows, wm)]
+            if not (u.clk or u.sav or u.rows):
+                del self._users[key]
+
+    # -- checkpoint ------------------------------------------------------------------------------
+    def snapshot(self) -> bytes:
+        """The full state (windows, catalogue, sold set, de-duplication ids, watermark)."""
+        return pickle.dumps(self.__dict__, protocol=pickle.HIGHEST_PROTOCOL)
+
+    @classmethod
+    def restore(cls, data: bytes) -> WindowState:
+        state = cls.__new__(cls)
+        state.__dict__.update(pickle.loads(data))
+        return state
+
+
+def _by_time(table: pa.Table) -> pa.Table:
+    if table.num_rows < 2:
+        return table
+    return table.take(pa.compute.sort_indices(table, [("event_timestamp", "ascending")]))
