@@ -432,8 +432,8 @@ def test_the_processor_applies_dedups_checkpoints_and_appends_what_it_wrote_offl
     dropped = sum((Counter(s["dropped"]) for s in summaries), Counter())
     assert dropped == {"duplicate": 50, "bad_json": 1, "unknown_type": 1}  # each duplicate once per route
     # what was online, appended offline at each checkpoint: its last value per item is the online one
-    files = sorted((settings.realtime_dir / "item_stats_fv").glob("stream-p*.parquet"))
-    assert files and all(f.name.startswith(("stream-p0-", "stream-p1-")) for f in files)
+    files = sorted((settings.realtime_dir / "item_stats_fv").glob(f"stream-{name}-p*.parquet"))
+    assert files and all(f.name.startswith((f"stream-{name}-p0-", f"stream-{name}-p1-")) for f in files)
     offline = pd.concat([pq.read_table(f).to_pandas() for f in files])
     latest = offline.sort_values(["event_timestamp", "item_clicks_1d"]).groupby("item_id").item_clicks_1d.last()
     assert latest.to_dict() == _expected_clicks(rows)
@@ -499,3 +499,82 @@ def _wait_for(condition, deadline_s: float, what: str, proc=None):
             )
         time.sleep(0.02)  # polling a condition with a deadline
     pytest.fail(f"timed out waiting for {what}")
+
+
+# --- CLI ----------------------------------------------------------------------------------------------
+
+
+def _cli(settings, *args: str, **env):
+    from click.testing import CliRunner
+
+    from pipelines import cli
+
+    cli._register()
+    return CliRunner().invoke(cli.cli, list(args), env=_stream_env(settings, **env), catch_exceptions=False)
+
+
+def _one_error_line(result) -> str:
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def test_bad_stream_arguments_exit_2_with_one_line(stream_home, tmp_path):
+    settings = stream_home.with_(stream_url=f"amqp://guest:guest@127.0.0.1:{_closed_port()}/%2F")
+    assert "not found" in _one_error_line(_cli(settings, "stream", "publish", str(tmp_path / "nope.parquet")))
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    assert "neither events" in _one_error_line(_cli(settings, "stream", "publish", str(bad)))
+    events = tmp_path / "events.csv"
+    events.write_text("event_id,event_type,timestamp,user_id,item_id,surface,request_id,position,query\n")
+    events.write_text(events.read_text() + "e1,click,not-a-time,u1,i1,search,r1,1,\n")
+    assert "events.timestamp" in _one_error_line(_cli(settings, "stream", "publish", str(events)))
+    assert "not reachable" in _one_error_line(_cli(settings, "stream", "create"))
+    line = _one_error_line(_cli(settings, "stream", "run", "--partition", "7", RANKER_STREAM_PARTITIONS="4"))
+    assert "not a partition of 4" in line
+    assert "RANKER_STREAM_PARTITIONS" in _one_error_line(
+        _cli(settings, "stream", "create", RANKER_STREAM_PARTITIONS="0")
+    )
+    usage = _cli(settings, "stream", "publish", str(events), "--rate", "0")
+    assert usage.exit_code == 2 and "Invalid value for '--rate'" in usage.output
+
+
+def test_publish_a_csv_then_run_the_partitions_from_the_cli(sqlite_home, stream, tmp_path):
+    import json
+
+    import pandas as pd
+
+    broker, name, n = stream
+    settings = sqlite_home.with_(stream_name=name, stream_partitions=n, stream_checkpoint_s=0.2)
+    rows = _clicks(120, items=6, seed=9)
+    for r in rows:
+        r["item_id"] = r["item_id"].replace("sx-", "cli-")
+    df = pd.DataFrame([{k: v for k, v in r.items() if k != "type"} for r in rows])
+    df["timestamp"] = pd.to_datetime(df["timestamp"], unit="us", utc=True).map(lambda t: t.isoformat())
+    path = tmp_path / "events.csv"
+    df.to_csv(path, index=False)
+    published = _cli(settings, "stream", "publish", str(path), "--rate", "5000")
+    assert published.exit_code == 0, published.output
+    assert "published 120 rows" in published.output
+    for k in range(n):
+        ran = _cli(
+            settings,
+            "stream",
+            "run",
+            "--partition",
+            str(k),
+            "--idle-exit",
+            "1",
+            "--state-class",
+            "tests.stream_state:CountingState",
+            "--json",
+        )
+        assert ran.exit_code == 0, ran.output
+        summary = json.loads(ran.output.strip().splitlines()[-1])
+        assert summary["resumed_from"] == 0 and summary["dropped"] == {}
+    items = [f"cli-i{i}" for i in range(6)]
+    expected = {r["item_id"]: 0 for r in rows}
+    for r in rows:
+        expected[r["item_id"]] += 1
+    assert _online_clicks(settings, items) == {i: expected.get(i) for i in items}
