@@ -388,3 +388,19 @@ def test_feast_point_in_time_with_v2_returns_the_backfill(world):
             b = pd.to_numeric(expect[col]).astype("float64")
             bad = ~((a == b) | (a.isna() & b.isna()))
             assert int(bad.sum()) == 0, (view, col, probe[bad].head(), expect[bad].head())
+
+
+def test_backfill_without_listings_or_events():
+    """An imported log may have no listings: the first-hours counts are missing, the session lists
+    blank, the windows still counted; an empty log gives empty tables of the views' schemas."""
+    from ranker.streaming.backfill import backfill_tables
+    from ranker.streaming.windows import SCHEMAS
+
+    events, listings = _world(seed=4, n_events=300)
+    tables = backfill_tables(events, listings.iloc[0:0])
+    items, users = tables[ITEM_VIEW].to_pandas(), tables[USER_VIEW].to_pandas()
+    assert items.item_first6h_clicks.isna().all() and items.item_clicks_24h.sum() > 0
+    assert (users.user_session_categories == "").all() and users.user_clicks_30m.sum() > 0
+    empty = backfill_tables(events.iloc[0:0], listings)
+    for view, table in empty.items():
+        assert table.num_rows == 0 and table.schema == SCHEMAS[view]
