@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-SERVICES = ("search_ranker_v1", "recs_ranker_v1")
-REQUESTS_PER_SERVICE = 20  # per store: 40 random requests compared with Feast
+SERVICES = ("search_ranker_v1", "recs_ranker_v1", "search_ranker_v2", "recs_ranker_v2")
+REQUESTS_PER_SERVICE = 12  # per store: 48 random requests compared with Feast (v2: the real-time views too)
 
 
 # --- helpers -----------------------------------------------------------------------------------------
@@ -142,12 +142,12 @@ def redis_world(world, redis_server):
 
 
 def test_fetch_equals_feast_on_random_requests_sqlite(sqlite_world):
-    assert _compare_random_requests(sqlite_world, seed=20261125) == 2 * REQUESTS_PER_SERVICE
+    assert _compare_random_requests(sqlite_world, seed=20261125) == len(SERVICES) * REQUESTS_PER_SERVICE
 
 
 @pytest.mark.redis
 def test_fetch_equals_feast_on_random_requests_redis(redis_world):
-    assert _compare_random_requests(redis_world, seed=20261126) == 2 * REQUESTS_PER_SERVICE
+    assert _compare_random_requests(redis_world, seed=20261126) == len(SERVICES) * REQUESTS_PER_SERVICE
 
 
 @pytest.mark.redis
