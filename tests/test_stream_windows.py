@@ -404,3 +404,39 @@ def test_backfill_without_listings_or_events():
     empty = backfill_tables(events.iloc[0:0], listings)
     for view, table in empty.items():
         assert table.num_rows == 0 and table.schema == SCHEMAS[view]
+
+
+@pytest.mark.slow  # four CLI processes (Feast imports): ~25 s
+def test_features_build_cli_writes_the_backfill_before_apply(tmp_path):
+    """`ranker features build` writes the real-time backfill (replacing earlier backfills), so
+    `ranker features apply` and `materialize` find non-empty directory sources."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from datetime import date
+
+    from ranker.data.simulate import SimConfig, simulate
+    from tests.conftest import REPO_ROOT, make_home
+
+    home = make_home(tmp_path / "home")
+    simulate(
+        SimConfig(seed=3, users=60, items=150, new_items_per_day=10, days=2, start=date(2026, 10, 1)),
+        raw_dir=home.raw_dir,
+        ground_truth_dir=home.ground_truth_dir,
+    )
+    env = {**os.environ, "RANKER_HOME": str(home.home), "PYTHONPATH": str(REPO_ROOT)}
+
+    def ranker(*args):
+        r = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, env=env)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+        return r.stdout
+
+    (home.features_dir / "realtime" / ITEM_VIEW).mkdir(parents=True)
+    (home.features_dir / "realtime" / ITEM_VIEW / "backfill-20261001T000000Z-last.parquet").write_bytes(b"stale")
+    built = json.loads(ranker("features", "build", "--json"))["realtime"]["views"]
+    assert built[ITEM_VIEW]["rows"] > 100 and built[USER_VIEW]["rows"] > 10
+    for view in (ITEM_VIEW, USER_VIEW):
+        assert [p.name for p in (home.features_dir / "realtime" / view).iterdir()] == ["backfill-first-last.parquet"]
+    assert "item_realtime_fv" in ranker("features", "apply")
+    assert "item_realtime_fv" in json.loads(ranker("features", "materialize", "--json"))["views"]
