@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint serve clean example-open-bandit promtool stack docs
+.PHONY: install demo test lint serve clean example-open-bandit example-interactions promtool stack docs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,9 @@ promtool:
 
 example-open-bandit: $(STAMP)  # real ZOZOTOWN logs: import -> features -> train -> evaluate (IPS); own home
 	$(BIN)/python -m pipelines.example_open_bandit --home artifacts/open_bandit
+
+example-interactions: $(STAMP)  # simulated log exported as interactions.csv + items.csv -> import -> sampled groups -> train -> full-catalogue evaluation; own home
+	$(BIN)/python -m pipelines.example_interactions --home artifacts/interactions
 
 stack: $(STAMP)  # redis-server + S3 server (moto) + gunicorn scorer on loopback: infra/docker-compose.yml without containers
 	$(BIN)/python -m infra.stack up --workers $${WORKERS:-2} $${PORT:+--port $$PORT}

@@ -279,6 +279,11 @@ def settings_markdown() -> str:
             "Read by the scorer at start (`api/settings.py`); `ranker serve` checks them before "
             "starting workers, so a bad value is one error line.",
         ),
+        "stream": (
+            "Event stream",
+            "Read by `ranker stream ...` (`ranker/config.py`): the broker, the partitions, event-time "
+            "lateness and checkpoints (docs/guides/streaming.md).",
+        ),
         "A/B": ("A/B variants", "Which model serves which users (`ranker.monitoring.abtest`)."),
         "served log": ("Served-feature log", "What the scorer logs for the skew, drift and online monitors."),
         "server": (

@@ -52,6 +52,14 @@ query_category_source = FileSource(
     path=str(FEATURE_TABLES / "query_category_stats.parquet"),
     timestamp_field="event_timestamp",
 )
+user_brand_source = FileSource(
+    name="user_brand_source",
+    path=str(FEATURE_TABLES / "user_brand_stats.parquet"),
+    timestamp_field="event_timestamp",
+)
+user_size_source = FileSource(
+    name="user_size_source", path=str(FEATURE_TABLES / "user_size_stats.parquet"), timestamp_field="event_timestamp"
+)
 
 # When the ranking is requested (unix seconds): listing age is computed against it.
 request_time = RequestSource(name="request_time", schema=[Field(name="request_ts", dtype=Int64)])

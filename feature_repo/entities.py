@@ -18,3 +18,6 @@ category = Entity(
 
 # A normalised search query (lower-case, single spaces).
 query = Entity(name="query", join_keys=["query"], value_type=ValueType.STRING, description="A search query.")
+
+# A brand, lower case; combined with the user for brand taste (every listing is unique, its brand is not).
+brand = Entity(name="brand", join_keys=["brand"], value_type=ValueType.STRING, description="A brand.")

@@ -4,14 +4,14 @@ versioned service (v2), never an edit of a service a model in production was tra
 
 from feast import FeatureService
 from feast.types import String
-from features.affinity import query_category_fv, user_category_fv
+from features.affinity import query_category_fv, user_brand_fv, user_category_fv
 from features.category import category_stats_fv
 from features.generic import generic_item_stats_fv, generic_user_category_fv, generic_user_stats_fv
 from features.listing import item_stats_fv, listing_fv
 from features.realtime import item_realtime_fv, user_session_fv
 from features.seller import seller_stats_fv
 from features.user import user_stats_fv
-from on_demand import listing_request_features, query_listing_features, user_listing_features
+from on_demand import listing_request_features, query_listing_features, user_listing_features, user_size_features
 
 _user_numeric = [f.name for f in user_stats_fv.features if f.name != "user_size"]
 
@@ -36,6 +36,22 @@ recs_ranker_v1 = FeatureService(
     name="recs_ranker_v1",
     features=_shared,
     description="Inputs of the recommendations ranker, version 1.",
+)
+
+# Version 3: taste that generalises to unique listings (issue 17) — the user's brands and the sizes
+# the user engages with. (v2 is the real-time version.)
+_taste = [user_brand_fv, user_size_features]
+
+search_ranker_v3 = FeatureService(
+    name="search_ranker_v3",
+    features=[*_shared, query_category_fv, query_listing_features, *_taste],
+    description="Inputs of the search ranker, version 3: v1 + brand and size taste.",
+)
+
+recs_ranker_v3 = FeatureService(
+    name="recs_ranker_v3",
+    features=[*_shared, *_taste],
+    description="Inputs of the recommendations ranker, version 3: v1 + brand and size taste.",
 )
 
 # Works on any imported log (only user_id, item_id, timestamp are needed): interaction counts,

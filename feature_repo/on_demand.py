@@ -13,7 +13,7 @@ from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float32
 from features.category import category_stats_fv
 from features.listing import listing_fv
-from features.user import user_stats_fv
+from features.user import user_size_fv, user_stats_fv
 
 
 # Freshness: second-hand listings sell fast, young ones need exposure.
@@ -63,3 +63,23 @@ def query_listing_features(inputs: pd.DataFrame) -> pd.DataFrame:
     from ranker.features import transforms
 
     return transforms.query_listing_features(inputs)
+
+
+# Size fit from behaviour: a quarter of profiles have no size and no profile has a shoe size.
+@on_demand_feature_view(
+    sources=[listing_fv[["size"]], user_stats_fv[["user_size"]], user_size_fv],
+    schema=[
+        Field(name="size_gap_profile", dtype=Float32),
+        Field(name="size_gap_engaged", dtype=Float32),
+        Field(name="size_engaged_n", dtype=Float32),
+    ],
+    description=(
+        "size_gap_profile: letter-size steps between the listing and the profile size; size_gap_engaged: "
+        "distance from the user's mean engaged size of the same kind (letter steps or shoe sizes), 30 days; "
+        "size_engaged_n: the user's engagements with listings sized like this one, 30 days."
+    ),
+)
+def user_size_features(inputs: pd.DataFrame) -> pd.DataFrame:
+    from ranker.features import transforms
+
+    return transforms.user_size_features(inputs)

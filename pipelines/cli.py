@@ -39,8 +39,20 @@ def _register() -> None:
     from pipelines import cmd_batch, cmd_data, cmd_dataset, cmd_features, cmd_registry, cmd_serve
     from pipelines import cmd_pipeline
     from pipelines import cmd_monitor
+    from pipelines import cmd_stream
 
-    for module in (cmd_data, cmd_features, cmd_dataset, cmd_registry, cmd_batch, cmd_serve, cmd_pipeline, cmd_monitor):
+    modules = (
+        cmd_data,
+        cmd_features,
+        cmd_dataset,
+        cmd_registry,
+        cmd_batch,
+        cmd_serve,
+        cmd_pipeline,
+        cmd_monitor,
+        cmd_stream,
+    )
+    for module in modules:
         module.register(cli)
 
 

@@ -126,21 +126,53 @@ def register(cli: click.Group) -> None:
         default=0,
         show_default=True,
         type=click.IntRange(0),
-        help="Seed of the random baseline and the bootstrap.",
+        help="Seed of the random baseline, the bootstrap and the full catalogue's user sample.",
     )
+    @click.option(
+        "--full-catalogue/--no-full-catalogue",
+        default=None,
+        help="Also rank every listing live at the test window's start for each test user (popularity, "
+        "7-day popularity, EASE and random beside the model). Default: on for sampled-group training sets "
+        "(logs without impressions).",
+    )
+    @click.option(
+        "--catalogue-users",
+        default=500,
+        show_default=True,
+        type=click.IntRange(1),
+        help="Test users sampled (seeded by --seed) for the full catalogue; the catalogue itself is never sampled.",
+    )
+    @click.option("--json", "as_json", is_flag=True, help="Print the metrics (and the full catalogue) as JSON.")
     @click.pass_obj
-    def evaluate(settings, model_dir: Path, bootstrap: int, seed: int) -> None:
+    def evaluate(
+        settings, model_dir: Path, bootstrap: int, seed: int, full_catalogue, catalogue_users: int, as_json: bool
+    ) -> None:
         """Compare MODEL_DIR with the random, popularity, logged and (on simulated data) oracle
         rankings on its test requests; store the metrics in its card.json and write report.html."""
-        from ranker.training.evaluate import evaluate_model
-        from ranker.training.report import evaluation_table
+        import json
 
-        evaluation = evaluate_model(settings, model_dir, n_boot=bootstrap, seed=seed)
+        from ranker.training.evaluate import evaluate_model
+        from ranker.training.report import evaluation_table, full_catalogue_table
+
+        evaluation = evaluate_model(
+            settings,
+            model_dir,
+            n_boot=bootstrap,
+            seed=seed,
+            full_catalogue=full_catalogue,
+            catalogue_users=catalogue_users,
+        )
+        if as_json:
+            out = {k: evaluation[k] for k in ("model", "metrics", "test_window", "full_catalogue") if k in evaluation}
+            click.echo(json.dumps(out, indent=2, default=float))
+            return
         click.echo(evaluation_table(evaluation))
         failures = evaluation["metrics"]["quality_bar_failures"]
         click.echo(
             "quality bar: " + ("PASS (beats every baseline)" if not failures else "NOT MET: " + "; ".join(failures))
         )
+        if "full_catalogue" in evaluation:
+            click.echo(full_catalogue_table(evaluation))
         click.echo(f"report: {Path(model_dir) / 'report.html'}")
         if (settings.raw_dir / "propensities.parquet").exists():  # a log with logging propensities
             from ranker.training.ips import evaluate_ips, ips_table

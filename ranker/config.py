@@ -173,6 +173,49 @@ PLATFORM_SETTINGS: tuple[Setting, ...] = (
         check=lambda v: v >= 1,
         rule="at least 1",
     ),
+    Setting(
+        "RANKER_STREAM_URL",
+        str,
+        "amqp://guest:guest@127.0.0.1:5672/%2F",
+        "the event stream's RabbitMQ (AMQP URL; stream queues, docs/guides/streaming.md)",
+        group="stream",
+        doc_default="`amqp://guest:guest@127.0.0.1:5672/%2F`",
+        secret=True,
+    ),
+    Setting(
+        "RANKER_STREAM_NAME",
+        str,
+        "ranker-events",
+        "name of the event stream; partition k is the stream queue `<name>-p<k>`",
+        group="stream",
+    ),
+    Setting(
+        "RANKER_STREAM_PARTITIONS",
+        int,
+        4,
+        "partitions of the event stream (entities hashed by id; one active consumer each)",
+        group="stream",
+        check=lambda v: v >= 1,
+        rule="at least 1",
+    ),
+    Setting(
+        "RANKER_STREAM_LATENESS_S",
+        float,
+        300.0,
+        "allowed lateness of an event behind the partition's watermark, seconds (later ones are counted, not applied)",
+        group="stream",
+        check=lambda v: v >= 0,
+        rule="at least 0",
+    ),
+    Setting(
+        "RANKER_STREAM_CHECKPOINT_S",
+        float,
+        1.0,
+        "seconds between the processor's checkpoints (offset + window state, atomically)",
+        group="stream",
+        check=lambda v: v > 0,
+        rule="more than 0",
+    ),
 )
 _PLATFORM = {s.env: s for s in PLATFORM_SETTINGS}
 
@@ -201,8 +244,26 @@ class Settings:
     # Dask scheduler address (tcp://host:8786); empty = a LocalCluster of dask_workers processes.
     dask_scheduler: str = ""
     dask_workers: int = 2
+    # The event stream (docs/guides/streaming.md): RabbitMQ stream queues <stream_name>-p<k>.
+    stream_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    stream_name: str = "ranker-events"
+    stream_partitions: int = 4
+    stream_lateness_s: float = 300.0
+    stream_checkpoint_s: float = 1.0
 
     def __post_init__(self) -> None:
+        for env, value in (
+            ("RANKER_STREAM_PARTITIONS", self.stream_partitions),
+            ("RANKER_STREAM_LATENESS_S", self.stream_lateness_s),
+            ("RANKER_STREAM_CHECKPOINT_S", self.stream_checkpoint_s),
+        ):
+            setting = _PLATFORM[env]
+            if setting.check is not None and not setting.check(value):
+                raise ConfigError(f"{env}={value} must be {setting.rule}")
+        if urlparse(self.stream_url).scheme not in ("amqp", "amqps"):
+            raise ConfigError(
+                "RANKER_STREAM_URL is not an amqp:// URL; expected e.g. amqp://guest:guest@127.0.0.1:5672/%2F"
+            )
         if self.feature_engine not in FEATURE_ENGINES:
             raise ConfigError(
                 f"RANKER_FEATURE_ENGINE={self.feature_engine!r} is not supported; use one of "
@@ -247,6 +308,17 @@ class Settings:
             train_engine=value("RANKER_TRAIN_ENGINE").lower(),
             dask_scheduler=value("RANKER_DASK_SCHEDULER"),
             dask_workers=parse_setting(_PLATFORM["RANKER_DASK_WORKERS"], str(value("RANKER_DASK_WORKERS"))),
+            stream_url=value("RANKER_STREAM_URL"),
+            stream_name=value("RANKER_STREAM_NAME"),
+            stream_partitions=parse_setting(
+                _PLATFORM["RANKER_STREAM_PARTITIONS"], str(value("RANKER_STREAM_PARTITIONS"))
+            ),
+            stream_lateness_s=parse_setting(
+                _PLATFORM["RANKER_STREAM_LATENESS_S"], str(value("RANKER_STREAM_LATENESS_S"))
+            ),
+            stream_checkpoint_s=parse_setting(
+                _PLATFORM["RANKER_STREAM_CHECKPOINT_S"], str(value("RANKER_STREAM_CHECKPOINT_S"))
+            ),
         )
 
     def with_(self, **changes) -> "Settings":
@@ -280,6 +352,16 @@ class Settings:
     @property
     def artifacts_dir(self) -> Path:
         return self.home / "artifacts"
+
+    @property
+    def stream_dir(self) -> Path:
+        """The stream processor's checkpoints and partition locks."""
+        return self.data_dir / "stream"
+
+    @property
+    def realtime_dir(self) -> Path:
+        """What the stream processor wrote online, per real-time view (the offline store's copy)."""
+        return self.features_dir / "realtime"
 
     @property
     def redis_seeds(self) -> list[tuple[str, int]]:

@@ -101,10 +101,14 @@ def test_evaluation_writes_metrics_into_the_card_and_a_report(trained):
     settings, model_dir = trained
     evaluation = evaluate_model(settings, model_dir, n_boot=200)
     card = json.loads((model_dir / "card.json").read_text())
-    assert set(card["metrics"]["test"]) == {"model", "random", "popularity", "logged", "oracle"}
+    assert set(card["metrics"]["test"]) == {"model", "random", "popularity", "logged", "oracle", "expected_oracle"}
     for ranker in card["metrics"]["test"].values():
         assert {"ndcg@5", "ndcg@10", "ndcg@20", "mrr", "map", "recall@10"} <= set(ranker)
     assert card["metrics"]["true_utility"]["oracle"] == pytest.approx(1.0)
+    # the ceiling knows all but the noise: above the model, below the noisy oracle
+    truth = card["metrics"]["true_utility"]
+    assert truth["model"] < truth["expected_oracle"] < 1.0
+    assert card["metrics"]["oracle_fraction"] < card["metrics"]["ceiling_fraction"] < 1.0
     assert {"model-vs-random", "model-vs-logged", "model-vs-popularity"} <= set(card["metrics"]["ci"])
     assert any(name.startswith("surface=") for name in card["metrics"]["slices"])
     html = (model_dir / "report.html").read_text()

@@ -19,6 +19,8 @@ TABLE_KEYS = {
     "seller_stats": ["seller_id"],
     "user_category_stats": ["user_id", "category"],
     "query_category_stats": ["query", "category"],
+    "user_brand_stats": ["user_id", "brand"],
+    "user_size_stats": ["user_id"],
 }
 VIEW_OF = {
     "item_stats": "item_stats_fv",
@@ -26,6 +28,8 @@ VIEW_OF = {
     "seller_stats": "seller_stats_fv",
     "user_category_stats": "user_category_fv",
     "query_category_stats": "query_category_fv",
+    "user_brand_stats": "user_brand_fv",
+    "user_size_stats": "user_size_fv",
     "listings": "listing_fv",
 }
 
@@ -44,7 +48,7 @@ def _impressions_entity_df(settings, n, seed):
     events = pd.read_parquet(settings.raw_dir / "events.parquet")
     listings = pd.read_parquet(settings.raw_dir / "listings.parquet")
     imp = events[events.event_type == "impression"].sample(n, random_state=seed)
-    imp = imp.merge(listings[["item_id", "seller_id", "category"]], on="item_id", how="left")
+    imp = imp.merge(listings[["item_id", "seller_id", "category", "brand"]], on="item_id", how="left")
     query = imp["query"].astype(object).where(imp["query"].notna(), "")
     return pd.DataFrame(
         {
@@ -52,6 +56,7 @@ def _impressions_entity_df(settings, n, seed):
             "item_id": imp.item_id.astype(object),
             "seller_id": imp.seller_id.astype(object),
             "category": imp.category.astype(object),
+            "brand": imp.brand.astype(object),
             "query": query,
             "query_text": query,
             "event_timestamp": imp.timestamp,
@@ -87,6 +92,73 @@ def test_windows_use_only_events_before_the_snapshot(world):
         ).sum()
         assert row.item_clicks_1d == clicks_1d
         assert row.item_impressions_7d == imps_7d
+
+
+def _engagements_with_listings(settings):
+    events = pd.read_parquet(settings.raw_dir / "events.parquet")
+    listings = pd.read_parquet(settings.raw_dir / "listings.parquet", columns=["item_id", "brand", "size"])
+    return events.merge(listings, on="item_id", how="left")
+
+
+def _in_window(ev, s, days):
+    return ev[(ev.timestamp < s) & (ev.timestamp >= s - pd.Timedelta(days=days))]
+
+
+def test_user_brand_windows_by_brute_force(world):
+    """user_brand_stats recomputed row by row from the raw events; a pair the user engaged with in
+    the last 32 days has a row, the others have none."""
+    ev = _engagements_with_listings(world)
+    table = _table(world, "user_brand_stats")
+    assert len(table) > 0
+    for row in table.sample(150, random_state=1).itertuples():
+        mine = ev[ev.user_id == row.user_id]
+        win = _in_window(mine, row.event_timestamp, 30)
+        pair = win[win.brand == row.brand]
+        kinds = pair.event_type.value_counts()
+        assert row.ub_impressions_30d == kinds.get("impression", 0)
+        assert row.ub_clicks_30d == kinds.get("click", 0)
+        assert row.ub_saves_30d == kinds.get("save", 0)
+        assert row.ub_bag_or_buy_30d == kinds.get("add_to_bag", 0) + kinds.get("purchase", 0)
+        user_clicks = (win.event_type == "click").sum()
+        user_imps = (win.event_type == "impression").sum()
+        share = kinds.get("click", 0) / user_clicks if user_clicks else 0.0
+        assert row.ub_click_share_30d == pytest.approx(share, rel=1e-6)
+        if user_clicks:
+            ctr = user_clicks / user_imps
+            lift = (kinds.get("click", 0) + 10.0 * ctr) / (kinds.get("impression", 0) + 10.0) / ctr
+            assert row.ub_ctr_lift_30d == pytest.approx(lift, rel=1e-5)
+        retained = _in_window(mine, row.event_timestamp, 32)
+        assert ((retained.brand == row.brand) & (retained.event_type != "impression")).any()
+    # completeness: at the last snapshot every engaged pair of the last 32 days has its row
+    last = table.event_timestamp.max()
+    recent = _in_window(ev, last, 32)
+    engaged = recent[recent.event_type != "impression"][["user_id", "brand"]].drop_duplicates()
+    rows = table[table.event_timestamp == last][["user_id", "brand"]]
+    assert len(engaged.merge(rows, how="left", indicator=True).query("_merge == 'left_only'")) == 0
+
+
+def test_user_size_stats_by_brute_force(world):
+    from ranker.features.transforms import size_scale
+
+    ev = _engagements_with_listings(world)
+    ev = ev[ev.event_type != "impression"]
+    weight = ev.event_type.map({"click": 1, "save": 2, "add_to_bag": 3, "purchase": 4})
+    scales = [size_scale(s) for s in ev["size"]]
+    ev = ev.assign(w=weight, kind=[k for k, _ in scales], value=[v for _, v in scales])
+    table = _table(world, "user_size_stats")
+    assert len(table) > 0
+    for row in table.sample(150, random_state=2).itertuples():
+        win = _in_window(ev[ev.user_id == row.user_id], row.event_timestamp, 30)
+        for kind, mean_col, n_col in (
+            (1, "user_clothing_size_30d", "user_clothing_engaged_30d"),
+            (2, "user_shoe_size_30d", "user_shoe_engaged_30d"),
+        ):
+            part = win[win.kind == kind]
+            assert getattr(row, n_col) == len(part)
+            if len(part):
+                assert getattr(row, mean_col) == pytest.approx((part.w * part.value).sum() / part.w.sum(), rel=1e-6)
+            else:
+                assert np.isnan(getattr(row, mean_col))
 
 
 def test_listing_rows_follow_sales(world):
@@ -130,7 +202,7 @@ def test_historical_matches_merge_asof_reference(world):
     """Every view's features for real impressions equal an independent pandas merge_asof."""
     entity_df = _impressions_entity_df(world, 400, seed=3)
     store = feature_store(world)
-    spec = service_spec(store, "search_ranker_v1")
+    spec = service_spec(store, "search_ranker_v3")
     refs = [r for r in spec.refs if r.split(":")[0] in VIEW_OF.values()]
     out = _historical(world, entity_df, refs)
     out = out.sort_values(["event_timestamp", "user_id", "item_id"]).reset_index(drop=True)

@@ -86,6 +86,7 @@ def test_sampled_groups_have_the_training_layout(world, recs_positives):
         "query",
         "seller_id",
         "category",
+        "brand",
         "label",
     ]
     sizes = table.groupby("request_id", sort=False).size()
@@ -95,6 +96,13 @@ def test_sampled_groups_have_the_training_layout(world, recs_positives):
     change = (table.request_id != table.request_id.shift()).sum()
     assert change == table.request_id.nunique(), "rows of a group are contiguous"
     assert table.event_timestamp.is_monotonic_increasing
+    # the positive sits anywhere in its group (positive-first rows let a constant model score NDCG 1 on
+    # ties): over many groups of 5 each slot holds the positive about a fifth of the time
+    slot = table.groupby("request_id", sort=False).cumcount()
+    share = slot[table.label.to_numpy() > 0].value_counts(normalize=True).reindex(range(5), fill_value=0.0)
+    assert share.max() < 0.4 and share.min() > 0.05, share.to_dict()
+    again = sampled_groups(world, DatasetOptions(surface="recs", negatives=4, negatives_seed=3)).to_pandas()
+    pd.testing.assert_frame_equal(table, again)
 
 
 def test_training_set_and_card_say_the_groups_are_sampled(world, tmp_path):

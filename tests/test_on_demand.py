@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 
 
@@ -118,3 +119,37 @@ def test_an_edited_function_body_changes_serving_as_it_changes_feast(world, tmp_
     known = got.known & ~np.isnan(got.matrix[:, column])
     assert known.sum() > 5
     np.testing.assert_allclose(got.matrix[known, column], before.matrix[known, column] * 60, rtol=1e-5)
+
+
+def test_user_size_features_by_hand():
+    """Letter sizes in steps (XS=0 .. XL=4), numeric sizes as numbers, unsized listings empty; the
+    DataFrame (training) and dict (serving) forms give the same float32 values."""
+    from ranker.features import transforms
+
+    nan = float("nan")
+    inputs = {
+        "size": ["M", "XL", "41", "one size", None, "S"],
+        "user_size": ["S", "S", "S", None, "S", None],
+        "user_clothing_size_30d": [1.5, 1.5, 1.5, 1.5, 1.5, nan],
+        "user_clothing_engaged_30d": [4.0, 4.0, 4.0, 4.0, 4.0, nan],
+        "user_shoe_size_30d": [39.0, 39.0, 39.0, 39.0, 39.0, nan],
+        "user_shoe_engaged_30d": [2.0, 2.0, 2.0, 2.0, 2.0, nan],
+    }
+    want = {
+        "size_gap_profile": [1.0, 3.0, nan, nan, nan, nan],
+        "size_gap_engaged": [0.5, 2.5, 2.0, nan, nan, nan],
+        "size_engaged_n": [4.0, 4.0, 2.0, 0.0, 0.0, 0.0],
+    }
+    # the scorer passes float64 arrays and lists of str/None
+    as_dict = transforms.user_size_features(
+        {
+            k: np.array(v, dtype=np.float64) if k.startswith("user_") and k != "user_size" else v
+            for k, v in inputs.items()
+        }
+    )
+    as_frame = transforms.user_size_features(pd.DataFrame(inputs))
+    for name, values in want.items():
+        np.testing.assert_array_equal(as_dict[name], np.array(values, dtype=np.float32), err_msg=name)
+        np.testing.assert_array_equal(as_frame[name].to_numpy(), np.array(values, dtype=np.float32), err_msg=name)
+    assert transforms.size_scale("xxl") == (1, 5.0)
+    assert transforms.size_scale("44")[0] == 2 and transforms.size_scale("99")[0] == 0

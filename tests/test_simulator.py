@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from ranker.config import Settings
 from ranker.data import schema
-from ranker.data.simulate import CATEGORIES, SimConfig, SimConfigError, simulate
+from ranker.data.simulate import CATEGORIES, NOISE_SD, SimConfig, SimConfigError, simulate
 
 # Small enough to run in about a second, big enough for the statistical checks below.
 SMALL = SimConfig(seed=11, users=400, items=1_500, new_items_per_day=120, days=4)
@@ -60,8 +60,11 @@ def test_every_table_passes_its_schema(world):
     for name, table in schema.TABLES.items():
         # read_table already normalised; normalising again must be a no-op.
         pd.testing.assert_frame_equal(schema.normalise(table, world[name]), world[name])
-    assert list(world["truth"].columns) == ["request_id", "item_id", "user_id", "true_utility"]
+    assert list(world["truth"].columns) == ["request_id", "item_id", "user_id", "true_utility", "expected_utility"]
     assert str(world["truth"].true_utility.dtype) == "float64"
+    noise = world["truth"].true_utility - world["truth"].expected_utility
+    # the per-impression noise is the only difference: centred, with the simulator's spread
+    assert abs(noise.mean()) < 0.05 and noise.std() == pytest.approx(NOISE_SD, rel=0.1)
 
 
 def test_no_impression_outside_the_listing_lifetime(world):

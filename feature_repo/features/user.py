@@ -2,7 +2,7 @@
 
 from datetime import timedelta
 
-from data_sources import user_stats_source
+from data_sources import user_size_source, user_stats_source
 from entities import user
 from feast import FeatureView, Field
 from feast.types import Float32, Int64, String
@@ -38,6 +38,44 @@ user_stats_fv = FeatureView(
             name="user_hours_since_last_click",
             dtype=Float32,
             description="Hours from the last click to the snapshot (empty if none in 30 days).",
+        ),
+    ],
+)
+
+# The sizes a user actually engages with (a quarter of profiles have no size, none has a shoe size).
+# Rows for users with a sized engagement in the last 32 days.
+user_size_fv = FeatureView(
+    name="user_size_fv",
+    entities=[user],
+    ttl=timedelta(days=1),
+    source=user_size_source,
+    online=True,
+    description="Sizes of the listings a user engaged with.",
+    schema=[
+        Field(
+            name="user_clothing_size_30d",
+            dtype=Float32,
+            description=(
+                "Mean clothing size engaged with, 30 days, on the scale XXS=-1, XS=0 .. XXL=5, weighted "
+                "click 1, save 2, add-to-bag 3, purchase 4."
+            ),
+        ),
+        Field(
+            name="user_clothing_engaged_30d",
+            dtype=Int64,
+            description="Engagements with clothing in letter sizes, 30 days.",
+            tags={"default": "0"},
+        ),
+        Field(
+            name="user_shoe_size_30d",
+            dtype=Float32,
+            description="Mean numeric (shoe) size engaged with, 30 days, weighted as above.",
+        ),
+        Field(
+            name="user_shoe_engaged_30d",
+            dtype=Int64,
+            description="Engagements with numerically sized listings, 30 days.",
+            tags={"default": "0"},
         ),
     ],
 )

@@ -198,6 +198,11 @@ GROUND_TRUTH = TableSchema(
         Column("item_id", "string[pyarrow]"),
         Column("user_id", "string[pyarrow]"),
         Column("true_utility", "float64", doc="hidden utility of the impression; evaluation only"),
+        Column(
+            "expected_utility",
+            "float64",
+            doc="true_utility without the per-impression noise: the ceiling any ranker can reach; evaluation only",
+        ),
     ),
 )
 
@@ -614,7 +619,7 @@ class _World:
         )
         position = rank[shown] + 1
         user = requests["user"][req_local]
-        utility = self._utility(rng=rng, user=user, item=item, age_days=age_days, search=search, match=match)
+        utility, expected = self._utility(rng=rng, user=user, item=item, age_days=age_days, search=search, match=match)
 
         # Engagement: clicks carry the position bias; deeper funnel steps need a click first.
         drawn = draw_engagement(rng, utility, position, t_request)
@@ -642,6 +647,7 @@ class _World:
             "position": position,
             "t": t_request,
             "utility": utility,
+            "expected": expected,
             "search": search,
             "query": _query_code(requests["cat"], requests["colour"], requests["brand"])[req_local],
         }
@@ -775,8 +781,9 @@ class _World:
         age_days: np.ndarray,
         search: np.ndarray,
         match: np.ndarray,
-    ) -> np.ndarray:
-        """The hidden true utility of showing ``item`` to ``user`` in this request."""
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The hidden true utility of showing ``item`` to ``user`` in this request, and its expected
+        value (everything but the per-impression noise: the best any ranker could know)."""
         cat = self.category[item]
         budget = self.budget[user] * self.base_price[cat] * 1.15
         price_fit = -np.abs(np.log(self.price[item] / budget))
@@ -785,7 +792,7 @@ class _World:
         own_size = np.where(clothes, self.clothing_size[user], self.shoe_size[user])
         gap = np.abs(size - own_size)
         size_fit = np.where(clothes | footwear, np.select([gap == 0, gap == 1], [0.4, -0.2], -1.0), 0.0)
-        return (
+        expected = (
             self.taste_term[user, cat]
             + W_BRAND * self.brand_affinity[user, self.brand[item]]
             + W_PRICE_FIT * price_fit
@@ -794,8 +801,8 @@ class _World:
             + self.quality[item]
             + W_FRESHNESS * np.exp(-age_days / FRESHNESS_DAYS)
             + np.where(search, W_QUERY_MATCH * (match - 1.0), 0.0)
-            + rng.normal(0.0, NOISE_SD, size=len(item))
         )
+        return expected + rng.normal(0.0, NOISE_SD, size=len(item)), expected
 
     # Output frames -----------------------------------------------------------------------------
     def _ids(self, kind: str, numbers: np.ndarray) -> pa.Array:
@@ -831,6 +838,7 @@ class _World:
                 "item_id": self._ids("item", rows["item"] + 1),
                 "user_id": self._ids("user", rows["user"] + 1),
                 "true_utility": pa.array(rows["utility"].astype(np.float64)),
+                "expected_utility": pa.array(rows["expected"].astype(np.float64)),
             }
         )
         return _to_pandas(table)
@@ -1047,6 +1055,7 @@ def _empty_rows() -> dict:
         "position": np.zeros(0, np.int64),
         "t": np.zeros(0, np.int64),
         "utility": np.zeros(0),
+        "expected": np.zeros(0),
         "search": np.zeros(0, bool),
         "query": np.zeros(0, np.int64),
     }

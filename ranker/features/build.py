@@ -27,6 +27,9 @@ USER_PRIOR_WEIGHT = 20.0
 QUERY_PRIOR_WEIGHT = 20.0
 # COEC smoothing: a listing with no history has appeal 1 (exactly as expected for its slots).
 COEC_PRIOR_CLICKS = 2.0
+# A user's click-through rate on a brand is smoothed towards the user's own rate with this many
+# pseudo-impressions, so the brand lift of a pair seen twice stays near 1.
+BRAND_PRIOR_WEIGHT = 10.0
 # Sparse pair tables keep a row this long after the last engagement, so the online store receives
 # the zero row once a pair's 30-day window has emptied.
 PAIR_RETENTION_DAYS = 32
@@ -39,6 +42,8 @@ TABLES: tuple[str, ...] = (
     "seller_stats",
     "user_category_stats",
     "query_category_stats",
+    "user_brand_stats",
+    "user_size_stats",
 )
 # Generic tables (feature service generic_ranker_v1): built from any log, imported or simulated.
 # "Interactions" are all non-impression events; sparse rows (entities with an interaction in the
@@ -97,7 +102,7 @@ SELECT unnest(generate_series(
 -- Engagement events enriched with the listing's attributes.
 CREATE TABLE ev AS
 SELECT e.event_type, e.timestamp, date_trunc('day', e.timestamp) AS day, e.user_id, e.item_id,
-       e.surface, e.query, e.position, l.category, l.seller_id, l.price
+       e.surface, e.query, e.position, l.category, l.seller_id, l.price, l.brand, l.size AS listing_size
 FROM events e LEFT JOIN listings l USING (item_id);
 
 -- Click-through rate by slot and day: what a listing shown there would get on average. Clicks
@@ -286,6 +291,84 @@ _SQL = {
     """,
 }
 
+# Taste that generalises across unique listings: the user's brands and sizes (issue 17).
+_SQL.update(
+    {
+        "user_brand_stats": """
+        WITH daily AS (
+            SELECT user_id, brand, day,
+                   count(*) FILTER (WHERE event_type = 'impression') AS imp,
+                   count(*) FILTER (WHERE event_type = 'click') AS clk,
+                   count(*) FILTER (WHERE event_type = 'save') AS sav,
+                   count(*) FILTER (WHERE event_type IN ('add_to_bag', 'purchase')) AS buy
+            FROM ev WHERE brand IS NOT NULL AND brand <> '' GROUP BY ALL),
+        win AS (
+            SELECT d.user_id, d.brand, s.snapshot_ts,
+                   sum(imp) FILTER (WHERE d.day >= s.snapshot_ts - INTERVAL 30 DAY) AS imp,
+                   sum(clk) FILTER (WHERE d.day >= s.snapshot_ts - INTERVAL 30 DAY) AS clk,
+                   sum(sav) FILTER (WHERE d.day >= s.snapshot_ts - INTERVAL 30 DAY) AS sav,
+                   sum(buy) FILTER (WHERE d.day >= s.snapshot_ts - INTERVAL 30 DAY) AS buy,
+                   sum(clk + sav + buy) AS engaged_retention
+            FROM daily d JOIN snapshots s
+              ON d.day < s.snapshot_ts AND d.day >= s.snapshot_ts - INTERVAL {retention} DAY
+            GROUP BY ALL),
+        tot AS (
+            SELECT user_id, snapshot_ts, sum(clk) AS user_clk, sum(imp) AS user_imp FROM win GROUP BY ALL),
+        pairs AS (
+            SELECT win.*, user_clk, user_imp,
+                   coalesce(user_clk / nullif(user_imp, 0), 0) AS user_ctr
+            FROM win JOIN tot USING (user_id, snapshot_ts) WHERE engaged_retention > 0)
+        SELECT user_id, brand, snapshot_ts AS event_timestamp,
+               coalesce(imp, 0)::BIGINT AS ub_impressions_30d,
+               coalesce(clk, 0)::BIGINT AS ub_clicks_30d,
+               coalesce(sav, 0)::BIGINT AS ub_saves_30d,
+               coalesce(buy, 0)::BIGINT AS ub_bag_or_buy_30d,
+               coalesce(coalesce(clk, 0) / nullif(user_clk, 0), 0)::FLOAT AS ub_click_share_30d,
+               (CASE WHEN user_ctr > 0 THEN
+                   ((coalesce(clk, 0) + {wb} * user_ctr) / (coalesce(imp, 0) + {wb})) / user_ctr END)::FLOAT
+                   AS ub_ctr_lift_30d
+        FROM pairs
+    """,
+        "user_size_stats": """
+        WITH sized AS (
+            SELECT user_id, day,
+                   CASE upper(listing_size) WHEN 'XXS' THEN -1 WHEN 'XS' THEN 0 WHEN 'S' THEN 1 WHEN 'M' THEN 2
+                        WHEN 'L' THEN 3 WHEN 'XL' THEN 4 WHEN 'XXL' THEN 5 END AS clothing,
+                   CASE WHEN try_cast(listing_size AS DOUBLE) BETWEEN 15 AND 55
+                        THEN try_cast(listing_size AS DOUBLE) END AS shoe,
+                   CASE event_type WHEN 'click' THEN 1 WHEN 'save' THEN 2 WHEN 'add_to_bag' THEN 3
+                        WHEN 'purchase' THEN 4 END AS weight
+            FROM ev WHERE event_type <> 'impression'),
+        daily AS (
+            SELECT user_id, day,
+                   sum(weight) FILTER (WHERE clothing IS NOT NULL) AS cw,
+                   sum(weight * clothing) FILTER (WHERE clothing IS NOT NULL) AS cws,
+                   count(*) FILTER (WHERE clothing IS NOT NULL) AS cn,
+                   sum(weight) FILTER (WHERE shoe IS NOT NULL) AS sw,
+                   sum(weight * shoe) FILTER (WHERE shoe IS NOT NULL) AS sws,
+                   count(*) FILTER (WHERE shoe IS NOT NULL) AS sn
+            FROM sized WHERE clothing IS NOT NULL OR shoe IS NOT NULL GROUP BY ALL),
+        win AS (
+            SELECT d.user_id, s.snapshot_ts,
+                   sum(cw) FILTER (WHERE d.day >= s.snapshot_ts - INTERVAL 30 DAY) AS cw,
+                   sum(cws) FILTER (WHERE d.day >= s.snapshot_ts - INTERVAL 30 DAY) AS cws,
+                   sum(cn) FILTER (WHERE d.day >= s.snapshot_ts - INTERVAL 30 DAY) AS cn,
+                   sum(sw) FILTER (WHERE d.day >= s.snapshot_ts - INTERVAL 30 DAY) AS sw,
+                   sum(sws) FILTER (WHERE d.day >= s.snapshot_ts - INTERVAL 30 DAY) AS sws,
+                   sum(sn) FILTER (WHERE d.day >= s.snapshot_ts - INTERVAL 30 DAY) AS sn
+            FROM daily d JOIN snapshots s
+              ON d.day < s.snapshot_ts AND d.day >= s.snapshot_ts - INTERVAL {retention} DAY
+            GROUP BY ALL)
+        SELECT user_id, snapshot_ts AS event_timestamp,
+               (cws / nullif(cw, 0))::FLOAT AS user_clothing_size_30d,
+               coalesce(cn, 0)::BIGINT AS user_clothing_engaged_30d,
+               (sws / nullif(sw, 0))::FLOAT AS user_shoe_size_30d,
+               coalesce(sn, 0)::BIGINT AS user_shoe_engaged_30d
+        FROM win
+    """,
+    }
+)
+
 _SQL.update(
     {
         "generic_item_stats": """
@@ -410,6 +493,7 @@ def build_features(settings: Settings, *, options: BuildOptions | None = None, p
                     wq=QUERY_PRIOR_WEIGHT,
                     coec=COEC_PRIOR_CLICKS,
                     retention=PAIR_RETENTION_DAYS,
+                    wb=BRAND_PRIOR_WEIGHT,
                 )
             path = out_dir / f"{name}.parquet"
             tmp = out_dir / f".{name}.parquet.tmp"

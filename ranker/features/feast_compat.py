@@ -112,6 +112,74 @@ def sqlite_path(config: Any) -> Path:
     return Path(SqliteOnlineStore._get_db_path(config))
 
 
+def sqlite_ts_value(ts_us: int) -> int:
+    """A timestamp as Feast's sqlite store keeps it in ``event_ts``/``created_ts``: its datetime
+    adapter's ``int(naive_utc.timestamp())``, whole seconds (so within one second a later write wins)."""
+    from datetime import datetime, timedelta
+
+    return int((datetime(1970, 1, 1) + timedelta(microseconds=int(ts_us))).timestamp())
+
+
+def sqlite_write_newer(
+    conn: Any,
+    table: str,
+    entity_keys: list[bytes],
+    ts_us: list[int],
+    created_us: list[int],
+    features: list[tuple[str, list[bytes], list]],
+) -> list[bool]:
+    """Write rows into a view's sqlite table in Feast's layout (one row per entity key and feature:
+    ``value`` the serialized Value, ``value_text`` as Feast derives it, ``event_ts``, ``created_ts``),
+    never over a newer one (at the layout's whole-second resolution). In one ``BEGIN IMMEDIATE``
+    transaction (other writers wait, so nothing lands between the check and the write) an entity
+    whose stored view timestamp (the newest ``event_ts`` of its rows) is later than the new one is
+    skipped; an equal one is rewritten. A written entity's other features of the view keep their
+    values and take the new ``event_ts`` (one timestamp per entity and view, as Redis'
+    ``_ts:{view}``). ``features`` holds ``(feature_name, values, value_texts)`` per feature written.
+    Returns, per row, whether it was written. ``conn`` must be in autocommit mode
+    (``isolation_level=None``)."""
+    quoted = '"' + table.replace('"', '""') + '"'
+    written = [False] * len(entity_keys)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        stored: dict[bytes, int] = {}
+        unique = list(dict.fromkeys(entity_keys))
+        for lo in range(0, len(unique), 10_000):
+            chunk = unique[lo : lo + 10_000]
+            rows = conn.execute(
+                f"SELECT entity_key, MAX(event_ts) FROM {quoted} WHERE entity_key IN ({','.join('?' * len(chunk))}) "
+                "GROUP BY entity_key",
+                chunk,
+            ).fetchall()
+            stored.update({bytes(k): int(ts) for k, ts in rows})
+        bump = []
+        upserts = []
+        for i, key in enumerate(entity_keys):
+            ts_s = sqlite_ts_value(ts_us[i])
+            old = stored.get(key)
+            if old is not None and old > ts_s:
+                continue
+            written[i] = True
+            created = sqlite_ts_value(created_us[i])
+            stored[key] = ts_s
+            bump.append((ts_s, created, key))
+            for name, values, texts in features:
+                upserts.append((key, name, values[i], texts[i], ts_s, created))
+        conn.executemany(f"UPDATE {quoted} SET event_ts = ?, created_ts = ? WHERE entity_key = ?", bump)
+        conn.executemany(
+            f"INSERT INTO {quoted} (entity_key, feature_name, value, value_text, event_ts, created_ts) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(entity_key, feature_name) DO UPDATE SET "
+            "value = excluded.value, value_text = excluded.value_text, event_ts = excluded.event_ts, "
+            "created_ts = excluded.created_ts WHERE event_ts <= excluded.event_ts",
+            upserts,
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return written
+
+
 # --- Feast's own writer and repository parser -----------------------------------------------------
 
 

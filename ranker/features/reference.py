@@ -2,8 +2,8 @@
 (:mod:`ranker.serving`) is tested and benchmarked against.
 
 It also states the contract both follow: the entity rows of a request are ``user_id``, ``item_id``,
-``seller_id`` and ``category`` of the listing (read from ``listing_fv``; empty strings for a listing
-the store does not know, so its seller, category and affinity features are missing and take their
+``seller_id``, ``category`` and ``brand`` of the listing (read from ``listing_fv``; empty strings for a listing
+the store does not know, so its seller, category, brand and affinity features are missing and take their
 defaults) and, for a search service, ``query`` (= the search text, "" when absent).
 """
 
@@ -17,7 +17,7 @@ from ranker.features.matrix import FeatureRows, feature_matrix
 
 LISTING_VIEW = "listing_fv"
 SOLD_FIELD = "is_sold"
-LISTING_KEYS = ("seller_id", "category")  # join keys read from the listing (listing_fv field names)
+LISTING_KEYS = ("seller_id", "category", "brand")  # join keys read from the listing (listing_fv field names)
 
 
 def feast_reference(

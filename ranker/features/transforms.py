@@ -335,3 +335,78 @@ class _WordSets(dict):
 
 
 _WORDS = _WordSets()
+
+
+# Letter sizes on one scale of steps; the batch table user_size_stats (ranker/features/build.py) uses
+# the same scale and the same rule for numeric (shoe) sizes.
+CLOTHING_STEPS = {"XXS": -1, "XS": 0, "S": 1, "M": 2, "L": 3, "XL": 4, "XXL": 5}
+NUMERIC_SIZE_RANGE = (15.0, 55.0)
+_NO_SIZE = (0, math.nan)
+
+
+def size_scale(label) -> tuple[int, float]:
+    """A size label as (kind, value): (1, steps) for a letter size, (2, number) for a numeric size in
+    ``NUMERIC_SIZE_RANGE`` (shoes), (0, NaN) for anything else ("one size", empty, not a string)."""
+    if not isinstance(label, str):
+        return _NO_SIZE
+    step = CLOTHING_STEPS.get(label.upper())
+    if step is not None:
+        return 1, float(step)
+    try:
+        value = float(label)
+    except ValueError:
+        return _NO_SIZE
+    low, high = NUMERIC_SIZE_RANGE
+    return (2, value) if low <= value <= high else _NO_SIZE
+
+
+class _SizeScales(dict):
+    """label -> :func:`size_scale`, remembered (a marketplace has a few dozen size labels)."""
+
+    def __missing__(self, label):
+        try:
+            scale = self[label] = size_scale(label)
+        except TypeError:  # unhashable: computed, not remembered
+            return size_scale(label)
+        return scale
+
+
+_SIZES = _SizeScales()
+
+
+def user_size_features(inputs):
+    """How a listing's size fits the sizes this user wears.
+
+    size_gap_profile: |steps between a letter-sized listing and the user's profile size| (empty for
+    other listings or without a letter profile size);
+    size_gap_engaged: |the listing's size - the user's mean engaged size of that kind| over 30 days,
+    in letter steps or numeric sizes (empty without such engagement or for unsized listings);
+    size_engaged_n: the user's engagements with listings sized like this one (letters or numbers),
+    30 days (0 for unsized listings).
+    """
+    scales = [_SIZES[v] for v in _values(inputs["size"])]
+    n = len(scales)
+    kind = np.fromiter((k for k, _ in scales), dtype=np.int8, count=n)
+    value = np.fromiter((v for _, v in scales), dtype=np.float64, count=n)
+    profile = np.fromiter(
+        (v if k == 1 else math.nan for k, v in (_SIZES[p] for p in _values(inputs["user_size"]))),
+        dtype=np.float64,
+        count=n,
+    )
+    clothing, shoe = kind == 1, kind == 2
+    engaged = np.where(
+        clothing, _num(inputs["user_clothing_size_30d"]), np.where(shoe, _num(inputs["user_shoe_size_30d"]), np.nan)
+    )
+    count = np.where(
+        clothing,
+        _num(inputs["user_clothing_engaged_30d"]),
+        np.where(shoe, _num(inputs["user_shoe_engaged_30d"]), 0.0),
+    )
+    return _output(
+        inputs,
+        {
+            "size_gap_profile": np.where(clothing, np.abs(value - profile), np.nan).astype(np.float32),
+            "size_gap_engaged": np.abs(value - engaged).astype(np.float32),
+            "size_engaged_n": np.nan_to_num(count, nan=0.0).astype(np.float32),
+        },
+    )

@@ -25,9 +25,8 @@ import pandas as pd
 
 from ranker.config import Settings
 from ranker.errors import RankerError
+from ranker.features.reference import LISTING_KEYS
 from ranker.monitoring.servedlog import ServedFrame
-
-LISTING_KEYS = ("seller_id", "category")
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,12 @@
 """Evidence for the promotion gate: the challenger and the champion scored on the challenger's
-holdout, per request (the gate itself, :mod:`ranker.registry.gate`, is pure functions over it)."""
+holdout, per request (the gate itself, :mod:`ranker.registry.gate`, is pure functions over it).
+
+Models trained on a log without impressions (a sampled-group training set, ``ranker dataset build
+--negatives K``) are compared on the **full catalogue** instead: per test user, NDCG@10 over every
+listing live at the challenger's test start (:mod:`ranker.training.catalogue`, the same seeded user
+sample for both models), because the sampled groups' NDCG is inflated by easy negatives. The slice
+check keeps the sampled groups' slices. Impression-based training sets (the simulator) are
+unchanged: per request on the logged lists."""
 
 from __future__ import annotations
 
@@ -22,11 +29,19 @@ from ranker.training.evaluate import (
 )
 
 
-def gate_evidence(settings: Settings, *, challenger_dir: Path, champion_dir: Path | None) -> GateEvidence:
+def gate_evidence(
+    settings: Settings,
+    *,
+    challenger_dir: Path,
+    champion_dir: Path | None,
+    catalogue_users: int | None = None,
+    seed: int = 0,
+) -> GateEvidence:
     """Evidence for the registry's promotion gate: both models scored on the challenger's test
-    requests (the most recent holdout), per request, in the same order."""
+    requests (the most recent holdout), per request, in the same order; for a sampled-group
+    training set, per test user over the full catalogue (module docstring)."""
     challenger = load_model(challenger_dir)
-    frame, _ = holdout_frame(settings, challenger)
+    frame, manifest = holdout_frame(settings, challenger)
     groups = metrics.encode_groups(frame.request_id.to_numpy())
     labels = frame.label.to_numpy()
     surface = challenger.card["surface"]
@@ -45,11 +60,18 @@ def gate_evidence(settings: Settings, *, challenger_dir: Path, champion_dir: Pat
     challenger_ndcg, challenger_slices = per_request(challenger)
     keep = np.isfinite(challenger_ndcg)
     champion_ndcg = champion_slices = None
-    if champion_dir is not None:
-        champion = load_model(champion_dir)
+    champion = load_model(champion_dir) if champion_dir is not None else None
+    if champion is not None:
         champion_ndcg, champion_slices = per_request(champion)
         keep &= np.isfinite(champion_ndcg)
         champion_ndcg = champion_ndcg[keep]
+    basis = "sampled" if manifest.get("sampled_groups") else "requests"
+    if manifest.get("sampled_groups"):
+        challenger_ndcg, champion_ndcg = _full_catalogue_ndcg(
+            settings, challenger, champion, users=catalogue_users, seed=seed
+        )
+        keep = np.ones(len(challenger_ndcg), dtype=bool)
+        basis = "full_catalogue"
     try:
         service_spec(feature_store(settings), challenger.card["feature_service"])
         exists = True
@@ -63,4 +85,22 @@ def gate_evidence(settings: Settings, *, challenger_dir: Path, champion_dir: Pat
         feature_service_exists=exists,
         predict_ms=measure_predict_ms(challenger.path / "model.txt"),
         feature_service=challenger.card["feature_service"],
+        basis=basis,
     )
+
+
+def _full_catalogue_ndcg(
+    settings: Settings, challenger: ModelArtefact, champion: ModelArtefact | None, *, users: int | None, seed: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per test user NDCG@10 over the full catalogue at the challenger's test start, both models on
+    the same users (those with a relevant candidate), in the same order."""
+    from ranker.training import catalogue
+
+    task = catalogue.catalogue_task(
+        settings, challenger, users=catalogue.DEFAULT_USERS if users is None else users, seed=seed
+    )
+    models = [challenger] if champion is None else [challenger, champion]
+    blocks = catalogue.score_models(settings, models, task)
+    per_user = [catalogue.per_user_metrics(task, catalogue.scores_scorer(b))["ndcg@10"].to_numpy() for b in blocks]
+    keep = np.all([np.isfinite(v) for v in per_user], axis=0)
+    return per_user[0][keep], (per_user[1][keep] if champion is not None else None)

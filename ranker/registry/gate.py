@@ -8,7 +8,9 @@ Checks, each reported with its figures so a refusal can be argued with:
 
 ``feature_service``   the card's Feast feature service is registered (serving can fetch its features)
 ``ndcg_vs_champion``  lower bound of the paired-bootstrap 95% CI of mean(challenger - champion)
-                      NDCG@10 over the same requests is >= ``margin`` (negative = non-inferiority)
+                      NDCG@10 over the same requests is >= ``margin`` (negative = non-inferiority);
+                      for logs without impressions the NDCG is per test user over the full
+                      catalogue (``GateEvidence.basis``, see ``ranker.registry.evidence``)
 ``slice_regression``  no slice's NDCG@10 drops by more than ``slice_tolerance`` (absolute)
 ``predict_latency``   median Booster.predict time for 200 candidates is within ``predict_budget_ms``
 
@@ -77,6 +79,9 @@ class GateEvidence:
     feature_service_exists: bool
     predict_ms: float
     feature_service: str = ""
+    # what the NDCG arrays are over: "requests" (logged lists), "sampled" (sampled groups) or
+    # "full_catalogue" (per test user over every live listing: logs without impressions)
+    basis: str = "requests"
 
     def __post_init__(self) -> None:
         challenger = np.asarray(self.challenger_ndcg, dtype=np.float64).ravel()
@@ -198,8 +203,13 @@ def _check_ndcg(evidence: GateEvidence, policy: GatePolicy) -> GateCheck:
         return GateCheck(
             name=CHECK_NDCG,
             passed=True,
-            figures={"champion": None, "challenger_mean": float(challenger.mean()), "n_requests": int(challenger.size)},
-            detail=f"no champion; challenger NDCG@10={challenger.mean():.4f} over {challenger.size} requests",
+            figures={
+                "champion": None,
+                "challenger_mean": float(challenger.mean()),
+                "n_requests": int(challenger.size),
+                "basis": evidence.basis,
+            },
+            detail=f"no champion; challenger NDCG@10={challenger.mean():.4f} over {challenger.size} {_unit(evidence)}",
         )
     champion = evidence.champion_ndcg
     diff = challenger - champion
@@ -215,11 +225,13 @@ def _check_ndcg(evidence: GateEvidence, policy: GatePolicy) -> GateCheck:
         "margin": float(policy.margin),
         "n_requests": int(diff.size),
         "n_bootstrap": int(policy.n_bootstrap),
+        "basis": evidence.basis,
     }
     detail = (
-        f"NDCG@10 challenger={figures['challenger_mean']:.4f} champion={figures['champion_mean']:.4f} "
+        ("full-catalogue " if evidence.basis == "full_catalogue" else "")
+        + f"NDCG@10 challenger={figures['challenger_mean']:.4f} champion={figures['champion_mean']:.4f} "
         f"diff={figures['mean_diff']:+.4f} ci95=[{low:+.4f}, {high:+.4f}] "
-        f"{'>=' if ok else '<'} margin {policy.margin:+.4f} (n={diff.size})"
+        f"{'>=' if ok else '<'} margin {policy.margin:+.4f} (n={diff.size} {_unit(evidence)})"
     )
     return GateCheck(name=CHECK_NDCG, passed=ok, figures=figures, detail=detail)
 
@@ -279,6 +291,10 @@ def _check_latency(evidence: GateEvidence, policy: GatePolicy) -> GateCheck:
         figures={"predict_ms": ms, "budget_ms": float(policy.predict_budget_ms)},
         detail=f"predict {ms:.3f} ms {'<=' if ok else '>'} budget {policy.predict_budget_ms:.3f} ms (200 candidates)",
     )
+
+
+def _unit(evidence: GateEvidence) -> str:
+    return "users" if evidence.basis == "full_catalogue" else "requests"
 
 
 def _finite_or_none(value: Any) -> float | None:

@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 from ranker.config import Settings
 from ranker.data import schema
 from ranker.errors import RankerError
+from ranker.features.reference import LISTING_KEYS
 from ranker.features.store import feature_store, in_feature_repo, service_spec
 
 SERVICES = {"search": "search_ranker_v1", "recs": "recs_ranker_v1"}
@@ -114,7 +115,7 @@ def labelled_impressions(settings: Settings, options: DatasetOptions) -> pd.Data
             SELECT request_id, item_id, timestamp, CASE event_type {grade} END AS grade
             FROM read_parquet('{events}') WHERE event_type <> 'impression')
         SELECT i.request_id, i.timestamp AS event_timestamp, i.user_id, i.item_id, i.position::INTEGER AS position,
-               coalesce(i.query, '') AS query, l.seller_id, l.category,
+               coalesce(i.query, '') AS query, l.seller_id, l.category, l.brand,
                coalesce(max(eng.grade), 0)::INTEGER AS label
         FROM i
         LEFT JOIN read_parquet('{listings}') l ON l.item_id = i.item_id
@@ -163,13 +164,14 @@ def _labelled_table(settings: Settings, options: DatasetOptions) -> pa.Table:
             GROUP BY i.request_id, i.item_id, i.timestamp),
         req AS (SELECT request_id, min(timestamp) AS _req_ts FROM i GROUP BY request_id)
         SELECT i.request_id, i.timestamp AS event_timestamp, i.user_id, i.item_id, i.position::INTEGER AS position,
-               coalesce(i.query, '') AS query, l.seller_id, l.category, coalesce(best.grade, 0)::INTEGER AS label
+               coalesce(i.query, '') AS query, l.seller_id, l.category, l.brand,
+               coalesce(best.grade, 0)::INTEGER AS label
         FROM i
         LEFT JOIN read_parquet('{listings}') l ON l.item_id = i.item_id
         LEFT JOIN best ON best.request_id = i.request_id AND best.item_id = i.item_id AND best.timestamp = i.timestamp
         LEFT JOIN req ON req.request_id IS NOT DISTINCT FROM i.request_id
         ORDER BY req._req_ts, i.request_id, position, event_timestamp, i.item_id, i.user_id, query, l.seller_id,
-                 l.category, label
+                 l.category, l.brand, label
     """
     con = duckdb.connect()
     try:
@@ -213,8 +215,7 @@ def _entity_table(chunk: pa.Table, spec) -> pa.Table:
     cols = {
         "user_id": chunk.column("user_id"),
         "item_id": chunk.column("item_id"),
-        "seller_id": pc.fill_null(chunk.column("seller_id"), ""),
-        "category": pc.fill_null(chunk.column("category"), ""),
+        **{key: pc.fill_null(chunk.column(key), "") for key in LISTING_KEYS},
         "event_timestamp": ts,
         # unix seconds of the impression (floored), what the scorer receives as request_ts
         "request_ts": pa.array(ts.cast(pa.int64()).to_numpy() // per_second),

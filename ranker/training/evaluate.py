@@ -8,6 +8,8 @@ Rankers, each scoring every test impression:
   training window (before the split's ``train_end``).
 * ``logged``: the order the user actually saw (``-position``).
 * ``oracle`` (simulated data only): the hidden true utility.
+* ``expected_oracle`` (simulated data only): the true utility without the impression's noise: the
+  ceiling of any ranker; ``ceiling_fraction`` is the share of the random -> oracle gap it closes.
 
 Metrics use graded click labels (NDCG@5/10/20, MRR, MAP, recall@10); on simulated data every
 ranker is also scored against the hidden utility. Slices: the surface, new vs returning users
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from ranker.config import Settings
 from ranker.data import schema
@@ -35,6 +38,8 @@ from ranker.training.dataset import load_dataset
 from ranker.training.train import Split, request_time
 
 BASELINES = ("random", "popularity", "logged", "oracle")
+# Rankers that read the hidden utility: references, never baselines a model must beat.
+ORACLES = ("oracle", "expected_oracle")
 YOUNG_LISTING_HOURS = 48.0
 SCORE_SAMPLE = 2000
 # The gate compares slices only where they hold enough requests for a drop to mean something.
@@ -119,13 +124,13 @@ def _popularity(settings: Settings, items: pd.Series, split: Split, window_start
     return items.map(counts.set_index("item_id").n).fillna(0).to_numpy(dtype=np.float64)
 
 
-def _utility(settings: Settings, frame: pd.DataFrame) -> np.ndarray | None:
+def _utility(settings: Settings, frame: pd.DataFrame, column: str = "true_utility") -> np.ndarray | None:
     path = settings.ground_truth_dir / "utility.parquet"
-    if not path.exists():
+    if not path.exists() or column not in pq.read_schema(path).names:
         return None
-    truth = pd.read_parquet(path, columns=["request_id", "item_id", "true_utility"])
+    truth = pd.read_parquet(path, columns=["request_id", "item_id", column])
     merged = frame[["request_id", "item_id"]].merge(truth, on=["request_id", "item_id"], how="left")
-    values = merged.true_utility.to_numpy(dtype=np.float64)
+    values = merged[column].to_numpy(dtype=np.float64)
     return values if np.isfinite(values).all() else None
 
 
@@ -142,6 +147,11 @@ def score_rankers(settings: Settings, model: ModelArtefact, frame: pd.DataFrame,
     utility = _utility(settings, frame)
     if utility is not None:
         scores["oracle"] = utility
+        # The ceiling a ranker can reach: it knows every hidden parameter but not the noise of the
+        # impression (worlds simulated before the column existed have no such entry).
+        expected = _utility(settings, frame, "expected_utility")
+        if expected is not None:
+            scores["expected_oracle"] = expected
     return scores
 
 
@@ -205,6 +215,11 @@ def evaluate_frame(
             for name, s in scores.items()
         }
         out["oracle_fraction"] = finite_or_none(metrics.oracle_fraction(out["true_utility"]))
+        if "expected_oracle" in out["true_utility"]:
+            # What a ranker that knew every hidden parameter (not the impression's noise) would close.
+            out["ceiling_fraction"] = finite_or_none(
+                metrics.oracle_fraction(out["true_utility"], ranker="expected_oracle")
+            )
         if out["true_utility"].get("oracle"):
             out["model_over_oracle"] = finite_or_none(out["true_utility"]["model"] / out["true_utility"]["oracle"])
     return out, per_group
@@ -216,7 +231,7 @@ def quality_bar(evaluation_metrics: dict) -> list[str]:
     problems = []
     for name, ci in evaluation_metrics["ci"].items():
         baseline = name.split("-vs-", 1)[1]
-        if baseline == "oracle":
+        if baseline in ORACLES:
             continue
         if not (ci.get("low") is not None and ci["low"] > 0):
             problems.append(
@@ -224,16 +239,28 @@ def quality_bar(evaluation_metrics: dict) -> list[str]:
             )
     truth = evaluation_metrics.get("true_utility") or {}
     for name, value in truth.items():
-        if name not in ("model", "oracle") and value is not None and truth["model"] <= value:
+        if name != "model" and name not in ORACLES and value is not None and truth["model"] <= value:
             problems.append(f"true-utility NDCG@10 vs {name}: {truth['model']:.4f} <= {value:.4f}")
     return problems
 
 
 def evaluate_model(
-    settings: Settings, model_dir: Path, *, n_boot: int = 1000, seed: int = 0, write: bool = True
+    settings: Settings,
+    model_dir: Path,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    write: bool = True,
+    full_catalogue: bool | None = None,
+    catalogue_users: int | None = None,
 ) -> dict:
     """Evaluate a model folder on its test window; store the result in its card and write
-    ``report.html`` beside it. Returns the evaluation dict (see ``ranker.training.report``)."""
+    ``report.html`` beside it. Returns the evaluation dict (see ``ranker.training.report``).
+
+    ``full_catalogue``: also rank every listing live at the test window's start for a sample of
+    ``catalogue_users`` test users (:mod:`ranker.training.catalogue`); default: when the training
+    set is made of sampled groups (a log without impressions), where the sampled NDCG is inflated."""
+    from ranker.training.catalogue import DEFAULT_USERS, evaluate_catalogue
     from ranker.training.report import write_report
 
     model = load_model(model_dir)
@@ -261,10 +288,17 @@ def evaluate_model(
         },
     }
     evaluation["metrics"]["quality_bar_failures"] = quality_bar(result)
+    if full_catalogue is None:
+        full_catalogue = bool(manifest.get("sampled_groups"))
+    if full_catalogue:
+        users = DEFAULT_USERS if catalogue_users is None else catalogue_users
+        evaluation["full_catalogue"], _ = evaluate_catalogue(settings, model, users=users, seed=seed, n_boot=n_boot)
     if write:
         card = dict(model.card)
         card["metrics"] = evaluation["metrics"]
         card["evaluation"] = {"test_window": evaluation["test_window"], "report": "report.html"}
+        if "full_catalogue" in evaluation:
+            card["evaluation"]["full_catalogue"] = evaluation["full_catalogue"]
         (model.path / "card.json").write_text(json.dumps(card, indent=2, allow_nan=False, default=_json_default))
         write_report(evaluation, path=model.path / "report.html", title=f"{card['name']} {card['version']}")
     return evaluation

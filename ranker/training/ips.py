@@ -37,6 +37,7 @@ from ranker.config import Settings
 from ranker.data import schema
 from ranker.data.open_bandit import PROPENSITIES, catalogue
 from ranker.errors import RankerError
+from ranker.features.reference import LISTING_KEYS
 
 
 class IPSError(RankerError):
@@ -74,8 +75,8 @@ def _candidate_scores(
             pd.DataFrame({"_row": i, "item_id": items, "user_id": row.user_id, "event_timestamp": row.timestamp})
         )
     frame = pd.concat(entity, ignore_index=True)
-    frame["seller_id"] = frame.item_id.map(lst.seller_id).astype(str)
-    frame["category"] = frame.item_id.map(lst.category).astype(str)
+    for key in LISTING_KEYS:
+        frame[key] = frame.item_id.map(lst[key]).astype(str)
     frame["request_ts"] = frame.event_timestamp.astype("int64") // 10**6
     frame["_order"] = np.arange(len(frame))
     store = feature_store(settings)

@@ -23,6 +23,7 @@ import pyarrow as pa
 from ranker.config import Settings
 from ranker.data import schema
 from ranker.errors import RankerError
+from ranker.features.reference import LISTING_KEYS
 
 
 class SamplingError(RankerError):
@@ -114,7 +115,7 @@ def sample_negatives(pos: pd.DataFrame, listings: pd.DataFrame, *, ratio: int, s
 
 def sampled_groups(settings: Settings, options) -> pa.Table:
     """The training rows of sampled groups, in the column order and row order the dataset build
-    expects (groups by time, then id; positive first)."""
+    expects (groups by time, then id; a group's rows in a seeded random order)."""
     ratio = int(getattr(options, "negatives", 0))
     seed = int(getattr(options, "negatives_seed", 0))
     pos = positives(settings, options)
@@ -136,8 +137,13 @@ def sampled_groups(settings: Settings, options) -> pa.Table:
     )
     neg_rows = neg.assign(label=0, _neg=1)
     rows = pd.concat([pos_rows, neg_rows], ignore_index=True).sort_values(["group", "_neg", "item_id"], kind="stable")
+    # Rows of a group in a seeded random order, never positive first: with the positive always on
+    # top, a constant model scores NDCG 1 on tied scores (stable sort), so early stopping would keep
+    # the first tree and every offline metric of an untrained model would look perfect.
+    rows["_slot"] = np.random.default_rng([seed, 0x5EED]).random(len(rows))
+    rows = rows.sort_values(["group", "_slot"], kind="stable")
     g = rows.group.to_numpy()
-    attrs = listings.set_index("item_id")[["seller_id", "category"]]
+    attrs = listings.set_index("item_id")[list(LISTING_KEYS)]
     out = pd.DataFrame(
         {
             "request_id": request_id[g],
@@ -146,8 +152,7 @@ def sampled_groups(settings: Settings, options) -> pa.Table:
             "item_id": rows.item_id.to_numpy(),
             "position": np.zeros(len(rows), dtype=np.int32),
             "query": pos["query"].astype(str).to_numpy()[g],
-            "seller_id": rows.item_id.map(attrs.seller_id).to_numpy(),
-            "category": rows.item_id.map(attrs.category).to_numpy(),
+            **{key: rows.item_id.map(attrs[key]).to_numpy() for key in LISTING_KEYS},
             "label": rows.label.to_numpy().astype(np.int32),
         }
     )

@@ -44,6 +44,13 @@ Rankers are listed in the order of ``metrics.test``, with ``model`` first.
       "feature_importance": {"feature_name": float, ...},  # total gain per feature
       "score_distributions": {"model": [float, ...], ...},  # a sample of each ranker's scores
       "ndcg_curve": {"model": [float, ...], ...},           # mean NDCG@1..@20 (metrics.ndcg_curve)
+      "full_catalogue": {                         # optional: ranker.training.catalogue.evaluate_catalogue
+        "at": str, "listings_live": int, "test_users": int, "users_scored": int, ...,
+        "rankers": {"model": {"ndcg@10": float, "recall@10": float, "recall@50": float,
+                              "ndcg@10_ci": [low, high], "users": int}, "popularity": {...}, ...},
+        "ci": {"model-vs-best_popularity": {"baseline": str, "diff", "low", "high", ...},
+               "model-vs-ease": {...}},
+      },
     }
 
 In ``ci`` entries ``metric`` defaults to ``ndcg@10`` and ``level`` to 0.95 when absent.
@@ -229,6 +236,77 @@ def evaluation_table(evaluation: Mapping) -> str:
     fraction = _number(_mapping(evaluation, "metrics").get("oracle_fraction"), "['metrics']['oracle_fraction']")
     if fraction is not None:
         lines.append(f"oracle fraction: {fraction:.3f} of the random -> oracle gap in true {HEADLINE_METRIC}")
+    ceiling = _number(_mapping(evaluation, "metrics").get("ceiling_fraction"), "['metrics']['ceiling_fraction']")
+    if ceiling is not None:
+        lines.append(f"ceiling: {ceiling:.3f} (a ranker knowing every hidden parameter, not the impression's noise)")
+    return "\n".join(lines)
+
+
+FULL_CATALOGUE_METRICS = ("ndcg@10", "recall@10", "recall@50")
+
+
+def _full_catalogue_rows(fc: Mapping) -> tuple[list[str], list[list[str]]]:
+    """Rankers as rows: NDCG@10 (with its bootstrap interval), Recall@10, Recall@50."""
+    header = ["ranker", *FULL_CATALOGUE_METRICS, "ndcg@10 95% CI", "users"]
+    rows = []
+    for name, values in _mapping(fc, "rankers").items():
+        where = f"['full_catalogue']['rankers']['{name}']"
+        ci = values.get("ndcg@10_ci") or [None, None]
+        rows.append(
+            [
+                str(name),
+                *(_fmt(_number(values.get(m), f"{where}['{m}']")) for m in FULL_CATALOGUE_METRICS),
+                f"[{_fmt(_number(ci[0], where))}, {_fmt(_number(ci[1], where))}]",
+                _fmt_count(values.get("users"), f"{where}['users']"),
+            ]
+        )
+    return header, rows
+
+
+def _full_catalogue_ci_rows(fc: Mapping) -> tuple[list[str], list[list[str]]]:
+    header = ["comparison", "metric", "difference", "low", "high", "p (diff <= 0)", "users"]
+    rows = []
+    for key, entry in _mapping(fc, "ci").items():
+        where = f"['full_catalogue']['ci']['{key}']"
+        rows.append(
+            [
+                f"model vs {entry.get('baseline', key.split('-vs-', 1)[-1])}",
+                str(entry.get("metric", HEADLINE_METRIC)),
+                _fmt(_number(entry.get("diff"), f"{where}['diff']"), signed=True),
+                _fmt(_number(entry.get("low"), f"{where}['low']"), signed=True),
+                _fmt(_number(entry.get("high"), f"{where}['high']"), signed=True),
+                _fmt(_number(entry.get("p_value"), f"{where}['p_value']"), digits=3),
+                _fmt_count(entry.get("n"), f"{where}['n']"),
+            ]
+        )
+    return header, rows
+
+
+def _full_catalogue_caption(fc: Mapping) -> str:
+    sampled = "a seeded sample of " if fc.get("users_sampled") else ""
+    ease = _mapping(fc, "ease")
+    return (
+        f"full catalogue at {fc.get('at')}: {_fmt_count(fc.get('listings_live'), '[listings_live]')} live listings, "
+        f"{sampled}{_fmt_count(fc.get('users_scored'), '[users_scored]')} of "
+        f"{_fmt_count(fc.get('test_users'), '[test_users]')} test users "
+        f"(seed {fc.get('user_sample_seed')}); graded relevance; EASE lambda {ease.get('lambda')} on the "
+        f"top {ease.get('top_n')} listings"
+    )
+
+
+def full_catalogue_table(evaluation: Mapping) -> str:
+    """The full-catalogue evaluation (rankers, then the paired intervals) as plain text; empty when
+    the evaluation has none."""
+    fc = _mapping(evaluation, "full_catalogue")
+    if not fc:
+        return ""
+    lines = [_full_catalogue_caption(fc), _text_table(*_full_catalogue_rows(fc))]
+    ci_header, ci_rows = _full_catalogue_ci_rows(fc)
+    if ci_rows:
+        lines.append(_text_table(ci_header, ci_rows))
+    ratio = _number(fc.get("model_over_best_popularity"), "['full_catalogue']['model_over_best_popularity']")
+    if ratio is not None:
+        lines.append(f"model / best popularity ({fc.get('best_popularity')}) NDCG@10: {ratio:.3f}")
     return "\n".join(lines)
 
 
@@ -469,6 +547,12 @@ def render_html(evaluation: Mapping, *, title: str) -> str:
             f"<p>Oracle fraction: <b>{fraction:.3f}</b> of the gap between the random ranker and the oracle "
             f"in true-utility {HEADLINE_METRIC} is closed by the model.</p>"
         )
+    ceiling = _number(metrics.get("ceiling_fraction"), "['metrics']['ceiling_fraction']")
+    if ceiling is not None:
+        parts.append(
+            f"<p>Ceiling: <b>{ceiling:.3f}</b>, what a ranker that knew every hidden parameter of the simulator "
+            "(but not the noise of each impression) would close.</p>"
+        )
     parts.append(
         _section(
             "Test metrics",
@@ -488,6 +572,18 @@ def render_html(evaluation: Mapping, *, title: str) -> str:
     slice_header, slice_rows = _slice_rows(evaluation)
     if slice_rows:
         parts.append(_section(f"{HEADLINE_METRIC} by slice", html_table(slice_header, slice_rows)))
+    fc = _mapping(evaluation, "full_catalogue")
+    if fc:
+        ci_header, ci_rows = _full_catalogue_ci_rows(fc)
+        parts.append(
+            _section(
+                "Full catalogue",
+                f'<p class="note">{html.escape(_full_catalogue_caption(fc))}; every live listing minus the '
+                "user's earlier engagements is ranked.</p>"
+                + html_table(*_full_catalogue_rows(fc))
+                + (html_table(ci_header, ci_rows) if ci_rows else ""),
+            )
+        )
 
     plots = [
         ("Feature importance", _plot_feature_importance(_mapping(evaluation, "feature_importance"))),
@@ -527,4 +623,12 @@ def write_html(path: Path, document: str) -> Path:
     return path
 
 
-__all__ = ["evaluation_table", "html_table", "png_base64", "render_html", "write_html", "write_report"]
+__all__ = [
+    "evaluation_table",
+    "full_catalogue_table",
+    "html_table",
+    "png_base64",
+    "render_html",
+    "write_html",
+    "write_report",
+]

@@ -1,0 +1,235 @@
+"""Write the stream's feature updates into Feast's exact online layout, never over a newer value.
+
+An update is a table per feature view: the join key(s) first, ``event_timestamp``, optionally
+``created``, then any subset of the view's features (``listing_fv`` with only ``is_sold``, say);
+features not in the table keep their stored values. The values are encoded by the materializer's
+encoders (:func:`ranker.features.materialize.encode_values`, :func:`encode_timestamp`), the keys
+and names by :mod:`ranker.features.feast_compat`, so ``get_online_features`` and the scorer's fast
+path read them unchanged.
+
+"Never over a newer value" is atomic, unlike Feast's own read-then-write check:
+
+* Redis: one Lua script per batch (Redis runs a script alone) compares, for each entity, the stored
+  ``_ts:{view}`` with the new event time: older is written, equal is rewritten (a replay after a
+  restart writes the same value again), newer stays and the row counts as ``skipped_not_newer``;
+* sqlite: the check and the upsert in one ``BEGIN IMMEDIATE`` transaction
+  (:func:`ranker.features.feast_compat.sqlite_write_newer`).
+
+A Redis Cluster is not supported yet (a script's keys must share a slot): :class:`OnlineWriter`
+says so.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from ranker.config import Settings
+from ranker.features.feast_compat import (
+    online_versioning,
+    redis_ts_view_name,
+    sqlite_path,
+    sqlite_table,
+    sqlite_write_newer,
+    string_entity_keys,
+)
+from ranker.features.materialize import encode_timestamp, encode_values
+from ranker.streaming.errors import StreamError
+
+SCRIPT_KEYS = 1000  # entities per Lua script call
+
+# ARGV: ts_field, n_features, the n field names, then per key: new ts (µs), its serialized
+# Timestamp, the n serialized Values. Returns {written, skipped}.
+_WRITE_NEWER = """
+local ts_field = ARGV[1]
+local nf = tonumber(ARGV[2])
+local per = nf + 2
+local base = nf + 3
+local written, skipped = 0, 0
+for i = 1, #KEYS do
+  local o = base + (i - 1) * per
+  local new_us = tonumber(ARGV[o])
+  local raw = redis.call('HGET', KEYS[i], ts_field)
+  local newer = false
+  if raw then
+    local secs, nanos, pos = 0, 0, 1
+    while pos <= #raw do
+      local tag = string.byte(raw, pos)
+      pos = pos + 1
+      local v, mul = 0, 1
+      while true do
+        local b = string.byte(raw, pos)
+        pos = pos + 1
+        v = v + (b % 128) * mul
+        mul = mul * 128
+        if b < 128 then break end
+      end
+      if tag == 8 then secs = v elseif tag == 16 then nanos = v end
+    end
+    newer = secs * 1000000 + math.floor(nanos / 1000) > new_us
+  end
+  if newer then
+    skipped = skipped + 1
+  else
+    local args = {ts_field, ARGV[o + 1]}
+    for j = 1, nf do
+      args[#args + 1] = ARGV[2 + j]
+      args[#args + 1] = ARGV[o + 1 + j]
+    end
+    redis.call('HSET', KEYS[i], unpack(args))
+    written = written + 1
+  end
+end
+return {written, skipped}
+"""
+
+
+@dataclass
+class WriteStats:
+    written: int = 0
+    skipped_not_newer: int = 0
+    by_view: dict = field(default_factory=dict)
+
+    def add(self, view: str, written: int, skipped: int) -> None:
+        self.written += written
+        self.skipped_not_newer += skipped
+        w, s = self.by_view.get(view, (0, 0))
+        self.by_view[view] = (w + written, s + skipped)
+
+
+class OnlineWriter:
+    """Writes update tables into the settings' online store (Redis or sqlite)."""
+
+    def __init__(self, settings: Settings, store=None) -> None:
+        from ranker.features.store import feature_store
+
+        self.settings = settings
+        self.store = store if store is not None else feature_store(settings)
+        self.project = self.store.project
+        self._views: dict = {}
+        self._redis = None
+        self._script = None
+        self._sqlite: sqlite3.Connection | None = None
+        if settings.online_store == "redis":
+            if settings.redis_cluster:
+                raise StreamError("the stream writer does not support a Redis Cluster yet: use one Redis node")
+            import redis
+
+            self._redis = redis.Redis.from_url(settings.redis_url, socket_timeout=30, socket_connect_timeout=5)
+            self._script = self._redis.register_script(_WRITE_NEWER)
+
+    def view(self, name: str):
+        if name not in self._views:
+            try:
+                self._views[name] = self.store.get_feature_view(name)
+            except Exception:
+                self.store.refresh_registry()
+                try:
+                    self._views[name] = self.store.get_feature_view(name)
+                except Exception:
+                    raise StreamError(f"feature view {name} is not registered: run `ranker features apply`") from None
+        return self._views[name]
+
+    def write(self, updates: dict[str, pa.Table]) -> WriteStats:
+        stats = WriteStats()
+        for name, table in updates.items():
+            if table.num_rows == 0:
+                continue
+            view = self.view(name)
+            written, skipped = self._write_view(view, table)
+            stats.add(name, written, skipped)
+        return stats
+
+    def _columns(self, view, table: pa.Table):
+        join_keys = [c.name for c in view.entity_columns]
+        for k in join_keys:
+            if k not in table.column_names:
+                raise StreamError(f"update of {view.name} lacks its join key {k}")
+        features = [f for f in view.features if f.name in table.column_names]
+        unknown = set(table.column_names) - {*join_keys, "event_timestamp", "created"} - {f.name for f in view.features}
+        if unknown:
+            raise StreamError(f"update of {view.name} has columns that are not its features: {sorted(unknown)}")
+        ts = table.column("event_timestamp")
+        if not pa.types.is_integer(ts.type):
+            ts = ts.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
+        ts_us = ts.to_numpy().astype(np.int64)
+        if "created" in table.column_names:
+            created = table.column("created")
+            if not pa.types.is_integer(created.type):
+                created = created.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
+            created_us = created.to_numpy().astype(np.int64)
+        else:
+            created_us = np.full(len(ts_us), time.time_ns() // 1000, dtype=np.int64)
+        key_columns = [[str(v) for v in table.column(k).to_pylist()] for k in join_keys]
+        return join_keys, key_columns, features, ts_us, created_us
+
+    def _write_view(self, view, table: pa.Table) -> tuple[int, int]:
+        join_keys, key_columns, features, ts_us, created_us = self._columns(view, table)
+        encoded = [encode_values(table.column(f.name), str(f.dtype)) for f in features]
+        if self._redis is not None:
+            return self._write_redis(view, join_keys, key_columns, features, encoded, ts_us)
+        return self._write_sqlite(view, join_keys, key_columns, features, encoded, table, ts_us, created_us)
+
+    def _write_redis(self, view, join_keys, key_columns, features, encoded, ts_us) -> tuple[int, int]:
+        import mmh3
+
+        ts_view = redis_ts_view_name(view, self.store.config)
+        keys = string_entity_keys(join_keys, key_columns, self.project.encode())
+        names = [mmh3.hash(f"{ts_view}:{f.name}", signed=False).to_bytes(4, "little") for f in features]
+        head = [f"_ts:{ts_view}".encode(), str(len(features)).encode(), *names]
+        written = skipped = 0
+        for lo in range(0, len(keys), SCRIPT_KEYS):
+            hi = min(lo + SCRIPT_KEYS, len(keys))
+            args = list(head)
+            for i in range(lo, hi):
+                args.append(str(int(ts_us[i])).encode())
+                args.append(encode_timestamp(int(ts_us[i])))
+                args.extend(col[i] for col in encoded)
+            assert self._script is not None
+            w, s = self._script(keys=keys[lo:hi], args=args)
+            written += int(w)
+            skipped += int(s)
+        return written, skipped
+
+    def _sqlite_conn(self) -> sqlite3.Connection:
+        if self._sqlite is None:
+            path = sqlite_path(self.store.config)
+            if not path.exists():
+                raise StreamError(f"{path} does not exist: run `ranker features apply` first")
+            self._sqlite = sqlite3.connect(str(path), timeout=30, isolation_level=None, check_same_thread=False)
+        return self._sqlite
+
+    def _write_sqlite(self, view, join_keys, key_columns, features, encoded, table, ts_us, created_us):
+        keys = string_entity_keys(join_keys, key_columns, b"")
+        cols = []
+        for f, values in zip(features, encoded, strict=True):
+            cols.append((f.name, values, _value_texts(table.column(f.name), str(f.dtype))))
+        table_name = sqlite_table(self.project, view, versioning=online_versioning(self.store))
+        done = sqlite_write_newer(self._sqlite_conn(), table_name, keys, ts_us.tolist(), created_us.tolist(), cols)
+        written = sum(done)
+        return written, len(done) - written
+
+    def close(self) -> None:
+        if self._sqlite is not None:
+            self._sqlite.close()
+            self._sqlite = None
+        if self._redis is not None:
+            self._redis.close()
+
+
+def _value_texts(column, feast_type: str) -> list:
+    """``value_text`` as Feast's sqlite store derives it from each Value (None for a null)."""
+    values = column.to_pylist()
+    if feast_type == "Float32":
+        return [None if v is None else str(float(np.float32(v))) for v in values]
+    if feast_type == "Float64":
+        return [None if v is None else str(float(v)) for v in values]
+    if feast_type in ("Int64", "Int32"):
+        return [None if v is None else str(int(v)) for v in values]
+    if feast_type == "Bool":
+        return [None if v is None else str(bool(v)) for v in values]
+    return [None if v is None else str(v) for v in values]
