@@ -168,11 +168,14 @@ def _revise(rows: list[int], since: int, need: set[int]) -> None:
     need.update(rows[bisect_left(rows, since) :])
 
 
-def _remember(rows: list[int], times: list[int]) -> None:
+def _remember(rows: list[int], times: list[int], watermark: int) -> None:
+    """Keep the event times of the rows written that a record accepted later can revise (>= watermark)."""
     for t in times:
         k = bisect_left(rows, t)
         if k == len(rows) or rows[k] != t:
             rows.insert(k, t)
+    if rows[0] < watermark:
+        del rows[: bisect_left(rows, watermark)]
 
 
 def smoothed_ctr(clicks: int, impressions: int) -> float:
@@ -290,11 +293,10 @@ class WindowState:
                 schema=SOLD_SCHEMA,
             )
         self._since_sweep += accepted
-        # Sweep every 10 minutes of event time, and at most once per half a state's worth of records
-        # (a sweep visits every entity: a fast replay of history would otherwise spend its time there).
-        if self._max_ts - self._swept >= _SWEEP_EVERY_US and 2 * self._since_sweep >= len(self._items) + len(
-            self._users
-        ):
+        # Sweep every 10 minutes of event time, and at most once per two state's worth of records (a
+        # sweep visits every entity: a fast replay of history would otherwise spend its time there).
+        due = self._since_sweep >= 2 * (len(self._items) + len(self._users))
+        if due and self._max_ts - self._swept >= _SWEEP_EVERY_US:
             self._sweep()  # after the rows: it may drop an entity this batch touched last
         return Applied(updates=updates, rejected=rejected, accepted=accepted, sold_items=list(sold))
 
@@ -332,13 +334,14 @@ class WindowState:
             u.last = ts
 
     def _item_rows(self, touched: dict[str, set[int]], created: int) -> pa.Table:
+        wm = self.watermark_us
         w1, w24 = ITEM_WINDOWS_US["1h"], ITEM_WINDOWS_US["24h"]
         cols: list[list] = [[] for _ in range(12)]
         for item, need in touched.items():
             it = self._items[item]
             need.add(it.last)
             times = sorted(need)
-            _remember(it.rows, times)
+            _remember(it.rows, times, wm)
             known = self._listings.get(item)
             has_created = known is not None and known[2] is not None
             for t in times:
@@ -367,13 +370,14 @@ class WindowState:
         return _by_time(pa.Table.from_arrays(arrays, schema=schema))
 
     def _user_rows(self, touched: dict[str, set[int]], created: int) -> pa.Table:
+        wm = self.watermark_us
         w = SESSION_US
         users, last, clicks, saves, cats, brands = [], [], [], [], [], []
         for user, need in touched.items():
             u = self._users[user]
             need.add(u.last)
             times = sorted(need)
-            _remember(u.rows, times)
+            _remember(u.rows, times, wm)
             for t in times:
                 lo, hi = bisect_right(u.clk, t - w), bisect_right(u.clk, t)
                 c_set, b_set = set(), set()
@@ -414,27 +418,41 @@ class WindowState:
         # An id older than the watermark cannot be applied again (it is late), so it is not kept.
         self._seen = {k: ts for k, ts in self._seen.items() if ts >= wm}
         item_horizon = wm - LONGEST_US
-        for key in list(self._items):
-            it = self._items[key]
-            _trim(it.imp, item_horizon)
-            _trim(it.clk, item_horizon)
-            _trim(it.sav, item_horizon)
-            del it.rows[: bisect_left(it.rows, wm)]
-            known = self._listings.get(key)
-            if known is not None and known[2] is not None and known[2] + FIRST_HOURS_US <= wm:
-                for slot in range(3):  # every later row counts all of them
-                    it.first_base[slot] += len(it.first_ts[slot])
-                    it.first_ts[slot].clear()
-            if not (it.imp or it.clk or it.sav or it.rows or any(it.first_ts) or any(it.first_base)):
-                del self._items[key]
+        listings = self._listings
+        drop = []
+        for key, it in self._items.items():
+            if it.imp and it.imp[0] <= item_horizon:
+                _trim(it.imp, item_horizon)
+            if it.clk and it.clk[0] <= item_horizon:
+                _trim(it.clk, item_horizon)
+            if it.sav and it.sav[0] <= item_horizon:
+                _trim(it.sav, item_horizon)
+            if it.rows and it.rows[0] < wm:
+                del it.rows[: bisect_left(it.rows, wm)]
+            first = it.first_ts
+            if first[0] or first[1] or first[2]:
+                known = listings.get(key)
+                if known is not None and known[2] is not None and known[2] + FIRST_HOURS_US <= wm:
+                    for slot in range(3):  # every later row counts all of them
+                        it.first_base[slot] += len(first[slot])
+                        first[slot].clear()
+            elif not (it.imp or it.clk or it.sav or it.rows or it.first_base != [0, 0, 0]):
+                drop.append(key)
+        for key in drop:
+            del self._items[key]
         user_horizon = wm - SESSION_US
-        for key in list(self._users):
-            u = self._users[key]
-            _trim(u.clk, user_horizon, u.clk_items)
-            _trim(u.sav, user_horizon)
-            del u.rows[: bisect_left(u.rows, wm)]
+        drop = []
+        for key, u in self._users.items():
+            if u.clk and u.clk[0] <= user_horizon:
+                _trim(u.clk, user_horizon, u.clk_items)
+            if u.sav and u.sav[0] <= user_horizon:
+                _trim(u.sav, user_horizon)
+            if u.rows and u.rows[0] < wm:
+                del u.rows[: bisect_left(u.rows, wm)]
             if not (u.clk or u.sav or u.rows):
-                del self._users[key]
+                drop.append(key)
+        for key in drop:
+            del self._users[key]
 
     # -- checkpoint ------------------------------------------------------------------------------
     def snapshot(self) -> bytes:
