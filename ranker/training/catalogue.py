@@ -524,11 +524,9 @@ def read_engagement_log(settings) -> pd.DataFrame:
 
 def catalogue_task(settings, model, *, users: int | None = DEFAULT_USERS, seed: int = 0) -> CatalogueTask:
     """The task at the start of ``model``'s test window (its split's ``valid_end``)."""
-    from ranker.training.train import Split
-
-    split = Split.from_dict(model.card["split"])
+    valid_end = pd.Timestamp(model.card["split"]["valid_end"])  # the card's split (train imports this module)
     listings = schema.read_table(settings.raw_dir, schema.LISTINGS)
-    return build_task(read_engagement_log(settings), listings, split.valid_end, users=users, seed=seed)
+    return build_task(read_engagement_log(settings), listings, valid_end, users=users, seed=seed)
 
 
 def evaluate_catalogue(

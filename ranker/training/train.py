@@ -13,7 +13,7 @@ import json
 import platform
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -244,6 +244,11 @@ def train_model(settings: Settings, options: TrainOptions, *, out_root: Path | N
     started = time.perf_counter()
     df, manifest = load_dataset(settings, options.surface)
     features = manifest["features"]
+    monotone = manifest.get("feature_monotone") or {}
+    if monotone and "monotone_constraints" not in options.params:
+        # The declarations' "monotone" tags: e.g. more engagement with a brand never lowers a listing.
+        constraints = [int(monotone.get(f, 0)) for f in features]
+        options = replace(options, params={**options.params, "monotone_constraints": constraints})
     split = time_split(df, options)
     engine: dict = {"name": "local"}
     if settings.train_engine == "dask":
