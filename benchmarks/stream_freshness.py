@@ -43,7 +43,7 @@ def _small_home(root: Path):
 
     from ranker.config import Settings
     from ranker.data.simulate import SimConfig, simulate
-    from ranker.features.build import build_features
+    from ranker.jobs.feature_tables import build_feature_tables
     from ranker.features.store import apply
     from ranker.registry import Registry
     from ranker.training.dataset import DatasetOptions, build_dataset
@@ -54,7 +54,7 @@ def _small_home(root: Path):
     settings = Settings(home=root)
     config = SimConfig(seed=11, users=2000, items=6000, new_items_per_day=300, days=8, start=date(2026, 10, 1))
     simulate(config, raw_dir=settings.raw_dir, ground_truth_dir=settings.ground_truth_dir)
-    build_features(settings)
+    build_feature_tables(settings)  # batch tables and the real-time backfill, as `ranker features build`
     apply(settings)
     build_dataset(settings, DatasetOptions(surface="recs", chunk_rows=50_000))
     model = train_model(settings, TrainOptions(surface="recs"))

@@ -487,6 +487,20 @@ def _run_partition(settings, partition: int, *args: str):
     return subprocess.Popen(cmd, env=_stream_env(settings), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+def _stderr_lines(proc) -> list[str]:
+    """The process's stderr lines as they come (read by a thread)."""
+    import threading
+
+    lines: list[str] = []
+
+    def read() -> None:
+        for raw in proc.stderr:
+            lines.append(raw.decode(errors="replace"))
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines
+
+
 def _wait_for(condition, deadline_s: float, what: str, proc=None):
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
@@ -578,3 +592,51 @@ def test_publish_a_csv_then_run_the_partitions_from_the_cli(sqlite_home, stream,
     for r in rows:
         expected[r["item_id"]] += 1
     assert _online_clicks(settings, items) == {i: expected.get(i) for i in items}
+
+
+def test_with_the_window_state_the_stream_serves_what_the_backfill_computes(sqlite_home, stream):
+    """The world's last 6 hours of events through the stream (2 partitions, the real WindowState):
+    every touched listing's and user's online real-time values equal the backfill's row at their
+    latest event, computed from the same events (0 mismatches)."""
+    import numpy as np
+    import pandas as pd
+
+    from ranker.streaming.backfill import backfill_tables
+    from ranker.streaming.processor import Processor
+    from ranker.streaming.producer import Producer, event_rows
+
+    broker, name, n = stream
+    settings = sqlite_home.with_(stream_name=name, stream_partitions=n, stream_checkpoint_s=0.5)
+    events = pd.read_parquet(settings.raw_dir / "events.parquet")
+    listings = pd.read_parquet(settings.raw_dir / "listings.parquet")
+    end = events.timestamp.max()
+    window = events[events.timestamp > end - pd.Timedelta(hours=6)].reset_index(drop=True)
+    stats = Producer(broker, name, n).send(event_rows(window))
+    last = _last_offsets(stats.per_partition, 200, {})
+    for k in range(n):
+        summary = Processor(settings, k, broker=broker).run(until_offset=last[k], max_seconds=60)
+        assert summary["offset"] == last[k] and summary["dropped"] == {}
+    expected = backfill_tables(window, listings)
+    mismatches = 0
+    for view, key in (("item_realtime_fv", "item_id"), ("user_session_fv", "user_id")):
+        rows = expected[view].to_pandas().sort_values(["event_timestamp", "created"]).groupby(key).last()
+        rows = rows.sample(min(len(rows), 150), random_state=0)
+        assert len(rows) >= 20 and rows[rows.columns[0]].astype(bool).any(), view
+        features = [c for c in rows.columns if c not in ("event_timestamp", "created")]
+        online = _online_rows(settings, [f"{view}:{f}" for f in features], key, rows.index.tolist())
+        for f in features:
+            want, got = rows[f].to_numpy(), np.asarray(online[f], dtype=object)
+            if rows[f].dtype.kind == "f":
+                mismatches += int((~np.isclose(want.astype(float), got.astype(float), rtol=1e-6)).sum())
+            else:
+                mismatches += int(
+                    sum(a != b and not (pd.isna(a) and b is None) for a, b in zip(want, got, strict=True))
+                )
+    assert mismatches == 0
+
+
+def _online_rows(settings, refs: list[str], key: str, ids: list[str]) -> dict:
+    from ranker.features.store import feature_store
+
+    store = feature_store(settings)
+    return store.get_online_features(features=refs, entity_rows=[{key: i} for i in ids]).to_dict()
