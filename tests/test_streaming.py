@@ -426,6 +426,11 @@ def test_the_processor_applies_dedups_checkpoints_and_appends_what_it_wrote_offl
         summaries.append(processor.run(until_offset=last[k], max_seconds=30))
         assert summaries[-1]["offset"] == last[k]
         assert load_checkpoint(settings.stream_dir, name, k, n).offset == last[k]
+        metrics = _samples(processor.metrics.registry)
+        labels = (("partition", str(k)), ("stream", name))
+        assert metrics[("ranker_stream_freshness_seconds_count", *labels)] == summaries[-1]["records"] > 0
+        assert metrics[("ranker_stream_offset", *labels)] == last[k]
+        assert metrics[("ranker_stream_dropped_total", *labels[:1], ("reason", "duplicate"), labels[1])] > 0
     items = [f"sx-i{i}" for i in range(20)]
     assert _online_clicks(settings, items) == {i: _expected_clicks(rows).get(i) for i in items}
     assert _online(settings, ["listing_fv:is_sold"], ["sx-i3"])["is_sold"] == [1]
@@ -441,6 +446,33 @@ def test_the_processor_applies_dedups_checkpoints_and_appends_what_it_wrote_offl
     again = Processor(settings, 0, broker=broker, state_class=CountingState).run(idle_exit_s=0.3)
     assert again["resumed_from"] == last[0] + 1 and again.get("records", 0) == 0
     assert _online_clicks(settings, items) == {i: _expected_clicks(rows).get(i) for i in items}
+
+
+def _samples(registry) -> dict[tuple, float]:
+    """Prometheus samples as {(name, *sorted label pairs): value}."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {}
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        for sample in family.samples:
+            out[(sample.name, *sorted(sample.labels.items()))] = sample.value
+    return out
+
+
+def test_the_metrics_port_serves_the_processors_metrics():
+    import urllib.request
+
+    from ranker.streaming.metrics import StreamMetrics
+
+    metrics = StreamMetrics("s", 0)
+    metrics.freshness.observe(0.02)
+    metrics.dropped("late", 3)
+    port = _closed_port()
+    metrics.serve(port)
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert 'ranker_stream_freshness_seconds_bucket{le="0.025",partition="0",stream="s"} 1.0' in text
+    assert 'ranker_stream_dropped_total{partition="0",reason="late",stream="s"} 3.0' in text
 
 
 def test_one_processor_per_partition_and_host(sqlite_home, stream):
@@ -640,3 +672,22 @@ def _online_rows(settings, refs: list[str], key: str, ids: list[str]) -> dict:
 
     store = feature_store(settings)
     return store.get_online_features(features=refs, entity_rows=[{key: i} for i in ids]).to_dict()
+
+
+def test_simulate_publishes_the_simulated_marketplace_live(sqlite_home, stream):
+    broker, name, n = stream
+    settings = sqlite_home.with_(stream_name=name, stream_partitions=n)
+    before = time.time_ns() // 1000
+    result = _cli(settings, "stream", "simulate", "--rate", "2000", "--limit", "300")
+    assert result.exit_code == 0, result.output
+    assert "published 300 rows" in result.output
+    got = []
+    for k in range(n):
+        consumer = broker.consumer(name, k, 0)
+        for m in _drain(consumer, 1, deadline_s=10):
+            records, rejects = parse(m.body, k, n)
+            assert not rejects
+            got += records
+        consumer.close()
+    assert got and all(r.ts_us >= before for r in got)  # event time = the send time
+    assert {r.kind for r in got} <= {"event", "listing"}
