@@ -11,7 +11,14 @@ import uuid
 import pytest
 
 from tests import test_streaming as ts
-from tests.test_streaming import _clicks, _expected_clicks, _online_clicks, _run_partition, _wait_for
+from tests.test_streaming import (
+    _clicks,
+    _expected_clicks,
+    _online_clicks,
+    _run_partition,
+    _stderr_lines,
+    _wait_for,
+)
 
 rabbitmq = ts.rabbitmq  # fixtures shared with the transport tests
 stream_home = ts.stream_home
@@ -48,7 +55,9 @@ def test_a_processor_killed_mid_stream_and_restarted_ends_with_the_uninterrupted
         published: list = []
         publisher = threading.Thread(target=lambda: published.append(producer.publish(rows, rate=1500.0)))
         proc = _run_partition(settings, 0)
-        publisher.start()
+        log = _stderr_lines(proc)
+        _wait_for(lambda: any("consuming" in line for line in log), 120, "the processor to subscribe", proc)
+        publisher.start()  # while the processor consumes: it is killed mid-stream
         ckpt = lambda: load_checkpoint(settings.stream_dir, name, 0, 1)  # noqa: E731
         killed_at = _wait_for(lambda: (c := ckpt()) and c.offset >= 60 and c, 60, "a checkpoint past offset 60", proc)
         proc.send_signal(signal.SIGKILL)
@@ -56,12 +65,16 @@ def test_a_processor_killed_mid_stream_and_restarted_ends_with_the_uninterrupted
         publisher.join(timeout=60)
         last = published[0].messages - 1
         restarted = _run_partition(settings, 0, "--json")
+        log = _stderr_lines(restarted)
+        _wait_for(lambda: any("consuming" in line for line in log), 120, "the processor to resume", restarted)
         _wait_for(lambda: (c := ckpt()) and c.offset == last, 60, "the last offset checkpointed", restarted)
         restarted.send_signal(signal.SIGTERM)
-        out, err = restarted.communicate(timeout=30)
-        assert restarted.returncode == 0, err.decode()[-2000:]
+        out = restarted.stdout.read()
+        restarted.wait(timeout=30)
+        assert restarted.returncode == 0, "".join(log)[-2000:]
         summary = json.loads(out.decode().strip().splitlines()[-1])
         assert summary["resumed_from"] >= killed_at.offset + 1  # resumed from its last checkpoint
+        assert summary["records"] > 0  # killed mid-stream: the restart had work left
         items = [f"sx-i{i}" for i in range(40)]
         expected = _expected_clicks(rows)
         assert _online_clicks(settings, items) == {i: expected.get(i) for i in items}

@@ -230,7 +230,12 @@ class Processor:
                     if self.stop.is_set():
                         break
                     raise
-                self.ready.set()
+                if not self.ready.is_set():
+                    self.ready.set()
+                    if self.progress is not None:
+                        self.progress(
+                            f"p{self.partition} consuming {self.stream}-p{self.partition} from offset {resumed_from}"
+                        )
                 if messages:
                     idle_since = time.monotonic()
                     self._process(messages, state, pending)
