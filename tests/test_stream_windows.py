@@ -4,6 +4,7 @@ listings, checkpoint and restore, bounded memory, and the stream's rows == the b
 
 from __future__ import annotations
 
+import pickle
 import random
 
 import numpy as np
@@ -241,7 +242,10 @@ def test_snapshot_restore_resumes_exactly():
     first.seed_listings(listings)
     cut = 1000
     head, _ = run_stream(first, records[:cut], batch=50)
-    resumed = WindowState.restore(first.snapshot())
+    first.seed_listings(pd.DataFrame({"item_id": ["x"], "category": [None], "brand": ["b"], "created_at": [pd.NaT]}))
+    blob = first.snapshot()
+    resumed = WindowState.restore(blob)
+    assert pickle.loads(resumed.snapshot()) == pickle.loads(blob) and resumed.sizes == first.sizes
     # At-least-once: the consumer replays some records it had applied before the checkpoint.
     # (ids still within the lateness are duplicates, older ones late: none is applied twice).
     tail, totals = run_stream(resumed, records[cut - 100 :], batch=50)

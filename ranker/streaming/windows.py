@@ -37,9 +37,11 @@ from __future__ import annotations
 
 import pickle
 import time
+from array import array
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import chain
 
 import pandas as pd
 import pyarrow as pa
@@ -96,6 +98,7 @@ SCHEMAS = {
 SOLD_SCHEMA = pa.schema([("item_id", pa.string()), ("event_timestamp", _TS), ("created", _TS), ("is_sold", pa.int64())])
 JOIN_KEYS = {ITEM_VIEW: "item_id", USER_VIEW: "user_id"}
 
+SNAPSHOT_VERSION = 1
 _SWEEP_EVERY_US = 10 * 60 * US  # evict expired state each time event time advances this much
 _MIN_TS = -(2**62)
 
@@ -456,14 +459,108 @@ class WindowState:
 
     # -- checkpoint ------------------------------------------------------------------------------
     def snapshot(self) -> bytes:
-        """The full state (windows, catalogue, sold set, de-duplication ids, watermark)."""
-        return pickle.dumps(self.__dict__, protocol=pickle.HIGHEST_PROTOCOL)
+        """The full state (windows, catalogue, sold set, de-duplication ids, watermark). Columnar:
+        the integers of all entities in one ``array('q')`` per field with their lengths, as pickling
+        one object (or one small list) per entity costs several times as much; the processor takes a
+        snapshot every checkpoint (about a second)."""
+        items, users = self._items, self._users
+        data = {
+            "lateness_us": self.lateness_us,
+            "max_ts": self._max_ts,
+            "swept": self._swept,
+            "last_created": self._last_created,
+            "since_sweep": self._since_sweep,
+            "seen_ids": [k[0] for k in self._seen],
+            "seen_routes": [k[1] for k in self._seen],
+            "seen_ts": array("q", self._seen.values()),
+            "listings": list(self._listings),
+            "listing_cat": [v[0] for v in self._listings.values()],
+            "listing_brand": [v[1] for v in self._listings.values()],
+            "listing_created": array("q", (_NONE if v[2] is None else v[2] for v in self._listings.values())),
+            "sold": sorted(self._sold),
+            "items": list(items),
+            "item_last": array("q", (it.last for it in items.values())),
+            "item_base": array("q", chain.from_iterable(it.first_base for it in items.values())),
+            "users": list(users),
+            "user_last": array("q", (u.last for u in users.values())),
+            "user_clk_items": list(chain.from_iterable(u.clk_items for u in users.values())),
+        }
+        lengths: list[int] = []
+        flat: list[int] = []
+        extend = flat.extend
+        for it in items.values():  # one pass: 7 lists per item, lengths then values, in _ITEM_LISTS order
+            f0, f1, f2 = it.first_ts
+            lengths += (len(it.imp), len(it.clk), len(it.sav), len(it.rows), len(f0), len(f1), len(f2))
+            extend(it.imp)
+            extend(it.clk)
+            extend(it.sav)
+            extend(it.rows)
+            extend(f0)
+            extend(f1)
+            extend(f2)
+        data["item_lists"] = (array("q", lengths), array("q", flat))
+        lengths, flat = [], []
+        extend = flat.extend
+        for u in users.values():
+            lengths += (len(u.clk), len(u.sav), len(u.rows))
+            extend(u.clk)
+            extend(u.sav)
+            extend(u.rows)
+        data["user_lists"] = (array("q", lengths), array("q", flat))
+        return pickle.dumps((SNAPSHOT_VERSION, data), protocol=pickle.HIGHEST_PROTOCOL)
 
     @classmethod
     def restore(cls, data: bytes) -> WindowState:
+        version, d = pickle.loads(data)
+        if version != SNAPSHOT_VERSION:
+            raise ValueError(f"window state snapshot version {version}, this code reads {SNAPSHOT_VERSION}")
         state = cls.__new__(cls)
-        state.__dict__.update(pickle.loads(data))
+        state.lateness_us = d["lateness_us"]
+        state._max_ts, state._swept = d["max_ts"], d["swept"]
+        state._last_created, state._since_sweep = d["last_created"], d["since_sweep"]
+        state._seen = dict(zip(zip(d["seen_ids"], d["seen_routes"], strict=True), d["seen_ts"], strict=True))
+        state._listings = {
+            k: (c, b, None if t == _NONE else t)
+            for k, c, b, t in zip(
+                d["listings"], d["listing_cat"], d["listing_brand"], d["listing_created"], strict=True
+            )
+        }
+        state._sold = set(d["sold"])
+        lists = _unpack(d["item_lists"])
+        base = d["item_base"].tolist()
+        state._items = {}
+        for n, (key, last) in enumerate(zip(d["items"], d["item_last"], strict=True)):
+            it = _Item()
+            it.imp, it.clk, it.sav, it.rows, f0, f1, f2 = lists[7 * n : 7 * n + 7]
+            it.first_ts = (f0, f1, f2)
+            it.first_base = base[3 * n : 3 * n + 3]
+            it.last = last
+            state._items[key] = it
+        ulists = _unpack(d["user_lists"])
+        clk_items = d["user_clk_items"]
+        state._users = {}
+        at = 0
+        for n, (key, last) in enumerate(zip(d["users"], d["user_last"], strict=True)):
+            u = _User()
+            u.clk, u.sav, u.rows = ulists[3 * n : 3 * n + 3]
+            u.last = last
+            u.clk_items = clk_items[at : at + len(u.clk)]
+            at += len(u.clk)
+            state._users[key] = u
         return state
+
+
+_NONE = -(2**63)  # a missing created_at in the snapshot's integer column
+
+
+def _unpack(packed: tuple[array, array]) -> list[list[int]]:
+    lengths, values = packed
+    flat = values.tolist()
+    out, at = [], 0
+    for n in lengths:
+        out.append(flat[at : at + n])
+        at += n
+    return out
 
 
 def _by_time(table: pa.Table) -> pa.Table:
