@@ -31,6 +31,11 @@ Computing the metrics only needs, per user, the candidates whose score reaches t
 best score (a tie block straddling it included) plus the relevant ones: every other candidate
 sits below rank 50 and changes none of NDCG@10, Recall@10, Recall@50. So scores are kept as a
 dense users x live-listings block per chunk of users and only that head is ranked.
+
+Training uses the same construction on the validation window (:class:`CatalogueValidation`: the
+listings live at ``train_end``, users who engaged in ``[train_end, valid_end)``) as its early-stopping
+metric for sampled groups; the deploy gate uses the per-user NDCG@10 of the test window
+(:mod:`ranker.registry.evidence`).
 """
 
 from __future__ import annotations
