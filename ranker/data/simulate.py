@@ -567,6 +567,26 @@ class _World:
     # Traffic -----------------------------------------------------------------------------------
     def simulate_day(self, *, day: int, rng: np.random.Generator) -> tuple[dict, "_EventBatch"]:
         """Simulate one day hour by hour; return the kept impression rows and all their events."""
+        day_start = self.start_ms + day * DAY_MS
+        requests = self.requests_of_day(day=day, rng=rng)
+        t = requests["t"]
+        rows, events = [], []
+        bounds = np.searchsorted(t, day_start + np.arange(25, dtype=np.int64) * HOUR_MS)
+        for hour in range(24):
+            lo, hi = bounds[hour], bounds[hour + 1]
+            step_requests = {k: v[lo:hi] for k, v in requests.items()}
+            step_start = day_start + hour * HOUR_MS
+            step_rows, step_events = self._simulate_step(
+                rng=rng, requests=step_requests, step_start=step_start, step_end=step_start + HOUR_MS
+            )
+            rows.append(step_rows)
+            events.append(step_events)
+        day_rows = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+        return day_rows, _EventBatch.concat(*events)
+
+    def requests_of_day(self, *, day: int, rng: np.random.Generator) -> dict:
+        """The day's requests in time order (numbered after every earlier request): user, time,
+        surface, query terms and, with the within-day dynamics, the session's intent."""
         cfg = self.config
         day_start = self.start_ms + day * DAY_MS
         counts = rng.poisson(self.activity)
@@ -601,20 +621,7 @@ class _World:
             "intent_cat": intent_cat,
             "intent_brand": intent_brand,
         }
-
-        rows, events = [], []
-        bounds = np.searchsorted(t, day_start + np.arange(25, dtype=np.int64) * HOUR_MS)
-        for hour in range(24):
-            lo, hi = bounds[hour], bounds[hour + 1]
-            step_requests = {k: v[lo:hi] for k, v in requests.items()}
-            step_start = day_start + hour * HOUR_MS
-            step_rows, step_events = self._simulate_step(
-                rng=rng, requests=step_requests, step_start=step_start, step_end=step_start + HOUR_MS
-            )
-            rows.append(step_rows)
-            events.append(step_events)
-        day_rows = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
-        return day_rows, _EventBatch.concat(*events)
+        return requests
 
     def _sessions(
         self, *, rng: np.random.Generator, user: np.ndarray, day_start: int
