@@ -93,11 +93,30 @@ def validation_curve(booster: Any, valid: pd.DataFrame, features: list[str]) -> 
     return curve
 
 
-def early_stopping_iteration(curve: np.ndarray, rounds: int) -> int:
-    """LightGBM's early-stopping rule on a validation curve: the 1-based best iteration (strict
-    improvement only), judged up to the round where ``rounds`` rounds passed without improvement."""
-    best, best_i = -np.inf, 0
-    for i, value in enumerate(curve):
+def smoothed_curve(curve, window: int) -> np.ndarray:
+    """The validation curve averaged over a centred window of ``window`` iterations (fewer at the
+    ends). NDCG@10 of a few thousand noisy click lists jumps by more than a tree's improvement, so the
+    raw maximum is often an early spike; the smoothed one is the plateau."""
+    values = np.asarray(curve, dtype=np.float64)
+    if window <= 1 or len(values) == 0:
+        return values
+    half = window // 2
+    sums = np.concatenate([[0.0], np.cumsum(values)])
+    lo = np.maximum(np.arange(len(values)) - half, 0)
+    hi = np.minimum(np.arange(len(values)) + half + 1, len(values))
+    return (sums[hi] - sums[lo]) / (hi - lo)
+
+
+def early_stopping_iteration(curve: np.ndarray, rounds: int, smoothing: int = 1) -> int:
+    """LightGBM's early-stopping rule on a validation curve smoothed over ``smoothing`` iterations
+    (1 = LightGBM's own rule): the 1-based best iteration (strict improvement only), judged up to the
+    round where ``rounds`` rounds passed without improvement."""
+    smoothed = smoothed_curve(curve, smoothing)
+    # iterations are judged once their whole window is known on the left (the first trees' partial
+    # windows would lean towards a declining start)
+    first = min(max(smoothing, 1) // 2, max(len(smoothed) - 1, 0))
+    best, best_i = -np.inf, first
+    for i, value in enumerate(smoothed[first:], start=first):
         if value > best:
             best, best_i = value, i
         elif i - best_i >= rounds:
@@ -115,6 +134,7 @@ def fit_dask(
     num_boost_round: int,
     early_stopping_rounds: int,
     threads: int,
+    smoothing: int = 1,
 ) -> tuple[Any, dict]:
     """Train on a Dask cluster; returns the booster cut at the best iteration and what ran where.
 
@@ -157,7 +177,7 @@ def fit_dask(
         booster = model.booster_
     trained = time.perf_counter()
     curve = validation_curve(booster, valid, features)
-    best = early_stopping_iteration(curve, early_stopping_rounds)
+    best = early_stopping_iteration(curve, early_stopping_rounds, smoothing)
     booster.best_iteration = best
     booster.best_score = {"valid": {"ndcg@10": float(curve[best - 1])}}
     info = {
