@@ -67,8 +67,15 @@ def register(cli: click.Group) -> None:
         show_default=True,
         help="Multiplies users, initial and daily listings (requests per user stay the same).",
     )
+    @click.option(
+        "--within-day/--no-within-day",
+        default=defaults.within_day,
+        show_default=True,
+        help="Within-day dynamics a daily batch cannot see: session intent and the hype of new listings "
+        "(docs/concepts/simulator.md). Off: the files are exactly those of earlier versions.",
+    )
     @click.pass_obj
-    def simulate(settings, seed, users, items, new_items_per_day, days, start, scale) -> None:
+    def simulate(settings, seed, users, items, new_items_per_day, days, start, scale, within_day) -> None:
         """Simulate a second-hand fashion marketplace into data/raw/ (+ hidden utility).
 
         Writes events, listings, users and sellers to data/raw/*.parquet, the hidden true utility
@@ -90,6 +97,7 @@ def register(cli: click.Group) -> None:
             days=days,
             start=start.date(),
             scale=scale,
+            within_day=within_day,
         )
         summary = run(config, raw_dir=settings.raw_dir, ground_truth_dir=settings.ground_truth_dir)
         click.echo(_describe(summary))

@@ -105,11 +105,12 @@ def _in_window(ev, s, days):
 
 
 def test_user_brand_windows_by_brute_force(world):
-    """user_brand_stats recomputed row by row from the raw events; a pair the user engaged with in
-    the last 32 days has a row, the others have none."""
+    """user_brand_stats recomputed row by row from the raw events; every pair the user engaged with
+    in the last 32 days has a row, and every row has an engagement or a search naming the brand."""
     ev = _engagements_with_listings(world)
     table = _table(world, "user_brand_stats")
-    assert len(table) > 0
+    brands = sorted(set(pd.read_parquet(world.raw_dir / "listings.parquet").brand) - {""})
+    assert len(table) > 0 and (table.ub_searches_30d > 0).any()
     for row in table.sample(150, random_state=1).itertuples():
         mine = ev[ev.user_id == row.user_id]
         win = _in_window(mine, row.event_timestamp, 30)
@@ -127,13 +128,21 @@ def test_user_brand_windows_by_brute_force(world):
             ctr = user_clicks / user_imps
             lift = (kinds.get("click", 0) + 10.0 * ctr) / (kinds.get("impression", 0) + 10.0) / ctr
             assert row.ub_ctr_lift_30d == pytest.approx(lift, rel=1e-5)
+        searches = win[(win.surface == "search") & win["query"].notna()].drop_duplicates("request_id")
+        named = searches["query"].map(lambda q, b=row.brand: f" {b} " in f" {q} ")
+        assert row.ub_searches_30d == named.sum()
+        all_named = sum(searches["query"].map(lambda q, b=b: f" {b} " in f" {q} ").sum() for b in brands)
+        assert row.ub_search_share_30d == pytest.approx(named.sum() / all_named if all_named else 0.0, rel=1e-6)
         retained = _in_window(mine, row.event_timestamp, 32)
-        assert ((retained.brand == row.brand) & (retained.event_type != "impression")).any()
+        engaged = (retained.brand == row.brand) & (retained.event_type != "impression")
+        searched = retained["query"].map(lambda q, b=row.brand: isinstance(q, str) and f" {b} " in f" {q} ")
+        assert (engaged | searched).any()
     # completeness: at the last snapshot every engaged pair of the last 32 days has its row
     last = table.event_timestamp.max()
     recent = _in_window(ev, last, 32)
     engaged = recent[recent.event_type != "impression"][["user_id", "brand"]].drop_duplicates()
     rows = table[table.event_timestamp == last][["user_id", "brand"]]
+    # (pairs only searched for have rows too; checked above row by row)
     assert len(engaged.merge(rows, how="left", indicator=True).query("_merge == 'left_only'")) == 0
 
 

@@ -18,7 +18,15 @@ that oracle, so the world is built to be learnable but not trivially so:
 * lists are ordered by a *legacy* policy that never sees the utility (past clicks + recency +
   a large noise), and clicks follow P(click) = examine(position) x sigmoid(utility - threshold)
   with examine(p) = p^-0.3, so logged clicks carry a real position bias;
-* listings are unique: a purchase sets ``sold_at`` and the listing is never shown again.
+* listings are unique: a purchase sets ``sold_at`` and the listing is never shown again;
+* with ``within_day=True`` (opt-in, off by default: every default file stays byte-identical) the
+  world also moves within the day, in ways a daily batch snapshot cannot see: a user's requests come
+  in *sessions* (a few requests within ``SESSION_SPAN_MINUTES``), each with a session intent (a
+  category, sometimes a brand) that raises the utility of matching listings for that session only
+  (``W_SESSION_CATEGORY``, ``W_SESSION_BRAND``; the session's searches name the intent's category
+  more often, and its clicks reveal it); and every listing has a hidden *hype* that adds to its
+  utility while it is new and decays over hours (``W_HYPE x hype x exp(-age_h / HYPE_HOURS)``):
+  it shows only in the listing's early engagement, and hot listings sell within hours.
 
 Time advances in hourly steps; inside a step everything is vectorised with numpy. Randomness
 comes only from ``numpy.random.Generator(PCG64)`` streams derived from the seed, nothing reads the
@@ -180,6 +188,17 @@ W_QUERY_MATCH = 2.0
 NOISE_SD = 0.6
 CLICK_THRESHOLD = 2.4
 EXAMINE_EXPONENT = 0.3
+# Within-day dynamics (SimConfig.within_day): session intent and the hype of new listings.
+SESSION_SPAN_MINUTES = 25  # a session's requests fall within this many minutes of its start
+SESSION_CONTINUE = 0.6  # P(a user's next request of the day continues the current session)
+SESSION_INTENT_FROM_TASTE = 0.5  # share of sessions whose intent category follows the user's taste
+SESSION_INTENT_BRAND = 0.5  # share of sessions that also have a brand in mind
+SESSION_QUERY_INTENT = 0.6  # share of a session's searches that name the intent's category
+W_SESSION_CATEGORY = 1.2
+W_SESSION_BRAND = 0.8
+HYPE_SD = 1.0
+W_HYPE = 1.0
+HYPE_HOURS = 12.0
 # Legacy logging policy: what the production ranker did before any learned model.
 LEGACY_RECENCY = 0.8
 LEGACY_TEXT_MATCH = 0.5
@@ -232,6 +251,7 @@ class SimConfig:
     requests_per_user_day: float = 0.6
     search_share: float = 0.5
     slate_size: int = 20
+    within_day: bool = False  # session intent and listing hype (see the module docstring); off: as before
 
     def __post_init__(self) -> None:
         checks = (
@@ -280,6 +300,8 @@ class SimConfig:
         """JSON-ready options (the date as ISO text)."""
         out = asdict(self)
         out["start"] = self.start.isoformat()
+        if not self.within_day:  # absent when off: manifests of worlds without the dynamics are unchanged
+            del out["within_day"]
         return out
 
 
@@ -291,6 +313,16 @@ def simulate(config: SimConfig, *, raw_dir: Path, ground_truth_dir: Path) -> dic
     ``raw_dir/manifest.json`` (options, counts and sha256 of every file; deterministic, so no
     wall-clock time). Returns a summary dict with the counts and the seconds taken.
     """
+    return simulate_history(config, raw_dir=raw_dir, ground_truth_dir=ground_truth_dir)[0]
+
+
+def simulate_history(
+    config: SimConfig, *, raw_dir: Path, ground_truth_dir: Path, extra_days: int = 0
+) -> tuple[dict, "_World"]:
+    """:func:`simulate`, also returning the world as it stands at the end of the log, for running it
+    forward (:mod:`ranker.data.closed_loop`). ``extra_days`` > 0 draws the listings of that many more
+    days into the catalogue (they go live after the log ends; the listings table holds only those
+    created before its end), so the world can go on; 0 gives exactly :func:`simulate`'s files."""
     started = time.perf_counter()
     raw_dir, ground_truth_dir = Path(raw_dir), Path(ground_truth_dir)
     raw_dir.mkdir(parents=True, exist_ok=True)
@@ -299,7 +331,7 @@ def simulate(config: SimConfig, *, raw_dir: Path, ground_truth_dir: Path) -> dic
     root = np.random.SeedSequence(config.seed)
     catalogue_seed, users_seed, traffic_seed = root.spawn(3)
     start_ms = _epoch_ms(config.start)
-    world = _World(config=config, start_ms=start_ms)
+    world = _World(config=config, start_ms=start_ms, catalogue_days=config.days + extra_days)
     world.build_users(rng=_rng(users_seed))
     world.build_listings(rng=_rng(catalogue_seed))
 
@@ -326,7 +358,8 @@ def simulate(config: SimConfig, *, raw_dir: Path, ground_truth_dir: Path) -> dic
                 counts[schema.EVENT_TYPES[code]] += int(n)
             events_out.write(world.events_frame(now, first_event=events_out.rows + 1))
 
-    listings, users, sellers = world.listings_frame(), world.users_frame(), world.sellers_frame()
+    end_ms = start_ms + config.days * DAY_MS
+    listings, users, sellers = world.listings_frame(before_ms=end_ms), world.users_frame(), world.sellers_frame()
     paths = {
         "events": events_path,
         "listings": schema.write_table(raw_dir, schema.LISTINGS, listings),
@@ -372,15 +405,16 @@ def simulate(config: SimConfig, *, raw_dir: Path, ground_truth_dir: Path) -> dic
         "ground_truth": str(utility_path),
         "manifest": str(manifest_path),
         "seconds": round(time.perf_counter() - started, 2),
-    }
+    }, world
 
 
 # --- The world ---------------------------------------------------------------------------------
 class _World:
     """Hidden state of users and listings plus the per-step traffic simulation."""
 
-    def __init__(self, *, config: SimConfig, start_ms: int) -> None:
+    def __init__(self, *, config: SimConfig, start_ms: int, catalogue_days: int | None = None) -> None:
         self.config = config
+        self.catalogue_days = config.days if catalogue_days is None else catalogue_days
         self.start_ms = start_ms
         n_categories, n_brands = len(CATEGORIES), len(BRANDS)
         # P(brand | category): brand popularity restricted to the categories the brand sells.
@@ -415,10 +449,11 @@ class _World:
             ],
             type=pa.large_string(),
         )
-        bound_requests = config.n_users * config.days * 60  # Poisson(<=20/day) never gets near this
+        days = self.catalogue_days
+        bound_requests = config.n_users * days * 60  # Poisson(<=20/day) never gets near this
         self.width = {
             "user": max(6, len(str(config.n_users))),
-            "item": max(7, len(str(config.n_items + config.n_new_items_per_day * config.days))),
+            "item": max(7, len(str(config.n_items + config.n_new_items_per_day * days))),
             "seller": max(5, len(str(config.n_sellers))),
             "request": max(9, len(str(bound_requests))),
             "event": max(10, len(str(bound_requests * config.slate_size * 5))),
@@ -459,13 +494,14 @@ class _World:
         """Draw every listing of the window up front (attributes never depend on traffic)."""
         cfg = self.config
         n_initial, n_daily = cfg.n_items, cfg.n_new_items_per_day
-        n = n_initial + n_daily * cfg.days
+        days = self.catalogue_days
+        n = n_initial + n_daily * days
         # Initial stock: listed during the previous weeks, more of it recent (older stock sold).
         # Exponential ages (mean ~20 days) truncated at 120 days, by inverse CDF.
         u = rng.random(n_initial)
         initial_age = -20.0 * np.log1p(-u * (1.0 - np.exp(-120.0 / 20.0))) * DAY_MS
         initial = self.start_ms - 60_000 - initial_age.astype(np.int64)
-        day_of = np.repeat(np.arange(cfg.days, dtype=np.int64), n_daily)
+        day_of = np.repeat(np.arange(days, dtype=np.int64), n_daily)
         new = self.start_ms + day_of * DAY_MS + _time_of_day(rng, len(day_of))
         created = np.concatenate([initial, new])
         # Ids follow listing time, like an auto-increment key would.
@@ -525,37 +561,15 @@ class _World:
             self.pool_orders.append((key, np.argsort(key, kind="stable"), size))
         self.sold_ms = np.full(n, NEVER, dtype=np.int64)
         self.past_clicks = np.zeros(n, dtype=np.int64)
+        # Drawn last, so the draws above (and every file of a world without the dynamics) are unchanged.
+        self.hype = rng.normal(0.0, HYPE_SD, size=n) if cfg.within_day else None
 
     # Traffic -----------------------------------------------------------------------------------
     def simulate_day(self, *, day: int, rng: np.random.Generator) -> tuple[dict, "_EventBatch"]:
         """Simulate one day hour by hour; return the kept impression rows and all their events."""
-        cfg = self.config
         day_start = self.start_ms + day * DAY_MS
-        counts = rng.poisson(self.activity)
-        user = np.repeat(np.arange(cfg.n_users, dtype=np.int64), counts)
-        t = day_start + _time_of_day(rng, len(user))
-        keep = t >= self.signup_ms[user]  # nobody browses before signing up
-        user, t = user[keep], t[keep]
-        order = np.lexsort((user, t))
-        user, t = user[order], t[order]
-        n = len(user)
-        search = rng.random(n) < self.user_search_share[user]
-        query_cat, query_colour, query_brand = self._draw_queries(rng=rng, user=user)
-        query_cat = np.where(search, query_cat, -1)
-        query_colour = np.where(search, query_colour, -1)
-        query_brand = np.where(search, query_brand, -1)
-        request = self.request_base + 1 + np.arange(n, dtype=np.int64)
-        self.request_base += n
-        requests = {
-            "request": request,
-            "user": user,
-            "t": t,
-            "search": search,
-            "cat": query_cat,
-            "colour": query_colour,
-            "brand": query_brand,
-        }
-
+        requests = self.requests_of_day(day=day, rng=rng)
+        t = requests["t"]
         rows, events = [], []
         bounds = np.searchsorted(t, day_start + np.arange(25, dtype=np.int64) * HOUR_MS)
         for hour in range(24):
@@ -569,6 +583,70 @@ class _World:
             events.append(step_events)
         day_rows = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
         return day_rows, _EventBatch.concat(*events)
+
+    def requests_of_day(self, *, day: int, rng: np.random.Generator) -> dict:
+        """The day's requests in time order (numbered after every earlier request): user, time,
+        surface, query terms and, with the within-day dynamics, the session's intent."""
+        cfg = self.config
+        day_start = self.start_ms + day * DAY_MS
+        counts = rng.poisson(self.activity)
+        user = np.repeat(np.arange(cfg.n_users, dtype=np.int64), counts)
+        if cfg.within_day:
+            t, intent_cat, intent_brand = self._sessions(rng=rng, user=user, day_start=day_start)
+        else:
+            t = day_start + _time_of_day(rng, len(user))
+            intent_cat = intent_brand = np.full(len(user), -1, dtype=np.int64)
+        keep = t >= self.signup_ms[user]  # nobody browses before signing up
+        user, t, intent_cat, intent_brand = user[keep], t[keep], intent_cat[keep], intent_brand[keep]
+        order = np.lexsort((user, t))
+        user, t, intent_cat, intent_brand = user[order], t[order], intent_cat[order], intent_brand[order]
+        n = len(user)
+        search = rng.random(n) < self.user_search_share[user]
+        query_cat, query_colour, query_brand = self._draw_queries(rng=rng, user=user)
+        if cfg.within_day:  # a session's searches often name what the user is after right now
+            query_cat = np.where(rng.random(n) < SESSION_QUERY_INTENT, intent_cat, query_cat)
+        query_cat = np.where(search, query_cat, -1)
+        query_colour = np.where(search, query_colour, -1)
+        query_brand = np.where(search, query_brand, -1)
+        request = self.request_base + 1 + np.arange(n, dtype=np.int64)
+        self.request_base += n
+        requests = {
+            "request": request,
+            "user": user,
+            "t": t,
+            "search": search,
+            "cat": query_cat,
+            "colour": query_colour,
+            "brand": query_brand,
+            "intent_cat": intent_cat,
+            "intent_brand": intent_brand,
+        }
+        return requests
+
+    def _sessions(
+        self, *, rng: np.random.Generator, user: np.ndarray, day_start: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Within-day dynamics: group each user's requests of the day (``user`` sorted, repeated per
+        request) into sessions; return per request its time, the session's intent category and brand
+        (-1: none). A session starts at a time drawn from the daily activity curve; its requests fall
+        within SESSION_SPAN_MINUTES of the start (before midnight)."""
+        n = len(user)
+        first_of_user = np.ones(n, dtype=bool)
+        first_of_user[1:] = user[1:] != user[:-1]
+        new_session = first_of_user | (rng.random(n) >= SESSION_CONTINUE)
+        session = np.cumsum(new_session) - 1
+        n_sessions = int(new_session.sum())
+        session_user = user[new_session]
+        start = day_start + _time_of_day(rng, n_sessions)
+        offset = (rng.random(n) * SESSION_SPAN_MINUTES * 60_000).astype(np.int64)
+        t = np.minimum(start[session] + offset, day_start + DAY_MS - 1)
+        from_taste = _draw_rows(rng, self.taste_cum[session_user]) if n_sessions else np.zeros(0, np.int64)
+        anywhere = rng.choice(len(CATEGORIES), size=n_sessions, p=CATEGORY_SHARE)
+        cat = np.where(rng.random(n_sessions) < SESSION_INTENT_FROM_TASTE, from_taste, anywhere).astype(np.int64)
+        brand_cum = np.cumsum(self.brand_given_category[cat], axis=1)
+        brand = _draw_rows(rng, brand_cum) if n_sessions else np.zeros(0, np.int64)
+        brand = np.where(rng.random(n_sessions) < SESSION_INTENT_BRAND, brand, -1).astype(np.int64)
+        return t, cat[session], brand[session]
 
     def _draw_queries(self, *, rng: np.random.Generator, user: np.ndarray) -> tuple[np.ndarray, ...]:
         """A normalised query per request from the user's taste: "dresses", "black dresses", "zara dresses"."""
@@ -619,7 +697,16 @@ class _World:
         )
         position = rank[shown] + 1
         user = requests["user"][req_local]
-        utility, expected = self._utility(rng=rng, user=user, item=item, age_days=age_days, search=search, match=match)
+        utility, expected = self._utility(
+            rng=rng,
+            user=user,
+            item=item,
+            age_days=age_days,
+            search=search,
+            match=match,
+            intent_cat=requests["intent_cat"][req_local],
+            intent_brand=requests["intent_brand"][req_local],
+        )
 
         # Engagement: clicks carry the position bias; deeper funnel steps need a click first.
         drawn = draw_engagement(rng, utility, position, t_request)
@@ -781,9 +868,15 @@ class _World:
         age_days: np.ndarray,
         search: np.ndarray,
         match: np.ndarray,
+        intent_cat: np.ndarray | None = None,
+        intent_brand: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The hidden true utility of showing ``item`` to ``user`` in this request, and its expected
-        value (everything but the per-impression noise: the best any ranker could know)."""
+        value (everything but the per-impression noise: the best any ranker could know).
+
+        With the within-day dynamics the expected value also holds the session terms
+        (``W_SESSION_CATEGORY`` if the listing is in the session's intent category, ``W_SESSION_BRAND``
+        if of its brand) and the listing's hype (``W_HYPE x hype x exp(-age_h / HYPE_HOURS)``)."""
         cat = self.category[item]
         budget = self.budget[user] * self.base_price[cat] * 1.15
         price_fit = -np.abs(np.log(self.price[item] / budget))
@@ -802,7 +895,30 @@ class _World:
             + W_FRESHNESS * np.exp(-age_days / FRESHNESS_DAYS)
             + np.where(search, W_QUERY_MATCH * (match - 1.0), 0.0)
         )
+        if self.config.within_day:
+            expected = expected + self.within_day_term(
+                item=item, age_days=age_days, intent_cat=intent_cat, intent_brand=intent_brand
+            )
         return expected + rng.normal(0.0, NOISE_SD, size=len(item)), expected
+
+    def within_day_term(
+        self,
+        *,
+        item: np.ndarray,
+        age_days: np.ndarray,
+        intent_cat: np.ndarray | None,
+        intent_brand: np.ndarray | None,
+    ) -> np.ndarray:
+        """The session-intent and hype part of the expected utility (0 without the dynamics)."""
+        term = np.zeros(len(item))
+        if self.hype is None:
+            return term
+        if intent_cat is not None:
+            term += W_SESSION_CATEGORY * ((intent_cat >= 0) & (self.category[item] == intent_cat))
+        if intent_brand is not None:
+            term += W_SESSION_BRAND * ((intent_brand >= 0) & (self.brand[item] == intent_brand))
+        age_hours = np.maximum(np.asarray(age_days, dtype=np.float64) * 24.0, 0.0)
+        return term + W_HYPE * self.hype[item] * np.exp(-age_hours / HYPE_HOURS)
 
     # Output frames -----------------------------------------------------------------------------
     def _ids(self, kind: str, numbers: np.ndarray) -> pa.Array:
@@ -843,9 +959,14 @@ class _World:
         )
         return _to_pandas(table)
 
-    def listings_frame(self) -> pd.DataFrame:
-        n = len(self.created_ms)
-        sold = self.sold_ms != NEVER
+    def listings_frame(self, before_ms: int | None = None) -> pd.DataFrame:
+        """The listings table; with ``before_ms``, only the listings created before it (the ids follow
+        the creation time, so they are the first ones)."""
+        n = len(self.created_ms) if before_ms is None else int(np.searchsorted(self.created_ms, before_ms))
+        return self._listings_frame(n)
+
+    def _listings_frame(self, n: int) -> pd.DataFrame:
+        sold = self.sold_ms[:n] != NEVER
         sizes = np.array(
             [CLOTHING_SIZES[s] if 0 <= s < 5 else (str(s) if s >= 36 else "one size") for s in range(46)]
             + ["one size"],
@@ -854,17 +975,17 @@ class _World:
         return pd.DataFrame(
             {
                 "item_id": _to_pandas_strings(self._ids("item", np.arange(1, n + 1))),
-                "seller_id": _to_pandas_strings(self._ids("seller", self.seller.astype(np.int64) + 1)),
-                "title": self.title,
-                "category": np.array(CATEGORIES, dtype=object)[self.category],
-                "brand": np.array([name for name, _, _ in BRANDS], dtype=object)[self.brand],
-                "size": sizes[self.size],
-                "condition": np.array(CONDITIONS, dtype=object)[self.condition],
-                "colour": np.array(COLOURS, dtype=object)[self.colour],
-                "price": self.price,
-                "original_price": self.original_price,
-                "created_at": _timestamps(self.created_ms),
-                "sold_at": _timestamps(np.where(sold, self.sold_ms, 0), missing=~sold),
+                "seller_id": _to_pandas_strings(self._ids("seller", self.seller[:n].astype(np.int64) + 1)),
+                "title": self.title[:n],
+                "category": np.array(CATEGORIES, dtype=object)[self.category[:n]],
+                "brand": np.array([name for name, _, _ in BRANDS], dtype=object)[self.brand[:n]],
+                "size": sizes[self.size[:n]],
+                "condition": np.array(CONDITIONS, dtype=object)[self.condition[:n]],
+                "colour": np.array(COLOURS, dtype=object)[self.colour[:n]],
+                "price": self.price[:n],
+                "original_price": self.original_price[:n],
+                "created_at": _timestamps(self.created_ms[:n]),
+                "sold_at": _timestamps(np.where(sold, self.sold_ms[:n], 0), missing=~sold),
             }
         )
 

@@ -102,7 +102,8 @@ SELECT unnest(generate_series(
 -- Engagement events enriched with the listing's attributes.
 CREATE TABLE ev AS
 SELECT e.event_type, e.timestamp, date_trunc('day', e.timestamp) AS day, e.user_id, e.item_id,
-       e.surface, e.query, e.position, l.category, l.seller_id, l.price, l.brand, l.size AS listing_size
+       e.surface, e.query, e.position, e.request_id, l.category, l.seller_id, l.price, l.brand,
+       l.size AS listing_size
 FROM events e LEFT JOIN listings l USING (item_id);
 
 -- Click-through rate by slot and day: what a listing shown there would get on average. Clicks
@@ -295,27 +296,43 @@ _SQL = {
 _SQL.update(
     {
         "user_brand_stats": """
-        WITH daily AS (
+        WITH engaged AS (
             SELECT user_id, brand, day,
                    count(*) FILTER (WHERE event_type = 'impression') AS imp,
                    count(*) FILTER (WHERE event_type = 'click') AS clk,
                    count(*) FILTER (WHERE event_type = 'save') AS sav,
-                   count(*) FILTER (WHERE event_type IN ('add_to_bag', 'purchase')) AS buy
+                   count(*) FILTER (WHERE event_type IN ('add_to_bag', 'purchase')) AS buy,
+                   0 AS srch
             FROM ev WHERE brand IS NOT NULL AND brand <> '' GROUP BY ALL),
+        -- A search naming a brand (as whole words) says the user wants it, before any click.
+        searches AS (
+            SELECT DISTINCT user_id, day, request_id, query FROM ev
+            WHERE surface = 'search' AND query IS NOT NULL AND query <> ''),
+        brand_names AS (SELECT DISTINCT brand FROM listings WHERE brand IS NOT NULL AND brand <> ''),
+        searched AS (
+            SELECT s.user_id, b.brand, s.day, 0 AS imp, 0 AS clk, 0 AS sav, 0 AS buy, count(*) AS srch
+            FROM searches s JOIN brand_names b ON contains(' ' || s.query || ' ', ' ' || b.brand || ' ')
+            GROUP BY ALL),
+        daily AS (
+            SELECT user_id, brand, day, sum(imp) AS imp, sum(clk) AS clk, sum(sav) AS sav, sum(buy) AS buy,
+                   sum(srch) AS srch
+            FROM (SELECT * FROM engaged UNION ALL SELECT * FROM searched) GROUP BY ALL),
         win AS (
             SELECT d.user_id, d.brand, s.snapshot_ts,
                    sum(imp) FILTER (WHERE d.day >= s.snapshot_ts - INTERVAL 30 DAY) AS imp,
                    sum(clk) FILTER (WHERE d.day >= s.snapshot_ts - INTERVAL 30 DAY) AS clk,
                    sum(sav) FILTER (WHERE d.day >= s.snapshot_ts - INTERVAL 30 DAY) AS sav,
                    sum(buy) FILTER (WHERE d.day >= s.snapshot_ts - INTERVAL 30 DAY) AS buy,
-                   sum(clk + sav + buy) AS engaged_retention
+                   sum(srch) FILTER (WHERE d.day >= s.snapshot_ts - INTERVAL 30 DAY) AS srch,
+                   sum(clk + sav + buy + srch) AS engaged_retention
             FROM daily d JOIN snapshots s
               ON d.day < s.snapshot_ts AND d.day >= s.snapshot_ts - INTERVAL {retention} DAY
             GROUP BY ALL),
         tot AS (
-            SELECT user_id, snapshot_ts, sum(clk) AS user_clk, sum(imp) AS user_imp FROM win GROUP BY ALL),
+            SELECT user_id, snapshot_ts, sum(clk) AS user_clk, sum(imp) AS user_imp, sum(srch) AS user_srch
+            FROM win GROUP BY ALL),
         pairs AS (
-            SELECT win.*, user_clk, user_imp,
+            SELECT win.*, user_clk, user_imp, user_srch,
                    coalesce(user_clk / nullif(user_imp, 0), 0) AS user_ctr
             FROM win JOIN tot USING (user_id, snapshot_ts) WHERE engaged_retention > 0)
         SELECT user_id, brand, snapshot_ts AS event_timestamp,
@@ -323,7 +340,9 @@ _SQL.update(
                coalesce(clk, 0)::BIGINT AS ub_clicks_30d,
                coalesce(sav, 0)::BIGINT AS ub_saves_30d,
                coalesce(buy, 0)::BIGINT AS ub_bag_or_buy_30d,
+               coalesce(srch, 0)::BIGINT AS ub_searches_30d,
                coalesce(coalesce(clk, 0) / nullif(user_clk, 0), 0)::FLOAT AS ub_click_share_30d,
+               coalesce(coalesce(srch, 0) / nullif(user_srch, 0), 0)::FLOAT AS ub_search_share_30d,
                (CASE WHEN user_ctr > 0 THEN
                    ((coalesce(clk, 0) + {wb} * user_ctr) / (coalesce(imp, 0) + {wb})) / user_ctr END)::FLOAT
                    AS ub_ctr_lift_30d
@@ -461,6 +480,19 @@ _LISTING_ATTRS = """seller_id, category, brand, size, title,
        epoch(created_at)::BIGINT AS listing_created_epoch"""
 
 
+def table_query(name: str) -> str:
+    """The query of one feature table (DuckDB's dialect; the Spark engine translates it)."""
+    if name == "listings":
+        return _SQL[name].format(attrs=", ".join(_LISTING_COLUMNS))
+    return _SQL[name].format(
+        w=ITEM_PRIOR_WEIGHT if name == "item_stats" else USER_PRIOR_WEIGHT,
+        wq=QUERY_PRIOR_WEIGHT,
+        coec=COEC_PRIOR_CLICKS,
+        retention=PAIR_RETENTION_DAYS,
+        wb=BRAND_PRIOR_WEIGHT,
+    )
+
+
 def build_features(settings: Settings, *, options: BuildOptions | None = None, progress=None) -> dict:
     """Compute every feature table from ``data/raw`` into ``data/features``.
 
@@ -484,17 +516,7 @@ def build_features(settings: Settings, *, options: BuildOptions | None = None, p
         con.execute("CREATE TEMP VIEW lst AS SELECT item_id, created_at, sold_at, " + _LISTING_ATTRS + " FROM listings")
         summary: dict = {"tables": {}}
         for name in TABLES:
-            sql = _SQL[name]
-            if name == "listings":
-                sql = sql.format(attrs=", ".join(_LISTING_COLUMNS))
-            else:
-                sql = sql.format(
-                    w=ITEM_PRIOR_WEIGHT if name == "item_stats" else USER_PRIOR_WEIGHT,
-                    wq=QUERY_PRIOR_WEIGHT,
-                    coec=COEC_PRIOR_CLICKS,
-                    retention=PAIR_RETENTION_DAYS,
-                    wb=BRAND_PRIOR_WEIGHT,
-                )
+            sql = table_query(name)
             path = out_dir / f"{name}.parquet"
             tmp = out_dir / f".{name}.parquet.tmp"
             con.execute(f"COPY ({sql} ORDER BY event_timestamp) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)")

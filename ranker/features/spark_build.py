@@ -147,17 +147,7 @@ def _load_raw(spark: Any, raw_dir: Path) -> None:
 
 def table_sql(name: str) -> str:
     """The Spark query of one feature table."""
-    sql = build._SQL[name]
-    if name == "listings":
-        sql = sql.format(attrs=", ".join(build._LISTING_COLUMNS))
-    else:
-        sql = sql.format(
-            w=build.ITEM_PRIOR_WEIGHT if name == "item_stats" else build.USER_PRIOR_WEIGHT,
-            wq=build.QUERY_PRIOR_WEIGHT,
-            coec=build.COEC_PRIOR_CLICKS,
-            retention=build.PAIR_RETENTION_DAYS,
-        )
-    return spark_sql(sql)
+    return spark_sql(build.table_query(name))
 
 
 def build_features_spark(settings: Settings, *, progress=None) -> dict:
