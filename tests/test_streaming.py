@@ -48,6 +48,10 @@ def test_an_event_becomes_one_record_per_route_and_a_listing_change_one():
     assert (event.record_id, event.ts_us, event.event_type, event.user_id) == ("e1", T0, "click", "u1")
     assert event.attrs == {"surface": "search", "request_id": "r1", "position": 3, "query": "dress"}
     assert records[2].record_id == f"i1:sold:{T0}" and records[2].change == "sold"
+    from ranker.streaming.records import StreamRecord
+
+    built = StreamRecord("e1", "event", T0, "i1", "u1", "click", None, "u1", event.attrs)
+    assert records[1] == built and repr(records[1]) == repr(built)
 
 
 def test_iso_timestamps_are_event_time_in_microseconds():
@@ -70,6 +74,9 @@ def test_iso_timestamps_are_event_time_in_microseconds():
         (encode([{**_event(1), "timestamp": "2026-05-28T20:26:40"}]), "bad_record"),  # no offset
         (encode([{**_event(1), "user_id": None}]), "bad_record"),
         (encode([{**_event(1), "position": "3"}]), "bad_record"),
+        (encode([{**_event(1), "position": True}]), "bad_record"),
+        (encode([{**_event(1), "event_type": ["click"]}]), "bad_record"),
+        (encode([{**_event(1), "timestamp": True}]), "bad_record"),
         (encode([{"type": "listing", "change": "price", "item_id": "i1", "timestamp": T0}]), "bad_record"),
         (encode([{"type": "listing", "change": "created", "item_id": "i1", "timestamp": T0}]), "bad_record"),
         (encode(["a string"]), "bad_record"),

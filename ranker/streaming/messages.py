@@ -52,6 +52,7 @@ LISTING_ATTRS = {
     "original_price": float,
 }
 CREATED_REQUIRED = ("seller_id", "category", "price")
+_EVENT_TYPES = frozenset(EVENT_TYPES)
 
 
 class BadRecord(ValueError):
@@ -93,7 +94,7 @@ def timestamp_us(value: Any) -> int:
 
 def _text(row: dict, name: str) -> str:
     value = row.get(name)
-    if not isinstance(value, str) or not value:
+    if value.__class__ is not str or not value:
         raise BadRecord("bad_record")
     return value
 
@@ -101,47 +102,73 @@ def _text(row: dict, name: str) -> str:
 def _attrs(row: dict, spec: dict) -> dict:
     out = {}
     for name, kind in spec.items():
-        if name not in row or row[name] is None:
+        value = row.get(name)
+        if value is None:
             continue
-        value = row[name]
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise BadRecord("bad_record")
+        cls = value.__class__
+        if cls is not kind:
+            if kind is float and cls is int:
+                value = float(value)
+            else:
+                raise BadRecord("bad_record")  # bool is not an int here, an int is a float
         out[name] = value
     return out
 
 
+_new = object.__new__
+
+
+def _record(
+    record_id: str,
+    kind: str,
+    ts_us: int,
+    item_id: str,
+    user_id: str | None,
+    event_type: str | None,
+    change: str | None,
+    route: str,
+    attrs: dict,
+) -> StreamRecord:
+    """A StreamRecord equal to ``StreamRecord(...)``, built without the frozen dataclass's
+    ``__init__`` (which sets each field through ``object.__setattr__``: a third of the parse time)."""
+    r = _new(StreamRecord)
+    r.__dict__.update(
+        record_id=record_id,
+        kind=kind,
+        ts_us=ts_us,
+        item_id=item_id,
+        user_id=user_id,
+        event_type=event_type,
+        change=change,
+        route=route,
+        attrs=attrs,
+    )
+    return r
+
+
 def records_of(row: Any, partition: int | None = None, partitions: int = 1) -> list[StreamRecord]:
     """The StreamRecords of one row for ``partition`` (None: every route); BadRecord on bad input."""
-    if not isinstance(row, dict):
+    if row.__class__ is not dict:
         raise BadRecord("bad_record")
     kind = row.get("type")
     if kind == "event":
         event_type = row.get("event_type")
-        if event_type not in EVENT_TYPES:
-            raise BadRecord("unknown_type" if isinstance(event_type, str) else "bad_record")
+        if event_type.__class__ is not str:
+            raise BadRecord("bad_record")
+        if event_type not in _EVENT_TYPES:
+            raise BadRecord("unknown_type")
         event_id, user_id, item_id = _text(row, "event_id"), _text(row, "user_id"), _text(row, "item_id")
-        ts = timestamp_us(row.get("timestamp"))
+        ts = row.get("timestamp")
+        if ts.__class__ is not int:
+            ts = timestamp_us(ts)
         attrs = _attrs(row, EVENT_ATTRS)
-        routes = [item_id] if user_id == item_id else [item_id, user_id]
-        if partition is not None:
-            routes = [r for r in routes if partition_of(r, partitions) == partition]
+        if partition is None or partitions <= 1:
+            routes = [item_id] if user_id == item_id else [item_id, user_id]
+        else:
+            routes = [r for r in dict.fromkeys((item_id, user_id)) if partition_of(r, partitions) == partition]
             if not routes:
                 raise BadRecord("misrouted")
-        return [
-            StreamRecord(
-                record_id=event_id,
-                kind="event",
-                ts_us=ts,
-                item_id=item_id,
-                user_id=user_id,
-                event_type=event_type,
-                route=route,
-                attrs=attrs,
-            )
-            for route in routes
-        ]
+        return [_record(event_id, "event", ts, item_id, user_id, event_type, None, route, attrs) for route in routes]
     if kind == "listing":
         change = row.get("change")
         if change not in LISTING_CHANGES:
@@ -155,17 +182,7 @@ def records_of(row: Any, partition: int | None = None, partitions: int = 1) -> l
             raise BadRecord("bad_record")
         if partition is not None and partition_of(item_id, partitions) != partition:
             raise BadRecord("misrouted")
-        return [
-            StreamRecord(
-                record_id=f"{item_id}:{change}:{ts}",
-                kind="listing",
-                ts_us=ts,
-                item_id=item_id,
-                change=change,
-                route=item_id,
-                attrs=attrs,
-            )
-        ]
+        return [_record(f"{item_id}:{change}:{ts}", "listing", ts, item_id, None, None, change, item_id, attrs)]
     raise BadRecord("unknown_type" if isinstance(kind, str) else "bad_record")
 
 

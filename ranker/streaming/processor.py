@@ -3,10 +3,11 @@
 Loop: poll a batch of messages from the partition's stream, parse them (rejects counted per reason),
 apply the records to the window state (event time, allowed lateness, de-duplication: the state's
 job), write its updates into the online store (never over a newer value), and every
-``RANKER_STREAM_CHECKPOINT_S`` checkpoint: first append the updates written since the last
-checkpoint to the offline store (``<home>/data/features/realtime/<view>/stream-<stream>-p{k}-
-{first:012d}-{last:012d}.parquet``: what was actually online), then save ``{offset, state snapshot}``
-atomically.
+``RANKER_STREAM_CHECKPOINT_S`` (stretched to ten times the last checkpoint's duration when the
+state's snapshot is slower: checkpoints take at most a tenth of the time) checkpoint: first append
+the updates written since the last checkpoint to the offline store
+(``<home>/data/features/realtime/<view>/stream-<stream>-p{k}-{first:012d}-{last:012d}.parquet``: what
+was actually online), then save ``{offset, state snapshot}`` atomically.
 
 Guarantees. Delivery is at least once: after a crash (even SIGKILL) the processor restores the state
 of its last checkpoint and resumes at the next offset, replaying what it had processed since; the
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 DEFAULT_STATE = "ranker.streaming.windows:WindowState"
 BATCH_MESSAGES = 500
 PROGRESS_S = 1.0
+CHECKPOINT_SHARE = 10  # the checkpoint interval is at least this many times the last checkpoint's duration
 
 
 def load_state_class(spec: str = DEFAULT_STATE) -> Any:
@@ -119,6 +121,7 @@ class Processor:
         self.dropped: Counter = Counter()
         self.retries = 0
         self.lag_s = 0.0
+        self.checkpoint_interval_s = settings.stream_checkpoint_s
         self.ready = threading.Event()  # set once subscribed and polling
 
     # --- plumbing -----------------------------------------------------------------------------------
@@ -207,8 +210,11 @@ class Processor:
             first_pending: int | None = None
             checkpoints = 0
 
+            interval = settings.stream_checkpoint_s
+
             def checkpoint() -> None:
-                nonlocal first_pending, pending, last_ckpt, checkpoints
+                nonlocal first_pending, pending, last_ckpt, checkpoints, interval
+                began = time.monotonic()
                 if first_pending is not None:
                     self._append_offline(pending, first_pending, offset)
                 save_checkpoint(
@@ -217,6 +223,10 @@ class Processor:
                 )
                 pending, first_pending = {}, None
                 last_ckpt = time.monotonic()
+                # the state's snapshot grows with its windows: checkpoints take at most ~1/CHECKPOINT_SHARE
+                # of the time (a restart replays at most one interval)
+                interval = max(settings.stream_checkpoint_s, (last_ckpt - began) * CHECKPOINT_SHARE)
+                self.checkpoint_interval_s = interval
                 checkpoints += 1
                 self.metrics.checkpoints.inc()
 
@@ -253,7 +263,7 @@ class Processor:
                     if idle_exit_s is not None and time.monotonic() - idle_since >= idle_exit_s:
                         break
                 now = time.monotonic()
-                if first_pending is not None and now - last_ckpt >= settings.stream_checkpoint_s:
+                if first_pending is not None and now - last_ckpt >= interval:
                     checkpoint()
                 if self.progress is not None and now - last_progress >= PROGRESS_S:
                     last_progress = now
@@ -319,5 +329,6 @@ class Processor:
         drops = ",".join(f"{r}={c}" for r, c in sorted(self.dropped.items())) or "none"
         return (
             f"p{self.partition} offset={offset} messages={self.counts['messages']} records={self.counts['records']} "
-            f"written={self.counts['written']} stale={self.counts['stale_skipped']} lag_s={lag:.3f} dropped={drops}"
+            f"written={self.counts['written']} stale={self.counts['stale_skipped']} lag_s={lag:.3f} dropped={drops} "
+            f"checkpoint_every_s={self.checkpoint_interval_s:.1f}"
         )

@@ -24,6 +24,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 import pyarrow as pa
@@ -41,6 +42,7 @@ from ranker.features.materialize import encode_timestamp, encode_values
 from ranker.streaming.errors import StreamError
 
 SCRIPT_KEYS = 1000  # entities per Lua script call
+_timestamp = lru_cache(maxsize=1 << 14)(encode_timestamp)  # rows of a batch often share their time
 
 # ARGV: ts_field, n_features, the n field names, then per key: new ts (µs), its serialized
 # Timestamp, the n serialized Values. Returns {written, skipped}.
@@ -182,13 +184,17 @@ class OnlineWriter:
         names = [mmh3.hash(f"{ts_view}:{f.name}", signed=False).to_bytes(4, "little") for f in features]
         head = [f"_ts:{ts_view}".encode(), str(len(features)).encode(), *names]
         written = skipped = 0
+        ts = ts_us.tolist()
+        ts_text = [b"%d" % t for t in ts]
+        ts_value = [_timestamp(t) for t in ts]
+        values = list(zip(*encoded, strict=True)) if encoded else [()] * len(keys)
         for lo in range(0, len(keys), SCRIPT_KEYS):
             hi = min(lo + SCRIPT_KEYS, len(keys))
             args = list(head)
             for i in range(lo, hi):
-                args.append(str(int(ts_us[i])).encode())
-                args.append(encode_timestamp(int(ts_us[i])))
-                args.extend(col[i] for col in encoded)
+                args.append(ts_text[i])
+                args.append(ts_value[i])
+                args.extend(values[i])
             assert self._script is not None
             w, s = self._script(keys=keys[lo:hi], args=args)
             written += int(w)
