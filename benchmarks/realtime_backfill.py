@@ -89,13 +89,19 @@ def main() -> None:
     )
     t0 = time.perf_counter()
     blob = state.snapshot()
-    dump = time.perf_counter() - t0
+    cold = time.perf_counter() - t0  # pickles the listing catalogue too (then cached until it changes)
+    dump = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        blob = state.snapshot()
+        dump = min(dump, time.perf_counter() - t0)
     t0 = time.perf_counter()
     WindowState.restore(blob)
     load = time.perf_counter() - t0
     sizes = ", ".join(f"{k} {v:,}" for k, v in state.sizes.items())
     print(
-        f"state after the replay: {sizes}; snapshot {len(blob) / 1e6:.1f} MB in {dump * 1000:.0f} ms, "
+        f"state after the replay: {sizes}; snapshot {len(blob) / 1e6:.1f} MB in {dump * 1000:.0f} ms "
+        f"(first {cold * 1000:.0f} ms), "
         f"restore {load * 1000:.0f} ms",
         flush=True,
     )

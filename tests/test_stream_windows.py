@@ -444,3 +444,8 @@ def test_features_build_cli_writes_the_backfill_before_apply(tmp_path):
         assert [p.name for p in (home.features_dir / "realtime" / view).iterdir()] == ["backfill-first-last.parquet"]
     assert "item_realtime_fv" in ranker("features", "apply")
     assert "item_realtime_fv" in json.loads(ranker("features", "materialize", "--json"))["views"]
+
+
+def test_restore_refuses_another_snapshot_version():
+    with pytest.raises(ValueError, match="snapshot version"):
+        WindowState.restore(pickle.dumps({"old": "layout"}))

@@ -8,18 +8,11 @@ parquet files, so each always holds at least the backfill's file (possibly with 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 
 from ranker.config import Settings
 
 BACKFILL_GLOB = "backfill-*.parquet"
-
-
-def realtime_dir(settings: Settings) -> Path:
-    """Where the real-time views' offline rows live (``feature_repo/data_sources.py``: REALTIME_TABLES)."""
-    return settings.features_dir / "realtime"
 
 
 def write_realtime_backfill(settings: Settings, *, threads: int = 2) -> dict:
@@ -42,7 +35,7 @@ def write_realtime_backfill(settings: Settings, *, threads: int = 2) -> dict:
                 "created_at": pd.Series([], dtype="datetime64[us, UTC]"),
             }
         )
-    out = realtime_dir(settings)
+    out = settings.realtime_dir  # feature_repo/data_sources.py: REALTIME_TABLES
     for view in VIEWS:
         for old in (out / view).glob(BACKFILL_GLOB):
             old.unlink()

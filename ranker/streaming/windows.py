@@ -98,7 +98,7 @@ SCHEMAS = {
 SOLD_SCHEMA = pa.schema([("item_id", pa.string()), ("event_timestamp", _TS), ("created", _TS), ("is_sold", pa.int64())])
 JOIN_KEYS = {ITEM_VIEW: "item_id", USER_VIEW: "user_id"}
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
 _SWEEP_EVERY_US = 10 * 60 * US  # evict expired state each time event time advances this much
 _MIN_TS = -(2**62)
 
@@ -201,6 +201,7 @@ class WindowState:
         self._users: dict[str, _User] = {}
         self._last_created = 0
         self._since_sweep = 0
+        self._catalogue: bytes | None = None  # the pickled catalogue of the last snapshot, until it changes
 
     # -- catalogue -------------------------------------------------------------------------------
     def seed_listings(self, listings: pa.Table | pd.DataFrame) -> None:
@@ -211,6 +212,7 @@ class WindowState:
         created_us = [None if pd.isna(c) else int(c.value // 1000) for c in created]
         for item, cat, brand, c in zip(df["item_id"].astype(str), df["category"], df["brand"], created_us, strict=True):
             self._listings[item] = (None if pd.isna(cat) else str(cat), None if pd.isna(brand) else str(brand), c)
+        self._catalogue = None
 
     # -- properties ------------------------------------------------------------------------------
     @property
@@ -271,6 +273,7 @@ class WindowState:
                 if r.change == "created":
                     a = r.attrs
                     self._listings[r.item_id] = (a.get("category"), a.get("brand"), ts)
+                    self._catalogue = None
                 elif r.change == "sold" and r.item_id not in self._sold:
                     self._sold.add(r.item_id)
                     sold[r.item_id] = ts
@@ -473,10 +476,7 @@ class WindowState:
             "seen_ids": [k[0] for k in self._seen],
             "seen_routes": [k[1] for k in self._seen],
             "seen_ts": array("q", self._seen.values()),
-            "listings": list(self._listings),
-            "listing_cat": [v[0] for v in self._listings.values()],
-            "listing_brand": [v[1] for v in self._listings.values()],
-            "listing_created": array("q", (_NONE if v[2] is None else v[2] for v in self._listings.values())),
+            "listings": self._catalogue_blob(),
             "sold": sorted(self._sold),
             "items": list(items),
             "item_last": array("q", (it.last for it in items.values())),
@@ -509,22 +509,41 @@ class WindowState:
         data["user_lists"] = (array("q", lengths), array("q", flat))
         return pickle.dumps((SNAPSHOT_VERSION, data), protocol=pickle.HIGHEST_PROTOCOL)
 
+    def _catalogue_blob(self) -> bytes:
+        """The listing catalogue, pickled once per change (it changes only with created listings)."""
+        if self._catalogue is None:
+            values = self._listings.values()
+            self._catalogue = pickle.dumps(
+                (
+                    list(self._listings),
+                    [v[0] for v in values],
+                    [v[1] for v in values],
+                    array("q", (_NONE if v[2] is None else v[2] for v in values)),
+                ),
+                protocol=pickle.HIGHEST_PROTOCOL,
+            )
+        return self._catalogue
+
     @classmethod
     def restore(cls, data: bytes) -> WindowState:
-        version, d = pickle.loads(data)
+        loaded = pickle.loads(data)
+        version = loaded[0] if isinstance(loaded, tuple) and len(loaded) == 2 else None
         if version != SNAPSHOT_VERSION:
-            raise ValueError(f"window state snapshot version {version}, this code reads {SNAPSHOT_VERSION}")
+            raise ValueError(
+                f"window state snapshot version {version}, this code reads {SNAPSHOT_VERSION}: "
+                "remove the checkpoint and replay the stream from its start"
+            )
+        d = loaded[1]
         state = cls.__new__(cls)
         state.lateness_us = d["lateness_us"]
         state._max_ts, state._swept = d["max_ts"], d["swept"]
         state._last_created, state._since_sweep = d["last_created"], d["since_sweep"]
         state._seen = dict(zip(zip(d["seen_ids"], d["seen_routes"], strict=True), d["seen_ts"], strict=True))
+        ids, cats, brands, created = pickle.loads(d["listings"])
         state._listings = {
-            k: (c, b, None if t == _NONE else t)
-            for k, c, b, t in zip(
-                d["listings"], d["listing_cat"], d["listing_brand"], d["listing_created"], strict=True
-            )
+            k: (c, b, None if t == _NONE else t) for k, c, b, t in zip(ids, cats, brands, created, strict=True)
         }
+        state._catalogue = d["listings"]
         state._sold = set(d["sold"])
         lists = _unpack(d["item_lists"])
         base = d["item_base"].tolist()
