@@ -87,6 +87,18 @@ def main() -> None:
         f"batches of {args.batch}, one process)",
         flush=True,
     )
+    t0 = time.perf_counter()
+    blob = state.snapshot()
+    dump = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    WindowState.restore(blob)
+    load = time.perf_counter() - t0
+    sizes = ", ".join(f"{k} {v:,}" for k, v in state.sizes.items())
+    print(
+        f"state after the replay: {sizes}; snapshot {len(blob) / 1e6:.1f} MB in {dump * 1000:.0f} ms, "
+        f"restore {load * 1000:.0f} ms",
+        flush=True,
+    )
     print(machine_speed(), flush=True)
     print(f"backfill seconds={seconds:.1f} events={len(events)} anchor_seconds={anchor:.1f}")
 

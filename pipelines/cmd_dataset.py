@@ -107,9 +107,16 @@ def register(cli: click.Group) -> None:
             settings = settings.with_(train_engine=engine)
         out = train_model(settings, TrainOptions(surface=surface, seed=seed, position_debias=position_debias))
         card = json.loads((out / "card.json").read_text())
+        validation = card.get("validation") or {}
+        basis = (
+            f" (full catalogue at {validation['at']}: {validation['users']} users x "
+            f"{validation['listings_live']:,} live listings)"
+            if validation.get("basis") == "full_catalogue"
+            else ""
+        )
         click.echo(
             f"{card['name']} {card['version']}: best iteration {card['best_iteration']}, "
-            f"validation NDCG@10 {card['valid_ndcg@10']:.4f}, {card['training_seconds']} s\n{out}"
+            f"validation NDCG@10 {card['valid_ndcg@10']:.4f}{basis}, {card['training_seconds']} s\n{out}"
         )
 
     @cli.command("evaluate")

@@ -3,10 +3,12 @@ stream, publish a file or the simulator's live events, run a partition's process
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import threading
 from pathlib import Path
+from typing import Iterator
 
 import click
 
@@ -17,15 +19,20 @@ def _broker(settings, stop=None, on_retry=None):
     return RabbitMQBroker(settings.stream_url, stop=stop, on_retry=on_retry)
 
 
-def _stop_on_sigterm() -> threading.Event:
+@contextlib.contextmanager
+def _stop_on_sigterm() -> Iterator[threading.Event]:
+    """An event set by SIGTERM or SIGINT while the block runs (the previous handlers come back)."""
     stop = threading.Event()
 
     def handler(signum, frame) -> None:
         stop.set()
 
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-    return stop
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _echo_publish(stats) -> None:
@@ -85,10 +92,10 @@ def register(cli: click.Group) -> None:
         broker = _broker(settings)
         broker.check()
         broker.create(settings.stream_name, settings.stream_partitions)
-        stop = _stop_on_sigterm()
-        stats = Producer(broker, settings.stream_name, settings.stream_partitions).publish(
-            rows, rate=rate, retime=live, stop=stop.is_set, progress=_echo_publish
-        )
+        with _stop_on_sigterm() as stop:
+            stats = Producer(broker, settings.stream_name, settings.stream_partitions).publish(
+                rows, rate=rate, retime=live, stop=stop.is_set, progress=_echo_publish
+            )
         _echo_publish(stats)
 
     @stream.command("simulate")
@@ -112,10 +119,10 @@ def register(cli: click.Group) -> None:
         broker = _broker(settings)
         broker.check()
         broker.create(settings.stream_name, settings.stream_partitions)
-        stop = _stop_on_sigterm()
-        stats = Producer(broker, settings.stream_name, settings.stream_partitions).publish(
-            rows, rate=rate, retime=True, stop=stop.is_set, progress=_echo_publish
-        )
+        with _stop_on_sigterm() as stop:
+            stats = Producer(broker, settings.stream_name, settings.stream_partitions).publish(
+                rows, rate=rate, retime=True, stop=stop.is_set, progress=_echo_publish
+            )
         _echo_publish(stats)
 
     @stream.command("run")
@@ -138,23 +145,25 @@ def register(cli: click.Group) -> None:
         one processor per partition (a lock in data/stream/). Progress and lag go to stderr."""
         from ranker.streaming.processor import Processor
 
-        stop = _stop_on_sigterm()
-        processor = Processor(
-            settings,
-            partition,
-            state_class=state_class,
-            batch_messages=batch,
-            stop=stop,
-            progress=lambda line: click.echo(line, err=True),
-        )
-        processor.broker.check()  # type: ignore[attr-defined]
-        if not processor.broker.exists(settings.stream_name, partition):  # type: ignore[attr-defined]
-            from ranker.streaming.errors import StreamError
+        with _stop_on_sigterm() as stop:
+            processor = Processor(
+                settings,
+                partition,
+                state_class=state_class,
+                batch_messages=batch,
+                stop=stop,
+                progress=lambda line: click.echo(line, err=True),
+            )
+            processor.broker.check()  # type: ignore[attr-defined]
+            if not processor.broker.exists(settings.stream_name, partition):  # type: ignore[attr-defined]
+                from ranker.streaming.errors import StreamError
 
-            raise StreamError(f"stream {settings.stream_name} has no partition {partition}: run `ranker stream create`")
-        if metrics_port:
-            processor.metrics.serve(metrics_port)
-        summary = processor.run(idle_exit_s=idle_exit)
+                raise StreamError(
+                    f"stream {settings.stream_name} has no partition {partition}: run `ranker stream create`"
+                )
+            if metrics_port:
+                processor.metrics.serve(metrics_port)
+            summary = processor.run(idle_exit_s=idle_exit)
         if as_json:
             click.echo(json.dumps(summary, sort_keys=True))
         else:

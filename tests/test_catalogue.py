@@ -192,6 +192,26 @@ def test_bootstrap_is_deterministic_for_a_seed():
     assert cat.summarise(frames, n_boot=200, seed=8)["ci"] != a["ci"]
 
 
+def test_validation_metric_is_the_catalogue_ndcg(log):
+    """Early stopping's metric (CatalogueValidation.feval) is the mean over users of the
+    tie-averaged full-catalogue NDCG@10, from LightGBM's flat prediction vector."""
+    events, listings = log
+    task = cat.build_task(events, listings, T, users=None, end=day(12.5))  # u2's save on day 13 is outside
+    labels = task.label_block(slice(None))
+    assert labels.tolist() == [[0, 4, 0, 0], [0, 0, 0, 1]]
+    mask = task.candidate_mask(slice(None))
+    r, c = np.nonzero(mask)
+    v = cat.CatalogueValidation(
+        task=task, rows=r, cols=c, x=np.zeros((len(r), 1)), label=labels[r, c], mask=mask, labels=labels
+    )
+    fixed = np.array([[9.0, 1.0, 3.0, 2.0], [0.0, 5.0, 0.0, 5.0]])
+    name, value, higher_better = v.feval(fixed[r, c], None)
+    want = cat.per_user_metrics(task, lambda rows: fixed[rows])["ndcg@10"].mean()
+    assert (name, higher_better) == ("ndcg@10", True) and value == pytest.approx(want)
+    # u1: B at rank 3 -> 0.5; u2: F tied with B at ranks 1-2 -> (1 + 1/log2 3) / 2
+    assert value == pytest.approx((0.5 + (1 + 1 / LOG2_3) / 2) / 2)
+
+
 def test_random_scorer_does_not_depend_on_chunking(log):
     events, listings = log
     task = cat.build_task(events, listings, T, users=None)
@@ -236,6 +256,9 @@ def test_evaluate_prints_the_full_catalogue_on_an_imported_log(tmp_path):
         assert any(line.startswith(name + " ") for line in out.splitlines()), out
     assert "model vs ease" in out and "model / best popularity" in out
     card = json.loads((model_dir / "card.json").read_text())
+    # early stopping ran on the validation window's full catalogue, not on the sampled groups
+    assert card["validation"]["basis"] == "full_catalogue" and card["validation"]["users"] > 0
+    assert card["validation"]["at"] == pd.Timestamp(card["split"]["train_end"]).isoformat()
     fc = card["evaluation"]["full_catalogue"]
     assert fc["users_scored"] == min(40, fc["test_users"]) and fc["listings_live"] > 50
     assert fc["pairs_scored"] == fc["users_scored"] * fc["listings_live"] - fc["pairs_scored_excluded"]

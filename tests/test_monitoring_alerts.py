@@ -1,5 +1,5 @@
 """Alert rules and the Grafana dashboard: promtool's own rule unit tests, and every metric they read
-exists (the scorer's /metrics or a monitor job's export), so a renamed metric cannot silently
+exists (the scorer's /metrics, a monitor job's export or a stream processor's), so a renamed metric cannot silently
 disable an alert or blank a panel."""
 
 from __future__ import annotations
@@ -63,6 +63,13 @@ def _known_metrics() -> set[str]:
     metrics.variant_swapped("search", "control", None, "v1", created_at="2026-11-01T00:00:00+00:00")
     metrics.model_swapped("search", "search_ranker", None, "v1")
     texts = [generate_latest(metrics.registry).decode()]
+    from ranker.streaming.metrics import StreamMetrics
+
+    stream = StreamMetrics("events", 0)  # the stream processor's (ranker stream run --metrics-port)
+    stream.freshness.observe(0.1)
+    stream.dropped("bad_record")
+    stream.written("listing_fv", 1, 1)
+    texts.append(generate_latest(stream.registry).decode())
     skew = {"rows": 1, "features": [{"feature": "f", "feature_service": "s", "mismatch_rate": 0.0}]}
     drift = {
         "models": [

@@ -18,8 +18,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-SERVICES = ("search_ranker_v1", "recs_ranker_v1", "search_ranker_v3", "recs_ranker_v3")
-REQUESTS_PER_SERVICE = 20  # per store and service: random requests compared with Feast
+SERVICES = (
+    "search_ranker_v1",
+    "recs_ranker_v1",
+    "search_ranker_v2",
+    "recs_ranker_v2",
+    "search_ranker_v3",
+    "recs_ranker_v3",
+)
+REQUESTS_PER_SERVICE = 12  # per store and service: random requests compared with Feast (v2: the real-time views)
 
 
 # --- helpers -----------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ listings, checkpoint and restore, bounded memory, and the stream's rows == the b
 
 from __future__ import annotations
 
+import pickle
 import random
 
 import numpy as np
@@ -241,7 +242,10 @@ def test_snapshot_restore_resumes_exactly():
     first.seed_listings(listings)
     cut = 1000
     head, _ = run_stream(first, records[:cut], batch=50)
-    resumed = WindowState.restore(first.snapshot())
+    first.seed_listings(pd.DataFrame({"item_id": ["x"], "category": [None], "brand": ["b"], "created_at": [pd.NaT]}))
+    blob = first.snapshot()
+    resumed = WindowState.restore(blob)
+    assert pickle.loads(resumed.snapshot()) == pickle.loads(blob) and resumed.sizes == first.sizes
     # At-least-once: the consumer replays some records it had applied before the checkpoint.
     # (ids still within the lateness are duplicates, older ones late: none is applied twice).
     tail, totals = run_stream(resumed, records[cut - 100 :], batch=50)
@@ -388,3 +392,55 @@ def test_feast_point_in_time_with_v2_returns_the_backfill(world):
             b = pd.to_numeric(expect[col]).astype("float64")
             bad = ~((a == b) | (a.isna() & b.isna()))
             assert int(bad.sum()) == 0, (view, col, probe[bad].head(), expect[bad].head())
+
+
+def test_backfill_without_listings_or_events():
+    """An imported log may have no listings: the first-hours counts are missing, the session lists
+    blank, the windows still counted; an empty log gives empty tables of the views' schemas."""
+    from ranker.streaming.backfill import backfill_tables
+    from ranker.streaming.windows import SCHEMAS
+
+    events, listings = _world(seed=4, n_events=300)
+    tables = backfill_tables(events, listings.iloc[0:0])
+    items, users = tables[ITEM_VIEW].to_pandas(), tables[USER_VIEW].to_pandas()
+    assert items.item_first6h_clicks.isna().all() and items.item_clicks_24h.sum() > 0
+    assert (users.user_session_categories == "").all() and users.user_clicks_30m.sum() > 0
+    empty = backfill_tables(events.iloc[0:0], listings)
+    for view, table in empty.items():
+        assert table.num_rows == 0 and table.schema == SCHEMAS[view]
+
+
+@pytest.mark.slow  # four CLI processes (Feast imports): ~25 s
+def test_features_build_cli_writes_the_backfill_before_apply(tmp_path):
+    """`ranker features build` writes the real-time backfill (replacing earlier backfills), so
+    `ranker features apply` and `materialize` find non-empty directory sources."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from datetime import date
+
+    from ranker.data.simulate import SimConfig, simulate
+    from tests.conftest import REPO_ROOT, make_home
+
+    home = make_home(tmp_path / "home")
+    simulate(
+        SimConfig(seed=3, users=60, items=150, new_items_per_day=10, days=2, start=date(2026, 10, 1)),
+        raw_dir=home.raw_dir,
+        ground_truth_dir=home.ground_truth_dir,
+    )
+    env = {**os.environ, "RANKER_HOME": str(home.home), "PYTHONPATH": str(REPO_ROOT)}
+
+    def ranker(*args):
+        r = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, env=env)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+        return r.stdout
+
+    (home.features_dir / "realtime" / ITEM_VIEW).mkdir(parents=True)
+    (home.features_dir / "realtime" / ITEM_VIEW / "backfill-20261001T000000Z-last.parquet").write_bytes(b"stale")
+    built = json.loads(ranker("features", "build", "--json"))["realtime"]["views"]
+    assert built[ITEM_VIEW]["rows"] > 100 and built[USER_VIEW]["rows"] > 10
+    for view in (ITEM_VIEW, USER_VIEW):
+        assert [p.name for p in (home.features_dir / "realtime" / view).iterdir()] == ["backfill-first-last.parquet"]
+    assert "item_realtime_fv" in ranker("features", "apply")
+    assert "item_realtime_fv" in json.loads(ranker("features", "materialize", "--json"))["views"]

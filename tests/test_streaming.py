@@ -426,14 +426,19 @@ def test_the_processor_applies_dedups_checkpoints_and_appends_what_it_wrote_offl
         summaries.append(processor.run(until_offset=last[k], max_seconds=30))
         assert summaries[-1]["offset"] == last[k]
         assert load_checkpoint(settings.stream_dir, name, k, n).offset == last[k]
+        metrics = _samples(processor.metrics.registry)
+        labels = (("partition", str(k)), ("stream", name))
+        assert metrics[("ranker_stream_freshness_seconds_count", *labels)] == summaries[-1]["records"] > 0
+        assert metrics[("ranker_stream_offset", *labels)] == last[k]
+        assert metrics[("ranker_stream_dropped_total", *labels[:1], ("reason", "duplicate"), labels[1])] > 0
     items = [f"sx-i{i}" for i in range(20)]
     assert _online_clicks(settings, items) == {i: _expected_clicks(rows).get(i) for i in items}
     assert _online(settings, ["listing_fv:is_sold"], ["sx-i3"])["is_sold"] == [1]
     dropped = sum((Counter(s["dropped"]) for s in summaries), Counter())
     assert dropped == {"duplicate": 50, "bad_json": 1, "unknown_type": 1}  # each duplicate once per route
     # what was online, appended offline at each checkpoint: its last value per item is the online one
-    files = sorted((settings.realtime_dir / "item_stats_fv").glob("stream-p*.parquet"))
-    assert files and all(f.name.startswith(("stream-p0-", "stream-p1-")) for f in files)
+    files = sorted((settings.realtime_dir / "item_stats_fv").glob(f"stream-{name}-p*.parquet"))
+    assert files and all(f.name.startswith((f"stream-{name}-p0-", f"stream-{name}-p1-")) for f in files)
     offline = pd.concat([pq.read_table(f).to_pandas() for f in files])
     latest = offline.sort_values(["event_timestamp", "item_clicks_1d"]).groupby("item_id").item_clicks_1d.last()
     assert latest.to_dict() == _expected_clicks(rows)
@@ -441,6 +446,33 @@ def test_the_processor_applies_dedups_checkpoints_and_appends_what_it_wrote_offl
     again = Processor(settings, 0, broker=broker, state_class=CountingState).run(idle_exit_s=0.3)
     assert again["resumed_from"] == last[0] + 1 and again.get("records", 0) == 0
     assert _online_clicks(settings, items) == {i: _expected_clicks(rows).get(i) for i in items}
+
+
+def _samples(registry) -> dict[tuple, float]:
+    """Prometheus samples as {(name, *sorted label pairs): value}."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {}
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        for sample in family.samples:
+            out[(sample.name, *sorted(sample.labels.items()))] = sample.value
+    return out
+
+
+def test_the_metrics_port_serves_the_processors_metrics():
+    import urllib.request
+
+    from ranker.streaming.metrics import StreamMetrics
+
+    metrics = StreamMetrics("s", 0)
+    metrics.freshness.observe(0.02)
+    metrics.dropped("late", 3)
+    port = _closed_port()
+    metrics.serve(port)
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert 'ranker_stream_freshness_seconds_bucket{le="0.025",partition="0",stream="s"} 1.0' in text
+    assert 'ranker_stream_dropped_total{partition="0",reason="late",stream="s"} 3.0' in text
 
 
 def test_one_processor_per_partition_and_host(sqlite_home, stream):
@@ -487,6 +519,20 @@ def _run_partition(settings, partition: int, *args: str):
     return subprocess.Popen(cmd, env=_stream_env(settings), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+def _stderr_lines(proc) -> list[str]:
+    """The process's stderr lines as they come (read by a thread)."""
+    import threading
+
+    lines: list[str] = []
+
+    def read() -> None:
+        for raw in proc.stderr:
+            lines.append(raw.decode(errors="replace"))
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines
+
+
 def _wait_for(condition, deadline_s: float, what: str, proc=None):
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
@@ -499,3 +545,149 @@ def _wait_for(condition, deadline_s: float, what: str, proc=None):
             )
         time.sleep(0.02)  # polling a condition with a deadline
     pytest.fail(f"timed out waiting for {what}")
+
+
+# --- CLI ----------------------------------------------------------------------------------------------
+
+
+def _cli(settings, *args: str, **env):
+    from click.testing import CliRunner
+
+    from pipelines import cli
+
+    cli._register()
+    return CliRunner().invoke(cli.cli, list(args), env=_stream_env(settings, **env), catch_exceptions=False)
+
+
+def _one_error_line(result) -> str:
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def test_bad_stream_arguments_exit_2_with_one_line(stream_home, tmp_path):
+    settings = stream_home.with_(stream_url=f"amqp://guest:guest@127.0.0.1:{_closed_port()}/%2F")
+    assert "not found" in _one_error_line(_cli(settings, "stream", "publish", str(tmp_path / "nope.parquet")))
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    assert "neither events" in _one_error_line(_cli(settings, "stream", "publish", str(bad)))
+    events = tmp_path / "events.csv"
+    events.write_text("event_id,event_type,timestamp,user_id,item_id,surface,request_id,position,query\n")
+    events.write_text(events.read_text() + "e1,click,not-a-time,u1,i1,search,r1,1,\n")
+    assert "events.timestamp" in _one_error_line(_cli(settings, "stream", "publish", str(events)))
+    assert "not reachable" in _one_error_line(_cli(settings, "stream", "create"))
+    line = _one_error_line(_cli(settings, "stream", "run", "--partition", "7", RANKER_STREAM_PARTITIONS="4"))
+    assert "not a partition of 4" in line
+    assert "RANKER_STREAM_PARTITIONS" in _one_error_line(
+        _cli(settings, "stream", "create", RANKER_STREAM_PARTITIONS="0")
+    )
+    usage = _cli(settings, "stream", "publish", str(events), "--rate", "0")
+    assert usage.exit_code == 2 and "Invalid value for '--rate'" in usage.output
+
+
+def test_publish_a_csv_then_run_the_partitions_from_the_cli(sqlite_home, stream, tmp_path):
+    import json
+
+    import pandas as pd
+
+    broker, name, n = stream
+    settings = sqlite_home.with_(stream_name=name, stream_partitions=n, stream_checkpoint_s=0.2)
+    rows = _clicks(120, items=6, seed=9)
+    for r in rows:
+        r["item_id"] = r["item_id"].replace("sx-", "cli-")
+    df = pd.DataFrame([{k: v for k, v in r.items() if k != "type"} for r in rows])
+    df["timestamp"] = pd.to_datetime(df["timestamp"], unit="us", utc=True).map(lambda t: t.isoformat())
+    path = tmp_path / "events.csv"
+    df.to_csv(path, index=False)
+    published = _cli(settings, "stream", "publish", str(path), "--rate", "5000")
+    assert published.exit_code == 0, published.output
+    assert "published 120 rows" in published.output
+    for k in range(n):
+        ran = _cli(
+            settings,
+            "stream",
+            "run",
+            "--partition",
+            str(k),
+            "--idle-exit",
+            "1",
+            "--state-class",
+            "tests.stream_state:CountingState",
+            "--json",
+        )
+        assert ran.exit_code == 0, ran.output
+        summary = json.loads(ran.output.strip().splitlines()[-1])
+        assert summary["resumed_from"] == 0 and summary["dropped"] == {}
+    items = [f"cli-i{i}" for i in range(6)]
+    expected = {r["item_id"]: 0 for r in rows}
+    for r in rows:
+        expected[r["item_id"]] += 1
+    assert _online_clicks(settings, items) == {i: expected.get(i) for i in items}
+
+
+def test_with_the_window_state_the_stream_serves_what_the_backfill_computes(sqlite_home, stream):
+    """The world's last 6 hours of events through the stream (2 partitions, the real WindowState):
+    every touched listing's and user's online real-time values equal the backfill's row at their
+    latest event, computed from the same events (0 mismatches)."""
+    import numpy as np
+    import pandas as pd
+
+    from ranker.streaming.backfill import backfill_tables
+    from ranker.streaming.processor import Processor
+    from ranker.streaming.producer import Producer, event_rows
+
+    broker, name, n = stream
+    settings = sqlite_home.with_(stream_name=name, stream_partitions=n, stream_checkpoint_s=0.5)
+    events = pd.read_parquet(settings.raw_dir / "events.parquet")
+    listings = pd.read_parquet(settings.raw_dir / "listings.parquet")
+    end = events.timestamp.max()
+    window = events[events.timestamp > end - pd.Timedelta(hours=6)].reset_index(drop=True)
+    stats = Producer(broker, name, n).send(event_rows(window))
+    last = _last_offsets(stats.per_partition, 200, {})
+    for k in range(n):
+        summary = Processor(settings, k, broker=broker).run(until_offset=last[k], max_seconds=60)
+        assert summary["offset"] == last[k] and summary["dropped"] == {}
+    expected = backfill_tables(window, listings)
+    mismatches = 0
+    for view, key in (("item_realtime_fv", "item_id"), ("user_session_fv", "user_id")):
+        rows = expected[view].to_pandas().sort_values(["event_timestamp", "created"]).groupby(key).last()
+        rows = rows.sample(min(len(rows), 150), random_state=0)
+        assert len(rows) >= 20 and rows[rows.columns[0]].astype(bool).any(), view
+        features = [c for c in rows.columns if c not in ("event_timestamp", "created")]
+        online = _online_rows(settings, [f"{view}:{f}" for f in features], key, rows.index.tolist())
+        for f in features:
+            want, got = rows[f].to_numpy(), np.asarray(online[f], dtype=object)
+            if rows[f].dtype.kind == "f":
+                mismatches += int((~np.isclose(want.astype(float), got.astype(float), rtol=1e-6)).sum())
+            else:
+                mismatches += int(
+                    sum(a != b and not (pd.isna(a) and b is None) for a, b in zip(want, got, strict=True))
+                )
+    assert mismatches == 0
+
+
+def _online_rows(settings, refs: list[str], key: str, ids: list[str]) -> dict:
+    from ranker.features.store import feature_store
+
+    store = feature_store(settings)
+    return store.get_online_features(features=refs, entity_rows=[{key: i} for i in ids]).to_dict()
+
+
+def test_simulate_publishes_the_simulated_marketplace_live(sqlite_home, stream):
+    broker, name, n = stream
+    settings = sqlite_home.with_(stream_name=name, stream_partitions=n)
+    before = time.time_ns() // 1000
+    result = _cli(settings, "stream", "simulate", "--rate", "2000", "--limit", "300")
+    assert result.exit_code == 0, result.output
+    assert "published 300 rows" in result.output
+    got = []
+    for k in range(n):
+        consumer = broker.consumer(name, k, 0)
+        for m in _drain(consumer, 1, deadline_s=10):
+            records, rejects = parse(m.body, k, n)
+            assert not rejects
+            got += records
+        consumer.close()
+    assert got and all(r.ts_us >= before for r in got)  # event time = the send time
+    assert {r.kind for r in got} <= {"event", "listing"}

@@ -17,8 +17,18 @@ user_category_fv = FeatureView(
     online=True,
     description="A user's engagement with a category.",
     schema=[
-        Field(name="uc_clicks_30d", dtype=Int64, description="User's clicks in the category, 30 days.", tags={"default": "0"}),
-        Field(name="uc_saves_30d", dtype=Int64, description="User's saves in the category, 30 days.", tags={"default": "0"}),
+        Field(
+            name="uc_clicks_30d",
+            dtype=Int64,
+            description="User's clicks in the category, 30 days.",
+            tags={"default": "0"},
+        ),
+        Field(
+            name="uc_saves_30d",
+            dtype=Int64,
+            description="User's saves in the category, 30 days.",
+            tags={"default": "0"},
+        ),
         Field(
             name="uc_purchases_30d",
             dtype=Int64,
@@ -55,6 +65,7 @@ query_category_fv = FeatureView(
 
 # A brand generalises across unique listings: the user's brand taste ranks a listing nobody has seen.
 # Rows for pairs the user engaged with or searched for in the last 32 days (absent pair: counts 0).
+# "monotone": the model's score never falls as the user's engagement with the brand grows.
 user_brand_fv = FeatureView(
     name="user_brand_fv",
     entities=[user, brand],
@@ -69,31 +80,41 @@ user_brand_fv = FeatureView(
             description="Listings of the brand shown to the user, 30 days.",
             tags={"default": "0"},
         ),
-        Field(name="ub_clicks_30d", dtype=Int64, description="User's clicks on the brand, 30 days.", tags={"default": "0"}),
-        Field(name="ub_saves_30d", dtype=Int64, description="User's saves of the brand, 30 days.", tags={"default": "0"}),
+        Field(
+            name="ub_clicks_30d",
+            dtype=Int64,
+            description="User's clicks on the brand, 30 days.",
+            tags={"default": "0", "monotone": "increasing"},
+        ),
+        Field(
+            name="ub_saves_30d",
+            dtype=Int64,
+            description="User's saves of the brand, 30 days.",
+            tags={"default": "0", "monotone": "increasing"},
+        ),
         Field(
             name="ub_bag_or_buy_30d",
             dtype=Int64,
             description="User's add-to-bags and purchases of the brand, 30 days.",
-            tags={"default": "0"},
+            tags={"default": "0", "monotone": "increasing"},
         ),
         Field(
             name="ub_searches_30d",
             dtype=Int64,
             description="User's searches naming the brand (whole words), 30 days.",
-            tags={"default": "0"},
+            tags={"default": "0", "monotone": "increasing"},
         ),
         Field(
             name="ub_search_share_30d",
             dtype=Float32,
             description="Share of the user's brand-naming searches that named this brand, 30 days.",
-            tags={"default": "0"},
+            tags={"default": "0", "monotone": "increasing"},
         ),
         Field(
             name="ub_click_share_30d",
             dtype=Float32,
             description="Share of the user's clicks that went to the brand, 30 days.",
-            tags={"default": "0"},
+            tags={"default": "0", "monotone": "increasing"},
         ),
         Field(
             name="ub_ctr_lift_30d",
@@ -102,6 +123,7 @@ user_brand_fv = FeatureView(
                 "User's click-through rate on the brand over the user's own rate, 30 days, smoothed with "
                 "10 pseudo-impressions (1 = no preference)."
             ),
+            tags={"monotone": "increasing"},
         ),
     ],
 )

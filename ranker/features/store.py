@@ -14,6 +14,7 @@ import math
 import os
 import sys
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 
 from ranker.config import Settings
@@ -166,6 +167,10 @@ def apply(settings: Settings) -> dict:
     }
 
 
+# The field tag "monotone" and the LightGBM monotone constraint it becomes.
+MONOTONE = {"increasing": 1, "decreasing": -1}
+
+
 @dataclass(frozen=True)
 class ServiceSpec:
     """What a feature service asks for, in the order models see it."""
@@ -176,6 +181,9 @@ class ServiceSpec:
     defaults: dict  # feature -> value used when the store has nothing (NaN = leave missing)
     entity_keys: tuple[str, ...]  # join keys the service needs
     request_fields: tuple[str, ...]  # request-time inputs of on-demand views
+    # feature -> +1 / -1: the model's score may only rise / fall with it (the field tag "monotone":
+    # "increasing" / "decreasing"); features without the tag are unconstrained
+    monotone: dict = dataclass_field(default_factory=dict)
 
 
 def service_spec(store, name: str) -> ServiceSpec:
@@ -192,6 +200,7 @@ def service_spec(store, name: str) -> ServiceSpec:
     features: list[str] = []
     refs: list[str] = []
     defaults: dict = {}
+    monotone: dict = {}
     entity_keys: set[str] = set()
     request_fields: set[str] = set()
     views = {v.name: v for v in store.list_feature_views()}
@@ -205,6 +214,13 @@ def service_spec(store, name: str) -> ServiceSpec:
             refs.append(f"{view_name}:{field.name}")
             default = (field.tags or {}).get("default")
             defaults[field.name] = float(default) if default is not None else math.nan
+            direction = (field.tags or {}).get("monotone")
+            if direction is not None:
+                if direction not in MONOTONE:
+                    raise FeatureRepoError(
+                        f"{view_name}:{field.name}: tag monotone={direction!r}; use one of {', '.join(MONOTONE)}"
+                    )
+                monotone[field.name] = MONOTONE[direction]
         if projection.name in views:
             entity_keys.update(c.name for c in views[projection.name].entity_columns)
         elif projection.name in odfvs:
@@ -221,4 +237,5 @@ def service_spec(store, name: str) -> ServiceSpec:
         defaults=defaults,
         entity_keys=tuple(sorted(entity_keys)),
         request_fields=tuple(sorted(request_fields)),
+        monotone=monotone,
     )

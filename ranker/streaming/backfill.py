@@ -15,14 +15,17 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ranker.streaming.windows import (
     _CTR_PSEUDO_CLICKS,
     CTR_SMOOTHING,
     FIRST_HOURS_US,
+    ITEM_FEATURES,
     ITEM_VIEW,
     ITEM_WINDOWS_US,
     SCHEMAS,
@@ -31,69 +34,15 @@ from ranker.streaming.windows import (
     VIEWS,
 )
 
-_ITEM_SQL = """
-WITH ev AS (
-    SELECT e.item_id, e.event_type, e.ts, l.created_us
-    FROM ev_all e LEFT JOIN lst l USING (item_id)
-),
-w AS (
-    SELECT item_id, ts,
-        count(*) FILTER (WHERE event_type = 'impression') OVER h1 AS item_impressions_1h,
-        count(*) FILTER (WHERE event_type = 'click') OVER h1 AS item_clicks_1h,
-        count(*) FILTER (WHERE event_type = 'save') OVER h1 AS item_saves_1h,
-        count(*) FILTER (WHERE event_type = 'impression') OVER h24 AS item_impressions_24h,
-        count(*) FILTER (WHERE event_type = 'click') OVER h24 AS item_clicks_24h,
-        count(*) FILTER (WHERE event_type = 'save') OVER h24 AS item_saves_24h,
-        count(*) FILTER (WHERE event_type = 'impression' AND ts >= created_us AND ts < created_us + $first)
-            OVER upto AS f_imp,
-        count(*) FILTER (WHERE event_type = 'click' AND ts >= created_us AND ts < created_us + $first)
-            OVER upto AS f_clk,
-        count(*) FILTER (WHERE event_type = 'save' AND ts >= created_us AND ts < created_us + $first)
-            OVER upto AS f_sav,
-        created_us
-    FROM ev
-    WINDOW h1 AS (PARTITION BY item_id ORDER BY ts RANGE BETWEEN $w1 PRECEDING AND CURRENT ROW),
-           h24 AS (PARTITION BY item_id ORDER BY ts RANGE BETWEEN $w24 PRECEDING AND CURRENT ROW),
-           upto AS (PARTITION BY item_id ORDER BY ts RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
-)
-SELECT item_id, ts,
-    item_impressions_1h, item_clicks_1h, item_saves_1h,
-    item_impressions_24h, item_clicks_24h, item_saves_24h,
-    ((item_clicks_24h + $pseudo) / (item_impressions_24h + $a))::FLOAT AS item_ctr_24h_rt,
-    CASE WHEN created_us IS NULL THEN NULL ELSE f_imp END AS item_first6h_impressions,
-    CASE WHEN created_us IS NULL THEN NULL ELSE f_clk END AS item_first6h_clicks,
-    CASE WHEN created_us IS NULL THEN NULL ELSE f_sav END AS item_first6h_saves
-FROM w
-WHERE ts >= $start AND ts < $end
-QUALIFY row_number() OVER (PARTITION BY item_id, ts) = 1
-ORDER BY ts, item_id
-"""
-
-_USER_SQL = """
-WITH w AS (
-    SELECT user_id, ts,
-        count(*) FILTER (WHERE event_type = 'click') OVER s AS user_clicks_30m,
-        count(*) FILTER (WHERE event_type = 'save') OVER s AS user_saves_30m
-    FROM ev_all
-    WINDOW s AS (PARTITION BY user_id ORDER BY ts RANGE BETWEEN $ws PRECEDING AND CURRENT ROW)
-    QUALIFY ts >= $start AND ts < $end AND row_number() OVER (PARTITION BY user_id, ts) = 1
-),
-clicks AS (
-    SELECT e.user_id, e.ts, l.category, l.brand
-    FROM ev_all e LEFT JOIN lst l USING (item_id)
-    WHERE e.event_type = 'click' AND e.ts >= $start - $ws AND e.ts < $end
-),
-sess AS (
-    SELECT w.user_id, w.ts,
-        array_to_string(list_sort(list_distinct(list(c.category))), ',') AS cats,
-        array_to_string(list_sort(list_distinct(list(c.brand))), ',') AS brands
-    FROM w JOIN clicks c ON c.user_id = w.user_id AND c.ts > w.ts - $session AND c.ts <= w.ts
-    GROUP BY ALL
-)
-SELECT w.user_id, w.ts, w.user_clicks_30m, w.user_saves_30m,
-    coalesce(sess.cats, '') AS user_session_categories, coalesce(sess.brands, '') AS user_session_brands
-FROM w LEFT JOIN sess USING (user_id, ts)
-ORDER BY w.ts, w.user_id
+# The session's categories and brands, for the user rows with clicks in their window (a range join).
+_SESSION_SQL = """
+SELECT r.user_id, r.ts,
+    array_to_string(list_sort(list_distinct(list(l.category))), ',') AS user_session_categories,
+    array_to_string(list_sort(list_distinct(list(l.brand))), ',') AS user_session_brands
+FROM rows_in r
+JOIN clicks_in c ON c.user_id = r.user_id AND c.ts > r.ts - $session AND c.ts <= r.ts
+LEFT JOIN lst_in l ON l.item_id = c.item_id
+GROUP BY ALL
 """
 
 
@@ -117,7 +66,6 @@ def backfill_tables(
 ) -> dict[str, pa.Table]:
     """The rows of every real-time view whose event_timestamp is in ``[start, end)`` (all when None),
     windows computed over the whole log before ``end``. Columns and types: ``windows.SCHEMAS``."""
-    import duckdb
 
     start_us, end_us = _us(start, -(2**62)), _us(end, 2**62)
     ev = pa.table(
@@ -140,36 +88,146 @@ def backfill_tables(
             "created_us": pa.Array.from_pandas(created).cast(pa.timestamp("us")).cast(pa.int64()),
         }
     )
+    # The canonical log has one row per event_id; a redelivered copy is counted once, as the stream does.
+    keep = pc.less(ev.column("ts"), end_us)
+    ev = ev.filter(keep)
+    if len(pc.dictionary_encode(ev.column("event_id")).combine_chunks().dictionary) != ev.num_rows:
+        first = ~pd.Series(ev.column("event_id").to_numpy(zero_copy_only=False)).duplicated().to_numpy()
+        ev = ev.filter(pa.array(first))
+    lst = lst.filter(pa.array(~pd.Series(lst.column("item_id").to_numpy(zero_copy_only=False)).duplicated().to_numpy()))
+    kind = ev.column("event_type")
+    is_ = {k: pc.equal(kind, k).to_numpy(zero_copy_only=False) for k in ("impression", "click", "save")}
+    ts = ev.column("ts").to_numpy()
+
+    # Listings: created_at per event's item, for the first-hours counts.
+    item_codes, items = _codes(ev.column("item_id"))
+    pos = pc.index_in(items, value_set=lst.column("item_id")).fill_null(-1).to_numpy(zero_copy_only=False)
+    known_created = np.zeros(len(items), dtype=bool)
+    created_of_item = np.zeros(len(items), dtype=np.int64)
+    if lst.num_rows:
+        col = lst.column("created_us")
+        has = col.is_valid().to_numpy(zero_copy_only=False)
+        values = col.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        at = pos.clip(0)
+        known_created = (pos >= 0) & has[at]
+        created_of_item = np.where(known_created, values[at], 0)
+    created_ev = created_of_item[item_codes]
+    in_first = known_created[item_codes] & (ts >= created_ev) & (ts < created_ev + FIRST_HOURS_US)
+
+    w1, w24 = ITEM_WINDOWS_US["1h"], ITEM_WINDOWS_US["24h"]
+    counts = {
+        "item_impressions_1h": (is_["impression"], w1),
+        "item_clicks_1h": (is_["click"], w1),
+        "item_saves_1h": (is_["save"], w1),
+        "item_impressions_24h": (is_["impression"], w24),
+        "item_clicks_24h": (is_["click"], w24),
+        "item_saves_24h": (is_["save"], w24),
+        "item_first6h_impressions": (is_["impression"] & in_first, None),
+        "item_first6h_clicks": (is_["click"] & in_first, None),
+        "item_first6h_saves": (is_["save"] & in_first, None),
+    }
+    code_r, ts_r, out = _entity_windows(item_codes, ts, counts)
+    clk, imp = out["item_clicks_24h"], out["item_impressions_24h"]
+    out["item_ctr_24h_rt"] = ((clk + _CTR_PSEUDO_CLICKS) / (imp + CTR_SMOOTHING)).astype(np.float32)
+    first_mask = ~known_created[code_r]
+    sel = (ts_r >= start_us) & (ts_r < end_us)
+    item_cols = {"item_id": items.take(pa.array(code_r[sel])), "ts": ts_r[sel]}
+    for name, _ in ITEM_FEATURES:
+        values = out[name][sel]
+        if name.startswith("item_first6h_"):
+            item_cols[name] = pa.array(values, pa.int64(), mask=first_mask[sel])
+        else:
+            item_cols[name] = values
+    item_table = pa.table(item_cols)
+
+    user_codes, users = _codes(ev.column("user_id"))
+    code_u, ts_u, uout = _entity_windows(
+        user_codes, ts, {"user_clicks_30m": (is_["click"], SESSION_US), "user_saves_30m": (is_["save"], SESSION_US)}
+    )
+    sel = (ts_u >= start_us) & (ts_u < end_us)
+    user_table = pa.table(
+        {
+            "user_id": users.take(pa.array(code_u[sel])),
+            "ts": ts_u[sel],
+            "user_clicks_30m": uout["user_clicks_30m"][sel],
+            "user_saves_30m": uout["user_saves_30m"][sel],
+        }
+    )
+    user_table = _with_session_strings(user_table, ev, is_["click"], lst, threads)
+    return {ITEM_VIEW: _as_view(item_table, ITEM_VIEW), USER_VIEW: _as_view(user_table, USER_VIEW)}
+
+
+def _codes(column) -> tuple[np.ndarray, pa.Array]:
+    """Integer codes of a string column and the distinct values they index."""
+    enc = pc.dictionary_encode(column).combine_chunks() if isinstance(column, pa.ChunkedArray) else None
+    enc = enc if enc is not None else pc.dictionary_encode(column)
+    return enc.indices.to_numpy(zero_copy_only=False).astype(np.int64), enc.dictionary
+
+
+def _entity_windows(
+    codes: np.ndarray, ts: np.ndarray, counts: dict[str, tuple[np.ndarray, int | None]]
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Per (entity, distinct event time T) of the log: for each named mask, the masked events of the
+    entity with ``T - W < ts <= T`` (``W`` None: all events up to T). Sorted by entity then T.
+
+    The log is sorted by (entity, ts); an event's key is ``entity * (U + 1) + rank(ts)``, rank being
+    the number of distinct event times <= ts (U of them), so "the entity's events with ts <= x" is
+    one searchsorted over the keys, for any x, and a window is a difference of running counts."""
+    order = np.lexsort((ts, codes))
+    codes, ts = codes[order], ts[order]
+    uniq = np.unique(ts)
+    base = codes * (len(uniq) + 1)
+    key = base + np.searchsorted(uniq, ts, side="right")
+    last = np.ones(len(key), dtype=bool)
+    last[:-1] = key[1:] != key[:-1]  # the last event of each (entity, T): the row
+    rows = np.flatnonzero(last)
+    hi = rows + 1  # events [0, hi) are those of earlier entities or of this one with ts <= T
+    start = np.searchsorted(key, base[rows], side="left")  # this entity's first event
+    out = {}
+    lo_cache: dict[int, np.ndarray] = {}
+    for name, (mask, width) in counts.items():
+        running = np.concatenate(([0], np.cumsum(mask[order], dtype=np.int64)))
+        if width is None:
+            lo = start
+        elif width in lo_cache:
+            lo = lo_cache[width]
+        else:
+            rank = np.searchsorted(uniq, ts[rows] - width, side="right")  # distinct times <= T - W
+            lo = lo_cache[width] = np.searchsorted(key, base[rows] + rank, side="right")
+        out[name] = running[hi] - running[lo]
+    return codes[rows], ts[rows], out
+
+
+def _with_session_strings(user_table: pa.Table, ev: pa.Table, is_click: np.ndarray, lst: pa.Table, threads: int):
+    import duckdb
+
+    has = pc.greater(user_table.column("user_clicks_30m"), 0)
+    clicks = ev.filter(pa.array(is_click)).select(["user_id", "item_id", "ts"])
     con = duckdb.connect()
     try:
         con.execute(f"SET threads = {int(threads)}")
-        con.register("ev_in", ev)
-        con.register("lst_in", lst)
-        # The canonical log has one row per event_id; a redelivered copy is counted once, as the stream does.
-        con.execute(
-            "CREATE TEMP TABLE ev_all AS SELECT * FROM ev_in WHERE ts < $end "
-            "QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY ts) = 1",
-            {"end": end_us},
-        )
-        con.execute(
-            "CREATE TEMP TABLE lst AS SELECT * FROM lst_in QUALIFY row_number() OVER (PARTITION BY item_id) = 1"
-        )
-        params = {"start": start_us, "end": end_us}
-        items = con.sql(
-            _ITEM_SQL,
-            params={
-                **params,
-                "w1": ITEM_WINDOWS_US["1h"] - 1,  # RANGE n PRECEDING includes ts - n: (T - W, T] on integers
-                "w24": ITEM_WINDOWS_US["24h"] - 1,
-                "first": FIRST_HOURS_US,
-                "pseudo": _CTR_PSEUDO_CLICKS,
-                "a": CTR_SMOOTHING,
-            },
-        ).to_arrow_table()
-        users = con.sql(_USER_SQL, params={**params, "ws": SESSION_US - 1, "session": SESSION_US}).to_arrow_table()
+        con.register("rows_in", user_table.filter(has).select(["user_id", "ts"]))
+        con.register("clicks_in", clicks)
+        con.register("lst_in", lst.select(["item_id", "category", "brand"]))
+        strings = con.sql(_SESSION_SQL, params={"session": SESSION_US}).to_arrow_table()
     finally:
         con.close()
-    return {ITEM_VIEW: _as_view(items, ITEM_VIEW), USER_VIEW: _as_view(users, USER_VIEW)}
+    index = pd.MultiIndex.from_arrays(
+        [strings.column("user_id").to_numpy(zero_copy_only=False), strings.column("ts").to_numpy()]
+    )
+    where = index.get_indexer(
+        pd.MultiIndex.from_arrays(
+            [user_table.column("user_id").to_numpy(zero_copy_only=False), user_table.column("ts").to_numpy()]
+        )
+    )
+    found = where >= 0
+    cats = np.full(user_table.num_rows, "", dtype=object)
+    brands = np.full(user_table.num_rows, "", dtype=object)
+    cats[found] = strings.column("user_session_categories").to_numpy(zero_copy_only=False)[where[found]]
+    brands[found] = strings.column("user_session_brands").to_numpy(zero_copy_only=False)[where[found]]
+    return user_table.append_column("user_session_categories", pa.array(cats, pa.string())).append_column(
+        "user_session_brands", pa.array(brands, pa.string())
+    )
 
 
 def _strings(series: pd.Series) -> pa.Array:

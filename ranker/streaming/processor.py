@@ -4,8 +4,9 @@ Loop: poll a batch of messages from the partition's stream, parse them (rejects 
 apply the records to the window state (event time, allowed lateness, de-duplication: the state's
 job), write its updates into the online store (never over a newer value), and every
 ``RANKER_STREAM_CHECKPOINT_S`` checkpoint: first append the updates written since the last
-checkpoint to the offline store (``<home>/data/features/realtime/<view>/stream-p{k}-{first:012d}-
-{last:012d}.parquet``: what was actually online), then save ``{offset, state snapshot}`` atomically.
+checkpoint to the offline store (``<home>/data/features/realtime/<view>/stream-<stream>-p{k}-
+{first:012d}-{last:012d}.parquet``: what was actually online), then save ``{offset, state snapshot}``
+atomically.
 
 Guarantees. Delivery is at least once: after a crash (even SIGKILL) the processor restores the state
 of its last checkpoint and resumes at the next offset, replaying what it had processed since; the
@@ -66,13 +67,15 @@ def load_state_class(spec: str = DEFAULT_STATE) -> Any:
         raise StreamError(f"{module_name} has no class {class_name}") from None
 
 
-def offline_file(realtime_dir: Path, view: str, partition: int, first: int, last: int) -> Path:
-    return Path(realtime_dir) / view / f"stream-p{partition}-{first:012d}-{last:012d}.parquet"
+def offline_file(realtime_dir: Path, view: str, stream: str, partition: int, first: int, last: int) -> Path:
+    """Where the updates of offsets first..last of a partition go offline. The stream's name is part of
+    the file name: a new stream (another name) restarts at offset 0 without touching older files."""
+    return Path(realtime_dir) / view / f"stream-{stream}-p{partition}-{first:012d}-{last:012d}.parquet"
 
 
-def _offline_first_offset(path: Path) -> int | None:
-    parts = path.stem.split("-")
-    if len(parts) != 4 or not parts[2].isdigit():
+def _offline_first_offset(path: Path, stream: str, partition: int) -> int | None:
+    parts = path.stem.rsplit("-", 3)
+    if len(parts) != 4 or parts[0] != f"stream-{stream}" or parts[1] != f"p{partition}" or not parts[2].isdigit():
         return None
     return int(parts[2])
 
@@ -116,6 +119,7 @@ class Processor:
         self.dropped: Counter = Counter()
         self.retries = 0
         self.lag_s = 0.0
+        self.ready = threading.Event()  # set once subscribed and polling
 
     # --- plumbing -----------------------------------------------------------------------------------
     def _on_retry(self, exc: BaseException, delay: float) -> None:
@@ -158,8 +162,8 @@ class Processor:
         root = self.settings.realtime_dir
         if not root.exists():
             return 0
-        for path in root.glob(f"*/stream-p{self.partition}-*.parquet"):
-            first = _offline_first_offset(path)
+        for path in root.glob(f"*/stream-{self.stream}-p{self.partition}-*.parquet"):
+            first = _offline_first_offset(path, self.stream, self.partition)
             if first is not None and first > offset:
                 path.unlink()
                 removed += 1
@@ -170,7 +174,7 @@ class Processor:
             if not tables:
                 continue
             table = pa.concat_tables(tables, promote_options="default")
-            path = offline_file(self.settings.realtime_dir, view, self.partition, first, last)
+            path = offline_file(self.settings.realtime_dir, view, self.stream, self.partition, first, last)
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".parquet.tmp")
             pq.write_table(table, tmp)
@@ -196,6 +200,7 @@ class Processor:
                 offset = -1
             resumed_from = offset + 1
             self._prune_offline(offset)
+            self.writer  # noqa: B018 -- open the online store (and load Feast) before the first message
             consumer = self.broker.consumer(self.stream, self.partition, resumed_from)
             started = last_ckpt = last_progress = idle_since = time.monotonic()
             pending: dict[str, list[pa.Table]] = {}
@@ -225,6 +230,12 @@ class Processor:
                     if self.stop.is_set():
                         break
                     raise
+                if not self.ready.is_set():
+                    self.ready.set()
+                    if self.progress is not None:
+                        self.progress(
+                            f"p{self.partition} consuming {self.stream}-p{self.partition} from offset {resumed_from}"
+                        )
                 if messages:
                     idle_since = time.monotonic()
                     self._process(messages, state, pending)

@@ -37,9 +37,11 @@ from __future__ import annotations
 
 import pickle
 import time
+from array import array
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import chain
 
 import pandas as pd
 import pyarrow as pa
@@ -96,6 +98,7 @@ SCHEMAS = {
 SOLD_SCHEMA = pa.schema([("item_id", pa.string()), ("event_timestamp", _TS), ("created", _TS), ("is_sold", pa.int64())])
 JOIN_KEYS = {ITEM_VIEW: "item_id", USER_VIEW: "user_id"}
 
+SNAPSHOT_VERSION = 1
 _SWEEP_EVERY_US = 10 * 60 * US  # evict expired state each time event time advances this much
 _MIN_TS = -(2**62)
 
@@ -168,11 +171,14 @@ def _revise(rows: list[int], since: int, need: set[int]) -> None:
     need.update(rows[bisect_left(rows, since) :])
 
 
-def _remember(rows: list[int], times: list[int]) -> None:
+def _remember(rows: list[int], times: list[int], watermark: int) -> None:
+    """Keep the event times of the rows written that a record accepted later can revise (>= watermark)."""
     for t in times:
         k = bisect_left(rows, t)
         if k == len(rows) or rows[k] != t:
             rows.insert(k, t)
+    if rows[0] < watermark:
+        del rows[: bisect_left(rows, watermark)]
 
 
 def smoothed_ctr(clicks: int, impressions: int) -> float:
@@ -290,11 +296,10 @@ class WindowState:
                 schema=SOLD_SCHEMA,
             )
         self._since_sweep += accepted
-        # Sweep every 10 minutes of event time, and at most once per half a state's worth of records
-        # (a sweep visits every entity: a fast replay of history would otherwise spend its time there).
-        if self._max_ts - self._swept >= _SWEEP_EVERY_US and 2 * self._since_sweep >= len(self._items) + len(
-            self._users
-        ):
+        # Sweep every 10 minutes of event time, and at most once per two state's worth of records (a
+        # sweep visits every entity: a fast replay of history would otherwise spend its time there).
+        due = self._since_sweep >= 2 * (len(self._items) + len(self._users))
+        if due and self._max_ts - self._swept >= _SWEEP_EVERY_US:
             self._sweep()  # after the rows: it may drop an entity this batch touched last
         return Applied(updates=updates, rejected=rejected, accepted=accepted, sold_items=list(sold))
 
@@ -332,13 +337,14 @@ class WindowState:
             u.last = ts
 
     def _item_rows(self, touched: dict[str, set[int]], created: int) -> pa.Table:
+        wm = self.watermark_us
         w1, w24 = ITEM_WINDOWS_US["1h"], ITEM_WINDOWS_US["24h"]
         cols: list[list] = [[] for _ in range(12)]
         for item, need in touched.items():
             it = self._items[item]
             need.add(it.last)
             times = sorted(need)
-            _remember(it.rows, times)
+            _remember(it.rows, times, wm)
             known = self._listings.get(item)
             has_created = known is not None and known[2] is not None
             for t in times:
@@ -367,13 +373,14 @@ class WindowState:
         return _by_time(pa.Table.from_arrays(arrays, schema=schema))
 
     def _user_rows(self, touched: dict[str, set[int]], created: int) -> pa.Table:
+        wm = self.watermark_us
         w = SESSION_US
         users, last, clicks, saves, cats, brands = [], [], [], [], [], []
         for user, need in touched.items():
             u = self._users[user]
             need.add(u.last)
             times = sorted(need)
-            _remember(u.rows, times)
+            _remember(u.rows, times, wm)
             for t in times:
                 lo, hi = bisect_right(u.clk, t - w), bisect_right(u.clk, t)
                 c_set, b_set = set(), set()
@@ -414,38 +421,146 @@ class WindowState:
         # An id older than the watermark cannot be applied again (it is late), so it is not kept.
         self._seen = {k: ts for k, ts in self._seen.items() if ts >= wm}
         item_horizon = wm - LONGEST_US
-        for key in list(self._items):
-            it = self._items[key]
-            _trim(it.imp, item_horizon)
-            _trim(it.clk, item_horizon)
-            _trim(it.sav, item_horizon)
-            del it.rows[: bisect_left(it.rows, wm)]
-            known = self._listings.get(key)
-            if known is not None and known[2] is not None and known[2] + FIRST_HOURS_US <= wm:
-                for slot in range(3):  # every later row counts all of them
-                    it.first_base[slot] += len(it.first_ts[slot])
-                    it.first_ts[slot].clear()
-            if not (it.imp or it.clk or it.sav or it.rows or any(it.first_ts) or any(it.first_base)):
-                del self._items[key]
+        listings = self._listings
+        drop = []
+        for key, it in self._items.items():
+            if it.imp and it.imp[0] <= item_horizon:
+                _trim(it.imp, item_horizon)
+            if it.clk and it.clk[0] <= item_horizon:
+                _trim(it.clk, item_horizon)
+            if it.sav and it.sav[0] <= item_horizon:
+                _trim(it.sav, item_horizon)
+            if it.rows and it.rows[0] < wm:
+                del it.rows[: bisect_left(it.rows, wm)]
+            first = it.first_ts
+            if first[0] or first[1] or first[2]:
+                known = listings.get(key)
+                if known is not None and known[2] is not None and known[2] + FIRST_HOURS_US <= wm:
+                    for slot in range(3):  # every later row counts all of them
+                        it.first_base[slot] += len(first[slot])
+                        first[slot].clear()
+            elif not (it.imp or it.clk or it.sav or it.rows or it.first_base != [0, 0, 0]):
+                drop.append(key)
+        for key in drop:
+            del self._items[key]
         user_horizon = wm - SESSION_US
-        for key in list(self._users):
-            u = self._users[key]
-            _trim(u.clk, user_horizon, u.clk_items)
-            _trim(u.sav, user_horizon)
-            del u.rows[: bisect_left(u.rows, wm)]
+        drop = []
+        for key, u in self._users.items():
+            if u.clk and u.clk[0] <= user_horizon:
+                _trim(u.clk, user_horizon, u.clk_items)
+            if u.sav and u.sav[0] <= user_horizon:
+                _trim(u.sav, user_horizon)
+            if u.rows and u.rows[0] < wm:
+                del u.rows[: bisect_left(u.rows, wm)]
             if not (u.clk or u.sav or u.rows):
-                del self._users[key]
+                drop.append(key)
+        for key in drop:
+            del self._users[key]
 
     # -- checkpoint ------------------------------------------------------------------------------
     def snapshot(self) -> bytes:
-        """The full state (windows, catalogue, sold set, de-duplication ids, watermark)."""
-        return pickle.dumps(self.__dict__, protocol=pickle.HIGHEST_PROTOCOL)
+        """The full state (windows, catalogue, sold set, de-duplication ids, watermark). Columnar:
+        the integers of all entities in one ``array('q')`` per field with their lengths, as pickling
+        one object (or one small list) per entity costs several times as much; the processor takes a
+        snapshot every checkpoint (about a second)."""
+        items, users = self._items, self._users
+        data = {
+            "lateness_us": self.lateness_us,
+            "max_ts": self._max_ts,
+            "swept": self._swept,
+            "last_created": self._last_created,
+            "since_sweep": self._since_sweep,
+            "seen_ids": [k[0] for k in self._seen],
+            "seen_routes": [k[1] for k in self._seen],
+            "seen_ts": array("q", self._seen.values()),
+            "listings": list(self._listings),
+            "listing_cat": [v[0] for v in self._listings.values()],
+            "listing_brand": [v[1] for v in self._listings.values()],
+            "listing_created": array("q", (_NONE if v[2] is None else v[2] for v in self._listings.values())),
+            "sold": sorted(self._sold),
+            "items": list(items),
+            "item_last": array("q", (it.last for it in items.values())),
+            "item_base": array("q", chain.from_iterable(it.first_base for it in items.values())),
+            "users": list(users),
+            "user_last": array("q", (u.last for u in users.values())),
+            "user_clk_items": list(chain.from_iterable(u.clk_items for u in users.values())),
+        }
+        lengths: list[int] = []
+        flat: list[int] = []
+        extend = flat.extend
+        for it in items.values():  # one pass: 7 lists per item, lengths then values, in _ITEM_LISTS order
+            f0, f1, f2 = it.first_ts
+            lengths += (len(it.imp), len(it.clk), len(it.sav), len(it.rows), len(f0), len(f1), len(f2))
+            extend(it.imp)
+            extend(it.clk)
+            extend(it.sav)
+            extend(it.rows)
+            extend(f0)
+            extend(f1)
+            extend(f2)
+        data["item_lists"] = (array("q", lengths), array("q", flat))
+        lengths, flat = [], []
+        extend = flat.extend
+        for u in users.values():
+            lengths += (len(u.clk), len(u.sav), len(u.rows))
+            extend(u.clk)
+            extend(u.sav)
+            extend(u.rows)
+        data["user_lists"] = (array("q", lengths), array("q", flat))
+        return pickle.dumps((SNAPSHOT_VERSION, data), protocol=pickle.HIGHEST_PROTOCOL)
 
     @classmethod
     def restore(cls, data: bytes) -> WindowState:
+        version, d = pickle.loads(data)
+        if version != SNAPSHOT_VERSION:
+            raise ValueError(f"window state snapshot version {version}, this code reads {SNAPSHOT_VERSION}")
         state = cls.__new__(cls)
-        state.__dict__.update(pickle.loads(data))
+        state.lateness_us = d["lateness_us"]
+        state._max_ts, state._swept = d["max_ts"], d["swept"]
+        state._last_created, state._since_sweep = d["last_created"], d["since_sweep"]
+        state._seen = dict(zip(zip(d["seen_ids"], d["seen_routes"], strict=True), d["seen_ts"], strict=True))
+        state._listings = {
+            k: (c, b, None if t == _NONE else t)
+            for k, c, b, t in zip(
+                d["listings"], d["listing_cat"], d["listing_brand"], d["listing_created"], strict=True
+            )
+        }
+        state._sold = set(d["sold"])
+        lists = _unpack(d["item_lists"])
+        base = d["item_base"].tolist()
+        state._items = {}
+        for n, (key, last) in enumerate(zip(d["items"], d["item_last"], strict=True)):
+            it = _Item()
+            it.imp, it.clk, it.sav, it.rows, f0, f1, f2 = lists[7 * n : 7 * n + 7]
+            it.first_ts = (f0, f1, f2)
+            it.first_base = base[3 * n : 3 * n + 3]
+            it.last = last
+            state._items[key] = it
+        ulists = _unpack(d["user_lists"])
+        clk_items = d["user_clk_items"]
+        state._users = {}
+        at = 0
+        for n, (key, last) in enumerate(zip(d["users"], d["user_last"], strict=True)):
+            u = _User()
+            u.clk, u.sav, u.rows = ulists[3 * n : 3 * n + 3]
+            u.last = last
+            u.clk_items = clk_items[at : at + len(u.clk)]
+            at += len(u.clk)
+            state._users[key] = u
         return state
+
+
+_NONE = -(2**63)  # a missing created_at in the snapshot's integer column
+
+
+def _unpack(packed: tuple[array, array]) -> list[list[int]]:
+    lengths, values = packed
+    flat = values.tolist()
+    out, at = [], 0
+    for n in lengths:
+        out.append(flat[at : at + n])
+        at += n
+    return out
 
 
 def _by_time(table: pa.Table) -> pa.Table:

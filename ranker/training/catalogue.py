@@ -31,6 +31,11 @@ Computing the metrics only needs, per user, the candidates whose score reaches t
 best score (a tie block straddling it included) plus the relevant ones: every other candidate
 sits below rank 50 and changes none of NDCG@10, Recall@10, Recall@50. So scores are kept as a
 dense users x live-listings block per chunk of users and only that head is ranked.
+
+Training uses the same construction on the validation window (:class:`CatalogueValidation`: the
+listings live at ``train_end``, users who engaged in ``[train_end, valid_end)``) as its early-stopping
+metric for sampled groups; the deploy gate uses the per-user NDCG@10 of the test window
+(:mod:`ranker.registry.evidence`).
 """
 
 from __future__ import annotations
@@ -135,10 +140,13 @@ def build_task(
     *,
     users: int | None = DEFAULT_USERS,
     seed: int = 0,
+    end: pd.Timestamp | None = None,
 ) -> CatalogueTask:
     """The full-catalogue task at ``start`` from raw events and listings (module docstring).
 
-    ``users``: how many test users to sample (seeded); None or more than there are = all."""
+    ``users``: how many test users to sample (seeded); None or more than there are = all.
+    ``end``: the window is ``[start, end)`` (default: to the last event; training's validation
+    uses ``[train_end, valid_end)``)."""
     start = pd.Timestamp(start)
     start = start.tz_localize("UTC") if start.tzinfo is None else start.tz_convert("UTC")
     eng = engagements(events)
@@ -149,6 +157,10 @@ def build_task(
         raise CatalogueError(f"no listing is live at {start.isoformat()} (created before it and not yet sold)")
     before = eng[eng.timestamp < start]
     after = eng[eng.timestamp >= start]
+    if end is not None:
+        end = pd.Timestamp(end)
+        end = end.tz_localize("UTC") if end.tzinfo is None else end.tz_convert("UTC")
+        after = after[after.timestamp < end]
     item_pos = pd.Series(np.arange(len(items)), index=items)
     # best grade per (user, live item) in the test window
     window = after[after.item_id.isin(item_pos.index)]
@@ -181,7 +193,7 @@ def build_task(
     window = window[window.user_id.isin(user_pos.index)]
     rel = codes(window)
     order = np.argsort(rel)
-    end = eng.timestamp.max()
+    end = eng.timestamp.max() if end is None else end
     return CatalogueTask(
         start=start,
         end=end,
@@ -410,6 +422,32 @@ def score_models(
 def _score_service(
     settings, service_name: str, models: list, task: CatalogueTask, *, chunk_rows: int, timings: dict | None
 ) -> list[np.ndarray]:
+    columns = []
+    for model in models:
+        columns.append(list(model.features))
+    boosters = [model.booster() for model in models]
+    out = [np.full((task.n_users, task.n_items), np.nan, dtype=np.float32) for _ in models]
+    clock = timings if timings is not None else {}
+    for r, c, matrix, names in pair_features(settings, service_name, task, chunk_rows=chunk_rows, timings=clock):
+        t0 = time.perf_counter()
+        for block, booster, feats in zip(out, boosters, columns, strict=True):
+            missing = [f for f in feats if f not in names]
+            if missing:
+                raise CatalogueError(
+                    f"feature service {service_name} lacks {len(missing)} of the model's features "
+                    f"({', '.join(missing[:5])})"
+                )
+            x = np.ascontiguousarray(matrix[:, [names.index(f) for f in feats]])
+            block[r, c] = booster.predict(x, num_threads=2).astype(np.float32)
+        clock["predict"] = clock.get("predict", 0.0) + time.perf_counter() - t0
+    return out
+
+
+def pair_features(settings, service_name: str, task: CatalogueTask, *, chunk_rows: int = 400_000, timings=None):
+    """Yield ``(user rows, item columns, float32 feature matrix, feature names)`` for every
+    (user, candidate) pair of ``task``, users in order (a user's pairs in one chunk, by item):
+    ``get_historical_features`` with the service, every row at T, in the entity layout of the
+    training-set build (:func:`ranker.training.dataset._entity_frame`), defaults applied."""
     import ibis
     import pyarrow as pa
 
@@ -420,16 +458,6 @@ def _score_service(
     t0 = time.perf_counter()
     store = feature_store(settings)
     spec = service_spec(store, service_name)
-    columns = []
-    for model in models:
-        missing = [f for f in model.features if f not in spec.features]
-        if missing:
-            raise CatalogueError(
-                f"feature service {service_name} lacks {len(missing)} of the model's features "
-                f"({', '.join(missing[:5])})"
-            )
-        columns.append([spec.features.index(f) for f in model.features])
-    boosters = [model.booster() for model in models]
     service = store.get_feature_service(service_name)
     listings = schema.read_table(settings.raw_dir, schema.LISTINGS)
     attrs = listings.assign(item_id=listings.item_id.astype(str)).set_index("item_id").reindex(task.items)
@@ -437,8 +465,8 @@ def _score_service(
     item_arrays = {c: pa.array(attrs[c].astype(object).where(attrs[c].notna(), None).to_numpy()) for c in attr_cols}
     item_ids = pa.array(task.items.astype(object))
     user_ids = pa.array(task.users.astype(object))
-    out = [np.full((task.n_users, task.n_items), np.nan, dtype=np.float32) for _ in models]
     per_user = max(1, chunk_rows // max(task.n_items, 1))
+    names = list(spec.features)
     clock["setup"] = clock.get("setup", 0.0) + time.perf_counter() - t0
     con = ibis.get_backend().con
     previous = _duckdb_settings(con, {"memory_limit": "2GB"})
@@ -466,18 +494,12 @@ def _score_service(
                 job = store.get_historical_features(entity_df=entity_df, features=service)
                 with pd.option_context("future.infer_string", True):
                     result = job.to_arrow()
-                t2 = time.perf_counter()
                 matrix = _features_in_entity_order(result, spec, len(r))
-                for block, booster, cols in zip(out, boosters, columns, strict=True):
-                    x = np.ascontiguousarray(matrix[:, cols])
-                    block[r + lo, c] = booster.predict(x, num_threads=2).astype(np.float32)
-                t3 = time.perf_counter()
-                clock["features"] = clock.get("features", 0.0) + t2 - t1
-                clock["predict"] = clock.get("predict", 0.0) + t3 - t2
+                clock["features"] = clock.get("features", 0.0) + time.perf_counter() - t1
                 clock["rows"] = clock.get("rows", 0) + len(r)
+                yield r + lo, c, matrix, names
     finally:
         _duckdb_settings(con, previous)
-    return out
 
 
 def scores_scorer(block: np.ndarray) -> Scorer:
@@ -507,11 +529,9 @@ def read_engagement_log(settings) -> pd.DataFrame:
 
 def catalogue_task(settings, model, *, users: int | None = DEFAULT_USERS, seed: int = 0) -> CatalogueTask:
     """The task at the start of ``model``'s test window (its split's ``valid_end``)."""
-    from ranker.training.train import Split
-
-    split = Split.from_dict(model.card["split"])
+    valid_end = pd.Timestamp(model.card["split"]["valid_end"])  # the card's split (train imports this module)
     listings = schema.read_table(settings.raw_dir, schema.LISTINGS)
-    return build_task(read_engagement_log(settings), listings, split.valid_end, users=users, seed=seed)
+    return build_task(read_engagement_log(settings), listings, valid_end, users=users, seed=seed)
 
 
 def evaluate_catalogue(
@@ -575,3 +595,84 @@ def evaluate_catalogue(
         **summary,
     }
     return result, per_user
+
+
+# --------------------------------------------------------------------------------------------------
+# Model selection for sampled groups: early stopping on the full catalogue of the validation window
+
+VALIDATION_USERS = 200
+
+
+@dataclass(frozen=True, eq=False)
+class CatalogueValidation:
+    """The validation window's full catalogue as LightGBM validation rows: every (user, candidate)
+    pair at the split's ``train_end`` for a seeded sample of the users who engaged in
+    ``[train_end, valid_end)``, with :meth:`feval`, the tie-averaged mean NDCG@10 over users, as
+    the early-stopping metric. On sampled groups the validation NDCG@10 saturates after a tree or
+    two (uniform negatives are easy), so early stopping on it keeps a model that ranks the full
+    catalogue no better than popularity."""
+
+    task: CatalogueTask
+    rows: np.ndarray
+    cols: np.ndarray
+    x: np.ndarray  # float32 pairs x model features
+    label: np.ndarray  # grade per pair
+    mask: np.ndarray  # users x items candidates
+    labels: np.ndarray  # users x items grades
+
+    def feval(self, preds, _data) -> tuple[str, float, bool]:
+        block = np.zeros(self.mask.shape)
+        block[self.rows, self.cols] = preds
+        return "ndcg@10", float(np.nanmean(ndcg_at_10(block, self.mask, self.labels))), True
+
+    def info(self) -> dict:
+        return {
+            "basis": "full_catalogue",
+            "at": self.task.start.isoformat(),
+            "window_end": self.task.end.isoformat(),
+            "users": int(self.task.n_users),
+            "window_users": int(self.task.test_users_total),
+            "listings_live": int(self.task.n_items),
+            "pairs": int(len(self.rows)),
+            "user_sample_seed": int(self.task.seed),
+        }
+
+
+def ndcg_at_10(scores: np.ndarray, mask: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Tie-averaged NDCG@10 per row of a users x items block (NaN without a relevant candidate)."""
+    head = _head(scores, mask, labels, K_NDCG)
+    r, c = np.nonzero(head)
+    got = metrics.per_group_metrics(metrics.encode_groups(r), labels[r, c], scores[r, c], ks=(K_NDCG,))
+    out = np.full(len(scores), np.nan)
+    out[got.index.to_numpy()] = got["ndcg@10"].to_numpy()
+    return out
+
+
+def catalogue_validation(
+    settings, service_name: str, features: list[str], split, *, users: int = VALIDATION_USERS, seed: int = 0
+) -> CatalogueValidation:
+    """:class:`CatalogueValidation` of the split's validation window (features through Feast at
+    ``train_end``, as for the test window at ``valid_end``)."""
+    listings = schema.read_table(settings.raw_dir, schema.LISTINGS)
+    task = build_task(
+        read_engagement_log(settings), listings, split.train_end, users=users, seed=seed, end=split.valid_end
+    )
+    rows, cols, xs = [], [], []
+    for r, c, matrix, names in pair_features(settings, service_name, task):
+        missing = [f for f in features if f not in names]
+        if missing:
+            raise CatalogueError(f"feature service {service_name} lacks {', '.join(missing[:5])}")
+        rows.append(r)
+        cols.append(c)
+        xs.append(matrix[:, [names.index(f) for f in features]])
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    labels = task.label_block(slice(None))
+    return CatalogueValidation(
+        task=task,
+        rows=r,
+        cols=c,
+        x=np.ascontiguousarray(np.vstack(xs)),
+        label=labels[r, c],
+        mask=task.candidate_mask(slice(None)),
+        labels=labels,
+    )

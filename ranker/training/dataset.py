@@ -435,6 +435,7 @@ def build_dataset(
         "feature_service": options.service,
         "features": list(spec.features),
         "feature_defaults": {k: (None if np.isnan(v) else v) for k, v in spec.defaults.items()},
+        "feature_monotone": dict(spec.monotone),
         "label": "max grade of later events on the same (request, item) within the attribution window: "
         + ", ".join(f"{k}={v}" for k, v in sorted(schema.EVENT_GRADE.items(), key=lambda kv: kv[1])),
         "attribution_hours": options.attribution_hours,
