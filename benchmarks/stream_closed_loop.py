@@ -6,10 +6,11 @@ the closed loop of ranker/monitoring/closed_loop.py, on a world with the within-
 
 Simulates --days of history (`ranker data simulate --within-day`), builds the features, trains v1
 and v2 for both surfaces (`ranker dataset build --feature-service {surface}_ranker_vN`, `ranker
-train`), then runs the next --hours of the marketplace three times on the same requests and seeds:
-v1 on the batch snapshot, v2 with the stream applied in-process (WindowState + OnlineWriter), and v2
-without the stream (its real-time features frozen at the snapshot: what the features give without
-fresh values). Prints per arm true-utility NDCG@10, CTR, purchases per 1k requests and the share of
+train`), then runs the next --hours of the marketplace on the same requests and seeds, per arm:
+v1 on the batch snapshot; v2 with the stream applied in-process (WindowState + OnlineWriter); and
+the ablations v1 with only the stream's sold flags (what dropping sold listings alone is worth) and
+v2 without the stream (its real-time features frozen at the snapshot).
+Prints per arm true-utility NDCG@10, CTR, purchases per 1k requests and the share of
 impressions that went to sold listings, then v2 - v1 with a paired bootstrap 95% interval.
 The anchor is the v1 arm of the same run; the machine-speed probe is printed before and after.
 """
@@ -37,13 +38,13 @@ def main() -> None:
     from ranker.monitoring import closed_loop as cl
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--users", type=int, default=1200)
-    parser.add_argument("--days", type=int, default=14, help="Days of history (training data).")
+    parser.add_argument("--users", type=int, default=1500)
+    parser.add_argument("--days", type=int, default=10, help="Days of history (training data).")
     parser.add_argument("--hours", type=int, default=24, help="Hours of the closed loop after the log.")
     parser.add_argument("--requests-per-user-day", type=float, default=1.5)
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--boot", type=int, default=1000, help="Bootstrap resamples of the paired differences.")
-    parser.add_argument("--no-ablation", action="store_true", help="Skip the v2-without-stream arm.")
+    parser.add_argument("--no-ablation", action="store_true", help="Skip the v1+sold and v2-no-stream arms.")
     parser.add_argument("--home", type=Path, default=None, help="Where to build the world (default: a temp dir).")
     parser.add_argument("--json", type=Path, default=None, help="Also write the results here.")
     args = parser.parse_args()
@@ -78,7 +79,7 @@ def main() -> None:
     say(f"plan: {the_plan.n_requests:,} requests, {len(the_plan.item):,} candidates over {args.hours} h")
     arms = [("v1", "v1", False), ("v2+stream", "v2", True)]
     if not args.no_ablation:
-        arms.append(("v2-no-stream", "v2", False))
+        arms += [("v1+sold", "v1", "sold"), ("v2-no-stream", "v2", False)]
     results, summaries = {}, {}
     for name, version, stream in arms:
         results[name] = cl.run_arm(settings, world, the_plan, models[version], name=name, stream=stream, progress=say)
