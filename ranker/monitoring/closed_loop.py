@@ -204,7 +204,7 @@ def plan(world, *, hours: int, seed: int = 0, surfaces=("search", "recs")) -> Pl
 @dataclass
 class ArmResult:
     name: str
-    stream: bool
+    stream: bool | str
     requests: pd.DataFrame  # one row per request: surface, ndcg@10, impressions, clicks, ...
     seconds: float
     stream_counts: dict = field(default_factory=dict)
@@ -265,14 +265,20 @@ def run_arm(
     models: dict[str, Path],
     *,
     name: str,
-    stream: bool,
+    stream: bool | str,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> ArmResult:
-    """Run the loop's hours with ``models`` (surface -> model folder) ranking; see the module docstring."""
+    """Run the loop's hours with ``models`` (surface -> model folder) ranking; see the module docstring.
+
+    ``stream``: True applies the events to the real-time state and writes every update; ``"sold"``
+    writes only the sold flags (``listing_fv.is_sold``: separates dropping sold listings from the
+    real-time features); False writes nothing (the batch snapshot)."""
+    if stream not in (True, False, "sold"):
+        raise ClosedLoopError(f"stream must be True, False or 'sold', got {stream!r}")
     from ranker.serving.features import OnlineFeatures
     from ranker.streaming.records import StreamRecord
-    from ranker.streaming.windows import LONGEST_US, WindowState
+    from ranker.streaming.windows import LISTING_VIEW, LONGEST_US, WindowState
 
     say = progress or (lambda _m: None)
     started = time.perf_counter()
@@ -323,7 +329,11 @@ def run_arm(
                 applied = state.apply(both)
                 counts["records"] += len(both)
                 counts["rejected"] += sum(applied.rejected.values())
-                updates = {v: tb for v, tb in applied.updates.items() if tb is not None and tb.num_rows}
+                updates = {
+                    v: tb
+                    for v, tb in applied.updates.items()
+                    if tb is not None and tb.num_rows and (stream is True or v == LISTING_VIEW)
+                }
                 if updates:
                     stats = writer.write(updates)
                     counts["written"] += stats.written
