@@ -16,6 +16,8 @@ from tests.conftest import REPO_ROOT, make_home
 
 pytestmark = pytest.mark.slow
 
+# retrain on the sample's last two days only: a model too weak to pass the quality bar
+WEAK = ["--surface", "search", "--start", "2026-10-07"]
 SAMPLE = ["--simulate", "--scale", "0.15", "--days", "8", "--start", "2026-10-01", "--end", "2026-10-09T00:00:00+00:00"]
 
 
@@ -172,8 +174,8 @@ def test_retrain_gates_staging_then_production_and_is_idempotent(home):
     from ranker.registry import Registry
 
     registry = Registry.from_settings(home)
-    # The small sample does not beat every baseline with confidence: staging yes, production no.
-    out = ranker(home.home, "pipeline", "retrain", "--surface", "search", "--bootstrap", "200").stdout
+    # Two days of a small sample do not beat every baseline with confidence: staging yes, production no.
+    out = ranker(home.home, "pipeline", "retrain", *WEAK, "--bootstrap", "200").stdout
     first = newest(home, "retrain")
     by = steps(first)
     assert [s["name"] for s in first["steps"]] == [
@@ -194,7 +196,7 @@ def test_retrain_gates_staging_then_production_and_is_idempotent(home):
     assert Path(by["evaluate:search"]["outputs"]["report"]).exists()
 
     # Without the quality bar: same training set and model (no new version), promoted to production.
-    ranker(home.home, "pipeline", "retrain", "--surface", "search", "--bootstrap", "200", "--no-quality-bar")
+    ranker(home.home, "pipeline", "retrain", *WEAK, "--bootstrap", "200", "--no-quality-bar")
     by = steps(newest(home, "retrain"))
     assert by["dataset:search"]["status"] == "skipped" and by["dataset:search"]["reused_from"] == first["run_id"]
     assert by["train:search"]["outputs"]["reused"] is True and by["train:search"]["outputs"]["version"] == version
@@ -204,9 +206,7 @@ def test_retrain_gates_staging_then_production_and_is_idempotent(home):
     assert len(list((home.artifacts_dir / "models" / "search_ranker").iterdir())) == 1
 
     # Once more: production already serves this exact model, so nothing moves.
-    out = ranker(
-        home.home, "pipeline", "retrain", "--surface", "search", "--bootstrap", "200", "--no-quality-bar"
-    ).stdout
+    out = ranker(home.home, "pipeline", "retrain", *WEAK, "--bootstrap", "200", "--no-quality-bar").stdout
     by = steps(newest(home, "retrain"))
     assert by["staging:search"]["status"] == "blocked" and by["production:search"]["status"] == "skipped"
     assert "kept production: production already serves this model" in out

@@ -217,9 +217,9 @@ def test_materialize_spreads_keys_over_every_master(cluster_world, cluster):
 
 
 def test_fetch_equals_feast_on_random_requests_cluster(cluster_world):
-    from tests.test_online_features import REQUESTS_PER_SERVICE
+    from tests.test_online_features import REQUESTS_PER_SERVICE, SERVICES
 
-    assert _compare_random_requests(cluster_world, seed=20261202) == 2 * REQUESTS_PER_SERVICE
+    assert _compare_random_requests(cluster_world, seed=20261202) == len(SERVICES) * REQUESTS_PER_SERVICE
 
 
 def _request(settings, seed: int) -> dict:

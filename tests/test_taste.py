@@ -52,10 +52,10 @@ def test_a_one_brand_user_gets_that_brand_ranked_above_an_identical_listing(tast
     # real candidate rows of the user's requests with no brand history for the candidate
     rows = df[df.ub_clicks_30d == 0].sample(200, random_state=0)[features].to_numpy(np.float32)
     fan = rows.copy()
-    col = {f: features.index(f) for f in BRAND_FEATURES + ("ub_impressions_30d",)}
-    # the user engages only with this brand: all of their clicks, saves and brand searches
+    col = {f: features.index(f) for f in BRAND_FEATURES}
+    # the user engages only with this brand: all of their clicks, saves and brand searches (exposure,
+    # ub_impressions_30d, is not a preference and stays as it was)
     for name, value in {
-        "ub_impressions_30d": 20.0,
         "ub_clicks_30d": 6.0,
         "ub_saves_30d": 2.0,
         "ub_bag_or_buy_30d": 1.0,
