@@ -295,6 +295,98 @@ def _alert_replay(settings, *, skew: dict, drift: dict, online: dict) -> None:
     )
 
 
+def _streaming_step(port: int | None = None) -> None:
+    """Streaming, when RabbitMQ answers: a processor consumes a fresh one-partition stream, the scorer
+    ranks live listings, a sale of the top one is published, and the next rankings are polled until
+    it is gone (the measured delay). Otherwise: how to start a broker, and the demo goes on."""
+    import json
+    import os
+    import signal
+    import threading
+    import urllib.request
+    import uuid
+
+    import duckdb
+
+    from ranker.config import Settings
+    from ranker.streaming.broker import RabbitMQBroker
+    from ranker.streaming.errors import StreamError
+    from ranker.streaming.producer import Producer
+
+    print("\n== Streaming ==")
+    settings = Settings.from_env()
+    broker = RabbitMQBroker(settings.stream_url)
+    try:
+        broker.check(timeout_s=3)
+    except StreamError as exc:
+        print(
+            f"{exc}\n(streaming step skipped: start RabbitMQ, e.g. `apt-get install rabbitmq-server && "
+            "rabbitmq-server -detached`, then rerun `make demo`; docs/guides/streaming.md)"
+        )
+        return
+    name = f"demo-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "RANKER_STREAM_NAME": name, "RANKER_STREAM_PARTITIONS": "1"}
+    broker.create(name, 1)
+    print(f"$ RANKER_STREAM_NAME={name} RANKER_STREAM_PARTITIONS=1 ranker stream run --partition 0", flush=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "stream", "run", "--partition", "0"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True).start()
+    try:
+        deadline = time.monotonic() + 180
+        while not any("consuming" in line for line in lines):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                print("the stream processor did not start:\n" + "".join(lines[-20:]))
+                return
+            time.sleep(0.05)  # polling the processor's announcement
+        raw = settings.raw_dir
+        con = duckdb.connect()
+        user = con.execute(
+            f"SELECT user_id FROM read_parquet('{raw}/events.parquet') WHERE event_type = 'click' "
+            "GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 1"
+        ).fetchall()[0][0]
+        live = [
+            r[0]
+            for r in con.execute(
+                f"SELECT item_id FROM read_parquet('{raw}/listings.parquet') WHERE sold_at IS NULL "
+                "ORDER BY created_at DESC LIMIT 20"
+            ).fetchall()
+        ]
+        with _scorer(port=port or _free_port(), workers=1) as base:
+
+            def ranked() -> list[str]:
+                body = json.dumps({"surface": "recs", "user_id": user, "items": live}).encode()
+                req = urllib.request.Request(f"{base}/v1/rank", data=body, headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    return [i["item_id"] for i in json.loads(r.read())["items"]]
+
+            top = ranked()[0]
+            sale = {"type": "listing", "change": "sold", "item_id": top, "timestamp": time.time_ns() // 1000}
+            Producer(broker, name, 1).send([sale])
+            sent = time.monotonic()
+            while top in ranked():
+                if time.monotonic() - sent > 30:
+                    print(f"{top} was still ranked 30 s after its sale was published")
+                    return
+            delay_ms = (time.monotonic() - sent) * 1000
+            print(
+                f"published a sale of {top} (the top of a recs ranking of {len(live)} live listings): gone from "
+                f"the next ranking {delay_ms:.0f} ms later (publish -> processor -> online store -> scorer)"
+            )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        broker.delete(name, 1)
+        broker.close()
+
+
 def main() -> None:
     started = time.perf_counter()
     # Simulate the 21 days that ended last midnight (UTC): the scorer's "now" comes right after the
@@ -317,6 +409,7 @@ def main() -> None:
     _summary()
     _serve_and_rank()
     _monitoring_summary()
+    _streaming_step()
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s")
 
 
