@@ -42,8 +42,8 @@ class TrainOptions:
     position_debias: bool = False
     params: dict = field(default_factory=dict)  # overrides of DEFAULT_PARAMS
     # Sampled-group training sets (logs without impressions): early stopping on the full catalogue
-    # of the validation window for this many seeded users (ranker.training.catalogue); 0 = on the
-    # sampled validation groups, whose NDCG@10 saturates after a tree or two.
+    # (Recall@50) of the validation window for this many seeded users (ranker.training.catalogue);
+    # 0 = on the sampled validation groups, whose NDCG@10 saturates after a tree or two.
     catalogue_validation_users: int = 200
 
     def __post_init__(self) -> None:
@@ -211,7 +211,8 @@ def fit(df: pd.DataFrame, features: list[str], options: TrainOptions, split: Spl
         valid_sets=[dvalid],
         valid_names=["valid"],
         feval=feval,
-        callbacks=[lgb.early_stopping(options.early_stopping_rounds, verbose=False)],
+        # the first metric only: ndcg@10 (built in), or the catalogue's recall@50 (its feval lists it first)
+        callbacks=[lgb.early_stopping(options.early_stopping_rounds, first_metric_only=True, verbose=False)],
     )
     return booster, params, {"train_rows": len(train), "valid_rows": valid_rows}
 
@@ -305,6 +306,11 @@ def train_model(settings: Settings, options: TrainOptions, *, out_root: Path | N
         "options": {k: v for k, v in asdict(options).items() if k != "params"},
         "best_iteration": int(booster.best_iteration),
         "valid_ndcg@10": float(booster.best_score["valid"]["ndcg@10"]),
+        **(
+            {"valid_recall@50": float(booster.best_score["valid"]["recall@50"])}
+            if "recall@50" in booster.best_score["valid"]
+            else {}
+        ),
         # what valid_ndcg@10 and early stopping were measured on
         "validation": validation,
         "feature_distributions": {f: _distribution(train_part[f].to_numpy(dtype=np.float64)) for f in features},
