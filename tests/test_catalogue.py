@@ -205,9 +205,10 @@ def test_validation_metric_is_the_catalogue_ndcg(log):
         task=task, rows=r, cols=c, x=np.zeros((len(r), 1)), label=labels[r, c], mask=mask, labels=labels
     )
     fixed = np.array([[9.0, 1.0, 3.0, 2.0], [0.0, 5.0, 0.0, 5.0]])
-    name, value, higher_better = v.feval(fixed[r, c], None)
-    want = cat.per_user_metrics(task, lambda rows: fixed[rows])["ndcg@10"].mean()
-    assert (name, higher_better) == ("ndcg@10", True) and value == pytest.approx(want)
+    (first, recall, up1), (name, value, higher_better) = v.feval(fixed[r, c], None)
+    per_user = cat.per_user_metrics(task, lambda rows: fixed[rows])
+    assert (first, up1) == ("recall@50", True) and recall == pytest.approx(per_user["recall@50"].mean())
+    assert (name, higher_better) == ("ndcg@10", True) and value == pytest.approx(per_user["ndcg@10"].mean())
     # u1: B at rank 3 -> 0.5; u2: F tied with B at ranks 1-2 -> (1 + 1/log2 3) / 2
     assert value == pytest.approx((0.5 + (1 + 1 / LOG2_3) / 2) / 2)
 
@@ -258,6 +259,7 @@ def test_evaluate_prints_the_full_catalogue_on_an_imported_log(tmp_path):
     card = json.loads((model_dir / "card.json").read_text())
     # early stopping ran on the validation window's full catalogue, not on the sampled groups
     assert card["validation"]["basis"] == "full_catalogue" and card["validation"]["users"] > 0
+    assert card["validation"]["metric"] == "recall@50" and 0 <= card["valid_recall@50"] <= 1
     assert card["validation"]["at"] == pd.Timestamp(card["split"]["train_end"]).isoformat()
     fc = card["evaluation"]["full_catalogue"]
     assert fc["users_scored"] == min(40, fc["test_users"]) and fc["listings_live"] > 50

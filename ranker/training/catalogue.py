@@ -607,10 +607,13 @@ VALIDATION_USERS = 200
 class CatalogueValidation:
     """The validation window's full catalogue as LightGBM validation rows: every (user, candidate)
     pair at the split's ``train_end`` for a seeded sample of the users who engaged in
-    ``[train_end, valid_end)``, with :meth:`feval`, the tie-averaged mean NDCG@10 over users, as
-    the early-stopping metric. On sampled groups the validation NDCG@10 saturates after a tree or
-    two (uniform negatives are easy), so early stopping on it keeps a model that ranks the full
-    catalogue no better than popularity."""
+    ``[train_end, valid_end)``, with :meth:`feval`: the tie-averaged Recall@50 (the early-stopping
+    metric) and NDCG@10, means over users. On sampled groups the validation NDCG@10 saturates after
+    a tree or two (uniform negatives are easy), so early stopping on it keeps a model that ranks the
+    full catalogue no better than popularity. Recall@50 rather than NDCG@10: on 200 users with a few
+    engagements each the full-catalogue NDCG@10 is noise from one iteration to the next (measured on
+    the example log: 0.0025-0.0056 over iterations 1-300, uncorrelated with the test window's), while
+    Recall@50 rises with the test NDCG@10 up to ~200 trees and falls after."""
 
     task: CatalogueTask
     rows: np.ndarray
@@ -620,14 +623,20 @@ class CatalogueValidation:
     mask: np.ndarray  # users x items candidates
     labels: np.ndarray  # users x items grades
 
-    def feval(self, preds, _data) -> tuple[str, float, bool]:
+    def feval(self, preds, _data) -> list[tuple[str, float, bool]]:
+        """Recall@50 first (the early-stopping metric), then NDCG@10, both means over users."""
         block = np.zeros(self.mask.shape)
         block[self.rows, self.cols] = preds
-        return "ndcg@10", float(np.nanmean(ndcg_at_10(block, self.mask, self.labels))), True
+        per_user = block_metrics(block, self.mask, self.labels)
+        return [
+            ("recall@50", float(per_user["recall@50"].mean()), True),
+            ("ndcg@10", float(per_user["ndcg@10"].mean()), True),
+        ]
 
     def info(self) -> dict:
         return {
             "basis": "full_catalogue",
+            "metric": "recall@50",
             "at": self.task.start.isoformat(),
             "window_end": self.task.end.isoformat(),
             "users": int(self.task.n_users),

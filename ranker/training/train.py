@@ -47,8 +47,8 @@ class TrainOptions:
     position_debias: bool = False
     params: dict = field(default_factory=dict)  # overrides of DEFAULT_PARAMS
     # Sampled-group training sets (logs without impressions): early stopping on the full catalogue
-    # of the validation window for this many seeded users (ranker.training.catalogue); 0 = on the
-    # sampled validation groups, whose NDCG@10 saturates after a tree or two.
+    # (Recall@50) of the validation window for this many seeded users (ranker.training.catalogue);
+    # 0 = on the sampled validation groups, whose NDCG@10 saturates after a tree or two.
     catalogue_validation_users: int = 200
 
     def __post_init__(self) -> None:
@@ -210,6 +210,7 @@ def fit(df: pd.DataFrame, features: list[str], options: TrainOptions, split: Spl
         dvalid = dataset(valid, reference=dtrain)
         valid_rows = len(valid)
     curve: list[float] = []
+    scores: list[dict] = []
     booster = lgb.train(
         params,
         dtrain,
@@ -217,23 +218,26 @@ def fit(df: pd.DataFrame, features: list[str], options: TrainOptions, split: Spl
         valid_sets=[dvalid],
         valid_names=["valid"],
         feval=feval,
-        callbacks=[_smoothed_early_stopping(curve, options.early_stopping_rounds, options.smoothing_rounds)],
+        # the first metric only: ndcg@10 (built in), or the catalogue's recall@50 (its feval lists it first)
+        callbacks=[_smoothed_early_stopping(curve, scores, options.early_stopping_rounds, options.smoothing_rounds)],
     )
     best = early_stopping_iteration(np.array(curve), options.early_stopping_rounds, options.smoothing_rounds)
     booster.best_iteration = best
-    booster.best_score = {"valid": {"ndcg@10": float(curve[best - 1])}}
+    booster.best_score = {"valid": scores[best - 1]}
     return booster, params, {"train_rows": len(train), "valid_rows": valid_rows}
 
 
-def _smoothed_early_stopping(curve: list[float], rounds: int, smoothing: int):
-    """A LightGBM callback: records the first validation metric into ``curve`` and stops once the
-    smoothed curve's best iteration (among those whose whole window is known) is ``rounds`` old."""
+def _smoothed_early_stopping(curve: list[float], scores: list[dict], rounds: int, smoothing: int):
+    """A LightGBM callback: records the first validation metric into ``curve`` (every metric into
+    ``scores``) and stops once the smoothed curve's best iteration (among those whose whole window is
+    known) is ``rounds`` old."""
     import lightgbm as lgb
 
     half = max(smoothing, 1) // 2
 
     def callback(env) -> None:
         curve.append(float(env.evaluation_result_list[0][2]))
+        scores.append({name: float(value) for _, name, value, *_ in env.evaluation_result_list})
         known = len(curve) - half
         if known <= 0:
             return
@@ -342,6 +346,11 @@ def train_model(settings: Settings, options: TrainOptions, *, out_root: Path | N
         "options": {k: v for k, v in asdict(options).items() if k != "params"},
         "best_iteration": int(booster.best_iteration),
         "valid_ndcg@10": float(booster.best_score["valid"]["ndcg@10"]),
+        **(
+            {"valid_recall@50": float(booster.best_score["valid"]["recall@50"])}
+            if "recall@50" in booster.best_score["valid"]
+            else {}
+        ),
         # what valid_ndcg@10 and early stopping were measured on
         "validation": validation,
         "feature_distributions": {f: _distribution(train_part[f].to_numpy(dtype=np.float64)) for f in features},
