@@ -497,6 +497,31 @@ def test_one_processor_per_partition_and_host(sqlite_home, stream):
         Processor(settings, 2, broker=broker, state_class=CountingState)
 
 
+def test_a_lock_left_to_a_killed_processors_checkpoint_writer_is_waited_for(tmp_path):
+    """A processor's forked checkpoint writer shares its lock; after SIGKILL the lock outlives the
+    processor (whose pid is in the file) until the writer is done: a restart waits, then takes it."""
+    import fcntl
+    import os
+    import subprocess
+    import threading
+
+    from ranker.streaming.state import PartitionLock
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    path = tmp_path / "s-p0.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.write(fd, str(dead.pid).encode())
+    released = threading.Timer(0.3, lambda: os.close(fd))
+    released.start()
+    started = time.monotonic()
+    with PartitionLock(tmp_path, "s", 0):
+        assert time.monotonic() - started >= 0.25
+        assert path.read_text() == str(os.getpid())
+    released.join()
+
+
 def _stream_env(settings, **extra) -> dict:
     import os
 

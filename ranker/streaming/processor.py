@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -53,6 +54,9 @@ log = logging.getLogger(__name__)
 DEFAULT_STATE = "ranker.streaming.windows:WindowState"
 BATCH_MESSAGES = 500
 PROGRESS_S = 1.0
+# Checkpoints are written by a forked child (copy-on-write, like Redis' BGSAVE): pickling a day of windows
+# takes ~0.5 s per 60k events, which would stall the loop (freshness p99) if done inline.
+FORK = hasattr(os, "fork")
 CHECKPOINT_SHARE = 10  # the checkpoint interval is at least this many times the last checkpoint's duration
 
 
@@ -202,6 +206,7 @@ class Processor:
                 state = self._new_state()
                 offset = -1
             resumed_from = offset + 1
+            k = self.partition
             self._prune_offline(offset)
             self.writer  # noqa: B018 -- open the online store (and load Feast) before the first message
             consumer = self.broker.consumer(self.stream, self.partition, resumed_from)
@@ -212,19 +217,51 @@ class Processor:
 
             interval = settings.stream_checkpoint_s
 
-            def checkpoint() -> None:
-                nonlocal first_pending, pending, last_ckpt, checkpoints, interval
+            child: int | None = None  # the process writing the last checkpoint in the background
+
+            def writer_done(block: bool = False) -> bool:
+                nonlocal child
+                if child is None:
+                    return True
+                pid, status = os.waitpid(child, 0 if block else os.WNOHANG)
+                if pid == 0:
+                    return False
+                child = None
+                if status != 0:
+                    log.warning("p%d: a background checkpoint failed (status %d); the next one is written", k, status)
+                return True
+
+            def checkpoint(background: bool = False) -> None:
+                """Offline append, then ``{offset, snapshot}``; in the background, a forked child
+                pickles the state (copy-on-write) and writes the file while this process goes on."""
+                nonlocal first_pending, pending, last_ckpt, checkpoints, interval, child
                 began = time.monotonic()
                 if first_pending is not None:
                     self._append_offline(pending, first_pending, offset)
-                save_checkpoint(
-                    settings.stream_dir,
-                    Checkpoint(self.stream, self.partition, settings.stream_partitions, offset, state.snapshot()),
-                )
+                at = offset
+                writer_done(block=True)  # never two writers: an older checkpoint must not land last
+                if background and FORK:
+                    pid = os.fork()
+                    if pid == 0:  # the child: write and leave, touching nothing else of the parent
+                        code = 1
+                        try:
+                            save_checkpoint(
+                                settings.stream_dir,
+                                Checkpoint(self.stream, k, settings.stream_partitions, at, state.snapshot()),
+                            )
+                            code = 0
+                        finally:
+                            os._exit(code)
+                    child = pid
+                else:
+                    save_checkpoint(
+                        settings.stream_dir,
+                        Checkpoint(self.stream, k, settings.stream_partitions, at, state.snapshot()),
+                    )
                 pending, first_pending = {}, None
                 last_ckpt = time.monotonic()
-                # the state's snapshot grows with its windows: checkpoints take at most ~1/CHECKPOINT_SHARE
-                # of the time (a restart replays at most one interval)
+                # what the checkpoint costs this process grows with the state: at most ~1/CHECKPOINT_SHARE
+                # of the time goes to it (a restart replays at most one interval)
                 interval = max(settings.stream_checkpoint_s, (last_ckpt - began) * CHECKPOINT_SHARE)
                 self.checkpoint_interval_s = interval
                 checkpoints += 1
@@ -263,13 +300,14 @@ class Processor:
                     if idle_exit_s is not None and time.monotonic() - idle_since >= idle_exit_s:
                         break
                 now = time.monotonic()
-                if first_pending is not None and now - last_ckpt >= interval:
-                    checkpoint()
+                if first_pending is not None and now - last_ckpt >= interval and writer_done():
+                    checkpoint(background=True)
                 if self.progress is not None and now - last_progress >= PROGRESS_S:
                     last_progress = now
                     self.progress(self._progress_line(offset))
             if first_pending is not None or ckpt is None:
                 checkpoint()
+            writer_done(block=True)
             return {
                 "stream": self.stream,
                 "partition": self.partition,

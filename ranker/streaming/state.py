@@ -97,17 +97,26 @@ class PartitionLock:
         self.path = Path(stream_dir) / f"{stream}-p{partition}.lock"
         self._fd: int | None = None
 
-    def acquire(self) -> "PartitionLock":
+    def acquire(self, orphan_wait_s: float = 30.0) -> "PartitionLock":
+        """Take the lock; PartitionBusy at once when its holder (the pid in the file) is alive. A lock
+        held while that pid is gone belongs to the background checkpoint writer of a killed processor
+        (a forked child shares the lock): it is waited for, up to ``orphan_wait_s``."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            holder = self.path.read_text().strip() or "another process"
-            raise PartitionBusy(
-                f"partition already consumed on this host (pid {holder} holds {self.path}): one processor per partition"
-            ) from None
+        deadline = time.monotonic() + orphan_wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = self.path.read_text().strip()
+                if _alive(holder) or time.monotonic() > deadline:
+                    os.close(fd)
+                    raise PartitionBusy(
+                        f"partition already consumed on this host (pid {holder or '?'} holds {self.path}): "
+                        "one processor per partition"
+                    ) from None
+                time.sleep(0.05)  # a killed processor's checkpoint writer finishing its file
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd
@@ -124,3 +133,15 @@ class PartitionLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _alive(pid: str) -> bool:
+    if not pid.isdigit():
+        return True  # unknown holder: assume a live one
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
