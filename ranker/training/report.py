@@ -263,22 +263,25 @@ def _full_catalogue_rows(fc: Mapping) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def _ci_row(label: str, entry: Mapping, where: str) -> list[str]:
+    """One row of an interval table: the comparison, metric, difference with its interval, p, count."""
+    return [
+        label,
+        str(entry.get("metric", HEADLINE_METRIC)),
+        _fmt(_number(entry.get("diff"), f"{where}['diff']"), signed=True),
+        _fmt(_number(entry.get("low"), f"{where}['low']"), signed=True),
+        _fmt(_number(entry.get("high"), f"{where}['high']"), signed=True),
+        _fmt(_number(entry.get("p_value"), f"{where}['p_value']"), digits=3),
+        _fmt_count(entry.get("n"), f"{where}['n']"),
+    ]
+
+
 def _full_catalogue_ci_rows(fc: Mapping) -> tuple[list[str], list[list[str]]]:
     header = ["comparison", "metric", "difference", "low", "high", "p (diff <= 0)", "users"]
     rows = []
     for key, entry in _mapping(fc, "ci").items():
         where = f"['full_catalogue']['ci']['{key}']"
-        rows.append(
-            [
-                f"model vs {entry.get('baseline', key.split('-vs-', 1)[-1])}",
-                str(entry.get("metric", HEADLINE_METRIC)),
-                _fmt(_number(entry.get("diff"), f"{where}['diff']"), signed=True),
-                _fmt(_number(entry.get("low"), f"{where}['low']"), signed=True),
-                _fmt(_number(entry.get("high"), f"{where}['high']"), signed=True),
-                _fmt(_number(entry.get("p_value"), f"{where}['p_value']"), digits=3),
-                _fmt_count(entry.get("n"), f"{where}['n']"),
-            ]
-        )
+        rows.append(_ci_row(f"model vs {entry.get('baseline', key.split('-vs-', 1)[-1])}", entry, where))
     return header, rows
 
 
@@ -322,17 +325,7 @@ def _ci_rows(evaluation: Mapping) -> tuple[list[str], list[list[str]]]:
     rows = []
     for (a, b), entry in _ci_entries(evaluation).items():
         where = f"['metrics']['ci']['{a}-vs-{b}']"
-        rows.append(
-            [
-                f"{a} vs {b}",
-                str(entry.get("metric", HEADLINE_METRIC)),
-                _fmt(_number(entry.get("diff"), f"{where}['diff']"), signed=True),
-                _fmt(_number(entry.get("low"), f"{where}['low']"), signed=True),
-                _fmt(_number(entry.get("high"), f"{where}['high']"), signed=True),
-                _fmt(_number(entry.get("p_value"), f"{where}['p_value']"), digits=3),
-                _fmt_count(entry.get("n"), f"{where}['n']"),
-            ]
-        )
+        rows.append(_ci_row(f"{a} vs {b}", entry, where))
     return header, rows
 
 
