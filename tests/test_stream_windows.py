@@ -101,16 +101,17 @@ def run_stream(state: WindowState, records, batch: int):
 
 
 # -- brute force (a python loop over the log) -------------------------------------------------------
+# A row stamped E holds the windows over the events strictly before E: [E - W, E).
 def brute_item(events, listings, item, t_us):
     ev = [
         (int(r.timestamp.value // 1000), r.event_type)
         for r in events.itertuples()
-        if r.item_id == item and int(r.timestamp.value // 1000) <= t_us
+        if r.item_id == item and int(r.timestamp.value // 1000) < t_us
     ]
     created = listings.set_index("item_id").created_at[item].value // 1000
 
     def n(kind, width):
-        return sum(1 for ts, k in ev if k == kind and t_us - width < ts)
+        return sum(1 for ts, k in ev if k == kind and t_us - width <= ts)
 
     def first(kind):
         return sum(1 for ts, k in ev if k == kind and created <= ts < created + FIRST_HOURS_US)
@@ -136,7 +137,7 @@ def brute_user(events, listings, user, t_us):
     recent = [
         r
         for r in events.itertuples()
-        if r.user_id == user and t_us - SESSION_US < int(r.timestamp.value // 1000) <= t_us
+        if r.user_id == user and t_us - SESSION_US <= int(r.timestamp.value // 1000) < t_us
     ]
     clicks = [r for r in recent if r.event_type == "click"]
     return {

@@ -723,3 +723,44 @@ def test_simulate_publishes_the_simulated_marketplace_live(sqlite_home, stream):
         consumer.close()
     assert got and all(r.ts_us >= before for r in got)  # event time = the send time
     assert {r.kind for r in got} <= {"event", "listing"}
+
+
+@pytest.mark.parametrize("home", ["sqlite_home", pytest.param("redis_home", marks=pytest.mark.redis)])
+def test_a_tombstone_reads_as_missing_on_both_paths(home, request):
+    """An expired entity's tombstone (every feature null, windows._tombstones) written by the writer:
+    get_online_features returns nulls for the view, and the scorer's fast path gives the same matrix
+    bit for bit as Feast's (the features' defaults, as for a listing the stream never saw)."""
+    import numpy as np
+    import pandas as pd
+
+    from ranker.features.reference import feast_reference
+    from ranker.features.store import feature_store, service_spec
+    from ranker.serving.features import OnlineFeatures
+    from ranker.streaming.windows import ITEM_FEATURES, ITEM_VIEW, _tombstones
+    from ranker.streaming.writer import OnlineWriter
+
+    settings = request.getfixturevalue(home)
+    realtime = pd.read_parquet(settings.features_dir / "realtime" / ITEM_VIEW)
+    latest = realtime.sort_values(["event_timestamp", "created"]).drop_duplicates("item_id", keep="last")
+    latest = latest.set_index("item_id")
+    live = latest[latest.item_impressions_24h.notna()]
+    items = live.index[:4].tolist() if home == "sqlite_home" else live.index[4:8].tolist()
+    refs = [f"{ITEM_VIEW}:{name}" for name, _ in ITEM_FEATURES]
+    before = _online(settings, refs, items)
+    assert all(v is not None for v in before["item_impressions_24h"]), (items, before)
+    stamp = int(latest.event_timestamp.max().value // 1000) + 10**6
+    writer = OnlineWriter(settings)
+    stats = writer.write({ITEM_VIEW: _tombstones(ITEM_VIEW, [(i, stamp) for i in items], stamp)})
+    writer.close()
+    assert stats.written == len(items)
+    after = _online(settings, refs, items)
+    assert all(after[name] == [None] * len(items) for name, _ in ITEM_FEATURES)
+    store = feature_store(settings)
+    spec = service_spec(store, "search_ranker_v2")
+    req = dict(user_id="u1", item_ids=[*items, "never-seen-item"], query="dress", request_ts=stamp // 10**6)
+    with OnlineFeatures(settings, service="search_ranker_v2", timeout_s=5.0) as online:
+        got = online.fetch(**req)
+    want = feast_reference(store, spec, **req)
+    assert got.matrix.tobytes() == want.matrix.tobytes()
+    col = spec.features.index("item_impressions_24h")
+    np.testing.assert_array_equal(got.matrix[: len(items), col], got.matrix[len(items), col])  # the default

@@ -23,6 +23,8 @@ import pyarrow.parquet as pq
 
 from ranker.streaming.windows import (
     _CTR_PSEUDO_CLICKS,
+    AVAILABLE_AFTER_US,
+    TTL_US,
     CTR_SMOOTHING,
     FIRST_HOURS_US,
     ITEM_FEATURES,
@@ -130,31 +132,58 @@ def backfill_tables(
     clk, imp = out["item_clicks_24h"], out["item_impressions_24h"]
     out["item_ctr_24h_rt"] = ((clk + _CTR_PSEUDO_CLICKS) / (imp + CTR_SMOOTHING)).astype(np.float32)
     first_mask = ~known_created[code_r]
-    sel = (ts_r >= start_us) & (ts_r < end_us)
-    item_cols = {"item_id": items.take(pa.array(code_r[sel])), "ts": ts_r[sel]}
+    last_ts = int(ts.max()) if len(ts) else _MIN
+    stamp_r = ts_r + AVAILABLE_AFTER_US
+    sel = (stamp_r >= start_us) & (stamp_r < end_us)
+    item_cols = {"item_id": items.take(pa.array(code_r[sel])), "ts": stamp_r[sel]}
     for name, _ in ITEM_FEATURES:
         values = out[name][sel]
         if name.startswith("item_first6h_"):
             item_cols[name] = pa.array(values, pa.int64(), mask=first_mask[sel])
         else:
             item_cols[name] = values
-    item_table = pa.table(item_cols)
+    item_table = _with_tombstones(pa.table(item_cols), items, code_r, stamp_r, last_ts, start_us, end_us)
 
     user_codes, users = _codes(ev.column("user_id"))
     code_u, ts_u, uout = _entity_windows(
         user_codes, ts, {"user_clicks_30m": (is_["click"], SESSION_US), "user_saves_30m": (is_["save"], SESSION_US)}
     )
-    sel = (ts_u >= start_us) & (ts_u < end_us)
+    stamp_u = ts_u + AVAILABLE_AFTER_US
+    sel = (stamp_u >= start_us) & (stamp_u < end_us)
     user_table = pa.table(
         {
             "user_id": users.take(pa.array(code_u[sel])),
-            "ts": ts_u[sel],
+            "ts": stamp_u[sel],
             "user_clicks_30m": uout["user_clicks_30m"][sel],
             "user_saves_30m": uout["user_saves_30m"][sel],
         }
     )
     user_table = _with_session_strings(user_table, ev, is_["click"], lst, threads)
+    user_table = _with_tombstones(user_table, users, code_u, stamp_u, last_ts, start_us, end_us)
     return {ITEM_VIEW: _as_view(item_table, ITEM_VIEW), USER_VIEW: _as_view(user_table, USER_VIEW)}
+
+
+_MIN = -(2**62)
+
+
+def _with_tombstones(table: pa.Table, keys: pa.Array, codes, stamps, last_ts: int, start_us: int, end_us: int):
+    """Append the tombstones (every feature null) the stream writes: at ``stamp + TTL + 1 µs`` after
+    each row not followed by another of its entity within that time, when that instant is in the log
+    (<= its last event: the stream writes one once its watermark passes it) and in ``[start, end)``.
+    ``codes``/``stamps`` are all the rows, sorted by entity then stamp."""
+    due = stamps + TTL_US + 1
+    nxt_same = np.zeros(len(codes), dtype=bool)
+    nxt_same[:-1] = codes[1:] == codes[:-1]
+    nxt = np.empty(len(codes), dtype=np.int64)
+    nxt[:-1] = stamps[1:]
+    gap = np.where(nxt_same, nxt > due, True) & (due <= last_ts) & (due >= start_us) & (due < end_us)
+    if not gap.any():
+        return table
+    n = int(gap.sum())
+    tomb = {table.column_names[0]: keys.take(pa.array(codes[gap])), "ts": due[gap]}
+    for name in table.column_names[2:]:
+        tomb[name] = pa.nulls(n, table.schema.field(name).type)
+    return pa.concat_tables([table, pa.table(tomb, schema=table.schema)])
 
 
 def _codes(column) -> tuple[np.ndarray, pa.Array]:

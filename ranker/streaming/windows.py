@@ -4,11 +4,21 @@ declares the views; ``backfill.py`` computes the same rows from the event log).
 
 Semantics (the contract with ``backfill.py``, tested row for row in tests/test_stream_windows.py):
 
-* **Event time.** A row's values are the windows *as of its ``event_timestamp``* ``T``: a count over
-  ``W`` counts the entity's events with ``T - W < ts <= T``. The stream writes, per batch and per
-  entity touched, one row at ``T`` = the latest event time applied to that entity, so the online value
-  is the window as of the entity's last event (it does not decay between events: that is also what a
-  Feast point-in-time join returns from rows written at each event's time, so training == serving).
+* **Event time, available after.** A row counts the entity's events up to and including an event time
+  ``t`` (a count over ``W``: events with ``t - W < ts <= t``) and is stamped ``event_timestamp = t +
+  1 µs`` (``AVAILABLE_AFTER_US``): it became readable *after* those events. A point-in-time join at
+  an impression's own time ``T`` (Feast takes rows with ``event_timestamp <= T``) therefore reads the
+  windows over the events strictly before ``T``, which is what the scorer had when it ranked that
+  impression; the impression itself (and the others of the same ranking) count from the next row on.
+  The stream writes, per batch and per entity touched, one row at its latest event time, so the online
+  value is the window as of the entity's last event (it does not decay between events: that is also
+  what a Feast point-in-time join returns from rows written at each event's time).
+* **Expiry (the views' 1 day TTL).** Offline, a row older than the TTL is not joined (missing). So
+  that the online store agrees, an entity with no row for ``TTL_US`` gets a *tombstone*: a row with
+  every feature null at ``last stamp + TTL + 1 µs``, the first instant the point-in-time join stops
+  returning the old row. The stream writes it once the watermark passes that instant (no record can
+  then land before it), the backfill wherever the log has such a gap; both readers return a null,
+  which the scorer and the training set fill with the feature's default, as for an unseen entity.
 * **Revisions.** A record older than its entity's latest event (out of order, within the lateness)
   changes the rows already written at or after its time: they are written again, same
   ``event_timestamp``, later ``created`` (the tie-breaker of Feast's point-in-time join and of the
@@ -39,6 +49,7 @@ import pickle
 import time
 from array import array
 from bisect import bisect_left, bisect_right, insort
+from heapq import heapify, heappop, heappush
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import chain
@@ -65,6 +76,8 @@ CTR_PRIOR = 0.08
 _CTR_PSEUDO_CLICKS = CTR_SMOOTHING * CTR_PRIOR  # computed once, in this order, by the stream and the backfill
 
 DEFAULT_LATENESS_S = 300.0
+AVAILABLE_AFTER_US = 1  # a row is stamped 1 µs after the last event it counts (see the module docstring)
+TTL_US = 24 * HOUR_US  # item_realtime_fv's and user_session_fv's ttl (a test checks the declarations)
 
 ITEM_VIEW = "item_realtime_fv"
 USER_VIEW = "user_session_fv"
@@ -98,7 +111,7 @@ SCHEMAS = {
 SOLD_SCHEMA = pa.schema([("item_id", pa.string()), ("event_timestamp", _TS), ("created", _TS), ("is_sold", pa.int64())])
 JOIN_KEYS = {ITEM_VIEW: "item_id", USER_VIEW: "user_id"}
 
-SNAPSHOT_VERSION = 2
+SNAPSHOT_VERSION = 3
 _SWEEP_EVERY_US = 10 * 60 * US  # evict expired state each time event time advances this much
 _MIN_TS = -(2**62)
 
@@ -114,7 +127,7 @@ class Applied:
 
 
 class _Item:
-    __slots__ = ("imp", "clk", "sav", "last", "rows", "first_ts", "first_base")
+    __slots__ = ("imp", "clk", "sav", "last", "rows", "first_ts", "first_base", "settled", "queued")
 
     def __init__(self) -> None:
         self.imp: list[int] = []  # event times (sorted) of impressions, clicks, saves in the window horizon
@@ -126,16 +139,19 @@ class _Item:
         # row can still fall inside those hours, then only their counts.
         self.first_ts: tuple[list[int], list[int], list[int]] = ([], [], [])
         self.first_base = [0, 0, 0]
+        self.settled = _MIN_TS  # event time of the latest row below the watermark not yet expired, if any
+        self.queued = False  # has an entry in the expiry heap
 
     def __getstate__(self):
-        return (self.imp, self.clk, self.sav, self.last, self.rows, self.first_ts, self.first_base)
+        return (self.imp, self.clk, self.sav, self.last, self.rows, self.first_ts, self.first_base, self.settled)
 
     def __setstate__(self, state) -> None:
-        self.imp, self.clk, self.sav, self.last, self.rows, self.first_ts, self.first_base = state
+        self.imp, self.clk, self.sav, self.last, self.rows, self.first_ts, self.first_base, self.settled = state
+        self.queued = False
 
 
 class _User:
-    __slots__ = ("clk", "clk_items", "sav", "last", "rows")
+    __slots__ = ("clk", "clk_items", "sav", "last", "rows", "settled", "queued")
 
     def __init__(self) -> None:
         self.clk: list[int] = []
@@ -143,12 +159,15 @@ class _User:
         self.sav: list[int] = []
         self.last = _MIN_TS
         self.rows: list[int] = []
+        self.settled = _MIN_TS
+        self.queued = False
 
     def __getstate__(self):
-        return (self.clk, self.clk_items, self.sav, self.last, self.rows)
+        return (self.clk, self.clk_items, self.sav, self.last, self.rows, self.settled)
 
     def __setstate__(self, state) -> None:
-        self.clk, self.clk_items, self.sav, self.last, self.rows = state
+        self.clk, self.clk_items, self.sav, self.last, self.rows, self.settled = state
+        self.queued = False
 
 
 def _count(ts: list[int], upto: int, width: int) -> int:
@@ -171,14 +190,13 @@ def _revise(rows: list[int], since: int, need: set[int]) -> None:
     need.update(rows[bisect_left(rows, since) :])
 
 
-def _remember(rows: list[int], times: list[int], watermark: int) -> None:
-    """Keep the event times of the rows written that a record accepted later can revise (>= watermark)."""
+def _remember(rows: list[int], times: list[int]) -> None:
+    """Keep the event times of the rows written (a record accepted later can revise those >= the
+    watermark; ``WindowState._settle`` retires the others)."""
     for t in times:
         k = bisect_left(rows, t)
         if k == len(rows) or rows[k] != t:
             rows.insert(k, t)
-    if rows[0] < watermark:
-        del rows[: bisect_left(rows, watermark)]
 
 
 def smoothed_ctr(clicks: int, impressions: int) -> float:
@@ -202,6 +220,9 @@ class WindowState:
         self._last_created = 0
         self._since_sweep = 0
         self._catalogue: bytes | None = None  # the pickled catalogue of the last snapshot, until it changes
+        # (expiry instant, view, key): at most one entry per entity with a settled row (see _settle).
+        self._expiry: list[tuple[int, str, str]] = []
+        self._tombs: dict[str, list[tuple[str, int]]] = {ITEM_VIEW: [], USER_VIEW: []}
 
     # -- catalogue -------------------------------------------------------------------------------
     def seed_listings(self, listings: pa.Table | pd.DataFrame) -> None:
@@ -304,7 +325,31 @@ class WindowState:
         due = self._since_sweep >= 2 * (len(self._items) + len(self._users))
         if due and self._max_ts - self._swept >= _SWEEP_EVERY_US:
             self._sweep()  # after the rows: it may drop an entity this batch touched last
+        if self._expiry and self._expiry[0][0] <= self.watermark_us:
+            self._expire(self.watermark_us)
+        for view, tombs in self._tombs.items():
+            if tombs:
+                table = _tombstones(view, tombs, created)
+                updates[view] = _by_time(pa.concat_tables([updates[view], table])) if view in updates else table
+                tombs.clear()
         return Applied(updates=updates, rejected=rejected, accepted=accepted, sold_items=list(sold))
+
+    def tick(self, ts_us: int) -> Applied:
+        """Event time has reached ``ts_us`` on this partition (a heartbeat: no record older than
+        ``ts_us - lateness`` will be accepted any more): the watermark moves up to it and the entities
+        whose rows expired by then get their tombstones. Returns those rows."""
+        if ts_us > self._max_ts:
+            self._max_ts = ts_us
+        created = max(time.time_ns() // 1000, self._last_created + 1)
+        self._last_created = created
+        if self._expiry and self._expiry[0][0] <= self.watermark_us:
+            self._expire(self.watermark_us)
+        updates = {}
+        for view, tombs in self._tombs.items():
+            if tombs:
+                updates[view] = _tombstones(view, tombs, created)
+                tombs.clear()
+        return Applied(updates=updates)
 
     def _apply_item_event(self, r: StreamRecord, need: set[int]) -> None:
         it = self._items.get(r.item_id)
@@ -347,7 +392,8 @@ class WindowState:
             it = self._items[item]
             need.add(it.last)
             times = sorted(need)
-            _remember(it.rows, times, wm)
+            _remember(it.rows, times)
+            self._settle(it, ITEM_VIEW, item, wm)
             known = self._listings.get(item)
             has_created = known is not None and known[2] is not None
             for t in times:
@@ -371,7 +417,8 @@ class WindowState:
                     )
         schema = SCHEMAS[ITEM_VIEW]
         n = len(cols[0])
-        arrays = [pa.array(cols[0], pa.string()), pa.array(cols[1], _TS), pa.array([created] * n, _TS)]
+        stamps = [t + AVAILABLE_AFTER_US for t in cols[1]]
+        arrays = [pa.array(cols[0], pa.string()), pa.array(stamps, _TS), pa.array([created] * n, _TS)]
         arrays += [pa.array(c, f.type) for c, f in zip(cols[2:], list(schema)[3:], strict=True)]
         return _by_time(pa.Table.from_arrays(arrays, schema=schema))
 
@@ -383,7 +430,8 @@ class WindowState:
             u = self._users[user]
             need.add(u.last)
             times = sorted(need)
-            _remember(u.rows, times, wm)
+            _remember(u.rows, times)
+            self._settle(u, USER_VIEW, user, wm)
             for t in times:
                 lo, hi = bisect_right(u.clk, t - w), bisect_right(u.clk, t)
                 c_set, b_set = set(), set()
@@ -395,7 +443,7 @@ class WindowState:
                         if known[1] is not None:
                             b_set.add(known[1])
                 users.append(user)
-                last.append(t)
+                last.append(t + AVAILABLE_AFTER_US)
                 clicks.append(hi - lo)
                 saves.append(_count(u.sav, t, w))
                 cats.append(",".join(sorted(c_set)))
@@ -414,6 +462,45 @@ class WindowState:
             schema=SCHEMAS[USER_VIEW],
         )
         return _by_time(table)
+
+    def _settle(self, ent: _Item | _User, view: str, key: str, wm: int) -> None:
+        """Retire the entity's rows below the watermark (final: no record accepted from now on can
+        revise them). A gap of more than the TTL between two of them gets its tombstone; the latest
+        becomes ``settled`` and waits in the expiry heap for the watermark to pass its expiry."""
+        rows = ent.rows
+        if not rows or rows[0] >= wm:
+            return
+        k = bisect_left(rows, wm)
+        prev = ent.settled
+        for t in rows[:k]:
+            if prev != _MIN_TS and t - prev > TTL_US + 1:
+                self._tombs[view].append((key, prev + AVAILABLE_AFTER_US + TTL_US + 1))
+            prev = t
+        del rows[:k]
+        ent.settled = prev
+        if not ent.queued:
+            heappush(self._expiry, (prev + AVAILABLE_AFTER_US + TTL_US + 1, view, key))
+            ent.queued = True
+
+    def _expire(self, wm: int) -> None:
+        """Tombstones for the entities whose latest row expired (offline) at or before the watermark."""
+        heap = self._expiry
+        while heap and heap[0][0] <= wm:
+            _, view, key = heappop(heap)
+            ent = (self._items if view == ITEM_VIEW else self._users).get(key)
+            if ent is None:
+                continue
+            ent.queued = False
+            self._settle(ent, view, key, wm)
+            if ent.settled == _MIN_TS:
+                continue
+            due = ent.settled + AVAILABLE_AFTER_US + TTL_US + 1
+            if due <= wm:  # the rows left are >= wm: none in (settled, due]
+                self._tombs[view].append((key, due))
+                ent.settled = _MIN_TS
+            elif not ent.queued:
+                heappush(heap, (due, view, key))
+                ent.queued = True
 
     def _sweep(self) -> None:
         """Drop what can no longer be accepted, counted or revised: bounded memory. Every record
@@ -434,7 +521,7 @@ class WindowState:
             if it.sav and it.sav[0] <= item_horizon:
                 _trim(it.sav, item_horizon)
             if it.rows and it.rows[0] < wm:
-                del it.rows[: bisect_left(it.rows, wm)]
+                self._settle(it, ITEM_VIEW, key, wm)
             first = it.first_ts
             if first[0] or first[1] or first[2]:
                 known = listings.get(key)
@@ -442,7 +529,7 @@ class WindowState:
                     for slot in range(3):  # every later row counts all of them
                         it.first_base[slot] += len(first[slot])
                         first[slot].clear()
-            elif not (it.imp or it.clk or it.sav or it.rows or it.first_base != [0, 0, 0]):
+            elif not (it.imp or it.clk or it.sav or it.rows or it.first_base != [0, 0, 0] or it.settled != _MIN_TS):
                 drop.append(key)
         for key in drop:
             del self._items[key]
@@ -454,8 +541,8 @@ class WindowState:
             if u.sav and u.sav[0] <= user_horizon:
                 _trim(u.sav, user_horizon)
             if u.rows and u.rows[0] < wm:
-                del u.rows[: bisect_left(u.rows, wm)]
-            if not (u.clk or u.sav or u.rows):
+                self._settle(u, USER_VIEW, key, wm)
+            if not (u.clk or u.sav or u.rows or u.settled != _MIN_TS):
                 drop.append(key)
         for key in drop:
             del self._users[key]
@@ -480,9 +567,11 @@ class WindowState:
             "sold": sorted(self._sold),
             "items": list(items),
             "item_last": array("q", (it.last for it in items.values())),
+            "item_settled": array("q", (it.settled for it in items.values())),
             "item_base": array("q", chain.from_iterable(it.first_base for it in items.values())),
             "users": list(users),
             "user_last": array("q", (u.last for u in users.values())),
+            "user_settled": array("q", (u.settled for u in users.values())),
             "user_clk_items": list(chain.from_iterable(u.clk_items for u in users.values())),
         }
         lengths: list[int] = []
@@ -555,6 +644,8 @@ class WindowState:
             it.first_base = base[3 * n : 3 * n + 3]
             it.last = last
             state._items[key] = it
+        for key, settled in zip(d["items"], d["item_settled"], strict=True):
+            state._items[key].settled = settled
         ulists = _unpack(d["user_lists"])
         clk_items = d["user_clk_items"]
         state._users = {}
@@ -566,6 +657,17 @@ class WindowState:
             u.clk_items = clk_items[at : at + len(u.clk)]
             at += len(u.clk)
             state._users[key] = u
+        for key, settled in zip(d["users"], d["user_settled"], strict=True):
+            state._users[key].settled = settled
+        # The expiry heap is derived: one entry per entity with a settled row.
+        state._expiry = []
+        state._tombs = {ITEM_VIEW: [], USER_VIEW: []}
+        for view, entities in ((ITEM_VIEW, state._items), (USER_VIEW, state._users)):
+            for key, ent in entities.items():
+                if ent.settled != _MIN_TS:
+                    state._expiry.append((ent.settled + AVAILABLE_AFTER_US + TTL_US + 1, view, key))
+                    ent.queued = True
+        heapify(state._expiry)
         return state
 
 
@@ -580,6 +682,19 @@ def _unpack(packed: tuple[array, array]) -> list[list[int]]:
         out.append(flat[at : at + n])
         at += n
     return out
+
+
+def _tombstones(view: str, tombs: list[tuple[str, int]], created: int) -> pa.Table:
+    """Rows with every feature null: the entity expired (see the module docstring)."""
+    schema = SCHEMAS[view]
+    n = len(tombs)
+    arrays = [
+        pa.array([k for k, _ in tombs], pa.string()),
+        pa.array([t for _, t in tombs], _TS),
+        pa.array([created] * n, _TS),
+    ]
+    arrays += [pa.nulls(n, f.type) for f in list(schema)[3:]]
+    return _by_time(pa.Table.from_arrays(arrays, schema=schema))
 
 
 def _by_time(table: pa.Table) -> pa.Table:
