@@ -9,7 +9,11 @@ parquet source with DuckDB, reduced to the latest row per entity, and written:
   pipelined ``HSET`` commands. Like Feast, a row never overwrites a newer one already stored.
   On a Redis Cluster (``RANKER_REDIS_CLUSTER=1``) the rows are split by the master serving their
   key's hash slot, each master written in turn with the same pipelines (:class:`ClusterWriter`).
-* to any other online store (the embedded sqlite) through Feast's own ``online_write_batch``.
+* to sqlite in Feast's layout through :func:`ranker.features.feast_compat.sqlite_write_newer`: the
+  check and the upsert in one transaction, never over a newer row. Feast's own sqlite
+  ``online_write_batch`` overwrites unconditionally, so a daily run would put back the values a
+  stream wrote later (a listing the stream marked sold would be for sale again).
+* to any other online store through Feast's own ``online_write_batch``.
 
 ``start`` is where the previous run for that view ended *in this online store*: a marker written
 into the store with the data (:mod:`ranker.features.online_state`) says what it holds, so a store
@@ -35,8 +39,12 @@ import pyarrow.compute as pc
 from ranker.config import Settings
 from ranker.features.feast_compat import (
     arrow_to_online_rows,
+    online_versioning,
     online_write_batch,
     redis_ts_view_name,
+    sqlite_path,
+    sqlite_table,
+    sqlite_write_newer,
     string_entity_keys,
 )
 from ranker.errors import RankerError
@@ -246,6 +254,53 @@ def write_redis(client, *, project: str, view, table: pa.Table, ts_key_view: str
     return written
 
 
+def write_sqlite(store, view, table: pa.Table) -> int:
+    """Write the latest rows of one view to the sqlite online store in Feast's layout, never over a
+    newer row (one transaction per batch of rows); returns the rows written."""
+    import sqlite3
+
+    join_keys = [c.name for c in view.entity_columns]
+    name = sqlite_table(store.project, view, versioning=online_versioning(store))
+    created = view.batch_source.created_timestamp_column
+    conn = sqlite3.connect(str(sqlite_path(store.config)), timeout=30, isolation_level=None)
+    written = 0
+    try:
+        for batch in table.to_batches(max_chunksize=BATCH_ROWS):
+            keys = string_entity_keys(join_keys, [batch.column(k).to_pylist() for k in join_keys], b"")
+            ts_us = _micros(batch.column("event_timestamp"))
+            created_us = _micros(batch.column(created)) if created else [time.time_ns() // 1000] * len(keys)
+            cols = [
+                (
+                    f.name,
+                    encode_values(batch.column(f.name), str(f.dtype)),
+                    value_texts(batch.column(f.name), str(f.dtype)),
+                )
+                for f in view.features
+            ]
+            written += sum(sqlite_write_newer(conn, name, keys, ts_us, created_us, cols))
+    finally:
+        conn.close()
+    return written
+
+
+def _micros(column) -> list[int]:
+    return column.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_pylist()
+
+
+def value_texts(column, feast_type: str) -> list:
+    """``value_text`` as Feast's sqlite store derives it from each Value (None for a null)."""
+    values = column.to_pylist()
+    if feast_type == "Float32":
+        return [None if v is None else str(float(np.float32(v))) for v in values]
+    if feast_type == "Float64":
+        return [None if v is None else str(float(v)) for v in values]
+    if feast_type in ("Int64", "Int32"):
+        return [None if v is None else str(int(v)) for v in values]
+    if feast_type == "Bool":
+        return [None if v is None else str(bool(v)) for v in values]
+    return [None if v is None else str(v) for v in values]
+
+
 def _roundtrip(conn, commands: list[bytes]) -> list:
     """Send packed commands in one write and read every reply."""
     import redis
@@ -350,6 +405,10 @@ def materialize(settings: Settings, *, end: datetime | None = None, full: bool =
             written = write(
                 project=store.project, view=view, table=table, ts_key_view=redis_ts_view_name(view, store.config)
             )
+            if progress is not None:
+                progress.update(table.num_rows)
+        elif settings.online_store == "sqlite":
+            written = write_sqlite(store, view, table)
             if progress is not None:
                 progress.update(table.num_rows)
         else:

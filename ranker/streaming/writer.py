@@ -38,7 +38,7 @@ from ranker.features.feast_compat import (
     sqlite_write_newer,
     string_entity_keys,
 )
-from ranker.features.materialize import encode_timestamp, encode_values
+from ranker.features.materialize import encode_timestamp, encode_values, value_texts
 from ranker.streaming.errors import StreamError
 
 SCRIPT_KEYS = 1000  # entities per Lua script call
@@ -213,7 +213,7 @@ class OnlineWriter:
         keys = string_entity_keys(join_keys, key_columns, b"")
         cols = []
         for f, values in zip(features, encoded, strict=True):
-            cols.append((f.name, values, _value_texts(table.column(f.name), str(f.dtype))))
+            cols.append((f.name, values, value_texts(table.column(f.name), str(f.dtype))))
         table_name = sqlite_table(self.project, view, versioning=online_versioning(self.store))
         done = sqlite_write_newer(self._sqlite_conn(), table_name, keys, ts_us.tolist(), created_us.tolist(), cols)
         written = sum(done)
@@ -225,17 +225,3 @@ class OnlineWriter:
             self._sqlite = None
         if self._redis is not None:
             self._redis.close()
-
-
-def _value_texts(column, feast_type: str) -> list:
-    """``value_text`` as Feast's sqlite store derives it from each Value (None for a null)."""
-    values = column.to_pylist()
-    if feast_type == "Float32":
-        return [None if v is None else str(float(np.float32(v))) for v in values]
-    if feast_type == "Float64":
-        return [None if v is None else str(float(v)) for v in values]
-    if feast_type in ("Int64", "Int32"):
-        return [None if v is None else str(int(v)) for v in values]
-    if feast_type == "Bool":
-        return [None if v is None else str(bool(v)) for v in values]
-    return [None if v is None else str(v) for v in values]
