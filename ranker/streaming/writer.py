@@ -9,9 +9,11 @@ path read them unchanged.
 
 "Never over a newer value" is atomic, unlike Feast's own read-then-write check:
 
-* Redis: one Lua script per batch (Redis runs a script alone) compares, for each entity, the stored
+* Redis: a Lua script (Redis runs a script alone) compares, for each entity, the stored
   ``_ts:{view}`` with the new event time: older is written, equal is rewritten (a replay after a
-  restart writes the same value again), newer stays and the row counts as ``skipped_not_newer``;
+  restart writes the same value again), newer stays and the row counts as ``skipped_not_newer``.
+  One script call per view and ``SCRIPT_KEYS`` entities, every call of a :meth:`OnlineWriter.write`
+  sent in one pipeline: one round trip per processor batch;
 * sqlite: the check and the upsert in one ``BEGIN IMMEDIATE`` transaction
   (:func:`ranker.features.feast_compat.sqlite_write_newer`).
 
@@ -122,7 +124,7 @@ class OnlineWriter:
             import redis
 
             self._redis = redis.Redis.from_url(settings.redis_url, socket_timeout=30, socket_connect_timeout=5)
-            self._script = self._redis.register_script(_WRITE_NEWER)
+            self._script = self._redis.register_script(_WRITE_NEWER)  # its sha; loaded on first use
 
     def view(self, name: str):
         if name not in self._views:
@@ -138,13 +140,53 @@ class OnlineWriter:
 
     def write(self, updates: dict[str, pa.Table]) -> WriteStats:
         stats = WriteStats()
+        calls: list[tuple[str, list[bytes], list[bytes]]] = []  # Redis: (view, keys, args) per script call
         for name, table in updates.items():
             if table.num_rows == 0:
                 continue
             view = self.view(name)
-            written, skipped = self._write_view(view, table)
-            stats.add(name, written, skipped)
+            join_keys, key_columns, features, ts_us, created_us = self._columns(view, table)
+            encoded = [encode_values(table.column(f.name), str(f.dtype)) for f in features]
+            if self._redis is not None:
+                for keys, args in self._redis_calls(view, join_keys, key_columns, features, encoded, ts_us):
+                    calls.append((name, keys, args))
+            else:
+                written, skipped = self._write_sqlite(
+                    view, join_keys, key_columns, features, encoded, table, ts_us, created_us
+                )
+                stats.add(name, written, skipped)
+        if calls:
+            for (name, _, _), (written, skipped) in zip(calls, self._run_scripts(calls), strict=True):
+                stats.add(name, int(written), int(skipped))
         return stats
+
+    def _run_scripts(self, calls: list[tuple[str, list[bytes], list[bytes]]]) -> list:
+        """Every script call in one pipeline (not a transaction: each call is atomic on its own); the
+        script is loaded again when Redis lost it (a restart, SCRIPT FLUSH), and only those calls rerun."""
+        from redis.exceptions import NoScriptError
+
+        assert self._redis is not None and self._script is not None
+        results: list = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for attempt in range(2):
+            pipe = self._redis.pipeline(transaction=False)
+            for i in todo:
+                _, keys, args = calls[i]
+                pipe.evalsha(self._script.sha, len(keys), *keys, *args)
+            replies = pipe.execute(raise_on_error=False)
+            missing = []
+            for i, reply in zip(todo, replies, strict=True):
+                if isinstance(reply, NoScriptError) and attempt == 0:
+                    missing.append(i)
+                elif isinstance(reply, Exception):
+                    raise reply
+                else:
+                    results[i] = reply
+            if not missing:
+                break
+            self._redis.script_load(_WRITE_NEWER)
+            todo = missing
+        return results
 
     def _columns(self, view, table: pa.Table):
         join_keys = [c.name for c in view.entity_columns]
@@ -169,21 +211,14 @@ class OnlineWriter:
         key_columns = [[str(v) for v in table.column(k).to_pylist()] for k in join_keys]
         return join_keys, key_columns, features, ts_us, created_us
 
-    def _write_view(self, view, table: pa.Table) -> tuple[int, int]:
-        join_keys, key_columns, features, ts_us, created_us = self._columns(view, table)
-        encoded = [encode_values(table.column(f.name), str(f.dtype)) for f in features]
-        if self._redis is not None:
-            return self._write_redis(view, join_keys, key_columns, features, encoded, ts_us)
-        return self._write_sqlite(view, join_keys, key_columns, features, encoded, table, ts_us, created_us)
-
-    def _write_redis(self, view, join_keys, key_columns, features, encoded, ts_us) -> tuple[int, int]:
+    def _redis_calls(self, view, join_keys, key_columns, features, encoded, ts_us):
+        """(keys, args) of the script calls writing these rows, ``SCRIPT_KEYS`` entities each."""
         import mmh3
 
         ts_view = redis_ts_view_name(view, self.store.config)
         keys = string_entity_keys(join_keys, key_columns, self.project.encode())
         names = [mmh3.hash(f"{ts_view}:{f.name}", signed=False).to_bytes(4, "little") for f in features]
         head = [f"_ts:{ts_view}".encode(), str(len(features)).encode(), *names]
-        written = skipped = 0
         ts = ts_us.tolist()
         ts_text = [b"%d" % t for t in ts]
         ts_value = [_timestamp(t) for t in ts]
@@ -195,11 +230,7 @@ class OnlineWriter:
                 args.append(ts_text[i])
                 args.append(ts_value[i])
                 args.extend(values[i])
-            assert self._script is not None
-            w, s = self._script(keys=keys[lo:hi], args=args)
-            written += int(w)
-            skipped += int(s)
-        return written, skipped
+            yield keys[lo:hi], args
 
     def _sqlite_conn(self) -> sqlite3.Connection:
         if self._sqlite is None:
