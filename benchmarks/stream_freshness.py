@@ -96,6 +96,7 @@ def _consume(code_root: str, fields: dict, until_records: int, max_seconds: floa
     first: list[float] = []
 
     def watch() -> None:
+        processor.ready.wait()  # the deadline runs from the first poll: start-up takes a minute on a busy host
         deadline = time.monotonic() + max_seconds
         while time.monotonic() < deadline and processor.counts["records"] < until_records:
             if processor.counts["records"] and not first:
