@@ -12,6 +12,10 @@ first. Needs RabbitMQ (RANKER_STREAM_URL, default the machine's 127.0.0.1:5672) 
 (a private one is started). The anchor is Feast's own stream entry in the same run: ``store.push``
 of the same view's rows to its push source (``item_realtime_push``), online.
 Ends with ``freshness p50_ms=<x> p99_ms=<y> events_per_s=<n> lost=<n> stale=<n>`` for the 10k rate.
+
+``--baseline-tree DIR`` (a checkout of an older commit, e.g. ``git archive <commit> | tar -x -C DIR``)
+runs the processor of that tree and of this one on the same rates, interleaved (``--repeat`` rounds,
+alternating which goes first), in the same run: the comparison this noisy, shared 2-core host allows.
 """
 
 from __future__ import annotations
@@ -75,11 +79,16 @@ def _state_class() -> tuple[object, str]:
         return CountingState, "tests.stream_state.CountingState (windows.py not on this branch yet)"
 
 
-def _consume(settings, until_records: int, max_seconds: float, out) -> None:
-    """Child process: one processor on partition 0 until ``until_records`` records are processed."""
+def _consume(code_root: str, fields: dict, until_records: int, max_seconds: float, out) -> None:
+    """Child process: one processor on partition 0 until ``until_records`` records are processed, with
+    the ``ranker`` package of ``code_root`` (this tree or ``--baseline-tree``; the settings come as plain
+    fields so that nothing of ``ranker`` is imported before the path is set)."""
     warnings.filterwarnings("ignore")
-    sys.path.insert(0, str(REPO))
+    sys.path.insert(0, code_root)
+    from ranker.config import Settings
     from ranker.streaming.processor import Processor
+
+    settings = Settings(**fields)
 
     state, _ = _state_class()
     stop = threading.Event()
@@ -87,6 +96,7 @@ def _consume(settings, until_records: int, max_seconds: float, out) -> None:
     first: list[float] = []
 
     def watch() -> None:
+        processor.ready.wait()  # the deadline runs from the first poll: start-up takes a minute on a busy host
         deadline = time.monotonic() + max_seconds
         while time.monotonic() < deadline and processor.counts["records"] < until_records:
             if processor.counts["records"] and not first:
@@ -159,7 +169,9 @@ def _serve_load(base_url: str, bodies: list[bytes], stop: threading.Event, laten
         stop.wait(0.05)  # ~20 requests/s: the scorer serving while the stream writes
 
 
-def _run_rate(settings, rows: list[dict], rate: float | None, seconds: float, broker_url: str) -> dict:
+def _run_rate(
+    settings, rows: list[dict], rate: float | None, seconds: float, broker_url: str, code_root: Path = REPO
+) -> dict:
     from ranker.streaming.broker import RabbitMQBroker
     from ranker.streaming.messages import parse, encode
     from ranker.streaming.producer import Producer
@@ -173,7 +185,10 @@ def _run_rate(settings, rows: list[dict], rate: float | None, seconds: float, br
     broker.create(name, 1)
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    child = ctx.Process(target=_consume, args=(run, expected, seconds * 3 + 30, out))
+    import dataclasses
+
+    fields = {f.name: getattr(run, f.name) for f in dataclasses.fields(run)}
+    child = ctx.Process(target=_consume, args=(str(code_root), fields, expected, seconds * 3 + 30, out))
     child.start()
     try:
         assert out.get(timeout=180)[0] == "ready"  # subscribed, the online store open
@@ -224,8 +239,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="Publishing time per fixed rate.")
     parser.add_argument("--rates", type=float, nargs="*", default=[1000.0, 10000.0])
-    parser.add_argument("--max-events", type=int, default=200_000, help="Events of the as-fast-as-possible run.")
+    parser.add_argument(
+        "--max-events", type=int, default=200_000, help="Events of the as-fast-as-possible run (0: none)."
+    )
     parser.add_argument("--no-scorer", action="store_true", help="Do not run the scorer meanwhile.")
+    parser.add_argument(
+        "--baseline-tree", type=Path, help="Also run this older checkout's processor, interleaved with this one's."
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="Rounds of every rate (each code once per round).")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
 
@@ -247,7 +268,7 @@ def main() -> None:
         settings = home.with_(online_store="redis", redis_url=redis_url)
         materialize(settings, full=True)
         rows = live_rows(settings.raw_dir)
-        while len(rows) < args.max_events:
+        while len(rows) < max(args.max_events, 1):
             rows = rows + [{**r, "event_id": f"{r.get('event_id', 'x')}-{len(rows)}"} for r in rows]
         print(_anchor(settings), flush=True)
         load_stop = threading.Event()
@@ -260,21 +281,25 @@ def main() -> None:
             base_url = scorer.__enter__()
             bodies = [_stack.dumps(b) for b in _stack.request_bodies(settings, surface="recs", candidates=100, n=50)]
             threading.Thread(target=_serve_load, args=(base_url, bodies, load_stop, latencies), daemon=True).start()
-        results = {}
+        results: dict[str, list[dict]] = {}
+        trees = [("this tree", REPO)] + ([("baseline", args.baseline_tree.resolve())] if args.baseline_tree else [])
         try:
-            plan = [(r, args.seconds) for r in args.rates] + [(None, args.seconds)]
-            for rate, seconds in plan:
-                rows_for = rows if rate is not None else rows[: args.max_events]
-                res = _run_rate(settings, rows_for, rate, seconds, broker_url)
-                label = f"{rate:,.0f}/s" if rate else "max"
-                results[label] = res
-                print(
-                    f"rate {label:>9}: freshness p50 {res['p50_ms']:8.1f} ms p99 {res['p99_ms']:8.1f} ms  "
-                    f"processed {res['events_per_s']:9,.0f} events/s (offered {res['offered_per_s']:9,.0f})  "
-                    f"events {res['events']:,} lost {res['lost']} stale {res['stale']} "
-                    f"(skipped not newer {res['stale_skipped']}) dropped {res['dropped'] or 'none'}",
-                    flush=True,
-                )
+            plan = [(r, args.seconds) for r in args.rates] + ([(None, args.seconds)] if args.max_events > 0 else [])
+            for round_ in range(args.repeat):
+                for rate, seconds in plan:
+                    rows_for = rows if rate is not None else rows[: args.max_events]
+                    for tree, root in trees if round_ % 2 == 0 else trees[::-1]:
+                        res = _run_rate(settings, rows_for, rate, seconds, broker_url, root)
+                        label = f"{rate:,.0f}/s" if rate else "max"
+                        results.setdefault(f"{tree}|{label}", []).append(res)
+                        print(
+                            f"{tree:>9} rate {label:>9}: freshness p50 {res['p50_ms']:8.1f} ms "
+                            f"p99 {res['p99_ms']:8.1f} ms  "
+                            f"processed {res['events_per_s']:9,.0f} events/s (offered {res['offered_per_s']:9,.0f})  "
+                            f"events {res['events']:,} lost {res['lost']} stale {res['stale']} "
+                            f"(skipped not newer {res['stale_skipped']}) dropped {res['dropped'] or 'none'}",
+                            flush=True,
+                        )
         finally:
             load_stop.set()
             if scorer is not None:
@@ -282,7 +307,20 @@ def main() -> None:
         if latencies:
             print(f"scorer meanwhile: {len(latencies)} requests, {_stack.summary(latencies)}")
     print(_stack.machine_speed(), flush=True)
-    ten = results.get("10,000/s") or next(iter(results.values()))
+    if args.baseline_tree:
+        for key in sorted(k for k in results if k.startswith("baseline|")):
+            label = key.split("|", 1)[1]
+            mine, base = results.get(f"this tree|{label}", []), results[key]
+            p99 = [float(np.median([r["p99_ms"] for r in runs])) for runs in (base, mine)]
+            eps = [float(np.median([r["events_per_s"] for r in runs])) for runs in (base, mine)]
+            print(
+                f"rate {label:>9} (median of {len(mine)}): p99 baseline {p99[0]:.1f} ms, this tree {p99[1]:.1f} ms "
+                f"(x{p99[0] / max(p99[1], 1e-9):.2f} lower); events/s {eps[0]:,.0f} -> {eps[1]:,.0f}"
+            )
+    mine = {k.split("|", 1)[1]: v for k, v in results.items() if k.startswith("this tree|")}
+    runs = mine.get("10,000/s") or next(iter(mine.values()))
+    ten = {k: float(np.median([r[k] for r in runs])) for k in ("p50_ms", "p99_ms", "events_per_s")}
+    ten.update(lost=max(r["lost"] for r in runs), stale=max(r["stale"] for r in runs))
     print(
         f"freshness p50_ms={ten['p50_ms']:.1f} p99_ms={ten['p99_ms']:.1f} events_per_s={ten['events_per_s']:.0f} "
         f"lost={ten['lost']} stale={ten['stale']}"

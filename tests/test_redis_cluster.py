@@ -238,29 +238,92 @@ def test_reader_follows_a_moved_slot(cluster_world, cluster):
         # move the slot of the first listing's key to another master, keys and all
         key = string_entity_keys(["item_id"], [[req["item_ids"][0]]], b"fashion_ranking")[0]
         slot = int(key_slots([key])[0])
-        ids = cluster.node_ids()
-        source = next(p for p in cluster.ports if slot in _slots_of(cluster, p))
-        target = next(p for p in cluster.ports if p != source)
-        src, dst = cluster.client(source), cluster.client(target)
-        dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source])
-        src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[target])
-        moved = 0
-        while True:
-            keys = src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100)
-            if not keys:
-                break
-            src.execute_command("MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *keys)
-            moved += len(keys)
-        assert moved >= 1
-        for port in cluster.ports:
-            cluster.client(port).execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[target])
-        assert slot in _slots_of(cluster, target)
+        assert _move_slot(cluster, slot) >= 1
         refreshes = online._backend.refreshes
         after = online.fetch(**req)  # the reader's map still names the source: MOVED, refreshed, exact
         assert online._backend.refreshes > refreshes
         np.testing.assert_array_equal(after.matrix.view(np.uint32), before.matrix.view(np.uint32))
         np.testing.assert_array_equal(after.known, before.known)
         assert after.known[0]
+
+
+def _move_slot(cluster, slot: int) -> int:
+    """Move a hash slot, keys and all, from its master to another one; returns the keys moved."""
+    ids = cluster.node_ids()
+    source = next(p for p in cluster.ports if slot in _slots_of(cluster, p))
+    target = next(p for p in cluster.ports if p != source)
+    src, dst = cluster.client(source), cluster.client(target)
+    dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source])
+    src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[target])
+    moved = 0
+    while True:
+        keys = src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100)
+        if not keys:
+            break
+        src.execute_command("MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *keys)
+        moved += len(keys)
+    for port in cluster.ports:
+        cluster.client(port).execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[target])
+    assert slot in _slots_of(cluster, target)
+    return moved
+
+
+def test_the_stream_writer_on_the_cluster_stores_what_it_stores_on_one_redis(cluster_world, cluster, redis_server):
+    """The same events through the window state and the stream writer into the cluster (one script
+    call per hash slot, one pipeline per master) and into one Redis: the same stored fields, with a
+    slot moved under the writer midway (its map is stale: MOVED, refreshed, rewritten)."""
+    import pyarrow.parquet as pq
+    import redis
+    from redis.cluster import RedisCluster
+
+    from ranker.features.feast_compat import string_entity_keys
+    from ranker.features.slots import key_slots
+    from ranker.streaming.messages import encode, parse
+    from ranker.streaming.producer import live_rows
+    from ranker.streaming.windows import WindowState
+    from ranker.streaming.writer import OnlineWriter
+
+    rows = live_rows(cluster_world.raw_dir, now_us=1_900_000_000_000_000)[:4000]  # newer than the batch rows
+    records, rejects = parse(encode(rows))
+    assert records and not rejects
+    single = cluster_world.with_(redis_cluster=False, redis_url=f"{redis_server}/7")
+    redis.Redis.from_url(single.redis_url).flushdb()
+    listings = pq.read_table(cluster_world.raw_dir / "listings.parquet")
+    writers = {"cluster": OnlineWriter(cluster_world), "single": OnlineWriter(single)}
+    states = {name: WindowState(300.0) for name in writers}
+    for state in states.values():
+        state.seed_listings(listings)
+    project = writers["single"].project.encode()
+    touched: set[tuple[str, str]] = set()  # (join key, entity)
+    batches = [records[lo : lo + 400] for lo in range(0, len(records), 400)]
+    for b, batch in enumerate(batches):
+        if b == len(batches) // 2:
+            key = string_entity_keys(["item_id"], [[batch[0].item_id]], project)[0]
+            assert _move_slot(cluster, int(key_slots([key])[0])) >= 1
+        stats = {}
+        for name, writer in writers.items():
+            updates = {v: t for v, t in states[name].apply(batch).updates.items() if t.num_rows}
+            stats[name] = writer.write(updates).by_view
+            for table in updates.values():
+                join_key = table.column_names[0]
+                touched.update((join_key, str(e)) for e in table.column(join_key).to_pylist())
+        assert stats["cluster"] == stats["single"]
+    assert writers["cluster"]._cluster.refreshes >= 1  # the moved slot was followed
+    for writer in writers.values():
+        writer.close()
+    host, port = cluster_world.redis_seeds[0]
+    on_cluster, on_one = RedisCluster(host=host, port=port), redis.Redis.from_url(single.redis_url)
+    compared = 0
+    for join_key, entity in sorted(touched):
+        key = string_entity_keys([join_key], [[entity]], project)[0]
+        want = on_one.hgetall(key)
+        assert want, entity
+        got = on_cluster.hgetall(key)
+        assert {f: got.get(f) for f in want} == want, entity  # the cluster also holds the batch features
+        compared += 1
+    assert compared > 1000
+    on_cluster.close()
+    on_one.close()
 
 
 def _slots_of(cluster, port: int) -> set:

@@ -13,11 +13,21 @@ their own; alert rules in infra/prometheus/alerts.yml, panels on the Grafana das
   ``ranker_stream_checkpoints_total``.
 
 Every series carries ``stream`` and ``partition`` labels.
+
+The freshness histogram is observed once per message with the number of records it carried
+(:meth:`BatchHistogram.observe` ``count``): ``prometheus_client``'s Histogram takes one call per
+record, which cost a tenth of the processor's time at 20k records/s.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+import threading
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 FRESHNESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -28,13 +38,14 @@ class StreamMetrics:
         labels = ("stream", "partition")
         values = (stream, str(partition))
         r = self.registry
-        self.freshness = Histogram(
+        self.freshness = BatchHistogram(
             "ranker_stream_freshness_seconds",
             "Broker publish time to value readable in the online store, per record",
             labels,
-            buckets=FRESHNESS_BUCKETS,
+            values,
+            FRESHNESS_BUCKETS,
             registry=r,
-        ).labels(*values)
+        )
 
         def one(kind, name: str, doc: str):
             return kind(name, doc, labels, registry=r).labels(*values)
@@ -65,3 +76,47 @@ class StreamMetrics:
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> None:
         start_http_server(port, addr=addr, registry=self.registry)
+
+
+class BatchHistogram:
+    """A labelled Prometheus histogram (the same ``_bucket``/``_count``/``_sum`` series as
+    ``prometheus_client.Histogram``) that takes ``count`` equal observations in one call."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        labelvalues: Sequence[str],
+        buckets: Sequence[float],
+        *,
+        registry: CollectorRegistry,
+    ) -> None:
+        self.name, self.documentation = name, documentation
+        self._labelnames, self._labelvalues = list(labelnames), list(labelvalues)
+        self._bounds = [*sorted(buckets), float("inf")]
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe(self, amount: float, count: int = 1) -> None:
+        """``count`` observations of ``amount`` (a bucket holds the values <= its bound)."""
+        i = bisect_left(self._bounds, amount)
+        with self._lock:
+            self._counts[i] += count
+            self._sum += amount * count
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        with self._lock:
+            counts, total = list(self._counts), self._sum
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self._labelnames)
+        cumulative, running = [], 0
+        for bound, n in zip(self._bounds, counts, strict=True):
+            running += n
+            cumulative.append((floatToGoString(bound), float(running)))
+        family.add_metric(self._labelvalues, cumulative, total)
+        yield family
+
+    def describe(self) -> Iterator[HistogramMetricFamily]:
+        yield HistogramMetricFamily(self.name, self.documentation, labels=self._labelnames)

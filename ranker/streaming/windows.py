@@ -111,6 +111,7 @@ SCHEMAS = {
 SOLD_SCHEMA = pa.schema([("item_id", pa.string()), ("event_timestamp", _TS), ("created", _TS), ("is_sold", pa.int64())])
 JOIN_KEYS = {ITEM_VIEW: "item_id", USER_VIEW: "user_id"}
 
+_SLOTS = {"impression": 0, "click": 1, "save": 2}  # the event types an item's windows count
 SNAPSHOT_VERSION = 3
 _SWEEP_EVERY_US = 10 * 60 * US  # evict expired state each time event time advances this much
 _MIN_TS = -(2**62)
@@ -264,44 +265,83 @@ class WindowState:
         users_touched: dict[str, set[int]] = {}
         sold: dict[str, int] = {}
         seen = self._seen
+        items, users, listings, sold_set = self._items, self._users, self._listings, self._sold
+        lateness = self.lateness_us
+        max_ts = self._max_ts
+        watermark = max_ts - lateness
+        # the hot loop (20k records/s per process): locals, no per-record method calls
         for r in records:
             key = (r.record_id, r.route)
             if key in seen:
                 rejected["duplicate"] = rejected.get("duplicate", 0) + 1
                 continue
             ts = r.ts_us
-            if ts < self._max_ts - self.lateness_us:
+            if ts < watermark:
                 rejected["late"] = rejected.get("late", 0) + 1
                 continue
             if r.kind == "event":
-                if r.route == r.item_id:
-                    need = items_touched.get(r.item_id)
+                item_id = r.item_id
+                if r.route == item_id:
+                    need = items_touched.get(item_id)
                     if need is None:
-                        need = items_touched[r.item_id] = set()
-                    self._apply_item_event(r, need)
-                    if r.event_type == "purchase" and r.item_id not in self._sold:
-                        self._sold.add(r.item_id)
-                        sold[r.item_id] = ts
+                        need = items_touched[item_id] = set()
+                    it = items.get(item_id)
+                    if it is None:
+                        it = items[item_id] = _Item()
+                    kind = r.event_type
+                    slot = _SLOTS.get(kind, -1)  # type: ignore[arg-type]
+                    if slot >= 0:
+                        insort((it.imp, it.clk, it.sav)[slot], ts)
+                        listing = listings.get(item_id)
+                        if (
+                            listing is not None
+                            and listing[2] is not None
+                            and listing[2] <= ts < listing[2] + FIRST_HOURS_US
+                        ):
+                            insort(it.first_ts[slot], ts)
+                    if ts < it.last:
+                        _revise(it.rows, ts, need)
+                    else:
+                        it.last = ts
+                    if kind == "purchase" and item_id not in sold_set:
+                        sold_set.add(item_id)
+                        sold[item_id] = ts
                 elif r.route == r.user_id and r.user_id is not None:
-                    need = users_touched.get(r.user_id)
+                    user = r.user_id
+                    need = users_touched.get(user)
                     if need is None:
-                        need = users_touched[r.user_id] = set()
-                    self._apply_user_event(r, r.user_id, need)
+                        need = users_touched[user] = set()
+                    u = users.get(user)
+                    if u is None:
+                        u = users[user] = _User()
+                    kind = r.event_type
+                    if kind == "click":
+                        k = bisect_right(u.clk, ts)
+                        u.clk.insert(k, ts)
+                        u.clk_items.insert(k, item_id)
+                    elif kind == "save":
+                        insort(u.sav, ts)
+                    if ts < u.last:
+                        _revise(u.rows, ts, need)
+                    else:
+                        u.last = ts
                 else:
                     rejected["route"] = rejected.get("route", 0) + 1
                     continue
             elif r.kind == "listing":
                 if r.change == "created":
                     a = r.attrs
-                    self._listings[r.item_id] = (a.get("category"), a.get("brand"), ts)
+                    listings[r.item_id] = (a.get("category"), a.get("brand"), ts)
                     self._catalogue = None
-                elif r.change == "sold" and r.item_id not in self._sold:
-                    self._sold.add(r.item_id)
+                elif r.change == "sold" and r.item_id not in sold_set:
+                    sold_set.add(r.item_id)
                     sold[r.item_id] = ts
             seen[key] = ts
             accepted += 1
-            if ts > self._max_ts:
-                self._max_ts = ts
+            if ts > max_ts:
+                max_ts = ts
+                watermark = ts - lateness
+        self._max_ts = max_ts
         created = max(time.time_ns() // 1000, self._last_created + 1)
         self._last_created = created
         updates: dict[str, pa.Table] = {}
@@ -351,43 +391,12 @@ class WindowState:
                 tombs.clear()
         return Applied(updates=updates)
 
-    def _apply_item_event(self, r: StreamRecord, need: set[int]) -> None:
-        it = self._items.get(r.item_id)
-        if it is None:
-            it = self._items[r.item_id] = _Item()
-        ts = r.ts_us
-        kind = r.event_type
-        slot = 0 if kind == "impression" else 1 if kind == "click" else 2 if kind == "save" else -1
-        if slot >= 0:
-            insort((it.imp, it.clk, it.sav)[slot], ts)
-            listing = self._listings.get(r.item_id)
-            if listing is not None and listing[2] is not None and listing[2] <= ts < listing[2] + FIRST_HOURS_US:
-                insort(it.first_ts[slot], ts)
-        if ts < it.last:
-            _revise(it.rows, ts, need)
-        else:
-            it.last = ts
-
-    def _apply_user_event(self, r: StreamRecord, user: str, need: set[int]) -> None:
-        u = self._users.get(user)
-        if u is None:
-            u = self._users[user] = _User()
-        ts = r.ts_us
-        if r.event_type == "click":
-            k = bisect_right(u.clk, ts)
-            u.clk.insert(k, ts)
-            u.clk_items.insert(k, r.item_id)
-        elif r.event_type == "save":
-            insort(u.sav, ts)
-        if ts < u.last:
-            _revise(u.rows, ts, need)
-        else:
-            u.last = ts
-
     def _item_rows(self, touched: dict[str, set[int]], created: int) -> pa.Table:
         wm = self.watermark_us
         w1, w24 = ITEM_WINDOWS_US["1h"], ITEM_WINDOWS_US["24h"]
         cols: list[list] = [[] for _ in range(12)]
+        (keys, times_col, imp1, clk1, sav1, imp24_col, clk24_col, sav24, ctr, first_imp, first_clk, first_sav) = cols
+        br = bisect_right
         for item, need in touched.items():
             it = self._items[item]
             need.add(it.last)
@@ -396,29 +405,35 @@ class WindowState:
             self._settle(it, ITEM_VIEW, item, wm)
             known = self._listings.get(item)
             has_created = known is not None and known[2] is not None
+            imp, clk, sav = it.imp, it.clk, it.sav
             for t in times:
-                imp24, clk24 = _count(it.imp, t, w24), _count(it.clk, t, w24)
-                values = (
-                    item,
-                    t,
-                    _count(it.imp, t, w1),
-                    _count(it.clk, t, w1),
-                    _count(it.sav, t, w1),
-                    imp24,
-                    clk24,
-                    _count(it.sav, t, w24),
-                    smoothed_ctr(clk24, imp24),
-                )
-                for c, v in zip(cols, values, strict=False):
-                    c.append(v)
-                for slot in range(3):
-                    cols[9 + slot].append(
-                        it.first_base[slot] + bisect_right(it.first_ts[slot], t) if has_created else None
-                    )
+                # one upper bound per list, then the 24 h and 1 h lower bounds searched below it
+                hi_i, hi_c, hi_s = br(imp, t), br(clk, t), br(sav, t)
+                t24, t1 = t - w24, t - w1
+                lo_i, lo_c, lo_s = br(imp, t24, 0, hi_i), br(clk, t24, 0, hi_c), br(sav, t24, 0, hi_s)
+                imp24, clk24 = hi_i - lo_i, hi_c - lo_c
+                keys.append(item)
+                times_col.append(t)
+                imp1.append(hi_i - br(imp, t1, lo_i, hi_i))
+                clk1.append(hi_c - br(clk, t1, lo_c, hi_c))
+                sav1.append(hi_s - br(sav, t1, lo_s, hi_s))
+                imp24_col.append(imp24)
+                clk24_col.append(clk24)
+                sav24.append(hi_s - lo_s)
+                ctr.append((clk24 + _CTR_PSEUDO_CLICKS) / (imp24 + CTR_SMOOTHING))  # smoothed_ctr, inlined
+                if has_created:
+                    base, first = it.first_base, it.first_ts
+                    first_imp.append(base[0] + br(first[0], t))
+                    first_clk.append(base[1] + br(first[1], t))
+                    first_sav.append(base[2] + br(first[2], t))
+                else:
+                    first_imp.append(None)
+                    first_clk.append(None)
+                    first_sav.append(None)
         schema = SCHEMAS[ITEM_VIEW]
-        n = len(cols[0])
-        stamps = [t + AVAILABLE_AFTER_US for t in cols[1]]
-        arrays = [pa.array(cols[0], pa.string()), pa.array(stamps, _TS), pa.array([created] * n, _TS)]
+        n = len(keys)
+        stamps = [t + AVAILABLE_AFTER_US for t in times_col]
+        arrays = [pa.array(keys, pa.string()), pa.array(stamps, _TS), pa.array([created] * n, _TS)]
         arrays += [pa.array(c, f.type) for c, f in zip(cols[2:], list(schema)[3:], strict=True)]
         return _by_time(pa.Table.from_arrays(arrays, schema=schema))
 
