@@ -51,11 +51,11 @@ def test_each_explored_slot_is_a_distribution_over_young_candidates(policy):
 
 @pytest.mark.parametrize("policy", POLICIES, ids=lambda p: f"slots={p.slots},pool={p.pool}")
 def test_seeded_frequencies_match_every_logged_propensity(policy):
-    """Over 20,000 request ids the share of requests with item i at position k equals the propensity
+    """Over 8,000 request ids the share of requests with item i at position k equals the propensity
     the policy logs for (k, i) (within 4.5 binomial sd), and the logged propensities of each position
     sum to 1 over the items seen there."""
     scores, age = _candidates()
-    n_requests = 20_000
+    n_requests = 8_000
     seen: Counter = Counter()
     logged: dict = {}
     for r in range(n_requests):
