@@ -135,19 +135,28 @@ def _explored_log(n_requests: int, seed: int):
     drawn with a known click probability per item in those slots."""
     policy = ExplorationPolicy(slots=(4, 8), young_hours=48, seed=seed)
     scores, age = _candidates()
-    ctr = np.linspace(0.02, 0.3, len(scores))
+    n = len(scores)
+    ctr = np.linspace(0.02, 0.3, n)
     rng = np.random.default_rng(seed)
-    rows, clicks = [], []
+    rankings = [policy.rank(scores, age, request_id=f"req-{r}") for r in range(n_requests)]
+    order = np.concatenate([x.order for x in rankings])
+    explored = np.concatenate([x.explored for x in rankings])
+    request = np.repeat([f"req-{r}" for r in range(n_requests)], n)
     t0 = pd.Timestamp("2026-12-01", tz="UTC")
-    for r in range(n_requests):
-        rid = f"req-{r}"
-        ranking = policy.rank(scores, age, request_id=rid)
-        for k, (i, p, e) in enumerate(zip(ranking.order, ranking.propensity, ranking.explored, strict=True)):
-            rows.append(dict(request_id=rid, request_ts=t0, item_id=f"i{i}", rank=k + 1, propensity=p, explored=e))
-            if e and rng.random() < ctr[i]:
-                clicks.append(dict(request_id=rid, item_id=f"i{i}", timestamp=t0 + pd.Timedelta(minutes=1)))
+    served = pd.DataFrame(
+        {
+            "request_id": request,
+            "request_ts": t0,
+            "item_id": np.char.add("i", order.astype(str)),
+            "rank": np.tile(np.arange(1, n + 1), n_requests),
+            "propensity": np.concatenate([x.propensity for x in rankings]),
+            "explored": explored,
+        }
+    )
+    clicked = explored & (rng.random(len(order)) < ctr[order])
+    clicks = served.loc[clicked, ["request_id", "item_id"]].assign(timestamp=t0 + pd.Timedelta(minutes=1))
     pool = policy.plan(scores, age)[2]
-    return pd.DataFrame(rows), pd.DataFrame(clicks), ctr, pool, scores
+    return served, clicks, ctr, pool, scores
 
 
 def test_a_uniform_logging_policy_s_ips_equals_the_logged_ctr():

@@ -163,11 +163,14 @@ class ExplorationPolicy:
         explored[:window] = at_slot
         propensity[:window][at_slot] = 1.0 / len(pool)
         rest = order[head:]
-        is_drawn = np.isin(rest, drawn)
-        tail = rest[~is_drawn]
-        out[window:] = tail
+        drawn_mask = np.zeros(n, dtype=bool)
+        drawn_mask[drawn] = True
+        pool_mask = np.zeros(n, dtype=bool)
+        pool_mask[pool] = True
+        is_drawn = drawn_mask[rest]
+        out[window:] = rest[~is_drawn]
         # Tail propensities: q = pool items above in D, d = how many of them were drawn.
-        in_pool = np.isin(rest, pool)
+        in_pool = pool_mask[rest]
         q_all: np.ndarray = np.cumsum(in_pool) - in_pool  # pool items strictly above, per item of rest
         d_all: np.ndarray = np.cumsum(is_drawn) - is_drawn
         q: np.ndarray = q_all[~is_drawn]
@@ -179,15 +182,19 @@ class ExplorationPolicy:
 
 def _tail_probabilities(q: np.ndarray, d: np.ndarray, own: np.ndarray, *, n_pool: int, m: int) -> np.ndarray:
     """Hypergeometric probability that d of the q pool items above were drawn (and, for a pool item,
-    that it was not drawn itself), from a table over (q, d, own)."""
-    total = math.comb(n_pool, m)
-    table = np.zeros((2, n_pool + 1, m + 1))
-    for q_ in range(n_pool + 1):
-        for d_ in range(min(q_, m) + 1):
-            table[0, q_, d_] = math.comb(q_, d_) * math.comb(n_pool - q_, m - d_) / total
-            if q_ < n_pool:
-                table[1, q_, d_] = math.comb(q_, d_) * math.comb(n_pool - 1 - q_, m - d_) / total
-    return table[own.astype(np.intp), q, d]
+    that it was not drawn itself): ``C(q, d) C(n - own - q, m - d) / C(n, m)``, vectorised."""
+    q = q.astype(np.float64)
+    below = n_pool - own.astype(np.float64) - q
+    return _comb(q, d, m) * _comb(below, m - d, m) / math.comb(n_pool, m)
+
+
+def _comb(x: np.ndarray, k: np.ndarray, k_max: int) -> np.ndarray:
+    """C(x, k) for integer-valued x >= 0 and 0 <= k <= k_max (small: the number of slots), as the
+    product of (x - j) / (j + 1) over j < k (0 when k > x); exact in float64 at these sizes."""
+    out = np.ones(len(x))
+    for j in range(k_max):
+        out = np.where(j < k, out * (x - j) / (j + 1), out)
+    return np.maximum(out, 0.0)
 
 
 def slot_probabilities(policy: ExplorationPolicy, scores: np.ndarray, age_hours: np.ndarray) -> dict[int, np.ndarray]:
