@@ -14,7 +14,8 @@ one per --arm (``SLOTS[:POOL]``, e.g. ``4,8`` or ``4,8:5``), young = younger tha
 Prints per arm: true-utility NDCG@10 over all candidates and over the candidates younger than 48 h
 (the arm's order restricted to them), CTR, purchases per 1k requests, the share of explored
 impressions; for the listings that went live in the loop's first (hours - 72) hours (each followed
-for 72 h): the share with a first impression, a first click and a sale within 3 days of going live.
+for 72 h): the share with a first impression, a first click and a sale within 3 days of going live,
+the share with a first click within 24 h and the mean impressions in the first 3 days.
 Then each arm - off with a paired bootstrap 95% interval (requests resampled for the per-request
 metrics, listings for the listing shares). The machine-speed probe is printed before and after.
 """
@@ -37,28 +38,35 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 FOLLOW_HOURS = 72
-SHARES = ("impression_3d", "click_3d", "sold_3d")
+SHARES = ("impression_3d", "click_3d", "sold_3d", "click_24h", "impressions_3d")
 
 
 def listing_outcomes(result, the_plan, *, follow_hours: int = FOLLOW_HOURS):
     """Per listing of the cohort (went live in the loop's first hours - follow_hours): 0/1 columns
     first impression / first click / sale within follow_hours of going live."""
     from ranker.data.simulate import HOUR_MS
+    from ranker.monitoring import closed_loop as cl
 
     f = result.listings
     start = the_plan.start_ms
     end = start + (the_plan.hours - follow_hours) * HOUR_MS
     cohort = f[(f.created_ms >= start) & (f.created_ms < end)]
     horizon = cohort.created_ms + follow_hours * HOUR_MS
+    assert follow_hours == cl.EXPOSURE_HOURS, "impressions are counted over the loop's exposure hours"
     return {
         "impression_3d": (cohort.first_impression_ms < horizon).to_numpy(dtype=np.float64),
         "click_3d": (cohort.first_click_ms < horizon).to_numpy(dtype=np.float64),
         "sold_3d": (cohort.sold_ms < horizon).to_numpy(dtype=np.float64),
+        "click_24h": (cohort.first_click_ms < cohort.created_ms + 24 * HOUR_MS).to_numpy(dtype=np.float64),
+        # not a share: the mean number of impressions in the listing's first 3 days
+        "impressions_3d": cohort[f"impressions_{cl.EXPOSURE_HOURS}h"].to_numpy(dtype=np.float64),
     }
 
 
 def paired_share_diff(a: np.ndarray, b: np.ndarray, *, n_boot: int, seed: int) -> dict:
     """b - a over the same listings, with a paired bootstrap 95% interval (listings resampled)."""
+    if not len(a):
+        return {"diff": float("nan"), "lo": float("nan"), "hi": float("nan")}
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(a), size=(n_boot, len(a)))
     boot = b[idx].mean(axis=1) - a[idx].mean(axis=1)
@@ -139,7 +147,7 @@ def main() -> None:
         f = results[name].requests
         summaries[name]["explored_share"] = float(f.explored.sum() / max(f.impressions.sum(), 1))
         outcomes[name] = listing_outcomes(results[name], the_plan)
-        summaries[name].update({k: float(v.mean()) for k, v in outcomes[name].items()})
+        summaries[name].update({k: float(v.mean()) if len(v) else float("nan") for k, v in outcomes[name].items()})
         summaries[name]["cohort_listings"] = int(len(outcomes[name]["click_3d"]))
         say(f"{name}: {json.dumps(summaries[name])}")
 
@@ -152,13 +160,14 @@ def main() -> None:
     )
     header = (
         f"{'arm':<16}{'NDCG@10':>9}{'<48h':>8}{'CTR':>8}{'buys/1k':>9}{'explored':>10}"
-        f"{'shown 3d':>10}{'click 3d':>10}{'sold 3d':>9}{'s':>6}"
+        f"{'shown 3d':>10}{'imp 3d':>8}{'click 24h':>10}{'click 3d':>10}{'sold 3d':>9}{'s':>6}"
     )
     print(header)
     for name, s in summaries.items():
         print(
             f"{name:<16}{s['ndcg@10']:>9.4f}{s[young]:>8.4f}{s['ctr']:>8.4f}{s['purchases_per_1k_requests']:>9.1f}"
-            f"{s['explored_share']:>10.4f}{s['impression_3d']:>10.3f}{s['click_3d']:>10.3f}{s['sold_3d']:>9.3f}"
+            f"{s['explored_share']:>10.4f}{s['impression_3d']:>10.3f}{s['impressions_3d']:>8.1f}"
+            f"{s['click_24h']:>10.3f}{s['click_3d']:>10.3f}{s['sold_3d']:>9.3f}"
             f"{s['seconds']:>6.0f}"
         )
     diffs = {}

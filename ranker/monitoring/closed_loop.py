@@ -51,6 +51,7 @@ from ranker.errors import RankerError
 
 SURFACE_OF_SEARCH = {True: "search", False: "recs"}
 YOUNG_HOURS = 48  # the young-listing slice of the NDCG (as the evaluation's listing_age<48h)
+EXPOSURE_HOURS = 72  # a listing's first days, over which its impressions are counted
 _TYPES = ("impression", "click", "save", "add_to_bag", "purchase")
 
 
@@ -210,7 +211,8 @@ class ArmResult:
     seconds: float
     stream_counts: dict = field(default_factory=dict)
     # Per listing (the world's index): created, first impression, first click and sale in the arm's
-    # world (ms; NEVER when it did not happen), for exposure of new listings.
+    # world (ms; NEVER when it did not happen) and impressions in its first EXPOSURE_HOURS, for
+    # exposure of new listings.
     listings: pd.DataFrame | None = None
 
 
@@ -305,6 +307,7 @@ def run_arm(
     counts = {"records": 0, "written": 0, "stale_skipped": 0, "rejected": 0}
     first_impression = np.full(len(world.created_ms), NEVER, dtype=np.int64)
     first_click = np.full(len(world.created_ms), NEVER, dtype=np.int64)
+    early_impressions = np.zeros(len(world.created_ms), dtype=np.int64)
     explore = exploration if exploration is not None and exploration.active else None
     lister = None  # the writer of listings going live (publish_listings)
     with online_snapshot(settings):
@@ -397,6 +400,8 @@ def run_arm(
                     explored_shown = 0
                 shown = order[:slate]
                 np.minimum.at(first_impression, item[shown], t)
+                early = item[shown][(t - world.created_ms[item[shown]]) < EXPOSURE_HOURS * HOUR_MS]
+                np.add.at(early_impressions, early, 1)
                 position = np.arange(1, len(shown) + 1)
                 gone = world.sold_ms[item[shown]] <= t  # already sold when the list was served
                 rng = np.random.default_rng([seed, int(p.request[r])])
@@ -456,6 +461,7 @@ def run_arm(
             "created_ms": world.created_ms,
             "first_impression_ms": first_impression,
             "first_click_ms": first_click,
+            f"impressions_{EXPOSURE_HOURS}h": early_impressions,
             "sold_ms": world.sold_ms,
         }
     )
