@@ -61,6 +61,7 @@ log = logging.getLogger("api")
 # The scorer's settings are declared once, in api/settings.py; these are derived from them.
 DEFAULTS: dict[str, Any] = {setting.key: setting.default for setting in SCORER_SETTINGS}
 TOP_CONTRIBUTIONS = 5
+AGE_FEATURE = "listing_age_hours"  # what makes a candidate young for the exploration policy
 
 
 def config_from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -84,6 +85,7 @@ class ScorerConfig:
     metrics_multiprocess: bool = False
     experiments: Any = None  # dict: surface -> ranker.monitoring.abtest.Experiment
     served_log: Any = None  # ranker.monitoring.servedlog.ServedLogConfig
+    exploration: Any = None  # ranker.serving.exploration.ExplorationPolicy (off: no slots)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "ScorerConfig":
@@ -117,8 +119,20 @@ class ScorerConfig:
                 salt=str(config.get("RANKER_AB_SALT") or ""),
             ),
             served_log=_served_log_config(config),
+            exploration=_exploration_policy(config),
         )
         return out
+
+
+def _exploration_policy(config: Mapping[str, Any]) -> Any:
+    from ranker.serving.exploration import ExplorationPolicy, parse_slots
+
+    return ExplorationPolicy(
+        slots=parse_slots(str(config.get("RANKER_EXPLORE_SLOTS") or "")),
+        young_hours=float(config["RANKER_EXPLORE_YOUNG_HOURS"]),
+        pool=int(config["RANKER_EXPLORE_POOL"]),
+        seed=int(config["RANKER_EXPLORE_SEED"]),
+    )
 
 
 def _served_log_config(config: Mapping[str, Any]) -> Any:
@@ -146,6 +160,10 @@ class Ranking:
     matrix: np.ndarray | None  # features of item_ids (None when degraded)
     removed_sold: int
     degraded_reason: str | None
+    # Exploration on (RANKER_EXPLORE_SLOTS): per position of ``order``, the logging propensity and
+    # whether a reserved slot's draw filled it; None when exploration is off.
+    propensity: np.ndarray | None = None
+    explored: np.ndarray | None = None
 
 
 class Scorer:
@@ -213,12 +231,18 @@ class Scorer:
             )
             return None, "error"
 
-    def score(self, model: ServingModel, req: RankRequest, rows: Any, degraded_reason: str | None) -> "Ranking":
+    def score(
+        self, model: ServingModel, req: RankRequest, rows: Any, degraded_reason: str | None, *, request_id: str = ""
+    ) -> "Ranking":
         """Drop sold listings, score the rest (the model on the fetched rows, or the fallback), order them.
 
         With rows: scores are ``Booster.predict`` on the float32 matrix, and the rows' popularity and
         sold flags are remembered for later degraded answers. Without: listings remembered as sold
         are dropped and the rest scored by remembered popularity (0 when never seen).
+
+        With exploration on (:mod:`ranker.serving.exploration`), the order comes from the policy
+        (reserved slots drawn among young candidates, seeded by ``request_id``) with a propensity per
+        position; a degraded answer explores nothing (its propensities are all 1).
         """
         metrics = self.metrics
         item_ids = list(req.items)
@@ -244,10 +268,23 @@ class Scorer:
             scores = model.predict(matrix) if len(keep) else np.empty(0)
         else:
             scores = np.nan_to_num(self.memory.popularity(kept_ids), nan=0.0)
-        # Highest score first; equal scores keep the caller's order (stable sort).
-        order = np.argsort(-scores, kind="stable")
+        policy = self.config.exploration
+        propensity = explored = None
+        if policy is not None and policy.active:
+            age = model.feature_names.index(AGE_FEATURE) if AGE_FEATURE in model.feature_names else None
+            if matrix is not None and age is not None:
+                chosen = policy.rank(scores, matrix[:, age], request_id=request_id)
+                order, propensity, explored = chosen.order, chosen.propensity, chosen.explored
+            else:  # degraded, or a model without the listing's age: the deterministic order
+                order = np.argsort(-scores, kind="stable")
+                propensity, explored = np.ones(len(order)), np.zeros(len(order), dtype=bool)
+        else:
+            # Highest score first; equal scores keep the caller's order (stable sort).
+            order = np.argsort(-scores, kind="stable")
         if req.limit is not None:
             order = order[: req.limit]
+            if propensity is not None and explored is not None:
+                propensity, explored = propensity[: req.limit], explored[: req.limit]
         removed = len(item_ids) - len(keep)
         if removed:
             metrics.removed_sold.labels(req.surface).inc(removed)
@@ -258,6 +295,8 @@ class Scorer:
             matrix=matrix,
             removed_sold=removed,
             degraded_reason=None if rows is not None else degraded_reason,
+            propensity=propensity,
+            explored=explored,
         )
 
     def model_for(self, req: RankRequest) -> tuple[ServingModel | None, str]:
@@ -291,6 +330,12 @@ class Scorer:
 
             ranks = np.zeros(len(ranking.item_ids), dtype=np.int32)
             ranks[ranking.order] = np.arange(1, len(ranking.order) + 1, dtype=np.int32)
+            # The logging policy's propensity per returned item (1: deterministic; NaN: not returned).
+            propensity = np.full(len(ranking.item_ids), np.nan)
+            explored = np.zeros(len(ranking.item_ids), dtype=bool)
+            propensity[ranking.order] = 1.0 if ranking.propensity is None else ranking.propensity
+            if ranking.explored is not None:
+                explored[ranking.order] = ranking.explored
             record = ServedRecord(
                 request_id=request_id,
                 request_ts=float(req.request_ts),
@@ -308,6 +353,8 @@ class Scorer:
                 scores=ranking.scores,
                 ranks=ranks,
                 matrix=ranking.matrix,
+                propensity=propensity,
+                explored=explored,
             )
             if writer.submit(record):
                 self.metrics.served_log_requests.inc()
@@ -531,7 +578,8 @@ def rank() -> Response:
     t_fetch = time.perf_counter()
     metrics.observe_stage(req.surface, "fetch", t_fetch - t_parse)
 
-    ranking = state.score(model, req, rows, degraded_reason)
+    request_id = uuid.uuid4().hex
+    ranking = state.score(model, req, rows, degraded_reason, request_id=request_id)
     t_predict = time.perf_counter()
     metrics.observe_stage(req.surface, "predict", t_predict - t_fetch)
 
@@ -540,9 +588,12 @@ def rank() -> Response:
         {"item_id": ids[i], "score": score, "rank": rank_}
         for rank_, (i, score) in enumerate(zip(ranking.order.tolist(), scores, strict=False), start=1)
     ]
+    if ranking.propensity is not None and ranking.explored is not None:
+        for item, p, e in zip(items, ranking.propensity.tolist(), ranking.explored.tolist(), strict=True):
+            item["propensity"] = p
+            item["explored"] = e
     if req.explain:
         _explain(items, model, ranking.matrix[ranking.order] if ranking.matrix is not None else None)
-    request_id = uuid.uuid4().hex
     body: dict[str, Any] = {
         "request_id": request_id,
         "model": {"name": model.name, "version": model.version},

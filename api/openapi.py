@@ -40,6 +40,17 @@ _SCHEMAS: dict[str, Any] = {
             "item_id": {"type": "string"},
             "score": {"type": "number", "description": "model score (degraded: last-known item_clicks_7d)"},
             "rank": {"type": "integer", "minimum": 1},
+            "propensity": {
+                "type": "number",
+                "exclusiveMinimum": 0,
+                "maximum": 1,
+                "description": "exploration on only (RANKER_EXPLORE_SLOTS): the probability that the logging "
+                "policy serves this item at this rank (1: deterministic; 1/pool size: an explored slot)",
+            },
+            "explored": {
+                "type": "boolean",
+                "description": "exploration on only: this rank is a reserved slot filled by the seeded draw",
+            },
             "features": {
                 "type": ["object", "null"],
                 "additionalProperties": {"type": ["number", "null"]},

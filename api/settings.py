@@ -32,6 +32,12 @@ def _share(value: float) -> bool:
     return 0.0 <= value <= 1.0
 
 
+def _slots(value: str) -> bool:
+    from ranker.serving.exploration import slots_rule
+
+    return slots_rule(value)
+
+
 # The scorer (api/app.py). ``key`` is the app.config key (the variable name unless Flask's own).
 SCORER_SETTINGS: tuple[Setting, ...] = (
     Setting(
@@ -117,6 +123,42 @@ SCORER_SETTINGS: tuple[Setting, ...] = (
         "(PROMETHEUS_MULTIPROC_DIR); set by the gunicorn configuration, not by hand",
         group="scorer",
         internal=True,
+    ),
+    Setting(
+        "RANKER_EXPLORE_SLOTS",
+        str,
+        "",
+        "positions reserved for young listings, comma-separated (e.g. `4,8`); each is filled by a seeded "
+        "uniform draw among the young candidates and logged with its propensity (empty: off)",
+        group="exploration",
+        check=_slots,
+        rule="distinct comma-separated positions >= 1, or empty",
+    ),
+    Setting(
+        "RANKER_EXPLORE_YOUNG_HOURS",
+        float,
+        48.0,
+        "a candidate is young (can fill a reserved slot) when its `listing_age_hours` is below this",
+        group="exploration",
+        check=_above(0),
+        rule="> 0",
+    ),
+    Setting(
+        "RANKER_EXPLORE_POOL",
+        int,
+        0,
+        "draw among the best this many young candidates by model score (0: every young candidate); "
+        "at least the number of slots",
+        group="exploration",
+        check=_at_least(0),
+        rule=">= 0 (0: every young candidate)",
+    ),
+    Setting(
+        "RANKER_EXPLORE_SEED",
+        int,
+        0,
+        "seed of the draws; with the request id it fixes a request's list (replayable)",
+        group="exploration",
     ),
     Setting("RANKER_VARIANTS", str, "", "A/B variants per surface, JSON (see the monitoring guide)", group="A/B"),
     Setting("RANKER_VARIANTS_FILE", str, "", "the same JSON in a file", group="A/B"),
@@ -283,6 +325,11 @@ def settings_markdown() -> str:
             "Event stream",
             "Read by `ranker stream ...` (`ranker/config.py`): the broker, the partitions, event-time "
             "lateness and checkpoints (docs/guides/streaming.md).",
+        ),
+        "exploration": (
+            "Exploration",
+            "Reserved slots for new listings, logged with propensities (`ranker.serving.exploration`, "
+            "docs/guides/exploration.md). Off while `RANKER_EXPLORE_SLOTS` is empty.",
         ),
         "A/B": ("A/B variants", "Which model serves which users (`ranker.monitoring.abtest`)."),
         "served log": ("Served-feature log", "What the scorer logs for the skew, drift and online monitors."),

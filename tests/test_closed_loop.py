@@ -164,3 +164,23 @@ def test_a_loop_with_the_stream_never_shows_a_listing_after_its_sale(loop_home):
     assert summary["sold_impressions"] == 0 and summary["sold_share"] == 0.0
     assert 0.0 < summary["ndcg@10"] <= 1.0
     np.testing.assert_array_equal(world.sold_ms, sold_before)  # the arm sold listings in its own copy of the world
+
+
+def test_an_exploring_arm_shows_young_listings_in_the_reserved_slots(loop_home):
+    """With exploration and listings published as they go live: the reserved slots are explored,
+    listings created during the loop are known and shown, and the young-listing NDCG is reported."""
+    from ranker.monitoring import closed_loop
+    from ranker.serving.exploration import ExplorationPolicy
+
+    settings, world, models, the_plan = loop_home
+    policy = ExplorationPolicy(slots=(4, 8), young_hours=48, seed=1)
+    result = closed_loop.run_arm(
+        settings, world, the_plan, models, name="explore", stream="sold", exploration=policy, publish_listings=True
+    )
+    frame = result.requests
+    assert frame.explored.sum() > 0.5 * len(frame)  # most requests have young candidates for both slots
+    assert frame.explored.max() == 2
+    summary = closed_loop.summarise(result)
+    assert 0.0 < summary[closed_loop.YOUNG_NDCG] <= 1.0
+    born = result.listings[result.listings.created_ms >= the_plan.start_ms]
+    assert (born.first_impression_ms < np.iinfo(np.int64).max).sum() > 0, "new listings reach the lists"

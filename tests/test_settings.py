@@ -24,6 +24,7 @@ TEXT_SAMPLES = {
     "RANKER_VARIANTS_FILE": "",  # checked separately: it must name a readable file
     "RANKER_AB_SALT": "ab-2026-12",
     "RANKER_SERVED_LOG_URI": "file:///tmp/served",
+    "RANKER_EXPLORE_SLOTS": "4,8",
     "RANKER_BIND": "127.0.0.1:9999",
     "RANKER_ACCESS_LOG": "-",
     "RANKER_LOG_LEVEL": "warning",
@@ -54,6 +55,8 @@ def _breaking_value(setting) -> str:
         return "1.5"
     if setting.rule.startswith("one of"):
         return "loudest"
+    if setting.rule.startswith("distinct comma-separated positions"):
+        return "4,4"
     raise AssertionError(f"no breaking value known for {setting.env}'s rule {setting.rule!r}: add one here")
 
 

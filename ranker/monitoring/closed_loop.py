@@ -50,6 +50,8 @@ from ranker.data.simulate import DAY_MS, HOUR_MS, NEVER, SimConfig, draw_engagem
 from ranker.errors import RankerError
 
 SURFACE_OF_SEARCH = {True: "search", False: "recs"}
+YOUNG_HOURS = 48  # the young-listing slice of the NDCG (as the evaluation's listing_age<48h)
+EXPOSURE_HOURS = 72  # a listing's first days, over which its impressions are counted
 _TYPES = ("impression", "click", "save", "add_to_bag", "purchase")
 
 
@@ -208,6 +210,10 @@ class ArmResult:
     requests: pd.DataFrame  # one row per request: surface, ndcg@10, impressions, clicks, ...
     seconds: float
     stream_counts: dict = field(default_factory=dict)
+    # Per listing (the world's index): created, first impression, first click and sale in the arm's
+    # world (ms; NEVER when it did not happen) and impressions in its first EXPOSURE_HOURS, for
+    # exposure of new listings.
+    listings: pd.DataFrame | None = None
 
 
 @contextmanager
@@ -268,8 +274,19 @@ def run_arm(
     stream: bool | str,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    exploration=None,
+    publish_listings: bool = False,
 ) -> ArmResult:
     """Run the loop's hours with ``models`` (surface -> model folder) ranking; see the module docstring.
+
+    ``exploration``: a :class:`ranker.serving.exploration.ExplorationPolicy` applied to every request
+    as the scorer applies it (ages from the served ``listing_age_hours``, the request number as the
+    request id); None or inactive: the model's order.
+
+    ``publish_listings``: write each listing that goes live during the loop into ``listing_fv`` when it
+    goes live (what a listing service's push does), so the ranker sees its attributes and its age;
+    without it a listing created in the loop is unknown to the online store (its features take their
+    defaults) until the next batch.
 
     ``stream``: True applies the events to the real-time state and writes every update; ``"sold"``
     writes only the sold flags (``listing_fv.is_sold``: separates dropping sold listings from the
@@ -288,6 +305,11 @@ def run_arm(
     ids_user = world._ids("user", np.arange(1, world.config.n_users + 1)).to_pylist()
     rows_out = []
     counts = {"records": 0, "written": 0, "stale_skipped": 0, "rejected": 0}
+    first_impression = np.full(len(world.created_ms), NEVER, dtype=np.int64)
+    first_click = np.full(len(world.created_ms), NEVER, dtype=np.int64)
+    early_impressions = np.zeros(len(world.created_ms), dtype=np.int64)
+    explore = exploration if exploration is not None and exploration.active else None
+    lister = None  # the writer of listings going live (publish_listings)
     with online_snapshot(settings):
         features, boosters = {}, {}
         try:
@@ -306,6 +328,13 @@ def run_arm(
                 # Catch up on the log's last day (the windows' horizon), as a processor started before the loop.
                 state.apply(_history_records(settings, the_plan.start_ms - LONGEST_US // 1000 - HOUR_MS))
                 writer = OnlineWriter(settings)
+            new_rows, new_at = (None, np.zeros(0, np.int64))
+            if publish_listings:
+                from ranker.streaming.writer import OnlineWriter
+
+                new_rows, new_at = _new_listing_rows(world, the_plan)
+                lister = writer if writer is not None else OnlineWriter(settings)
+            published = 0
             pending: list = []
             seq = 0
             bought: dict[int, int] = {}  # request -> listings its user bought (the first buyer wins)
@@ -314,6 +343,8 @@ def run_arm(
                 records = []
                 while pending and pending[0][0] <= until_ms:
                     ts, _, kind, user, item, request = heapq.heappop(pending)
+                    if kind == "click":
+                        first_click[item] = min(first_click[item], ts)
                     if kind == "purchase":
                         if world.sold_ms[item] != NEVER:
                             continue  # somebody bought it first
@@ -343,6 +374,10 @@ def run_arm(
             for r in range(p.n_requests):
                 t = int(p.t[r])
                 drain(t)
+                if lister is not None and new_rows is not None and published < len(new_at) and new_at[published] <= t:
+                    upto = int(np.searchsorted(new_at, t, side="right"))
+                    lister.write({"listing_fv": new_rows.slice(published, upto - published)})
+                    published = upto
                 lo, hi = int(p.offsets[r]), int(p.offsets[r + 1])
                 item = p.item[lo:hi]
                 surface = SURFACE_OF_SEARCH[bool(p.search[r])]
@@ -353,9 +388,20 @@ def run_arm(
                     request_ts=t // 1000,
                 )
                 kept = np.flatnonzero(~np.asarray(rows.sold, dtype=bool))
-                scores = boosters[surface].predict(np.asarray(rows.matrix, dtype=np.float32)[kept], num_threads=1)
-                order = kept[np.argsort(-scores, kind="stable")]  # candidate indices, best first
+                matrix = np.asarray(rows.matrix, dtype=np.float32)[kept]
+                scores = boosters[surface].predict(matrix, num_threads=1)
+                if explore is not None:
+                    age = matrix[:, features[surface].feature_names.index("listing_age_hours")]
+                    chosen = explore.rank(scores, age, request_id=str(int(p.request[r])))
+                    order = kept[chosen.order]
+                    explored_shown = int(chosen.explored[:slate].sum())
+                else:
+                    order = kept[np.argsort(-scores, kind="stable")]  # candidate indices, best first
+                    explored_shown = 0
                 shown = order[:slate]
+                np.minimum.at(first_impression, item[shown], t)
+                early = item[shown][(t - world.created_ms[item[shown]]) < EXPOSURE_HOURS * HOUR_MS]
+                np.add.at(early_impressions, early, 1)
                 position = np.arange(1, len(shown) + 1)
                 gone = world.sold_ms[item[shown]] <= t  # already sold when the list was served
                 rng = np.random.default_rng([seed, int(p.request[r])])
@@ -378,6 +424,7 @@ def run_arm(
                     gain[sold_now] = np.minimum(gain[sold_now], floor)
                 score = np.full(hi - lo, -1e9)
                 score[order] = -np.arange(len(order), dtype=np.float64)
+                young = (t - world.created_ms[item]) < YOUNG_HOURS * HOUR_MS
                 rows_out.append(
                     {
                         "request": int(p.request[r]),
@@ -385,6 +432,8 @@ def run_arm(
                         "t_ms": t,
                         "gain": gain,
                         "score": score,
+                        "young": young,
+                        "explored": explored_shown,
                         "impressions": len(shown),
                         "clicks": int((drawn.click & ~gone).sum()),
                         "sold_impressions": int(gone.sum()),
@@ -400,33 +449,77 @@ def run_arm(
                 f.close()
             if stream and writer is not None:
                 writer.close()
+            if lister is not None and lister is not writer:
+                lister.close()
     frame = pd.DataFrame(rows_out)
     frame["ndcg@10"] = _ndcg(frame)
-    frame = frame.drop(columns=["gain", "score"])
+    frame[YOUNG_NDCG] = _ndcg(frame, only="young")
+    frame = frame.drop(columns=["gain", "score", "young"])
     frame["purchases"] = frame.request.map(bought).fillna(0).astype(np.int64)
+    listings = pd.DataFrame(
+        {
+            "created_ms": world.created_ms,
+            "first_impression_ms": first_impression,
+            "first_click_ms": first_click,
+            f"impressions_{EXPOSURE_HOURS}h": early_impressions,
+            "sold_ms": world.sold_ms,
+        }
+    )
     return ArmResult(
-        name=name, stream=stream, requests=frame, seconds=round(time.perf_counter() - started, 1), stream_counts=counts
+        name=name,
+        stream=stream,
+        requests=frame,
+        seconds=round(time.perf_counter() - started, 1),
+        stream_counts=counts,
+        listings=listings,
     )
 
 
-def _ndcg(frame: pd.DataFrame) -> np.ndarray:
+def _new_listing_rows(world, the_plan: Plan):
+    """``listing_fv`` rows (as ``ranker features build`` makes them) of the listings going live during
+    the loop, in creation order, and their creation times (ms)."""
+    import duckdb
+    import pyarrow as pa
+
+    from ranker.features.build import _LISTING_ATTRS, table_query
+
+    start, end = the_plan.start_ms, the_plan.start_ms + the_plan.hours * HOUR_MS
+    lst = world.listings_frame(before_ms=end)
+    lo = int(np.searchsorted(world.created_ms, start))
+    lst = lst.iloc[lo:].assign(sold_at=pd.NaT)  # the arm decides the sales
+    con = duckdb.connect()
+    con.register("listings", lst)
+    con.execute("CREATE TEMP VIEW lst AS SELECT item_id, created_at, sold_at, " + _LISTING_ATTRS + " FROM listings")
+    table = con.sql(f"SELECT * FROM ({table_query('listings')}) ORDER BY event_timestamp").to_arrow_table()
+    created = table.column("event_timestamp").cast(pa.timestamp("ms", tz="UTC")).cast(pa.int64()).to_numpy()
+    return table, created.astype(np.int64)
+
+
+def _ndcg(frame: pd.DataFrame, only: str | None = None) -> np.ndarray:
+    """True-utility NDCG@10 per request; ``only``: a boolean column selecting candidates (the arm's
+    order restricted to them, as the evaluation's slices do; NaN where fewer than two differ)."""
     from ranker.training.metrics import graded_ndcg_against_utility
 
-    sizes = frame.gain.map(len).to_numpy()
+    gain, score = frame.gain.to_list(), frame.score.to_list()
+    if only is not None:
+        keep = frame[only].to_list()
+        gain = [g[k] for g, k in zip(gain, keep, strict=True)]
+        score = [s[k] for s, k in zip(score, keep, strict=True)]
+    sizes = np.array([len(g) for g in gain])
     group = np.repeat(np.arange(len(frame)), sizes)
-    values = graded_ndcg_against_utility(
-        group, np.concatenate(frame.gain.to_list()), np.concatenate(frame.score.to_list())
-    )
+    values = graded_ndcg_against_utility(group, np.concatenate(gain), np.concatenate(score))
     return values.reindex(np.arange(len(frame))).to_numpy()
 
 
 # --- Summaries ----------------------------------------------------------------------------------
-METRICS = ("ndcg@10", "ctr", "purchases_per_1k_requests", "sold_share")
+YOUNG_NDCG = f"ndcg@10_young<{YOUNG_HOURS}h"
+METRICS = ("ndcg@10", YOUNG_NDCG, "ctr", "purchases_per_1k_requests", "sold_share")
 
 
 def _metric(frame: pd.DataFrame, name: str) -> float:
-    if name == "ndcg@10":
-        return float(np.nanmean(frame["ndcg@10"].to_numpy()))
+    if name in ("ndcg@10", YOUNG_NDCG):
+        values = frame[name].to_numpy()
+        return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
     if name == "ctr":
         return float(frame.clicks.sum() / max(frame.impressions.sum(), 1))
     if name == "purchases_per_1k_requests":

@@ -16,6 +16,12 @@ empty = ``{home}/data/served_log``, ``file:///abs/path`` or ``s3://bucket/prefix
 
 one row per (request, item). The ordered feature names and the feature service are in the file's
 schema metadata; the vector is a fixed-size list ``features`` (NaN when the answer was degraded).
+
+``propensity`` is the logging policy's probability of showing that item at its returned rank (1 for a
+deterministic ranking; ``1 / pool size`` for a slot the exploration policy drew,
+:mod:`ranker.serving.exploration`; null when the item was not returned) and ``explored`` marks the
+drawn slots: inverse-propensity evaluation of the log divides by it. Files written before the column
+existed read as propensity 1 where a rank was returned (those scorers served deterministically).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ranker.config import Settings
@@ -62,6 +69,8 @@ META_COLUMNS = (
     "position",
     "rank",
     "score",
+    "propensity",
+    "explored",
 )
 
 
@@ -128,6 +137,8 @@ class ServedRecord:
     scores: np.ndarray  # float64, one per item
     ranks: np.ndarray  # int32, 1-based returned rank; 0 = not returned (cut by the limit)
     matrix: np.ndarray | None  # float32 (items, features); None when degraded
+    propensity: np.ndarray | None = None  # float64 per item: P(item at its rank); NaN = not returned; None = all 1
+    explored: np.ndarray | None = None  # bool per item: its rank is a reserved slot the draw filled
 
 
 _STOP = object()
@@ -280,6 +291,28 @@ def records_to_table(records: list[ServedRecord], feature_names: tuple[str, ...]
     ]
     flat = np.concatenate([m.reshape(-1) for m in matrices]) if records else np.zeros(0, np.float32)
     ranks = np.concatenate([r.ranks for r in records]).astype(np.int32)
+    propensity = (
+        np.concatenate(
+            [
+                np.asarray(r.propensity, np.float64)
+                if r.propensity is not None
+                else np.where(np.asarray(r.ranks) > 0, 1.0, np.nan)
+                for r in records
+            ]
+        )
+        if records
+        else np.zeros(0)
+    )
+    explored = (
+        np.concatenate(
+            [
+                np.asarray(r.explored, bool) if r.explored is not None else np.zeros(len(r.item_ids), bool)
+                for r in records
+            ]
+        )
+        if records
+        else np.zeros(0, bool)
+    )
     ts_type = pa.timestamp("us", tz="UTC")
     columns = {
         "request_id": repeat([r.request_id for r in records], pa.string()),
@@ -297,6 +330,8 @@ def records_to_table(records: list[ServedRecord], feature_names: tuple[str, ...]
         "position": pa.array(np.concatenate([np.arange(1, c + 1) for c in counts]) if n else np.zeros(0), pa.int32()),
         "rank": pa.array(ranks, pa.int32(), mask=ranks == 0),
         "score": pa.array(np.concatenate([np.asarray(r.scores, np.float64) for r in records]) if n else np.zeros(0)),
+        "propensity": pa.array(propensity, pa.float64(), mask=np.isnan(propensity)),
+        "explored": pa.array(explored, pa.bool_()),
         "features": pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), k),
     }
     table = pa.table(columns)
@@ -375,7 +410,7 @@ def read_served_log(
         meta = table.schema.metadata or {}
         names = tuple(json.loads(meta[b"ranker.feature_names"]))
         service = meta[b"ranker.feature_service"].decode()
-        groups.setdefault((service, names), []).append(table.replace_schema_metadata(None))
+        groups.setdefault((service, names), []).append(_with_propensity(table.replace_schema_metadata(None)))
     out = []
     for (service, names), tables in groups.items():
         table = pa.concat_tables(tables)
@@ -399,6 +434,17 @@ def read_served_log(
             "and pointed at the same RANKER_SERVED_LOG_URI?"
         )
     return out
+
+
+def _with_propensity(table: pa.Table) -> pa.Table:
+    """A file written before the propensity columns: propensity 1 where a rank was returned (its
+    scorer ranked deterministically), explored false; columns in the current order."""
+    if "propensity" not in table.column_names:
+        returned = pc.is_valid(table.column("rank")).to_numpy(zero_copy_only=False)
+        table = table.append_column("propensity", pa.array(np.ones(len(table)), pa.float64(), mask=~returned))
+    if "explored" not in table.column_names:
+        table = table.append_column("explored", pa.array(np.zeros(len(table), bool), pa.bool_()))
+    return table.select([*META_COLUMNS, "features"])
 
 
 def served_log_location(settings: Settings, uri: str = "") -> str:
