@@ -19,6 +19,7 @@ from pathlib import Path
 from ranker.config import Settings
 from ranker.data import schema
 from ranker.errors import RankerError
+from ranker.features import taste
 
 # Smoothing strengths (pseudo-impressions) for rates: a listing with 3 impressions and 1 click is
 # not a 33% CTR listing.
@@ -44,6 +45,8 @@ TABLES: tuple[str, ...] = (
     "query_category_stats",
     "user_brand_stats",
     "user_size_stats",
+    "user_price_band_stats",
+    "user_category_taste_stats",
 )
 # Generic tables (feature service generic_ranker_v1): built from any log, imported or simulated.
 # "Interactions" are all non-impression events; sparse rows (entities with an interaction in the
@@ -388,6 +391,9 @@ _SQL.update(
     }
 )
 
+_SQL["user_price_band_stats"] = taste.user_price_band_sql()  # the user's price level per band (issue 17)
+_SQL["user_category_taste_stats"] = taste.user_category_taste_sql()  # category taste without exposure (issue 17)
+
 _SQL.update(
     {
         "generic_item_stats": """
@@ -523,6 +529,14 @@ def build_features(settings: Settings, *, options: BuildOptions | None = None, p
             tmp.replace(path)
             (rows,) = con.execute(f"SELECT count(*) FROM read_parquet('{path}')").fetchall()[0]
             summary["tables"][name] = {"rows": int(rows), "path": str(path)}
+            if progress is not None:
+                progress(name)
+        # Title embeddings (issue 17): fitted here, written beside the tables (ranker/features/text.py).
+        from ranker.features import text
+
+        summary["text"] = text.build_text_tables(con, out_dir, retention_days=PAIR_RETENTION_DAYS)
+        for name in text.TEXT_TABLES:
+            summary["tables"][name] = {"rows": summary["text"]["rows"][name], "path": str(out_dir / f"{name}.parquet")}
             if progress is not None:
                 progress(name)
         first, last = con.execute("SELECT min(snapshot_ts), max(snapshot_ts) FROM snapshots").fetchall()[0]
