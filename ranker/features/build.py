@@ -531,19 +531,42 @@ def build_features(settings: Settings, *, options: BuildOptions | None = None, p
             summary["tables"][name] = {"rows": int(rows), "path": str(path)}
             if progress is not None:
                 progress(name)
-        # Title embeddings (issue 17): fitted here, written beside the tables (ranker/features/text.py).
-        from ranker.features import text
-
-        summary["text"] = text.build_text_tables(con, out_dir, retention_days=PAIR_RETENTION_DAYS)
-        for name in text.TEXT_TABLES:
-            summary["tables"][name] = {"rows": summary["text"]["rows"][name], "path": str(out_dir / f"{name}.parquet")}
-            if progress is not None:
-                progress(name)
+        _text_tables(con, out_dir, summary, progress)
         first, last = con.execute("SELECT min(snapshot_ts), max(snapshot_ts) FROM snapshots").fetchall()[0]
         summary["snapshots"] = {"first": str(first), "last": str(last)}
     finally:
         con.close()
     summary["seconds"] = round(time.perf_counter() - started, 2)
+    return summary
+
+
+def _text_tables(con, out_dir: Path, summary: dict, progress) -> None:
+    """Title embeddings (issue 17): fitted here, written beside the tables (ranker/features/text.py)."""
+    from ranker.features import text
+
+    summary["text"] = text.build_text_tables(con, out_dir, retention_days=PAIR_RETENTION_DAYS)
+    for name in text.TEXT_TABLES:
+        summary["tables"][name] = {"rows": summary["text"]["rows"][name], "path": str(out_dir / f"{name}.parquet")}
+        if progress is not None:
+            progress(name)
+
+
+def build_text_features(settings: Settings, *, options: BuildOptions | None = None, progress=None) -> dict:
+    """Only the title-embedding tables, with DuckDB: what the Spark engine's build adds afterwards
+    (the encoder is scikit-learn, fitted in one process). Returns the same summary shape."""
+    options = options or BuildOptions()
+    out_dir = settings.features_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp_dir = settings.data_dir / "tmp"
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    con = _connect(options, tmp_dir)
+    summary: dict = {"tables": {}}
+    try:
+        _load_raw(con, settings.raw_dir)
+        con.execute(_SQL_SETUP)
+        _text_tables(con, out_dir, summary, progress)
+    finally:
+        con.close()
     return summary
 
 
