@@ -78,8 +78,11 @@ def test_user_category_taste_stats_by_brute_force(world):
     ev = ev.merge(slot_ctr, on=["day", "position"], how="left")
     table = _table(world, "user_category_taste_stats")
     assert len(table) > 0 and table.uct_coec_lift_30d.notna().any()
-    w = taste.CATEGORY_PRIOR_EXPECTED_CLICKS
+    w, ws = taste.CATEGORY_PRIOR_EXPECTED_CLICKS, taste.CATEGORY_PRIOR_CLICKS
     for row in table.sample(120, random_state=5).itertuples():
+        every = _in_window(ev, row.event_timestamp, 30)
+        clicks = every[every.event_type == "click"]
+        market = (clicks.category == row.category).sum() / len(clicks) if len(clicks) else np.nan
         win = _in_window(ev[ev.user_id == row.user_id], row.event_timestamp, 30)
         imp = win[win.event_type == "impression"]
         pair_imp = imp[imp.category == row.category]
@@ -91,6 +94,12 @@ def test_user_category_taste_stats_by_brute_force(world):
             assert row.uct_coec_lift_30d == pytest.approx(lift, rel=1e-5)
         else:
             assert np.isnan(row.uct_coec_lift_30d)
+        user_clicks = (win.event_type == "click").sum()
+        if market > 0:
+            log_share = np.log((pair_clk + ws * market) / (user_clicks + ws) / market)
+            assert row.uct_log_share_30d == pytest.approx(log_share, rel=1e-5, abs=1e-6)
+        else:
+            assert np.isnan(row.uct_log_share_30d)
         shown = _in_window(ev[(ev.user_id == row.user_id) & (ev.category == row.category)], row.event_timestamp, 32)
         assert len(shown) > 0
 

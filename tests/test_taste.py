@@ -37,7 +37,9 @@ def test_monotone_tags_become_constraints(world, taste_model):
     _, model_dir = taste_model
     service = json.loads((model_dir / "card.json").read_text())["feature_service"]
     spec = service_spec(feature_store(world), service)
-    increasing = set(BRAND_FEATURES) | ({"uct_coec_lift_30d"} if service == "search_ranker_v4" else set())
+    increasing = set(BRAND_FEATURES) | (
+        {"uct_coec_lift_30d", "uct_log_share_30d"} if service == "search_ranker_v4" else set()
+    )
     assert {name for name, d in spec.monotone.items() if d == 1} == increasing
     assert "ub_impressions_30d" not in spec.monotone, "exposure without clicks is not a preference"
     card = json.loads((model_dir / "card.json").read_text())

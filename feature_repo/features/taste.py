@@ -65,5 +65,14 @@ user_category_taste_fv = FeatureView(
             ),
             tags={"monotone": "increasing"},
         ),
+        Field(
+            name="uct_log_share_30d",
+            dtype=Float32,
+            description=(
+                "Log of the user's click share in the category, shrunk towards the marketplace's share with 5 "
+                "clicks, over the marketplace's share, 30 days (0 = a typical taste for it)."
+            ),
+            tags={"monotone": "increasing"},
+        ),
     ],
 )

@@ -83,13 +83,17 @@ def user_price_band_sql() -> str:
 # shown in would get on average (COEC), relative to the same ratio over all the user's impressions. The
 # smoothing adds this many expected clicks at the user's own ratio (about 14 impressions at a 7% CTR).
 CATEGORY_PRIOR_EXPECTED_CLICKS = 1.0
+# The user's click share of a category is shrunk towards the marketplace's share with this many clicks.
+CATEGORY_PRIOR_CLICKS = 5.0
 
 
 def user_category_taste_sql() -> str:
     """The query of user_category_taste_stats (DuckDB; the build's ``ev``, ``position_ctr`` and
     ``snapshots``): per (user, category) pair shown to the user in the last 32 days, the 30-day
-    impressions and the COEC lift ``((clk + w * r) / (exp + w)) / r``, ``r`` = the user's clicks over
-    expected clicks (empty when the user has no click)."""
+    impressions, the COEC lift ``((clk + w * r) / (exp + w)) / r``, ``r`` = the user's clicks over
+    expected clicks (empty when the user has no click), and the log of the user's click share shrunk
+    towards the marketplace's, over the marketplace's: ``ln(((clk + ws * m) / (user_clk + ws)) / m)``,
+    ``m`` = the category's share of all clicks in the window (empty when it has none)."""
     return """
         WITH daily AS (
             SELECT e.user_id, e.category, e.day,
@@ -107,11 +111,19 @@ def user_category_taste_sql() -> str:
               ON d.day < s.snapshot_ts AND d.day >= s.snapshot_ts - INTERVAL {retention} DAY
             GROUP BY ALL),
         tot AS (
-            SELECT user_id, snapshot_ts, sum(clk) / nullif(sum(exp_clk), 0) AS ratio FROM win GROUP BY ALL)
+            SELECT user_id, snapshot_ts, sum(clk) AS user_clk, sum(clk) / nullif(sum(exp_clk), 0) AS ratio
+            FROM win GROUP BY ALL),
+        per_category AS (SELECT category, snapshot_ts, sum(clk) AS clk FROM win GROUP BY ALL),
+        market AS (
+            SELECT category, snapshot_ts, clk / nullif(sum(clk) OVER (PARTITION BY snapshot_ts), 0) AS share
+            FROM per_category)
         SELECT user_id, category, snapshot_ts AS event_timestamp,
                coalesce(imp, 0)::BIGINT AS uct_impressions_30d,
                (CASE WHEN ratio > 0 THEN
                    ((coalesce(clk, 0) + {wc} * ratio) / (coalesce(exp_clk, 0) + {wc})) / ratio END)::FLOAT
-                   AS uct_coec_lift_30d
-        FROM win JOIN tot USING (user_id, snapshot_ts)
-    """.replace("{wc}", str(CATEGORY_PRIOR_EXPECTED_CLICKS))
+                   AS uct_coec_lift_30d,
+               (CASE WHEN share > 0 THEN
+                   ln((coalesce(clk, 0) + {ws} * share) / (coalesce(user_clk, 0) + {ws}) / share) END)::FLOAT
+                   AS uct_log_share_30d
+        FROM win JOIN tot USING (user_id, snapshot_ts) LEFT JOIN market USING (category, snapshot_ts)
+    """.replace("{wc}", str(CATEGORY_PRIOR_EXPECTED_CLICKS)).replace("{ws}", str(CATEGORY_PRIOR_CLICKS))
