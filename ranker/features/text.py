@@ -121,7 +121,8 @@ def build_text_tables(con, out_dir: Path, *, retention_days: int) -> dict:
             "WHERE surface = 'search' AND query IS NOT NULL AND query <> '' ORDER BY 1"
         ).fetchall()
     ]
-    encoder = TitleEncoder().fit(fit_titles) if fit_titles else None
+    # Too few titles to fit on (an imported log without titles or listing times): empty tables.
+    encoder = TitleEncoder().fit(fit_titles) if len(set(fit_titles)) >= 2 else None
 
     def encode(texts: list[str]) -> np.ndarray:
         return encoder.transform(texts) if encoder is not None else np.zeros((0, TEXT_DIM), np.float32)
