@@ -8,6 +8,7 @@ through Feast's own DuckDB offline store (the build uses `ranker.features.offlin
     .venv/bin/python benchmarks/dataset_build.py --scale 20        # ~5.2M search rows (10.4M impressions)
     .venv/bin/python benchmarks/dataset_build.py --scale 40        # ~10.5M search rows: the 10M figure
     .venv/bin/python benchmarks/dataset_build.py --home /tmp/w40 --keep   # build a world once, then reuse it
+    .venv/bin/python benchmarks/dataset_build.py --home /tmp/w4 --feature-service search_ranker_v4 --no-anchor
 
 (--scale 20 gives 10.4M impressions over both surfaces, i.e. ~5.2M search rows; --scale 40 gives
 ~10.5M search rows: simulate ~2.5 min, features build ~1.5-4 min and ~4 GB RAM plus DuckDB
@@ -41,11 +42,12 @@ import json, resource, sys, time, warnings
 warnings.filterwarnings("ignore")
 started = time.perf_counter()
 mode, surface, chunk_rows, anchor_rows = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+service = sys.argv[5] or None
 import feast  # noqa: F401  (timed: the CLI pays it too)
 from ranker.config import Settings
 from ranker.training.dataset import DatasetOptions, build_dataset
 settings = Settings.from_env()
-options = DatasetOptions(surface=surface, chunk_rows=chunk_rows)
+options = DatasetOptions(surface=surface, chunk_rows=chunk_rows, feature_service=service)
 imported = time.perf_counter() - started
 out = {"import_s": round(imported, 2)}
 if mode == "build":
@@ -89,7 +91,16 @@ def _run(cmd: list[str], env: dict, label: str) -> None:
 
 
 def _measure(mode: str, args, env: dict) -> dict:
-    cmd = [sys.executable, "-c", CHILD, mode, args.surface, str(args.chunk_rows), str(args.anchor_rows)]
+    cmd = [
+        sys.executable,
+        "-c",
+        CHILD,
+        mode,
+        args.surface,
+        str(args.chunk_rows),
+        str(args.anchor_rows),
+        args.feature_service or "",
+    ]
     proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         sys.exit(f"{mode} failed:\n{proc.stderr[-4000:]}")
@@ -110,6 +121,7 @@ def main() -> None:
         "--scale", type=float, default=2.0, help="Simulator scale of a new world (20: ~5.2M search rows)."
     )
     parser.add_argument("--surface", choices=["search", "recs"], default="search")
+    parser.add_argument("--feature-service", default=None, help="Override the surface's service (search_ranker_v4).")
     parser.add_argument(
         "--home", type=Path, default=None, help="Use this RANKER_HOME (built there if it has no features yet)."
     )

@@ -93,3 +93,24 @@ user_session_source = FileSource(
 # that the views are stream-fed and give Feast's push API the same schema).
 item_realtime_push = PushSource(name="item_realtime_push", batch_source=item_realtime_source)
 user_session_push = PushSource(name="user_session_push", batch_source=user_session_source)
+
+# Issue 17: a user's clicks per price band (ranker/features/taste.py) and title embeddings (ranker/features/text.py).
+user_price_band_source = FileSource(
+    name="user_price_band_source",
+    path=str(FEATURE_TABLES / "user_price_band_stats.parquet"),
+    timestamp_field="event_timestamp",
+)
+listing_text_source = FileSource(
+    name="listing_text_source", path=str(FEATURE_TABLES / "listing_text.parquet"), timestamp_field="event_timestamp"
+)
+query_text_source = FileSource(
+    name="query_text_source", path=str(FEATURE_TABLES / "query_text.parquet"), timestamp_field="event_timestamp"
+)
+user_text_source = FileSource(
+    name="user_text_source", path=str(FEATURE_TABLES / "user_text.parquet"), timestamp_field="event_timestamp"
+)
+user_category_taste_source = FileSource(
+    name="user_category_taste_source",
+    path=str(FEATURE_TABLES / "user_category_taste_stats.parquet"),
+    timestamp_field="event_timestamp",
+)

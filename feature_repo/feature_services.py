@@ -10,8 +10,17 @@ from features.generic import generic_item_stats_fv, generic_user_category_fv, ge
 from features.listing import item_stats_fv, listing_fv
 from features.realtime import item_realtime_fv, user_session_fv
 from features.seller import seller_stats_fv
+from features.taste import user_category_taste_fv
 from features.user import user_stats_fv
-from on_demand import listing_request_features, query_listing_features, user_listing_features, user_size_features
+from on_demand import (
+    listing_request_features,
+    query_listing_features,
+    query_title_text_features,
+    user_listing_features,
+    user_price_band_features,
+    user_size_features,
+    user_title_text_features,
+)
 
 _user_numeric = [f.name for f in user_stats_fv.features if f.name != "user_size"]
 
@@ -52,6 +61,23 @@ recs_ranker_v3 = FeatureService(
     name="recs_ranker_v3",
     features=[*_shared, *_taste],
     description="Inputs of the recommendations ranker, version 3: v1 + brand and size taste.",
+)
+
+# Version 4 (issue 17): v3 + the user's taste for the candidate's category net of exposure, for its price
+# level relative to its category, and title-embedding similarity (to the search text; to the titles the
+# user engaged with).
+_signals = [user_category_taste_fv, user_price_band_features, user_title_text_features]
+
+search_ranker_v4 = FeatureService(
+    name="search_ranker_v4",
+    features=[*_shared, query_category_fv, query_listing_features, *_taste, *_signals, query_title_text_features],
+    description="Inputs of the search ranker, version 4: v3 + price-band taste and title similarity.",
+)
+
+recs_ranker_v4 = FeatureService(
+    name="recs_ranker_v4",
+    features=[*_shared, *_taste, *_signals],
+    description="Inputs of the recommendations ranker, version 4: v3 + price-band taste and title similarity.",
 )
 
 # Works on any imported log (only user_id, item_id, timestamp are needed): interaction counts,

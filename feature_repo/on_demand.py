@@ -13,6 +13,8 @@ from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float32
 from features.category import category_stats_fv
 from features.listing import listing_fv
+from features.taste import user_price_band_fv
+from features.text import listing_text_fv, query_text_fv, user_text_fv
 from features.user import user_size_fv, user_stats_fv
 
 
@@ -83,3 +85,46 @@ def user_size_features(inputs: pd.DataFrame) -> pd.DataFrame:
     from ranker.features import transforms
 
     return transforms.user_size_features(inputs)
+
+
+# The user's taste for the candidate's price level relative to its category (issue 17).
+@on_demand_feature_view(
+    sources=[listing_fv[["price"]], category_stats_fv[["category_median_price"]], user_price_band_fv],
+    schema=[
+        Field(name="price_band_clicks", dtype=Float32),
+        Field(name="price_band_click_share", dtype=Float32),
+        Field(name="price_band_ctr_lift", dtype=Float32),
+    ],
+    description=(
+        "price_band_clicks: the user's clicks on listings in the candidate's price band (price / category median), "
+        "30 days; price_band_click_share: their share of the user's clicks; price_band_ctr_lift: the user's "
+        "click-through rate in the band over the user's own, smoothed (1 = no preference)."
+    ),
+)
+def user_price_band_features(inputs: pd.DataFrame) -> pd.DataFrame:
+    from ranker.features import transforms
+
+    return transforms.user_price_band_features(inputs)
+
+
+# Text similarity in the title embedding space (issue 17): no model runs on the request path.
+@on_demand_feature_view(
+    sources=[listing_text_fv, query_text_fv],
+    schema=[Field(name="query_title_similarity", dtype=Float32)],
+    description="query_title_similarity: cosine of the search text's and the title's embeddings.",
+)
+def query_title_text_features(inputs: pd.DataFrame) -> pd.DataFrame:
+    from ranker.features import transforms
+
+    return transforms.query_title_similarity(inputs)
+
+
+@on_demand_feature_view(
+    sources=[listing_text_fv, user_text_fv],
+    schema=[Field(name="user_title_similarity", dtype=Float32)],
+    description="user_title_similarity: cosine of the title's embedding and the user's engaged titles' mean, 30 days.",
+)
+def user_title_text_features(inputs: pd.DataFrame) -> pd.DataFrame:
+    from ranker.features import transforms
+
+    return transforms.user_title_similarity(inputs)

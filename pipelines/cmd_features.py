@@ -44,9 +44,10 @@ def register(cli: click.Group) -> None:
         from tqdm import tqdm
 
         from ranker.features.build import TABLES, BuildOptions
+        from ranker.features.text import TEXT_TABLES
         from ranker.jobs.feature_tables import build_feature_tables
 
-        with tqdm(total=len(TABLES), desc="features", unit="table", disable=as_json) as bar:
+        with tqdm(total=len(TABLES) + len(TEXT_TABLES), desc="features", unit="table", disable=as_json) as bar:
 
             def done(name: str) -> None:
                 bar.set_postfix_str(name)

@@ -25,6 +25,8 @@ SERVICES = (
     "recs_ranker_v2",
     "search_ranker_v3",
     "recs_ranker_v3",
+    "search_ranker_v4",
+    "recs_ranker_v4",
 )
 REQUESTS_PER_SERVICE = 12  # per store and service: random requests compared with Feast (v2: the real-time views)
 

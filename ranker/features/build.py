@@ -19,6 +19,7 @@ from pathlib import Path
 from ranker.config import Settings
 from ranker.data import schema
 from ranker.errors import RankerError
+from ranker.features import taste
 
 # Smoothing strengths (pseudo-impressions) for rates: a listing with 3 impressions and 1 click is
 # not a 33% CTR listing.
@@ -44,6 +45,8 @@ TABLES: tuple[str, ...] = (
     "query_category_stats",
     "user_brand_stats",
     "user_size_stats",
+    "user_price_band_stats",
+    "user_category_taste_stats",
 )
 # Generic tables (feature service generic_ranker_v1): built from any log, imported or simulated.
 # "Interactions" are all non-impression events; sparse rows (entities with an interaction in the
@@ -388,6 +391,9 @@ _SQL.update(
     }
 )
 
+_SQL["user_price_band_stats"] = taste.user_price_band_sql()  # the user's price level per band (issue 17)
+_SQL["user_category_taste_stats"] = taste.user_category_taste_sql()  # category taste without exposure (issue 17)
+
 _SQL.update(
     {
         "generic_item_stats": """
@@ -525,11 +531,42 @@ def build_features(settings: Settings, *, options: BuildOptions | None = None, p
             summary["tables"][name] = {"rows": int(rows), "path": str(path)}
             if progress is not None:
                 progress(name)
+        _text_tables(con, out_dir, summary, progress)
         first, last = con.execute("SELECT min(snapshot_ts), max(snapshot_ts) FROM snapshots").fetchall()[0]
         summary["snapshots"] = {"first": str(first), "last": str(last)}
     finally:
         con.close()
     summary["seconds"] = round(time.perf_counter() - started, 2)
+    return summary
+
+
+def _text_tables(con, out_dir: Path, summary: dict, progress) -> None:
+    """Title embeddings (issue 17): fitted here, written beside the tables (ranker/features/text.py)."""
+    from ranker.features import text
+
+    summary["text"] = text.build_text_tables(con, out_dir, retention_days=PAIR_RETENTION_DAYS)
+    for name in text.TEXT_TABLES:
+        summary["tables"][name] = {"rows": summary["text"]["rows"][name], "path": str(out_dir / f"{name}.parquet")}
+        if progress is not None:
+            progress(name)
+
+
+def build_text_features(settings: Settings, *, options: BuildOptions | None = None, progress=None) -> dict:
+    """Only the title-embedding tables, with DuckDB: what the Spark engine's build adds afterwards
+    (the encoder is scikit-learn, fitted in one process). Returns the same summary shape."""
+    options = options or BuildOptions()
+    out_dir = settings.features_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp_dir = settings.data_dir / "tmp"
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    con = _connect(options, tmp_dir)
+    summary: dict = {"tables": {}}
+    try:
+        _load_raw(con, settings.raw_dir)
+        con.execute(_SQL_SETUP)
+        _text_tables(con, out_dir, summary, progress)
+    finally:
+        con.close()
     return summary
 
 

@@ -410,3 +410,86 @@ def user_size_features(inputs):
             "size_engaged_n": np.nan_to_num(count, nan=0.0).astype(np.float32),
         },
     )
+
+
+def price_band(price, category_median) -> np.ndarray:
+    """The band of price / the category's median price (``ranker.features.taste.PRICE_BAND_EDGES``) as
+    float64 0..N_PRICE_BANDS-1, NaN without a price or a positive median (the batch table bands the
+    same way: ``x < edge`` picks the first band whose edge is above x)."""
+    from ranker.features.taste import PRICE_BAND_EDGES
+
+    price, median = _num(price), _num(category_median)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(median > 0, price / median, np.nan)
+    band = np.searchsorted(np.array(PRICE_BAND_EDGES), ratio, side="right").astype(np.float64)
+    return np.where(np.isnan(ratio), np.nan, band)
+
+
+def user_price_band_features(inputs):
+    """The user's taste for the candidate's price level (bands of price / category median, 30 days).
+
+    price_band_clicks: the user's clicks on listings of the candidate's band (0 without any; empty
+    for a listing without a price band);
+    price_band_click_share: those clicks over all the user's clicks (empty without clicks);
+    price_band_ctr_lift: the user's click-through rate in the band, smoothed towards the user's own
+    rate with ``BAND_PRIOR_WEIGHT`` pseudo-impressions, over that rate (1 = no preference; empty
+    without impressions or clicks).
+    """
+    from ranker.features.taste import BAND_PRIOR_WEIGHT, N_PRICE_BANDS
+
+    band = price_band(inputs["price"], inputs["category_median_price"])
+    n = len(band)
+    imp = np.zeros((n, N_PRICE_BANDS))
+    clk = np.zeros((n, N_PRICE_BANDS))
+    for b in range(N_PRICE_BANDS):
+        imp[:, b] = np.nan_to_num(_num(inputs[f"upb_impressions_{b}_30d"]), nan=0.0)
+        clk[:, b] = np.nan_to_num(_num(inputs[f"upb_clicks_{b}_30d"]), nan=0.0)
+    known = ~np.isnan(band)
+    pick = np.where(known, band, 0).astype(np.int64)[:, None]
+    imp_b = np.take_along_axis(imp, pick, axis=1)[:, 0]
+    clk_b = np.take_along_axis(clk, pick, axis=1)[:, 0]
+    total_imp, total_clk = imp.sum(axis=1), clk.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = np.where(known & (total_clk > 0), clk_b / total_clk, np.nan)
+        ctr = np.where(total_imp > 0, total_clk / total_imp, 0.0)
+        lift = np.where(
+            known & (ctr > 0), ((clk_b + BAND_PRIOR_WEIGHT * ctr) / (imp_b + BAND_PRIOR_WEIGHT)) / ctr, np.nan
+        )
+    return _output(
+        inputs,
+        {
+            "price_band_clicks": np.where(known, clk_b, np.nan).astype(np.float32),
+            "price_band_click_share": share.astype(np.float32),
+            "price_band_ctr_lift": lift.astype(np.float32),
+        },
+    )
+
+
+def _cosine(inputs, left: list[str], right: list[str]) -> np.ndarray:
+    """Row-wise cosine of two stored embeddings (float64), NaN when either is missing or zero. Summed
+    component by component (elementwise numpy only), so every path rounds the same way."""
+    dot = aa = bb = 0.0
+    for lc, rc in zip(left, right, strict=True):
+        a, b = _num(inputs[lc]), _num(inputs[rc])
+        dot, aa, bb = dot + a * b, aa + a * a, bb + b * b
+    norms = np.sqrt(aa) * np.sqrt(bb)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(norms > 0, dot / norms, np.nan)
+
+
+def query_title_similarity(inputs):
+    """query_title_similarity: cosine of the search text's and the listing title's embeddings
+    (``ranker.features.text``; empty for a search text or a listing the store has no embedding of)."""
+    from ranker.features.text import component_names
+
+    sim = _cosine(inputs, component_names("query_text"), component_names("listing_text"))
+    return _output(inputs, {"query_title_similarity": sim.astype(np.float32)})
+
+
+def user_title_similarity(inputs):
+    """user_title_similarity: cosine of the listing title's embedding and the mean embedding of the
+    titles the user engaged with in the last 30 days (empty without such engagement)."""
+    from ranker.features.text import component_names
+
+    sim = _cosine(inputs, component_names("user_text"), component_names("listing_text"))
+    return _output(inputs, {"user_title_similarity": sim.astype(np.float32)})

@@ -51,6 +51,11 @@ def build_feature_tables(
         from ranker.features.spark_build import build_features_spark
 
         summary = build_features_spark(settings.with_(feature_engine="spark"), progress=progress)
+        from ranker.features.build import build_text_features
+
+        text = build_text_features(settings, options=options, progress=progress)  # scikit-learn: one process
+        summary["tables"].update(text["tables"])
+        summary["text"] = text["text"]
     else:
         from ranker.features.build import build_features
 
