@@ -91,9 +91,10 @@ recs_ranker_v2 = FeatureService(
 )
 
 # Version 2 of the imported-log ranker (issue 17): version 1 plus co-engagement at the listing, brand,
-# category x brand and seller levels, all-time and 7-day popularity with percentiles (what the
-# popularity baselines rank by), and the listing's last-day clicks as of its latest event (the daily
-# snapshots are up to a day old at request time).
+# category x brand and seller levels, and all-time and 7-day popularity with percentiles (what the
+# popularity baselines rank by). Not the stream-fed item_realtime_fv: its rows are written at each
+# event's own time, so on sampled groups (rows at the engagement's timestamp) a positive's counts
+# include the positive itself (measured: item_clicks_24h > 0 on 100% of positives, 14% of negatives).
 generic_ranker_v2 = FeatureService(
     name="generic_ranker_v2",
     features=[
@@ -106,7 +107,6 @@ generic_ranker_v2 = FeatureService(
         coeng_user_brand_fv,
         coeng_user_category_brand_fv,
         coeng_user_seller_fv,
-        item_realtime_fv[["item_clicks_1h", "item_clicks_24h", "item_saves_24h"]],
     ],
     description="Inputs of a ranker trained on an imported log, version 2: v1 + co-engagement and popularity.",
 )
