@@ -6,6 +6,13 @@ from feast import FeatureService
 from feast.types import String
 from features.affinity import query_category_fv, user_brand_fv, user_category_fv
 from features.category import category_stats_fv
+from features.coengagement import (
+    coeng_item_popularity_fv,
+    coeng_user_brand_fv,
+    coeng_user_category_brand_fv,
+    coeng_user_item_fv,
+    coeng_user_seller_fv,
+)
 from features.generic import generic_item_stats_fv, generic_user_category_fv, generic_user_stats_fv
 from features.listing import item_stats_fv, listing_fv
 from features.realtime import item_realtime_fv, user_session_fv
@@ -107,4 +114,25 @@ recs_ranker_v2 = FeatureService(
     name="recs_ranker_v2",
     features=[*_shared, *_realtime],
     description="Inputs of the recommendations ranker, version 2: version 1 and the real-time views.",
+)
+
+# Version 2 of the imported-log ranker (issue 17): version 1 plus co-engagement at the listing, brand,
+# category x brand and seller levels, and all-time and 7-day popularity with percentiles (what the
+# popularity baselines rank by). Not the stream-fed item_realtime_fv: its rows are written at each
+# event's own time, so on sampled groups (rows at the engagement's timestamp) a positive's counts
+# include the positive itself (measured: item_clicks_24h > 0 on 100% of positives, 14% of negatives).
+generic_ranker_v2 = FeatureService(
+    name="generic_ranker_v2",
+    features=[
+        generic_item_stats_fv,
+        generic_user_stats_fv,
+        generic_user_category_fv,
+        listing_request_features,
+        coeng_item_popularity_fv,
+        coeng_user_item_fv,
+        coeng_user_brand_fv,
+        coeng_user_category_brand_fv,
+        coeng_user_seller_fv,
+    ],
+    description="Inputs of a ranker trained on an imported log, version 2: v1 + co-engagement and popularity.",
 )

@@ -45,6 +45,14 @@ def register(cli: click.Group) -> None:
         "--negatives-seed", default=0, show_default=True, type=click.IntRange(0), help="Seed of the sampling."
     )
     @click.option(
+        "--negatives-popular",
+        default=0.0,
+        show_default=True,
+        type=click.FloatRange(0.0, 1.0),
+        help="Share of the sampled negatives drawn in proportion to the listings' engagements on the 7 days "
+        "before (hard negatives: what popularity would rank first); the rest uniform.",
+    )
+    @click.option(
         "--engine",
         type=click.Choice(["duckdb", "spark"]),
         default=None,
@@ -53,7 +61,17 @@ def register(cli: click.Group) -> None:
     )
     @click.pass_obj
     def build(
-        settings, surface, start, end, attribution_hours, feature_service, chunk_rows, negatives, negatives_seed, engine
+        settings,
+        surface,
+        start,
+        end,
+        attribution_hours,
+        feature_service,
+        chunk_rows,
+        negatives,
+        negatives_seed,
+        negatives_popular,
+        engine,
     ) -> None:
         """Label impressions (purchase 4 > add_to_bag 3 > save 2 > click 1 > shown 0) and fetch
         their features from Feast at impression time; writes artifacts/datasets/SURFACE/."""
@@ -70,6 +88,7 @@ def register(cli: click.Group) -> None:
             chunk_rows=chunk_rows,
             negatives=negatives,
             negatives_seed=negatives_seed,
+            negatives_popular=negatives_popular,
         )
         with tqdm(desc=f"dataset {surface}", unit="rows") as bar:
             manifest = build_dataset(settings, options, progress=bar, engine=engine)

@@ -68,6 +68,8 @@ def register(cli: click.Group) -> None:
             click.echo(f"  {name:<22} {info['rows']:>10,} rows  {info['path']}")
         for name, info in summary["realtime"]["views"].items():
             click.echo(f"  {name:<22} {info['rows']:>10,} rows  {info['path']}")
+        for name, info in summary.get("coengagement", {}).get("tables", {}).items():
+            click.echo(f"  {name:<22} {info['rows']:>10,} rows  {info['path']}")
         click.echo(
             f"snapshots {summary['snapshots']['first']} .. {summary['snapshots']['last']}, {summary['seconds']} s"
         )

@@ -9,7 +9,7 @@ attributes with ``created_at`` and ``sold_at``). The export is imported into its
 
   ranker data import --format interactions interactions.csv --items items.csv
   ranker features build && ranker features apply
-  ranker dataset build --surface recs --feature-service generic_ranker_v1 --negatives 8
+  ranker dataset build --surface recs --feature-service generic_ranker_v2 --negatives 8 [--negatives-popular P]
   ranker train --surface recs
   ranker evaluate artifacts/models/recs_ranker/<version> --catalogue-users 500
 
@@ -28,6 +28,11 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# generic_ranker_v2: v1 + co-engagement and popularity (feature_repo/features/coengagement.py)
+DEFAULT_SERVICE = "generic_ranker_v2"
+DEFAULT_POPULAR = (
+    0.0  # share of popularity-drawn (hard) negatives: 0.5 measured worse (docs/guides/bring-your-own-events.md)
+)
 ITEM_COLUMNS = (
     "item_id",
     "seller_id",
@@ -76,7 +81,16 @@ def _ranker(home: Path, *args: str) -> None:
         sys.exit(f"example stopped: `ranker {' '.join(args)}` failed (exit {result.returncode})")
 
 
-def run(home: Path, *, scale: float = 2.2, seed: int = 7, negatives: int = 8, users: int = 500) -> Path:
+def run(
+    home: Path,
+    *,
+    scale: float = 2.2,
+    seed: int = 7,
+    negatives: int = 8,
+    users: int = 500,
+    service: str = DEFAULT_SERVICE,
+    popular: float = DEFAULT_POPULAR,
+) -> Path:
     """The whole example in ``home``; returns the evaluated model folder."""
     import shutil
 
@@ -101,9 +115,11 @@ def run(home: Path, *, scale: float = 2.2, seed: int = 7, negatives: int = 8, us
         "--surface",
         "recs",
         "--feature-service",
-        "generic_ranker_v1",
+        service,
         "--negatives",
         str(negatives),
+        "--negatives-popular",
+        str(popular),
     )
     _ranker(home, "train", "--surface", "recs")
     model_dir = sorted((home / "artifacts" / "models" / "recs_ranker").glob("*/card.json"))[-1].parent
@@ -119,8 +135,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=7, help="Simulator seed.")
     parser.add_argument("--negatives", type=int, default=8, help="Sampled negatives per interaction.")
     parser.add_argument("--catalogue-users", type=int, default=500, help="Test users of the full catalogue.")
+    parser.add_argument("--feature-service", default=DEFAULT_SERVICE, help="generic_ranker_v2 or generic_ranker_v1.")
+    parser.add_argument(
+        "--negatives-popular", type=float, default=DEFAULT_POPULAR, help="Share of popularity-drawn negatives."
+    )
     args = parser.parse_args(argv)
-    run(args.home.resolve(), scale=args.scale, seed=args.seed, negatives=args.negatives, users=args.catalogue_users)
+    run(
+        args.home.resolve(),
+        scale=args.scale,
+        seed=args.seed,
+        negatives=args.negatives,
+        users=args.catalogue_users,
+        service=args.feature_service,
+        popular=args.negatives_popular,
+    )
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ SERVICES = (
     "recs_ranker_v3",
     "search_ranker_v4",
     "recs_ranker_v4",
+    "generic_ranker_v2",  # compound user x item / user x category x brand / user x seller keys (co-engagement)
 )
 REQUESTS_PER_SERVICE = 12  # per store and service: random requests compared with Feast (v2: the real-time views)
 

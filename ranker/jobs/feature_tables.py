@@ -61,4 +61,8 @@ def build_feature_tables(
 
         summary = build_features(settings, options=options, progress=progress)
     summary["realtime"] = write_realtime_backfill(settings, threads=threads)
+    from ranker.features.coengagement import build_coengagement
+
+    # co-engagement tables (feature_repo/features/coengagement.py): numpy on the event log, any engine
+    summary["coengagement"] = build_coengagement(settings.raw_dir, settings.features_dir)
     return summary

@@ -63,12 +63,16 @@ class DatasetOptions:
     # (ranker.training.negatives) instead of the logged impressions; 0 = the logged impressions.
     negatives: int = 0
     negatives_seed: int = 0
+    # share of the sampled negatives drawn in proportion to recent popularity (hard negatives), 0..1
+    negatives_popular: float = 0.0
 
     def __post_init__(self) -> None:
         if self.surface not in SERVICES:
             raise DatasetError(f"unknown surface {self.surface!r}; use one of {', '.join(SERVICES)}")
         if self.attribution_hours <= 0:
             raise DatasetError("--attribution-hours must be > 0")
+        if not 0.0 <= self.negatives_popular <= 1.0:
+            raise DatasetError(f"--negatives-popular must be in [0, 1] (got {self.negatives_popular})")
         if self.start and self.end and self.start >= self.end:
             raise DatasetError(f"empty window: --start {self.start} is not before --end {self.end}")
 

@@ -26,6 +26,10 @@ from ranker.errors import RankerError
 from ranker.features.reference import LISTING_KEYS
 
 
+# Popularity-drawn negatives weigh listings by their engagements on this many days before the positive's.
+POPULAR_DAYS = 7
+
+
 class SamplingError(RankerError):
     """Sampled groups cannot be built as asked."""
 
@@ -113,6 +117,87 @@ def sample_negatives(pos: pd.DataFrame, listings: pd.DataFrame, *, ratio: int, s
     return pd.DataFrame({"group": group, "item_id": lst.item_id.to_numpy()[chosen].astype(str)})
 
 
+def popular_negatives(
+    pos: pd.DataFrame, listings: pd.DataFrame, engaged: pd.DataFrame, *, n: int, seed: int
+) -> pd.DataFrame:
+    """For each positive, up to ``n`` negatives drawn in proportion to the listing's engagements
+    (any user, any surface) on the ``POPULAR_DAYS`` UTC days before the positive's day — strictly
+    earlier days, so no draw sees the positive's own day or later — among the listings available
+    at the positive's timestamp (created before, not yet sold, not the positive's own). Hard
+    negatives: what a popularity ranker would have put on top instead. Returns (group, item_id)."""
+    if n < 1 or pos.empty:
+        return pd.DataFrame({"group": np.zeros(0, np.int64), "item_id": np.zeros(0, dtype=object)})
+    rng = np.random.default_rng([seed, 0xB0B])
+    lst = listings.sort_values(["created_at", "item_id"], kind="stable").reset_index(drop=True)
+    created = lst.created_at.astype("int64").to_numpy()
+    sold = lst.sold_at.astype("int64").to_numpy()
+    sold = np.where(lst.sold_at.isna().to_numpy(), np.iinfo(np.int64).max, sold)
+    item_index = pd.Series(np.arange(len(lst)), index=lst.item_id.astype(str))
+    eng_item = item_index.reindex(engaged.item_id.astype(str)).to_numpy()
+    eng_day = pd.to_datetime(engaged.timestamp, utc=True).dt.floor("D").to_numpy()
+    ok_eng = ~np.isnan(eng_item)
+    eng_item, eng_day = eng_item[ok_eng].astype(np.int64), eng_day[ok_eng]
+    ts = pos.timestamp.astype("int64").to_numpy()
+    day = pd.to_datetime(pos.timestamp, utc=True).dt.floor("D").to_numpy()
+    own = item_index.reindex(pos.item_id.astype(str)).fillna(-1).astype(np.int64).to_numpy()
+    groups, chosen = [], []
+    draws = max(4 * n, n + 8)
+    for d in np.unique(day):
+        rows = np.flatnonzero(day == d)
+        window = (eng_day < d) & (eng_day >= d - np.timedelta64(POPULAR_DAYS, "D"))
+        weight = np.bincount(eng_item[window], minlength=len(lst)).astype(np.float64)
+        if weight.sum() == 0:
+            continue
+        cand = rng.choice(len(lst), size=(len(rows), draws), p=weight / weight.sum())
+        t = ts[rows][:, None]
+        ok = (created[cand] < t) & (sold[cand] > t) & (cand != own[rows][:, None])
+        order = np.argsort(cand, axis=1, kind="stable")
+        sorted_cand = np.take_along_axis(cand, order, axis=1)
+        dup_sorted = np.zeros_like(ok)
+        dup_sorted[:, 1:] = sorted_cand[:, 1:] == sorted_cand[:, :-1]
+        dup = np.zeros_like(ok)
+        np.put_along_axis(dup, order, dup_sorted, axis=1)
+        ok &= ~dup
+        take = ok & (np.cumsum(ok, axis=1) <= n)
+        r, c = np.nonzero(take)
+        groups.append(rows[r])
+        chosen.append(cand[r, c])
+    if not groups:
+        return pd.DataFrame({"group": np.zeros(0, np.int64), "item_id": np.zeros(0, dtype=object)})
+    g, i = np.concatenate(groups), np.concatenate(chosen)
+    return pd.DataFrame({"group": g, "item_id": lst.item_id.to_numpy()[i].astype(str)})
+
+
+def _engagements(settings: Settings) -> pd.DataFrame:
+    import duckdb
+
+    events = settings.raw_dir / schema.EVENTS.file
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone='UTC'")
+        df = con.execute(
+            f"SELECT item_id, timestamp FROM read_parquet('{events}') WHERE event_type <> 'impression'"
+        ).df()
+    finally:
+        con.close()
+    df["timestamp"] = pd.to_datetime(df.timestamp, utc=True)
+    return df
+
+
+def mixed_negatives(
+    pos: pd.DataFrame, listings: pd.DataFrame, engaged: pd.DataFrame, *, ratio: int, popular: float, seed: int
+) -> pd.DataFrame:
+    """``round(ratio * popular)`` popularity-drawn negatives per positive (:func:`popular_negatives`),
+    completed to ``ratio`` with uniform ones (:func:`sample_negatives`) not already drawn."""
+    n_pop = int(round(ratio * popular))
+    uniform = sample_negatives(pos, listings, ratio=ratio, seed=seed)
+    hard = popular_negatives(pos, listings, engaged, n=n_pop, seed=seed)
+    both = pd.concat([hard.assign(_src=0), uniform.assign(_src=1)], ignore_index=True)
+    both = both.sort_values(["group", "_src"], kind="stable").drop_duplicates(["group", "item_id"])
+    both = both[both.groupby("group").cumcount() < ratio]
+    return both[["group", "item_id"]].reset_index(drop=True)
+
+
 def sampled_groups(settings: Settings, options) -> pa.Table:
     """The training rows of sampled groups, in the column order and row order the dataset build
     expects (groups by time, then id; a group's rows in a seeded random order)."""
@@ -125,7 +210,11 @@ def sampled_groups(settings: Settings, options) -> pa.Table:
             f"{options.end or 'the last event'}: nothing to sample groups around"
         )
     listings = schema.read_table(settings.raw_dir, schema.LISTINGS)
-    neg = sample_negatives(pos, listings, ratio=ratio, seed=seed)
+    popular = float(getattr(options, "negatives_popular", 0.0) or 0.0)
+    if popular > 0:
+        neg = mixed_negatives(pos, listings, _engagements(settings), ratio=ratio, popular=popular, seed=seed)
+    else:
+        neg = sample_negatives(pos, listings, ratio=ratio, seed=seed)
     request_id = ("sg:" + pos.event_id.astype(str)).to_numpy()
     pos_rows = pd.DataFrame(
         {
@@ -173,4 +262,7 @@ def describe(options) -> dict:
         "how": "each engagement event is a group: the positive (its grade) plus negatives drawn uniformly "
         "without replacement from listings available at that moment (created before, not yet sold); "
         "the groups were not shown to anyone, so position is 0 and no logged order exists",
+        "popular_share": float(getattr(options, "negatives_popular", 0.0) or 0.0),
+        "popular_how": f"that share of each group's negatives drawn in proportion to the listing's engagements "
+        f"on the {POPULAR_DAYS} days before the positive's day (hard negatives), the rest uniform",
     }
