@@ -5,20 +5,24 @@ name, computed by an as-of join on Spark instead of Feast's DuckDB offline store
 Driven by the Feast registry: the service's feature views (their batch sources, field mappings,
 join keys and join-key maps, TTLs, created-timestamp tie-break) and its on-demand views.
 
-The as-of join, per feature view, is one shuffle by the join keys and no join: the entity rows
-and the view's snapshots (cut to ``[min(entity ts) - ttl, max(entity ts)]``) are unioned, sorted
-per key by time (a snapshot before an entity row of the same time), and each entity row takes
-``last(snapshot, ignorenulls)`` over the rows before it: the latest snapshot with
-``event_timestamp <= row ts``, Feast's pick. It is kept only if ``snapshot ts >= row ts - ttl``
-(Feast's TTL predicate); otherwise, or without a snapshot, the view's features are null (NaN in
-the training set). Feast's Spark store instead joins every snapshot in the TTL and ranks them
-with ``ROW_NUMBER``. The entity rows carry the features of the previous views through the next
-union, so the views are chained without joining on a row id.
+The as-of join, per feature view, is a join, not a window over the entity rows: each of the
+view's snapshots (cut to ``[min(entity ts) - ttl, max(entity ts)]``) holds from its time until the
+next snapshot of the same keys (``lead`` over the snapshots only, a small table), so an entity row
+matches at most one snapshot: keys equal, ``snapshot ts <= row ts < next snapshot ts``, and Feast's
+TTL predicate ``snapshot ts >= row ts - ttl`` — the latest snapshot with ``event_timestamp <= row
+ts``, Feast's pick; otherwise the view's features are null (NaN in the training set). Of snapshots
+with the same keys and time, the newest created holds (Feast's tie-break). A view whose columns
+read are small (:func:`broadcast_limit`, from the parquet footers) is broadcast: the entity rows
+are not shuffled for it at all. Larger views are sort-merge joined on their keys; they run first,
+while the entity rows are narrow, and views on the same keys follow each other (the second reuses
+the first's partitioning). Feast's Spark store instead joins every snapshot in the TTL and ranks
+them with ``ROW_NUMBER``.
 
-Spark writes the joined rows, ordered by entity row, to parquet (nothing is collected on the
-driver). :func:`historical_feature_chunks` then reads that folder back in the build's chunks and
-runs the on-demand views with Feast's own ``transform_arrow``, as Feast's ``RetrievalJob`` does
-for the DuckDB store, so the downstream steps (defaults, parquet, fingerprint) are shared.
+Spark writes the joined rows to parquet, each part sorted by entity row (no global sort: nothing
+is collected on the driver, and no sampling job). :func:`historical_feature_chunks` then merges
+the parts back in the build's chunks and runs the on-demand views with Feast's own
+``transform_arrow``, as Feast's ``RetrievalJob`` does for the DuckDB store, so the downstream
+steps (defaults, parquet, fingerprint) are shared.
 ``tests/test_scale_out_spark.py`` checks both engines give the same training set and fingerprint.
 """
 
