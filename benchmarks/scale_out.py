@@ -40,7 +40,10 @@ settings = Settings.from_env()
 out = {}
 # Peak RSS of the whole process tree (this process + the Spark JVM + Dask's workers and their
 # children), sampled every 0.2 s: the JVM is no waited child, so getrusage cannot see it.
+# Also the CPU seconds of the tree (last reading per process): on a loaded host the wall clock
+# measures the share of the CPU a job got; CPU seconds move much less with the neighbours.
 tree_peak = [0]
+tree_cpu = {}
 stop = threading.Event()
 def sample():
     me = psutil.Process()
@@ -49,6 +52,8 @@ def sample():
         for proc in [me, *me.children(recursive=True)]:
             try:
                 total += proc.memory_info().rss
+                cpu = proc.cpu_times()
+                tree_cpu[proc.pid] = cpu.user + cpu.system
             except psutil.Error:
                 pass
         tree_peak[0] = max(tree_peak[0], total)
@@ -97,6 +102,9 @@ out["children_peak_rss_gb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_ma
 stop.set()
 sampler.join()
 out["tree_peak_rss_gb"] = tree_peak[0] / 1e9
+own = psutil.Process().cpu_times()
+tree_cpu[os.getpid()] = own.user + own.system
+out["tree_cpu_s"] = sum(tree_cpu.values())
 print(json.dumps(out))
 """
 
@@ -185,21 +193,22 @@ def main() -> None:
         if "pit" not in args.skip:
             print(
                 f"\n{'PIT training set (' + args.surface + ')':<26} {'rows':>11} {'seconds':>8} {'join s':>7} "
-                f"{'join s/1M':>9} {'peak GB':>8} {'tree GB':>8}  fingerprint"
+                f"{'join s/1M':>9} {'CPU s':>7} {'peak GB':>8} {'tree GB':>8}  fingerprint"
             )
             window = [args.end] if args.end else []
             for engine in ("duckdb", "spark", "duckdb"):
                 r = _measure(f"dataset-{engine}", env, args.surface, *window)
                 print(
                     f"{engine:<26} {r['rows']:>11,} {r['seconds']:>8.1f} {r['join_seconds']:>7.1f} "
-                    f"{r['join_seconds'] / r['rows'] * 1e6:>9.1f} {r['peak_rss_gb']:>8.2f} "
+                    f"{r['join_seconds'] / r['rows'] * 1e6:>9.1f} {r['tree_cpu_s']:>7.0f} {r['peak_rss_gb']:>8.2f} "
                     f"{r['tree_peak_rss_gb']:>8.2f}  {r['fingerprint'][:16]}",
                     flush=True,
                 )
                 print(f"    stages (s): {r['stages']}", flush=True)
             print(
                 "(join s: all but labelling and Feast's setup; Spark's includes starting its session; peak GB: "
-                "this process; tree GB: peak RSS of the process tree, the Spark JVM included, sampled every 0.2 s)"
+                "this process; tree GB: peak RSS of the process tree, the Spark JVM included, sampled every 0.2 s; "
+                "CPU s: CPU seconds of the whole process tree, the figure a loaded host disturbs least)"
             )
             print(machine_speed(), flush=True)
         if "training" not in args.skip:
@@ -207,7 +216,8 @@ def main() -> None:
                 _ranker(["dataset", "build", "--surface", args.surface], env, f"dataset build {args.surface}")
             print(
                 f"\n{'training (' + args.surface + ')':<26} {'fit rows':>11} {'seconds':>8} {'s per 1M':>9} "
-                f"{'trees':>6} {'s/tree':>7} {'test NDCG@10':>12} {'NDCG delta':>10} {'peak GB':>8} {'tree GB':>8}"
+                f"{'trees':>6} {'s/tree':>7} {'test NDCG@10':>12} {'NDCG delta':>10} {'CPU s':>7} {'peak GB':>8} "
+                f"{'tree GB':>8}"
             )
             runs = [("local", None), *(("dask", w) for w in args.dask_workers), ("local", None)]
             anchor = None
