@@ -232,7 +232,7 @@ def main() -> None:
                     f"{label:<26} {r['fitted_rows']:>11,} {r['seconds']:>8.1f} "
                     f"{r['seconds'] / r['fitted_rows'] * 1e6:>9.1f} "
                     f"{trees:>6} {per_tree:>7.3f} {r['test_ndcg10']:>12.4f} {r['test_ndcg10'] - anchor:>+10.4f} "
-                    f"{r['peak_rss_gb']:>8.2f} {r['tree_peak_rss_gb']:>8.2f}",
+                    f"{r['tree_cpu_s']:>7.0f} {r['peak_rss_gb']:>8.2f} {r['tree_peak_rss_gb']:>8.2f}",
                     flush=True,
                 )
             print(
