@@ -109,12 +109,24 @@ def test_a_rebuilt_table_replaces_the_old_one_whole(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("surface", ["search", "recs"])
-def test_spark_training_set_equals_duckdb_training_set(world, spark, tmp_path, surface):
-    """The point-in-time join on Spark gives Feast's rows: the same fingerprint, rows and features."""
+@pytest.mark.parametrize(
+    ("surface", "broadcast_bytes"),
+    [("search", None), ("recs", None), ("search", "0")],
+    ids=["search", "recs", "search-shuffled"],
+)
+def test_spark_training_set_equals_duckdb_training_set(world, spark, tmp_path, surface, broadcast_bytes):
+    """The point-in-time join on Spark gives Feast's rows: the same fingerprint, rows and features,
+    with the test world's small feature tables broadcast (the default) and with every view joined
+    by a shuffle (what large tables take)."""
     import shutil
 
+    from ranker.features.spark_offline import BROADCAST_CONF
     from ranker.training.dataset import DatasetOptions, build_dataset
+
+    if broadcast_bytes is None:
+        spark.conf.unset(BROADCAST_CONF)
+    else:
+        spark.conf.set(BROADCAST_CONF, broadcast_bytes)
 
     # A private copy of the world: the shared one's datasets stay those of the DuckDB engine.
     shutil.copytree(world.home, tmp_path / "home", ignore=shutil.ignore_patterns("artifacts", "__pycache__"))
@@ -132,3 +144,4 @@ def test_spark_training_set_equals_duckdb_training_set(world, spark, tmp_path, s
     assert frame[list(sparked["features"])].notna().any().all()
     assert frame[list(sparked["features"])].isna().any().any()
     assert not (home.data_dir / "tmp" / f"dataset-spark-{surface}").exists(), "working files removed"
+    spark.conf.unset(BROADCAST_CONF)
